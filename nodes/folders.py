@@ -1,0 +1,145 @@
+"""Where files live: model folders, and the input/output/temp directories.
+
+Layout under the base directory (``--base-dir``, default the current directory)::
+
+    models/checkpoints  models/vae  models/loras  models/controlnet  models/embeddings  ...
+    input/  output/  temp/
+
+``--models-dir`` points the model folders at an existing ComfyUI ``models/`` folder; more search
+paths per folder can be added (ComfyUI's ``extra_model_paths.yaml``). Every name handed to
+:func:`resolve` is checked with ``realpath`` to stay inside its folder (symlinks included).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("checkpoints",),
+    "vae": ("vae",),
+    "loras": ("loras",),
+    "controlnet": ("controlnet", "t2i_adapter"),
+    "embeddings": ("embeddings",),
+    "upscale_models": ("upscale_models",),
+    "clip": ("text_encoders", "clip"),
+    "diffusion_models": ("diffusion_models", "unet"),
+    "vae_approx": ("vae_approx",),
+}
+"""Loom's folder names and the sub-folders of ``models/`` that hold them."""
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pt2")
+"""File endings listed in model folders (pickled ones load only when allowed)."""
+
+DATA_DIRS = ("input", "output", "temp")
+
+
+@dataclass
+class Folders:
+    base_dir: Path
+    models_dir: Path
+    extra_paths: dict[str, list[Path]] = field(default_factory=dict)
+
+    def model_paths(self, folder: str) -> list[Path]:
+        if folder not in MODEL_FOLDERS:
+            raise KeyError(f"unknown model folder {folder!r}; known: {', '.join(MODEL_FOLDERS)}")
+        paths = [self.models_dir / sub for sub in MODEL_FOLDERS[folder]]
+        return paths + [p for p in self.extra_paths.get(folder, []) if p not in paths]
+
+    def data_dir(self, kind: str) -> Path:
+        if kind not in DATA_DIRS:
+            raise KeyError(f"unknown directory {kind!r}; known: {', '.join(DATA_DIRS)}")
+        return self.base_dir / kind
+
+
+_lock = threading.Lock()
+_folders = Folders(base_dir=Path.cwd(), models_dir=Path.cwd() / "models")
+
+
+def configure(base_dir: str | Path | None = None, models_dir: str | Path | None = None,
+              extra_paths: dict[str, list[Path]] | None = None) -> Folders:
+    """Set the base directory (and optionally the models directory); creates the folders."""
+    global _folders
+    base = Path(base_dir or Path.cwd()).resolve()
+    models = Path(models_dir).resolve() if models_dir else base / "models"
+    with _lock:
+        _folders = Folders(base_dir=base, models_dir=models, extra_paths=dict(extra_paths or {}))
+    for kind in DATA_DIRS:
+        (base / kind).mkdir(parents=True, exist_ok=True)
+    if models_dir is None:
+        for subs in MODEL_FOLDERS.values():
+            (models / subs[0]).mkdir(parents=True, exist_ok=True)
+    return _folders
+
+
+def add_model_path(folder: str, path: str | Path) -> None:
+    with _lock:
+        _folders.extra_paths.setdefault(folder, []).append(Path(path).resolve())
+
+
+def current() -> Folders:
+    return _folders
+
+
+def base_dir() -> Path:
+    return _folders.base_dir
+
+
+def input_dir() -> Path:
+    return _folders.data_dir("input")
+
+
+def output_dir() -> Path:
+    return _folders.data_dir("output")
+
+
+def temp_dir() -> Path:
+    return _folders.data_dir("temp")
+
+
+def list_files(folder: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Relative names (``/``-separated) of the files in a model folder, sorted, first path wins."""
+    found: dict[str, None] = {}
+    for root in _folders.model_paths(folder):
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.lower().endswith(extensions) and not name.startswith("."):
+                    rel = Path(dirpath, name).relative_to(root).as_posix()
+                    found.setdefault(rel, None)
+    return sorted(found)
+
+
+def inside(root: Path, candidate: Path) -> bool:
+    """True when ``candidate`` (after resolving symlinks) lies inside ``root``."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(candidate)
+    return real == real_root or real.startswith(real_root + os.sep)
+
+
+def resolve(folder: str, name: str) -> Path:
+    """The path of model file ``name`` in ``folder``; raises FileNotFoundError or PermissionError."""
+    if not name or "\x00" in name or Path(name).is_absolute():
+        raise PermissionError(f"invalid model file name {name!r}")
+    for root in _folders.model_paths(folder):
+        candidate = root / name
+        if candidate.is_file():
+            if not inside(root, candidate):
+                raise PermissionError(f"{name!r} resolves outside the {folder} folder")
+            return Path(os.path.realpath(candidate))
+    raise FileNotFoundError(f"{name!r} is not in the {folder} folder "
+                            f"({', '.join(str(p) for p in _folders.model_paths(folder))})")
+
+
+def resolve_data(kind: str, name: str, subfolder: str = "") -> Path:
+    """A file under input/output/temp, refusing anything that escapes it (``..``, absolute, symlinks)."""
+    root = _folders.data_dir(kind)
+    if "\x00" in name or "\x00" in subfolder or Path(name).is_absolute() or Path(subfolder).is_absolute():
+        raise PermissionError("invalid file name")
+    candidate = root / subfolder / name
+    if not inside(root, candidate):
+        raise PermissionError(f"{name!r} is outside the {kind} directory")
+    return candidate

@@ -1,0 +1,1 @@
+"""Model code on diffusers/transformers/safetensors. Never imports ``server``."""

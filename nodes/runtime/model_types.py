@@ -1,0 +1,120 @@
+"""The values that flow between generation nodes: MODEL, CLIP, VAE, CONDITIONING and LATENT.
+
+Their shapes follow ComfyUI's so workflows keep their meaning:
+
+* ``CONDITIONING`` is a list of ``[cond, options]`` pairs: ``cond`` is a ``[B, tokens, dim]`` tensor and
+  ``options`` a dict (``pooled_output``, ``area``, ``strength``, ``start_percent``, ``end_percent``,
+  ``control``, ...). Combining conditionings concatenates the lists.
+* ``LATENT`` is a dict ``{"samples": [B, C, H/8, W/8], "noise_mask"?: [B, 1, H, W], "batch_index"?: [int]}``
+  holding latents in the VAE's space (before the model's scale factor), as ComfyUI stores them.
+* ``IMAGE`` is a float32 ``[B, H, W, 3]`` tensor in 0..1; ``MASK`` a float ``[B, H, W]`` tensor in 0..1.
+
+Handles are immutable from a node's point of view: a node that changes a model (a LoRA, CLIP skip)
+returns a new handle sharing the weights and recording the change, never modifying the one it got.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """How a family's latents relate to the VAE's: ``model_latent = (vae_latent - shift) * scale``."""
+
+    channels: int = 4
+    scale_factor: float = 0.18215
+    shift_factor: float = 0.0
+    rgb_factors: tuple[tuple[float, ...], ...] | None = None  # [channels][3] latent → RGB preview projection
+    rgb_bias: tuple[float, float, float] | None = None
+
+    def process_in(self, latent: torch.Tensor) -> torch.Tensor:
+        return (latent - self.shift_factor) * self.scale_factor
+
+    def process_out(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent / self.scale_factor + self.shift_factor
+
+
+@dataclass
+class ModelSampling:
+    """The noise schedule of a discrete-time model (1000 training steps) as sigmas, and its prediction type."""
+
+    sigmas: torch.Tensor  # ascending, float32, one per training timestep
+    prediction: str = "eps"  # "eps" | "v"
+
+    @classmethod
+    def scaled_linear(cls, prediction: str = "eps", beta_start: float = 0.00085, beta_end: float = 0.012,
+                      timesteps: int = 1000) -> "ModelSampling":
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        return cls(sigmas=sigmas.float(), prediction=prediction)
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The (fractional-free, nearest) training timestep of a sigma, as ComfyUI's ``EPS.timestep``."""
+        log_sigma = sigma.log()
+        dists = log_sigma.to(self.sigmas.device) - self.sigmas.log()[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        t = torch.clamp(timestep.float().to(self.sigmas.device), min=0, max=len(self.sigmas) - 1)
+        low_idx = t.floor().long()
+        high_idx = t.ceil().long()
+        w = t.frac()
+        log_sigmas = self.sigmas.log()
+        log_sigma = (1 - w) * log_sigmas[low_idx] + w * log_sigmas[high_idx]
+        return log_sigma.exp().to(timestep.device)
+
+
+@dataclass
+class DiffusionModel:
+    """``MODEL``: a denoising network with what the sampler needs to drive it."""
+
+    unet: torch.nn.Module
+    family: str  # "sd1" | "sd2" | "sdxl" | "sdxl_refiner" | ...
+    sampling: ModelSampling
+    latent_format: LatentFormat
+    patches: tuple[Any, ...] = ()  # weight patches (LoRA, ...) applied while sampling; never baked into `unet`
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> "DiffusionModel":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class TextEncoderModel:
+    """``CLIP``: tokenizer(s) and text encoder(s) of a family, with CLIP-skip and patches.
+
+    The runtime's text-encoding module gives ``encode(text) -> CONDITIONING``; this handle carries the
+    parts. ``encoders`` maps a name (``"l"``, ``"g"``) to a ``(tokenizer, transformers model)`` pair.
+    """
+
+    encoders: dict[str, Any]
+    family: str
+    layer_idx: int | None = None  # CLIPSetLastLayer: -1 = last layer, -2 = penultimate, ...
+    patches: tuple[Any, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> "TextEncoderModel":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class VAEModel:
+    """``VAE``: an autoencoder; ``encode``/``decode`` live in the runtime's VAE module."""
+
+    vae: torch.nn.Module
+    latent_format: LatentFormat
+    downscale: int = 8
+    options: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,617 @@
+"""The typed, declarative node schema and the node registry.
+
+A node is a class deriving from :class:`Node` whose ``define_schema()`` returns a :class:`Schema`.
+The one schema produces the ``/object_info`` entry (ComfyUI's exact shape), the validation rules
+(``server/graph.py`` reads them through :meth:`InputSpec.check_value`) and the call
+(``execute(**inputs)``).  The server sees nodes only through :class:`NodeRegistry`.
+
+    @register
+    class Add(Node):
+        @classmethod
+        def define_schema(cls) -> Schema:
+            return Schema("Add", category="math",
+                          inputs=[Int("a"), Int("b", default=1)],
+                          outputs=[Output("INT")])
+
+        @classmethod
+        def execute(cls, a: int, b: int) -> tuple:
+            return (a + b,)
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Sequence
+
+MAX_RESOLUTION = 16384
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+CONTROL_AFTER_GENERATE_VALUES = ("fixed", "increment", "decrement", "randomize")
+
+
+class InputValueError(ValueError):
+    """A literal input value broke a rule of its schema; ``code`` is ComfyUI's error type."""
+
+    def __init__(self, code: str, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class InputSpec:
+    """One named input. Subclasses add the widget options of their type."""
+
+    name: str
+    type: str = "*"
+    optional: bool = False
+    tooltip: str | None = None
+    force_input: bool = False
+    lazy: bool = False
+    advanced: bool = False
+
+    widget_type: ClassVar[bool] = False  # True for INT/FLOAT/STRING/BOOLEAN/COMBO (a widget in the editor)
+
+    def options(self) -> dict[str, Any]:
+        """The options dict of the ``/object_info`` entry."""
+        opts: dict[str, Any] = {}
+        if self.tooltip:
+            opts["tooltip"] = self.tooltip
+        if self.force_input:
+            opts["forceInput"] = True
+        if self.lazy:
+            opts["lazy"] = True
+        if self.advanced:
+            opts["advanced"] = True
+        return opts
+
+    def info(self) -> list[Any]:
+        """``[TYPE, {options}]`` as ``/object_info`` lists it."""
+        return [self.type, self.options()]
+
+    @property
+    def has_widget(self) -> bool:
+        return self.widget_type and not self.force_input
+
+    @property
+    def has_control_after_generate(self) -> bool:
+        return False
+
+    def check_value(self, value: Any) -> Any:
+        """Return the value coerced to this input's type, or raise :class:`InputValueError`."""
+        return value
+
+
+def _number_options(spec: "Int | Float") -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if spec.default is not None:
+        opts["default"] = spec.default
+    if spec.min is not None:
+        opts["min"] = spec.min
+    if spec.max is not None:
+        opts["max"] = spec.max
+    if spec.step is not None:
+        opts["step"] = spec.step
+    return opts
+
+
+def _check_range(spec: "Int | Float", value: float) -> None:
+    if spec.min is not None and value < spec.min:
+        raise InputValueError("value_smaller_than_min", "Value smaller than min",
+                              f"{spec.name}: {value} is below the minimum {spec.min}")
+    if spec.max is not None and value > spec.max:
+        raise InputValueError("value_bigger_than_max", "Value bigger than max",
+                              f"{spec.name}: {value} is above the maximum {spec.max}")
+
+
+@dataclass
+class Int(InputSpec):
+    type: str = "INT"
+    default: int | None = 0
+    min: int | None = None
+    max: int | None = None
+    step: int | None = None
+    control_after_generate: bool = False
+    display: str | None = None  # "number" | "slider"
+
+    widget_type: ClassVar[bool] = True
+
+    def options(self) -> dict[str, Any]:
+        opts = _number_options(self)
+        if self.control_after_generate:
+            opts["control_after_generate"] = True
+        if self.display:
+            opts["display"] = self.display
+        return opts | super().options()
+
+    @property
+    def has_control_after_generate(self) -> bool:
+        return self.control_after_generate
+
+    def check_value(self, value: Any) -> int:
+        if isinstance(value, bool) or value is None:
+            raise InputValueError("invalid_input_type", "Failed to convert an input value to a INT value",
+                                  f"{self.name}: {value!r} is not an integer")
+        try:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                number = int(value)
+            else:
+                number = int(str(value).strip()) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise InputValueError("invalid_input_type", "Failed to convert an input value to a INT value",
+                                  f"{self.name}: {value!r} is not an integer") from None
+        _check_range(self, number)
+        return number
+
+
+@dataclass
+class Float(InputSpec):
+    type: str = "FLOAT"
+    default: float | None = 0.0
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    round: float | bool | None = None
+    display: str | None = None
+
+    widget_type: ClassVar[bool] = True
+
+    def options(self) -> dict[str, Any]:
+        opts = _number_options(self)
+        if self.round is not None:
+            opts["round"] = self.round
+        if self.display:
+            opts["display"] = self.display
+        return opts | super().options()
+
+    def check_value(self, value: Any) -> float:
+        if isinstance(value, bool) or value is None:
+            raise InputValueError("invalid_input_type", "Failed to convert an input value to a FLOAT value",
+                                  f"{self.name}: {value!r} is not a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputValueError("invalid_input_type", "Failed to convert an input value to a FLOAT value",
+                                  f"{self.name}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise InputValueError("invalid_input_type", "Failed to convert an input value to a FLOAT value",
+                                  f"{self.name}: {value!r} is not a finite number")
+        _check_range(self, number)
+        return number
+
+
+@dataclass
+class String(InputSpec):
+    type: str = "STRING"
+    default: str | None = ""
+    multiline: bool = False
+    placeholder: str | None = None
+    dynamic_prompts: bool = False
+    max_length: int = 1_000_000
+
+    widget_type: ClassVar[bool] = True
+
+    def options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.default is not None:
+            opts["default"] = self.default
+        if self.multiline:
+            opts["multiline"] = True
+        if self.placeholder:
+            opts["placeholder"] = self.placeholder
+        if self.dynamic_prompts:
+            opts["dynamicPrompts"] = True
+        return opts | super().options()
+
+    def check_value(self, value: Any) -> str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise InputValueError("invalid_input_type", "Failed to convert an input value to a STRING value",
+                                  f"{self.name}: expected text, got {type(value).__name__}")
+        text = value if isinstance(value, str) else str(value)
+        if len(text) > self.max_length:
+            raise InputValueError("value_bigger_than_max", "Value bigger than max",
+                                  f"{self.name}: text of {len(text)} characters is longer than {self.max_length}")
+        return text
+
+
+@dataclass
+class Boolean(InputSpec):
+    type: str = "BOOLEAN"
+    default: bool | None = False
+    label_on: str | None = None
+    label_off: str | None = None
+
+    widget_type: ClassVar[bool] = True
+
+    def options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.default is not None:
+            opts["default"] = self.default
+        if self.label_on:
+            opts["label_on"] = self.label_on
+        if self.label_off:
+            opts["label_off"] = self.label_off
+        return opts | super().options()
+
+    def check_value(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise InputValueError("invalid_input_type", "Failed to convert an input value to a BOOLEAN value",
+                              f"{self.name}: {value!r} is not true or false")
+
+
+@dataclass
+class Combo(InputSpec):
+    """A choice among options: a fixed list, a callable, or the files of a model folder.
+
+    ``folder`` names a model folder (``checkpoints``, ``loras``, ...); its files are listed each time
+    the options are read, so a file dropped into the folder appears without a restart.
+    """
+
+    type: str = "COMBO"
+    options_source: Sequence[str] | Callable[[], Sequence[str]] = ()
+    folder: str | None = None
+    default: str | None = None
+    control_after_generate: bool = False
+    image_upload: bool = False
+    validate_membership: bool = True
+
+    widget_type: ClassVar[bool] = True
+
+    def choices(self) -> list[str]:
+        if self.folder is not None:
+            from nodes import folders
+            return folders.list_files(self.folder)
+        source = self.options_source
+        return list(source() if callable(source) else source)
+
+    def info(self) -> list[Any]:
+        # The legacy list form: every ComfyUI frontend and client understands it.
+        return [self.choices(), self.options()]
+
+    def options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.default is not None:
+            opts["default"] = self.default
+        if self.control_after_generate:
+            opts["control_after_generate"] = True
+        if self.image_upload:
+            opts["image_upload"] = True
+        return opts | super().options()
+
+    @property
+    def has_control_after_generate(self) -> bool:
+        return self.control_after_generate
+
+    def check_value(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InputValueError("value_not_in_list", "Value not in list",
+                                  f"{self.name}: {value!r} is not one of the options")
+        if self.validate_membership:
+            choices = self.choices()
+            if value not in choices:
+                shown = choices if len(choices) <= 20 else choices[:20] + ["..."]
+                raise InputValueError("value_not_in_list", "Value not in list",
+                                      f"{self.name}: '{value}' not in {shown}")
+        return value
+
+
+@dataclass
+class Socket(InputSpec):
+    """An input that only takes a link (MODEL, LATENT, IMAGE, ...)."""
+
+
+@dataclass
+class Hidden:
+    """A hidden input filled by the executor: ``PROMPT``, ``EXTRA_PNGINFO`` or ``UNIQUE_ID``."""
+
+    name: str
+    type: str
+
+
+HIDDEN_PROMPT = Hidden("prompt", "PROMPT")
+HIDDEN_EXTRA_PNGINFO = Hidden("extra_pnginfo", "EXTRA_PNGINFO")
+HIDDEN_UNIQUE_ID = Hidden("unique_id", "UNIQUE_ID")
+
+
+@dataclass
+class Output:
+    type: str
+    name: str | None = None
+    is_list: bool = False
+    tooltip: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.type
+
+
+@dataclass
+class Schema:
+    name: str
+    display_name: str | None = None
+    category: str = "loom"
+    inputs: list[InputSpec] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    hidden: list[Hidden] = field(default_factory=list)
+    description: str = ""
+    output_node: bool = False
+    input_is_list: bool = False
+    not_idempotent: bool = False
+    deprecated: bool = False
+    experimental: bool = False
+
+    def __post_init__(self) -> None:
+        names = [spec.name for spec in self.inputs] + [h.name for h in self.hidden]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"node {self.name}: duplicate input names {sorted(duplicates)}")
+
+    def input(self, name: str) -> InputSpec | None:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    @property
+    def required_inputs(self) -> list[InputSpec]:
+        return [s for s in self.inputs if not s.optional]
+
+    @property
+    def optional_inputs(self) -> list[InputSpec]:
+        return [s for s in self.inputs if s.optional]
+
+    def widget_inputs(self) -> list[InputSpec]:
+        """Inputs that the editor draws as widgets, in ``widgets_values`` order (required, then optional)."""
+        return [s for s in self.required_inputs + self.optional_inputs if s.has_widget]
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class NodeOutput:
+    """What ``execute`` may return instead of a plain tuple: values plus a ``ui`` dict for the editor."""
+
+    values: tuple = ()
+    ui: dict[str, Any] | None = None
+
+    def __init__(self, *values: Any, ui: dict[str, Any] | None = None) -> None:
+        self.values = tuple(values)
+        self.ui = ui
+
+
+class Node:
+    """Base class of every node. Nodes hold no instance state: everything is a classmethod."""
+
+    python_module: ClassVar[str] = "nodes"
+    _schema: ClassVar[Schema | None] = None
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        raise NotImplementedError
+
+    @classmethod
+    def schema(cls) -> Schema:
+        if cls.__dict__.get("_schema") is None:
+            cls._schema = cls.define_schema()
+        assert cls._schema is not None
+        return cls._schema
+
+    @classmethod
+    def execute(cls, **inputs: Any) -> tuple | NodeOutput:
+        raise NotImplementedError
+
+    @classmethod
+    def fingerprint(cls, **inputs: Any) -> Any:
+        """Extra cache-key material computed before the run from the node's literal inputs.
+
+        Nodes that read files return e.g. the file's content hash, so a changed file re-runs them.
+        Return ``float('nan')`` to always re-run. ``None`` (the default) adds nothing.
+        """
+        return None
+
+    @classmethod
+    def validate_inputs(cls, **inputs: Any) -> bool | str:
+        """Extra validation of literal inputs: ``True`` or an error message."""
+        return True
+
+    @classmethod
+    def has_fingerprint(cls) -> bool:
+        return cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]
+
+    @classmethod
+    def object_info(cls) -> dict[str, Any]:
+        schema = cls.schema()
+        required = {s.name: s.info() for s in schema.required_inputs}
+        optional = {s.name: s.info() for s in schema.optional_inputs}
+        hidden = {h.name: h.type for h in schema.hidden}
+        inputs: dict[str, Any] = {"required": required}
+        order: dict[str, list[str]] = {"required": list(required)}
+        if optional:
+            inputs["optional"] = optional
+            order["optional"] = list(optional)
+        if hidden:
+            inputs["hidden"] = hidden
+            order["hidden"] = list(hidden)
+        info: dict[str, Any] = {
+            "input": inputs,
+            "input_order": order,
+            "output": [o.type for o in schema.outputs],
+            "output_is_list": [o.is_list for o in schema.outputs],
+            "output_name": [o.display_name for o in schema.outputs],
+            "name": schema.name,
+            "display_name": schema.display_name or schema.name,
+            "description": schema.description,
+            "python_module": cls.python_module,
+            "category": schema.category,
+            "output_node": schema.output_node,
+        }
+        tooltips = [o.tooltip or "" for o in schema.outputs]
+        if any(tooltips):
+            info["output_tooltips"] = tooltips
+        if schema.deprecated:
+            info["deprecated"] = True
+        if schema.experimental:
+            info["experimental"] = True
+        return info
+
+
+def types_compatible(output_type: str, input_type: str) -> bool:
+    """ComfyUI's rule: equal, ``*`` on either side, or overlapping comma-separated unions."""
+    if output_type == input_type or output_type == "*" or input_type == "*":
+        return True
+    if input_type == "COMBO" and output_type not in ("INT", "FLOAT", "BOOLEAN", "STRING"):
+        # a COMBO input accepts an upstream COMBO or string-valued output (e.g. a primitive)
+        return output_type == "COMBO"
+    outs = {t.strip() for t in str(output_type).split(",")}
+    ins = {t.strip() for t in str(input_type).split(",")}
+    if input_type == "COMBO":
+        return bool(outs & {"COMBO", "STRING"})
+    return bool(outs & ins)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+BUILTIN_NODE_MODULES: tuple[str, ...] = (
+    "nodes.primitives",
+)
+"""The node modules that ship with Loom, imported by :func:`default_registry`."""
+
+OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
+    "nodes.loaders",
+    "nodes.conditioning",
+    "nodes.latent",
+    "nodes.sampling",
+    "nodes.image",
+    "nodes.vae",
+    "nodes.lora",
+    "nodes.controlnet",
+)
+"""Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
+
+
+class NodeRegistry:
+    """Node classes by their ComfyUI class name."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, type[Node]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, node_class: type[Node], module: str | None = None) -> type[Node]:
+        schema = node_class.schema()
+        if module:
+            node_class.python_module = module
+        with self._lock:
+            existing = self._nodes.get(schema.name)
+            if existing is not None and existing.__module__ != node_class.__module__:
+                raise ValueError(f"node type {schema.name!r} is already registered by {existing.python_module}")
+            self._nodes[schema.name] = node_class
+        return node_class
+
+    def get(self, name: str) -> type[Node] | None:
+        return self._nodes.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes
+
+    def names(self) -> list[str]:
+        return sorted(self._nodes)
+
+    def items(self) -> Iterable[tuple[str, type[Node]]]:
+        return sorted(self._nodes.items())
+
+    def object_info(self, name: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            node = self._nodes.get(name)
+            return {name: node.object_info()} if node else {}
+        return {n: c.object_info() for n, c in self.items()}
+
+    def load_module(self, module_name: str) -> int:
+        """Import a module and register the nodes it declared with :func:`register`; returns the count."""
+        module = importlib.import_module(module_name)
+        return self._adopt(module_name, module)
+
+    def load_path(self, path: str | Path) -> int:
+        """Load a node pack from a ``.py`` file or a package folder (like ComfyUI's custom_nodes)."""
+        path = Path(path).resolve()
+        init = path / "__init__.py" if path.is_dir() else path
+        if not init.is_file():
+            raise FileNotFoundError(f"node pack {path} has no {init.name}")
+        module_name = f"loom_nodepack_{path.stem}"
+        spec = importlib.util.spec_from_file_location(
+            module_name, init, submodule_search_locations=[str(path)] if path.is_dir() else None)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return self._adopt(module_name, module)
+
+    def _adopt(self, module_name: str, module: Any) -> int:
+        prefix = module.__name__
+        declared = [cls for cls in getattr(module, "NODES", ())]
+        declared += [cls for cls in _PENDING
+                     if (cls.__module__ == prefix or cls.__module__.startswith(prefix + "."))
+                     and cls not in declared]
+        latest: dict[str, type[Node]] = {}
+        for node_class in declared:  # a re-loaded file declares its classes again: the newest wins
+            latest[node_class.schema().name] = node_class
+        for node_class in latest.values():
+            self.add(node_class, module=getattr(module, "PYTHON_MODULE", None) or module_name)
+        return len(latest)
+
+
+_PENDING: list[type[Node]] = []
+
+
+def register(node_class: type[Node]) -> type[Node]:
+    """Class decorator: declare a node so that the registry loading its module picks it up."""
+    node_class.schema()  # fail early on a malformed schema
+    _PENDING.append(node_class)
+    return node_class
+
+
+_default: NodeRegistry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry(extra_packs: Sequence[str | Path] = ()) -> NodeRegistry:
+    """The process-wide registry: Loom's built-in nodes plus the given node packs."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            registry = NodeRegistry()
+            for module in BUILTIN_NODE_MODULES:
+                registry.load_module(module)
+            for module in OPTIONAL_BUILTIN_NODE_MODULES:
+                if importlib.util.find_spec(module) is not None:
+                    registry.load_module(module)
+            _default = registry
+        for pack in extra_packs:
+            _default.load_path(pack)
+        return _default
+
+
+def reset_default_registry() -> None:
+    global _default
+    with _default_lock:
+        _default = None

@@ -1,0 +1,1 @@
+"""The Loom process: command line, HTTP/WebSocket server, durable queue, and the graph engine."""
