@@ -1,0 +1,356 @@
+"""Runs a validated prompt: the nodes its outputs need, in topological order, through the output cache.
+
+Events use ComfyUI's WebSocket message types and payloads (``execution_start``, ``execution_cached``,
+``executing``, ``progress``, ``executed``, ``execution_success``, ``execution_error``,
+``execution_interrupted``) plus ``preview`` (``{"node", "prompt_id", "image": PIL.Image}``) for latent
+previews. A node's exception fails its prompt with the node id, type and message, and leaves the
+executor ready for the next prompt. Interruption is checked before every node and on every progress tick.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from nodes.progress import ExecutionContext, Interrupted, running_node
+from nodes.schema import Node, NodeOutput, NodeRegistry
+
+from server.cache import OutputCache, cache_key
+from server.graph import ValidationResult, is_link, validate_prompt
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+# events recorded in ExecutionResult.messages (and so in history), as ComfyUI records them
+RECORDED_EVENTS = ("execution_start", "execution_cached", "execution_success", "execution_error",
+                   "execution_interrupted")
+
+
+class CancelToken(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class ExecutionResult:
+    prompt_id: str
+    status: str  # "success" | "error" | "interrupted"
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # output node id -> ui dict
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    validation: ValidationResult | None = None
+    executed: list[str] = field(default_factory=list)  # nodes that ran
+    cached: list[str] = field(default_factory=list)  # nodes answered from the cache
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per node that ran
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+class NodeExecutionError(Exception):
+    def __init__(self, node_id: str, class_type: str, cause: BaseException) -> None:
+        super().__init__(f"node {node_id} ({class_type}): {type(cause).__name__}: {cause}")
+        self.node_id = node_id
+        self.class_type = class_type
+        self.cause = cause
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Executor:
+    def __init__(self, registry: NodeRegistry, cache: OutputCache | None = None) -> None:
+        self.registry = registry
+        self.cache = cache if cache is not None else OutputCache()
+        self._interrupt = threading.Event()
+        self._lock = threading.Lock()  # one prompt at a time
+        self.running_prompt_id: str | None = None
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Stop the running prompt (only if it is ``prompt_id``, when given). True if one was running."""
+        running = self.running_prompt_id
+        if running is None or (prompt_id is not None and prompt_id != running):
+            return False
+        self._interrupt.set()
+        return True
+
+    def free(self, unload_models: bool = False, free_memory: bool = False) -> None:
+        if free_memory:
+            self.cache.clear()
+        if unload_models or free_memory:
+            try:
+                from nodes.runtime import model_cache  # part of the model runtime, when installed
+            except ImportError:
+                return
+            unload = getattr(model_cache, "free", None)
+            if callable(unload):
+                unload()
+
+    def execute(self, prompt: dict[str, Any], prompt_id: str, *, extra_data: dict[str, Any] | None = None,
+                outputs: list[str] | None = None, on_event: EventSink | None = None,
+                cancel: CancelToken | None = None, validation: ValidationResult | None = None) -> ExecutionResult:
+        with self._lock:
+            self._interrupt.clear()
+            self.running_prompt_id = prompt_id
+            try:
+                return _Run(self, prompt, prompt_id, extra_data or {}, outputs, on_event, cancel,
+                            validation).run()
+            finally:
+                self.running_prompt_id = None
+                self._interrupt.clear()
+
+
+class _Run:
+    """One execution of one prompt."""
+
+    def __init__(self, executor: Executor, prompt: dict, prompt_id: str, extra_data: dict,
+                 outputs: list[str] | None, on_event: EventSink | None, cancel: CancelToken | None,
+                 validation: ValidationResult | None) -> None:
+        self.executor = executor
+        self.registry = executor.registry
+        self.cache = executor.cache
+        self.prompt = prompt
+        self.prompt_id = prompt_id
+        self.extra_data = extra_data
+        self.requested_outputs = outputs
+        self.on_event = on_event
+        self.cancel = cancel
+        self.validation = validation
+        self.result = ExecutionResult(prompt_id=prompt_id, status="success")
+        self.values: dict[str, tuple[list[Any], ...]] = {}
+
+    def cancelled(self) -> bool:
+        return self.executor._interrupt.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+    def emit(self, event: str, data: dict[str, Any]) -> None:
+        if event in RECORDED_EVENTS:
+            self.result.messages.append((event, data))
+        if self.on_event is not None:
+            try:
+                self.on_event(event, data)
+            except Exception:  # a broken listener must not fail the prompt
+                pass
+
+    def run(self) -> ExecutionResult:
+        started = time.perf_counter()
+        validation = self.validation or validate_prompt(self.prompt, self.registry, self.requested_outputs)
+        self.result.validation = validation
+        if not validation.ok:
+            self.result.status = "error"
+            self.result.error = validation.error
+            return self.result
+        outputs = [o for o in validation.outputs if self.requested_outputs is None
+                   or o in set(map(str, self.requested_outputs))]
+        self.emit("execution_start", {"prompt_id": self.prompt_id, "timestamp": now_ms()})
+        try:
+            keys = self.compute_keys(validation)
+            to_run = self.plan(validation, outputs, keys)
+            cached = [n for n in validation.order if keys[n] in self.cache and n not in to_run]
+            self.result.cached = cached
+            self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id, "timestamp": now_ms()})
+            protected = set(keys.values())
+            for node_id in cached:
+                entry = self.cache.get(keys[node_id])
+                if entry is None:
+                    continue
+                self.values[node_id] = entry.outputs
+                if node_id in outputs:
+                    self.result.outputs[node_id] = entry.ui or {}
+                    self.emit("executed", {"node": node_id, "display_node": node_id, "output": entry.ui,
+                                           "prompt_id": self.prompt_id})
+            for node_id in validation.order:
+                if node_id not in to_run:
+                    continue
+                if self.cancelled():
+                    raise _Interrupt(node_id)
+                self.run_node(node_id, validation, keys, protected, outputs)
+        except _Interrupt as stop:
+            self.interrupted(stop.node_id)
+        except NodeExecutionError as failure:
+            self.failed(failure)
+        else:
+            self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": now_ms()})
+        finally:
+            self.result.duration = time.perf_counter() - started
+            self.emit("executing", {"node": None, "display_node": None, "prompt_id": self.prompt_id})
+        return self.result
+
+    def compute_keys(self, validation: ValidationResult) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        for node_id in validation.order:
+            node = self.prompt[node_id]
+            node_class = self.registry.get(node["class_type"])
+            schema = node_class.schema()
+            literals = validation.values.get(node_id, {})
+            links = {name: (keys[str(v[0])], v[1]) for name, v in (node.get("inputs") or {}).items()
+                     if is_link(v) and str(v[0]) in keys}
+            fingerprint = None
+            if node_class.has_fingerprint():
+                fingerprint = _fingerprint(node_class, literals)
+            unique = schema.not_idempotent or any(h.type == "UNIQUE_ID" for h in schema.hidden)
+            keys[node_id] = cache_key(node["class_type"], literals, links, fingerprint,
+                                      node_id if unique else None)
+        return keys
+
+    def plan(self, validation: ValidationResult, outputs: list[str], keys: dict[str, str]) -> set[str]:
+        """Nodes that must run: not cached, and needed by an output through uncached nodes only."""
+        to_run: set[str] = set()
+        stack = list(outputs)
+        seen: set[str] = set()
+        while stack:
+            node_id = stack.pop()
+            if node_id in seen:
+                continue
+            seen.add(node_id)
+            if keys[node_id] in self.cache:
+                continue
+            to_run.add(node_id)
+            for value in (self.prompt[node_id].get("inputs") or {}).values():
+                if is_link(value) and str(value[0]) in keys:
+                    stack.append(str(value[0]))
+        return to_run
+
+    def run_node(self, node_id: str, validation: ValidationResult, keys: dict[str, str],
+                 protected: set[str], outputs: list[str]) -> None:
+        node = self.prompt[node_id]
+        class_type = node["class_type"]
+        node_class = self.registry.get(class_type)
+        schema = node_class.schema()
+        self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
+        inputs = self.gather_inputs(node_id, node, node_class, validation)
+
+        def on_progress(value: int, total: int, preview: Any) -> None:
+            self.emit("progress", {"value": value, "max": total, "prompt_id": self.prompt_id, "node": node_id})
+            if preview is not None:
+                self.emit("preview", {"node": node_id, "prompt_id": self.prompt_id, "image": preview})
+
+        context = ExecutionContext(self.prompt_id, node_id, class_type, on_progress, self.cancelled)
+        started = time.perf_counter()
+        try:
+            with running_node(context):
+                values, ui = _call(node_class, inputs, schema.input_is_list)
+        except Interrupted:
+            raise _Interrupt(node_id) from None
+        except Exception as exc:
+            raise NodeExecutionError(node_id, class_type, exc) from exc
+        self.result.timings[node_id] = time.perf_counter() - started
+        self.result.executed.append(node_id)
+        if len(values) != len(schema.outputs):
+            raise NodeExecutionError(node_id, class_type, TypeError(
+                f"returned {len(values)} outputs, its schema declares {len(schema.outputs)}"))
+        self.values[node_id] = values
+        self.cache.put(keys[node_id], values, ui, protected=protected)
+        if ui is not None or node_id in outputs:
+            if node_id in outputs:
+                self.result.outputs[node_id] = ui or {}
+            self.emit("executed", {"node": node_id, "display_node": node_id, "output": ui,
+                                   "prompt_id": self.prompt_id})
+
+    def gather_inputs(self, node_id: str, node: dict, node_class: type[Node],
+                      validation: ValidationResult) -> dict[str, list[Any]]:
+        schema = node_class.schema()
+        literals = validation.values.get(node_id, {})
+        raw = node.get("inputs") or {}
+        inputs: dict[str, list[Any]] = {}
+        for spec in schema.inputs:
+            value = raw.get(spec.name)
+            if is_link(value):
+                inputs[spec.name] = self.values[str(value[0])][value[1]]
+            elif spec.name in literals:
+                inputs[spec.name] = [literals[spec.name]]
+        for hidden in schema.hidden:
+            if hidden.type == "PROMPT":
+                inputs[hidden.name] = [self.prompt]
+            elif hidden.type == "EXTRA_PNGINFO":
+                inputs[hidden.name] = [self.extra_data.get("extra_pnginfo")]
+            elif hidden.type == "UNIQUE_ID":
+                inputs[hidden.name] = [node_id]
+        return inputs
+
+    def interrupted(self, node_id: str) -> None:
+        self.result.status = "interrupted"
+        node = self.prompt.get(node_id, {})
+        self.emit("execution_interrupted", {"prompt_id": self.prompt_id, "node_id": node_id,
+                                            "node_type": node.get("class_type"),
+                                            "executed": list(self.result.executed), "timestamp": now_ms()})
+
+    def failed(self, failure: NodeExecutionError) -> None:
+        cause = failure.cause
+        self.result.status = "error"
+        message = str(cause) or type(cause).__name__
+        payload = {
+            "prompt_id": self.prompt_id,
+            "node_id": failure.node_id,
+            "node_type": failure.class_type,
+            "executed": list(self.result.executed),
+            "exception_message": message,
+            "exception_type": f"{type(cause).__module__}.{type(cause).__qualname__}"
+            if type(cause).__module__ != "builtins" else type(cause).__qualname__,
+            "traceback": traceback.format_exception(type(cause), cause, cause.__traceback__),
+            "current_inputs": {},
+            "current_outputs": list(self.values),
+            "timestamp": now_ms(),
+        }
+        self.result.error = payload
+        self.emit("execution_error", payload)
+
+
+class _Interrupt(Exception):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
+
+
+def _fingerprint(node_class: type[Node], literals: dict[str, Any]) -> Any:
+    import inspect
+    parameters = inspect.signature(node_class.fingerprint).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    kwargs = {k: v for k, v in literals.items() if takes_any or k in parameters}
+    try:
+        return node_class.fingerprint(**kwargs)
+    except Exception:
+        return float("nan")  # unknown state: always re-run
+
+
+def _call(node_class: type[Node], inputs: dict[str, list[Any]],
+          input_is_list: bool) -> tuple[tuple[list[Any], ...], dict[str, Any] | None]:
+    """Call the node once per list element (ComfyUI's list semantics) and merge the results."""
+    schema = node_class.schema()
+    if input_is_list:
+        calls = [inputs]
+    else:
+        count = max((len(v) for v in inputs.values()), default=1)
+        if any(len(v) == 0 for v in inputs.values()):
+            count = 0
+        calls = [{name: values[min(i, len(values) - 1)] for name, values in inputs.items()}
+                 for i in range(count)]
+    merged: list[list[Any]] = [[] for _ in schema.outputs]
+    ui: dict[str, Any] | None = None
+    for kwargs in calls:
+        returned = node_class.execute(**kwargs)
+        if isinstance(returned, NodeOutput):
+            values, call_ui = returned.values, returned.ui
+        elif isinstance(returned, tuple):
+            values, call_ui = returned, None
+        elif returned is None and not schema.outputs:
+            values, call_ui = (), None
+        else:
+            raise TypeError(f"execute() must return a tuple or NodeOutput, not {type(returned).__name__}")
+        if len(values) != len(schema.outputs):
+            raise TypeError(f"returned {len(values)} outputs, its schema declares {len(schema.outputs)}")
+        for slot, (output, value) in enumerate(zip(schema.outputs, values)):
+            if output.is_list:
+                merged[slot].extend(value)
+            else:
+                merged[slot].append(value)
+        if call_ui:
+            ui = ui or {}
+            for key, items in call_ui.items():
+                if isinstance(items, list):
+                    ui.setdefault(key, []).extend(items)
+                else:
+                    ui[key] = items
+    return tuple(merged), ui
