@@ -40,6 +40,7 @@ class Folders:
     base_dir: Path
     models_dir: Path
     extra_paths: dict[str, list[Path]] = field(default_factory=dict)
+    data_dirs: dict[str, Path] = field(default_factory=dict)  # overrides of input/output/temp
 
     def model_paths(self, folder: str) -> list[Path]:
         if folder not in MODEL_FOLDERS:
@@ -50,7 +51,7 @@ class Folders:
     def data_dir(self, kind: str) -> Path:
         if kind not in DATA_DIRS:
             raise KeyError(f"unknown directory {kind!r}; known: {', '.join(DATA_DIRS)}")
-        return self.base_dir / kind
+        return self.data_dirs.get(kind) or self.base_dir / kind
 
 
 _lock = threading.Lock()
@@ -58,15 +59,18 @@ _folders = Folders(base_dir=Path.cwd(), models_dir=Path.cwd() / "models")
 
 
 def configure(base_dir: str | Path | None = None, models_dir: str | Path | None = None,
-              extra_paths: dict[str, list[Path]] | None = None) -> Folders:
-    """Set the base directory (and optionally the models directory); creates the folders."""
+              extra_paths: dict[str, list[Path]] | None = None,
+              data_dirs: dict[str, str | Path] | None = None) -> Folders:
+    """Set the base directory (optionally the models directory and input/output/temp); creates them."""
     global _folders
     base = Path(base_dir or Path.cwd()).resolve()
     models = Path(models_dir).resolve() if models_dir else base / "models"
+    overrides = {kind: Path(path).resolve() for kind, path in (data_dirs or {}).items()}
     with _lock:
-        _folders = Folders(base_dir=base, models_dir=models, extra_paths=dict(extra_paths or {}))
+        _folders = Folders(base_dir=base, models_dir=models, extra_paths=dict(extra_paths or {}),
+                           data_dirs=overrides)
     for kind in DATA_DIRS:
-        (base / kind).mkdir(parents=True, exist_ok=True)
+        _folders.data_dir(kind).mkdir(parents=True, exist_ok=True)
     if models_dir is None:
         for subs in MODEL_FOLDERS.values():
             (models / subs[0]).mkdir(parents=True, exist_ok=True)
