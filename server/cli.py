@@ -1,0 +1,343 @@
+"""The ``loom`` command: serve | run | validate | convert | nodes.
+
+Exit codes: 0 ok, 2 invalid workflow (one error per line), 1 run failed.
+Heavy libraries (torch, diffusers) load only when a command needs them, so ``loom --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+DEFAULT_PORT = 8188
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for (exit code 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--base-dir", type=Path, default=None,
+                        help="folder holding models/, input/, output/, temp/ (default: current directory)")
+    common.add_argument("--models-dir", type=Path, default=None,
+                        help="an existing models/ folder, e.g. a ComfyUI installation's")
+    common.add_argument("--extra-model-paths", type=Path, action="append", default=[],
+                        help="ComfyUI extra_model_paths.yaml (repeatable)")
+    common.add_argument("--nodes", type=Path, action="append", default=[], metavar="PACK",
+                        help="load a node pack (a .py file or a package folder); repeatable")
+    common.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickled .ckpt/.pt model files (loaded with weights_only=True)")
+
+    parser = argparse.ArgumentParser(prog="loom", description="Node-graph workflows for diffusion image "
+                                     "generation, compatible with ComfyUI workflows and its API.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="start the editor and the HTTP/WebSocket API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--token", default=None,
+                       help="API token (required on non-loopback addresses; generated when not given)")
+    serve.add_argument("--no-browser", action="store_true", help="do not open the editor in a browser")
+    serve.add_argument("--workflow", type=Path, default=None,
+                       help="workflow the editor opens first (default: workflows/txt2img.json)")
+
+    run = commands.add_parser("run", parents=[common], help="run a workflow headless")
+    run.add_argument("workflow", type=Path, help="UI or API workflow JSON, or a PNG/WebP with one embedded")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="change an input; NODE is a node id, or a title or type that is unique")
+    run.add_argument("--seed", type=int, default=None, help="set every seed input to this value")
+    run.add_argument("--output-dir", type=Path, default=None, help="where SaveImage writes (default output/)")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    validate = commands.add_parser("validate", parents=[common], help="check a workflow without running it")
+    validate.add_argument("workflow", type=Path)
+
+    convert = commands.add_parser("convert", parents=[common], help="print a workflow in the API format")
+    convert.add_argument("workflow", type=Path)
+
+    nodes = commands.add_parser("nodes", parents=[common], help="list node types, or describe one")
+    nodes.add_argument("name", nargs="?")
+    nodes.add_argument("--json", action="store_true", help="print /object_info JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "convert": cmd_convert,
+                "nodes": cmd_nodes}
+    try:
+        return handlers[args.command](args)
+    except UsageError as problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# --------------------------------------------------------------------------------------------
+# set-up shared by the commands
+# --------------------------------------------------------------------------------------------
+
+def configure(args: argparse.Namespace, output_dir: Path | None = None):
+    """Folders, model paths, pickle policy and node packs; returns the registry."""
+    from nodes import folders
+    from nodes.schema import default_registry
+
+    data_dirs = {"output": output_dir} if output_dir else None
+    folders.configure(args.base_dir, args.models_dir, data_dirs=data_dirs)
+    for yaml_path in args.extra_model_paths:
+        load_extra = getattr(folders, "load_extra_model_paths", None)
+        if load_extra is None:
+            raise UsageError("--extra-model-paths needs the model runtime, which is not installed")
+        load_extra(yaml_path)
+    if args.allow_pickle:
+        from nodes.runtime import checkpoint
+        checkpoint.ALLOW_PICKLE = True
+    for pack in args.nodes:
+        if not pack.exists():
+            raise UsageError(f"node pack {pack} does not exist")
+    try:
+        return default_registry(args.nodes)
+    except Exception as problem:
+        raise UsageError(f"could not load node packs: {problem}") from problem
+
+
+def load_prompt(path: Path, registry) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The API prompt of a workflow file, and its UI form when it has one."""
+    from server import workflow
+
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        loaded = workflow.load_workflow_file(path)
+        prompt = workflow.to_api(loaded, registry)
+    except workflow.WorkflowError as problem:
+        lines = [f"{path}: {problem}"]
+        for item in getattr(problem, "problems", []) or []:
+            lines.append(f"node {item.get('node_id')} ({item.get('class_type')}): {item.get('message')}")
+        raise InvalidWorkflow(lines) from problem
+    return prompt, loaded.ui
+
+
+class InvalidWorkflow(Exception):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def print_invalid(lines: list[str]) -> int:
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+# --------------------------------------------------------------------------------------------
+# overrides
+# --------------------------------------------------------------------------------------------
+
+def find_node(prompt: dict[str, Any], ref: str) -> str:
+    """A node id from an id, a unique title, or a unique class type."""
+    if ref in prompt:
+        return ref
+    for field in ("title", "class_type"):
+        matches = [nid for nid, node in prompt.items()
+                   if (node.get("_meta", {}).get("title") if field == "title" else node.get("class_type")) == ref]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UsageError(f"--set: {ref!r} matches nodes {', '.join(sorted(matches))}; use a node id")
+    raise UsageError(f"--set: no node with id, title or type {ref!r}")
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(prompt: dict[str, Any], overrides: list[str], registry) -> None:
+    for item in overrides:
+        target, sep, value = item.partition("=")
+        node_ref, dot, input_name = target.rpartition(".")
+        if not sep or not dot or not node_ref or not input_name:
+            raise UsageError(f"--set {item!r}: expected NODE.INPUT=VALUE")
+        node_id = find_node(prompt, node_ref)
+        node = prompt[node_id]
+        node_class = registry.get(node["class_type"])
+        spec = node_class.schema().input(input_name) if node_class else None
+        if node_class is not None and spec is None:
+            names = ", ".join(s.name for s in node_class.schema().inputs)
+            raise UsageError(f"--set {item!r}: node {node_id} ({node['class_type']}) has no input "
+                             f"{input_name!r}; its inputs are: {names}")
+        parsed = parse_value(value)
+        if spec is not None and spec.type in ("STRING", "COMBO") and not isinstance(parsed, str):
+            parsed = value  # a file name or text that happens to look like a number
+        node.setdefault("inputs", {})[input_name] = parsed
+
+
+def apply_seed(prompt: dict[str, Any], seed: int, registry) -> int:
+    changed = 0
+    for node in prompt.values():
+        node_class = registry.get(node.get("class_type"))
+        if node_class is None:
+            continue
+        for spec in node_class.schema().inputs:
+            value = node.get("inputs", {}).get(spec.name)
+            if spec.type == "INT" and spec.has_control_after_generate and not isinstance(value, list):
+                node["inputs"][spec.name] = seed
+                changed += 1
+    return changed
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from server.graph import validate_prompt
+
+    registry = configure(args, output_dir=args.output_dir)
+    try:
+        prompt, ui = load_prompt(args.workflow, registry)
+    except InvalidWorkflow as invalid:
+        return print_invalid(invalid.lines)
+    apply_overrides(prompt, args.overrides, registry)
+    if args.seed is not None and apply_seed(prompt, args.seed, registry) == 0:
+        print("warning: --seed given but the workflow has no seed input", file=sys.stderr)
+    validation = validate_prompt(prompt, registry)
+    if not validation.ok:
+        return print_invalid(validation.messages())
+    for line in validation.messages():
+        print(f"warning: skipped output: {line}", file=sys.stderr)
+
+    from server.executor import Executor
+    from server.progress_view import ProgressView
+
+    view = ProgressView(prompt, validation.order, stream=sys.stderr, enabled=not args.quiet)
+    executor = Executor(registry)
+    extra_data = {"extra_pnginfo": {"workflow": ui}} if ui else {}
+    try:
+        result = executor.execute(prompt, uuid.uuid4().hex, extra_data=extra_data, on_event=view.on_event,
+                                  validation=validation)
+    except KeyboardInterrupt:
+        executor.interrupt()
+        raise
+    view.close()
+    if result.status == "error":
+        error = result.error or {}
+        print(f"error: node {error.get('node_id')} ({error.get('node_type')}): "
+              f"{error.get('exception_message')}", file=sys.stderr)
+        return EXIT_FAILED
+    if result.status == "interrupted":
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    print_outputs(result.outputs)
+    return EXIT_OK
+
+
+def print_outputs(outputs: dict[str, dict[str, Any]]) -> None:
+    from nodes import folders
+
+    for node_id, ui in outputs.items():
+        for image in (ui or {}).get("images", []):
+            kind = image.get("type", "output")
+            path = folders.current().data_dir(kind) / image.get("subfolder", "") / image["filename"]
+            print(path)
+        for text in (ui or {}).get("text", []):
+            print(f"node {node_id}: {text}")
+        for latent in (ui or {}).get("latents", []):
+            print(folders.output_dir() / latent.get("subfolder", "") / latent["filename"])
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from server.graph import validate_prompt
+
+    registry = configure(args)
+    try:
+        prompt, _ = load_prompt(args.workflow, registry)
+    except InvalidWorkflow as invalid:
+        return print_invalid(invalid.lines)
+    validation = validate_prompt(prompt, registry)
+    if not validation.ok:
+        return print_invalid(validation.messages())
+    for line in validation.messages():
+        print(f"warning: skipped output: {line}", file=sys.stderr)
+    print(f"ok: {len(validation.order)} nodes to run for outputs {', '.join(validation.outputs)}")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    registry = configure(args)
+    try:
+        prompt, _ = load_prompt(args.workflow, registry)
+    except InvalidWorkflow as invalid:
+        return print_invalid(invalid.lines)
+    json.dump(prompt, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    registry = configure(args)
+    if args.name:
+        node_class = registry.get(args.name)
+        if node_class is None:
+            close = [n for n in registry.names() if args.name.lower() in n.lower()]
+            hint = f"; did you mean {', '.join(close[:5])}?" if close else ""
+            raise UsageError(f"no node type {args.name!r}{hint}")
+        if args.json:
+            print(json.dumps(registry.object_info(args.name), indent=2))
+        else:
+            print(describe_node(node_class))
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(registry.object_info(), indent=2))
+        return EXIT_OK
+    width = max((len(n) for n in registry.names()), default=0)
+    for name, node_class in registry.items():
+        print(f"{name:<{width}}  {node_class.schema().category}")
+    return EXIT_OK
+
+
+def describe_node(node_class) -> str:
+    schema = node_class.schema()
+    lines = [f"{schema.name} ({schema.display_name or schema.name}) - {schema.category}"]
+    if schema.description:
+        lines.append(f"  {schema.description}")
+    lines.append("inputs:")
+    for spec in schema.inputs:
+        options = {k: v for k, v in spec.options().items() if k != "tooltip"}
+        kind = "COMBO" if spec.type == "COMBO" else spec.type
+        extra = f" {json.dumps(options)}" if options else ""
+        lines.append(f"  {spec.name}: {kind}{' (optional)' if spec.optional else ''}{extra}")
+        if spec.type == "COMBO":
+            choices = spec.choices()
+            shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+            lines.append(f"      options: {shown or '(none)'}")
+    lines.append("outputs:")
+    for output in schema.outputs:
+        lines.append(f"  {output.display_name}: {output.type}{' (list)' if output.is_list else ''}")
+    if schema.output_node:
+        lines.append("output node: yes")
+    return "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    registry = configure(args)
+    from server.serve import run_server
+
+    return run_server(args, registry) or EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
