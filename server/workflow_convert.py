@@ -1,0 +1,634 @@
+"""UI (litegraph) workflow → API prompt, computed the way the editor's ``graphToPrompt`` computes it.
+
+The conversion runs in the backend so that a saved UI workflow runs headless. What it resolves:
+
+* widget values by name (positional ``widgets_values`` through :mod:`server.workflow_widgets`);
+* links, from each input's own ``link`` id looked up in ``links[]`` (tuples or objects; the redundant
+  ``outputs[].links`` back-references are ignored, so stale or conflicting copies do no harm);
+* frontend-only nodes: ``Reroute`` (followed), ``PrimitiveNode`` (its value goes into every widget it
+  feeds), ``Note``/``MarkdownNote`` (dropped); native reroutes (``extra.reroutes``, ``linkExtensions``,
+  ``floatingLinks``) only carry geometry, as every link still names its real endpoints;
+* muted nodes (mode 2) are dropped and inputs fed by them removed; bypassed nodes (mode 4) hand the
+  consumer their input of the matching type (same slot index, then exact type, then compatible type);
+* subgraphs (``definitions.subgraphs``, nested, several instances) are flattened into colon-path ids
+  ``"outer:inner"``; the boundary nodes -10/-20 are crossed, promoted widgets and ``proxyWidgets``
+  give each instance its own values;
+* legacy group nodes (``workflow>Name`` with ``extra.groupNodes``) are rewritten into subgraph
+  definitions and flattened the same way (ids ``"outer:index"``).
+
+Unknown node types are collected and reported together in one :class:`WorkflowError`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodes.schema import NodeRegistry, Schema, types_compatible
+from server.workflow_widgets import assign_widget_values
+
+MODE_MUTED = 2
+MODE_BYPASS = 4
+SUBGRAPH_INPUT_NODE = "-10"
+SUBGRAPH_OUTPUT_NODE = "-20"
+MAX_SUBGRAPH_DEPTH = 64
+
+# Frontend-only nodes: never sent to the backend. Pass-throughs hand on what feeds their input.
+PASS_THROUGH_NODES = frozenset({"Reroute", "Reroute (rgthree)"})
+PRIMITIVE_NODE = "PrimitiveNode"
+DOCUMENTATION_NODES = frozenset({"Note", "MarkdownNote", "Label (rgthree)", "Bookmark (rgthree)",
+                                 "Fast Groups Bypasser (rgthree)", "Fast Groups Muter (rgthree)"})
+VIRTUAL_NODES = PASS_THROUGH_NODES | DOCUMENTATION_NODES | {PRIMITIVE_NODE}
+GROUP_NODE_PREFIXES = ("workflow>", "workflow/")
+
+
+class WorkflowError(ValueError):
+    """A workflow that cannot be converted or loaded; ``problems`` lists ``{node_id, class_type, message}``."""
+
+    def __init__(self, message: str, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+
+
+@dataclass
+class ConversionResult:
+    """The API prompt ``{id: {"class_type", "inputs", "_meta": {"title"}}}`` and what was repaired on the way."""
+
+    prompt: dict[str, dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+    def __iter__(self):  # allows ``prompt, warnings = ui_to_api(...)``
+        return iter((self.prompt, self.warnings))
+
+
+# --------------------------------------------------------------------------------------------
+# Normalised graph
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Link:
+    id: Any
+    origin_id: str
+    origin_slot: int
+    target_id: str
+    target_slot: int
+    type: str
+
+
+@dataclass
+class _Graph:
+    """One graph (the root, a subgraph definition, or a rewritten group node) with normalised ids."""
+
+    label: str
+    nodes: dict[str, dict[str, Any]]
+    links: dict[Any, _Link]
+    inputs: list[dict[str, Any]] = field(default_factory=list)   # subgraph input slots
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # subgraph output slots
+
+
+def node_id_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"bad node id {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def slot_index(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"bad slot index {value!r}")
+    if isinstance(value, (int, float)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ValueError(f"bad slot index {value!r}")
+
+
+def link_key(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return value if isinstance(value, (str, int)) else repr(value)
+
+
+def _type_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "*" if value in (None, "") else str(value)
+
+
+def parse_links(raw: Any, label: str, warnings: list[str]) -> dict[Any, _Link]:
+    """Links as 6-tuples or objects; malformed entries and conflicting duplicate ids are reported."""
+    links: dict[Any, _Link] = {}
+    for entry in raw if isinstance(raw, list) else []:
+        try:
+            if isinstance(entry, (list, tuple)) and len(entry) >= 5:
+                link = _Link(link_key(entry[0]), node_id_text(entry[1]), slot_index(entry[2]),
+                             node_id_text(entry[3]), slot_index(entry[4]),
+                             _type_text(entry[5] if len(entry) > 5 else None))
+            elif isinstance(entry, dict):
+                link = _Link(link_key(entry["id"]), node_id_text(entry["origin_id"]),
+                             slot_index(entry["origin_slot"]), node_id_text(entry["target_id"]),
+                             slot_index(entry["target_slot"]), _type_text(entry.get("type")))
+            else:
+                raise ValueError("not a link")
+        except (KeyError, ValueError, TypeError):
+            warnings.append(f"{label}: ignored malformed link {json.dumps(entry, default=str)[:80]}")
+            continue
+        existing = links.get(link.id)
+        if existing is not None and existing != link:
+            warnings.append(f"{label}: link id {link.id} appears twice with different ends; kept the first")
+            continue
+        links[link.id] = link
+    return links
+
+
+def build_graph(raw: dict[str, Any], label: str, warnings: list[str]) -> _Graph:
+    nodes: dict[str, dict[str, Any]] = {}
+    for node in raw.get("nodes") or []:
+        if not isinstance(node, dict):
+            warnings.append(f"{label}: ignored a node entry that is not an object")
+            continue
+        try:
+            node_id = node_id_text(node.get("id"))
+        except ValueError:
+            warnings.append(f"{label}: ignored a node without an id (type {node.get('type')!r})")
+            continue
+        if node_id in nodes:
+            warnings.append(f"{label}: node id {node_id} appears twice; kept the first")
+            continue
+        nodes[node_id] = node
+    ordered = sorted(nodes.items(), key=lambda item: _order_key(item[1]))
+    return _Graph(label, dict(ordered), parse_links(raw.get("links"), label, warnings),
+                  [s for s in raw.get("inputs") or [] if isinstance(s, dict)],
+                  [s for s in raw.get("outputs") or [] if isinstance(s, dict)])
+
+
+def _order_key(node: dict[str, Any]) -> float:
+    order = node.get("order")
+    return float(order) if isinstance(order, (int, float)) and not isinstance(order, bool) else float("inf")
+
+
+def node_mode(node: dict[str, Any]) -> int:
+    mode = node.get("mode", 0)
+    try:
+        return int(mode)
+    except (TypeError, ValueError):
+        return 0
+
+
+def node_inputs(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [slot if isinstance(slot, dict) else {} for slot in node.get("inputs") or []]
+
+
+def node_outputs(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [slot if isinstance(slot, dict) else {} for slot in node.get("outputs") or []]
+
+
+def widget_name(slot: dict[str, Any]) -> str | None:
+    widget = slot.get("widget")
+    if isinstance(widget, dict) and isinstance(widget.get("name"), str):
+        return widget["name"]
+    return None
+
+
+def is_group_node_type(type_name: Any) -> bool:
+    return isinstance(type_name, str) and type_name.startswith(GROUP_NODE_PREFIXES)
+
+
+def wrap_value(value: Any) -> Any:
+    """A list literal would read as a link: the API wraps it as ``{"__value__": [...]}``."""
+    return {"__value__": value} if isinstance(value, list) else value
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution results and scopes
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Output:
+    exec_id: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class _Value:
+    value: Any
+
+
+@dataclass
+class _Scope:
+    """A graph as seen through one chain of subgraph instances."""
+
+    graph: _Graph
+    path: tuple[str, ...] = ()
+    parent: "_Scope | None" = None
+    instance: dict[str, Any] | None = None
+    chain: tuple[str, ...] = ()  # definition ids of the enclosing instances (recursion guard)
+    promoted: dict[int, Any] = field(default_factory=dict)  # subgraph input slot -> widget value
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # inner path -> {widget: value}
+
+    def exec_id(self, node_id: str) -> str:
+        return ":".join(self.path + (node_id,))
+
+    def where(self, node_id: str) -> str:
+        return f"node {self.exec_id(node_id)}"
+
+    def instance_input(self, slot: int) -> dict[str, Any] | None:
+        """The instance's input slot that stands for subgraph input ``slot`` (matched by name, then index)."""
+        if self.instance is None or slot >= len(self.graph.inputs):
+            return None
+        wanted = self.graph.inputs[slot]
+        inputs = node_inputs(self.instance)
+        for candidate in inputs:
+            if candidate.get("name") == wanted.get("name") and candidate.get("type") == wanted.get("type"):
+                return candidate
+        for candidate in inputs:
+            if candidate.get("name") == wanted.get("name"):
+                return candidate
+        names = {s.get("name") for s in self.graph.inputs}
+        if slot < len(inputs) and inputs[slot].get("name") not in names:
+            return inputs[slot]
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The converter
+# --------------------------------------------------------------------------------------------
+
+class Converter:
+    """Flattens one UI workflow into an API prompt."""
+
+    def __init__(self, workflow: dict[str, Any], registry: NodeRegistry) -> None:
+        self.workflow = workflow
+        self.registry = registry
+        self.warnings: list[str] = []
+        self.problems: list[dict[str, Any]] = []
+        self.prompt: dict[str, dict[str, Any]] = {}
+        self.definitions: dict[str, dict[str, Any]] = {}
+        self._graphs: dict[str, _Graph] = {}
+        self._scopes: dict[tuple[str, ...], _Scope] = {}
+        self._collect_definitions(workflow)
+        extra = workflow.get("extra") if isinstance(workflow.get("extra"), dict) else {}
+        groups = extra.get("groupNodes")
+        self.group_nodes: dict[str, Any] = groups if isinstance(groups, dict) else {}
+
+    # ---- entry point -----------------------------------------------------------------------
+
+    def convert(self) -> ConversionResult:
+        root = build_graph(self.workflow, "workflow", self.warnings)
+        self._emit_graph(_Scope(root))
+        if self.problems:
+            raise WorkflowError(_problems_message(self.problems), self.problems)
+        self._drop_links_to_missing_nodes()
+        return ConversionResult(self.prompt, self.warnings)
+
+    def _collect_definitions(self, container: dict[str, Any], depth: int = 0) -> None:
+        definitions = container.get("definitions")
+        if depth > MAX_SUBGRAPH_DEPTH or not isinstance(definitions, dict):
+            return
+        for definition in definitions.get("subgraphs") or []:
+            if isinstance(definition, dict) and isinstance(definition.get("id"), str):
+                self.definitions.setdefault(definition["id"], definition)
+                self._collect_definitions(definition, depth + 1)
+
+    # ---- emitting nodes ----------------------------------------------------------------------
+
+    def _emit_graph(self, scope: _Scope) -> None:
+        for node_id, node in scope.graph.nodes.items():
+            if node_mode(node) in (MODE_MUTED, MODE_BYPASS):
+                continue
+            type_name = node.get("type")
+            if not isinstance(type_name, str):
+                self._problem(scope, node_id, repr(type_name), "node has no type")
+            elif self._is_container(type_name):
+                inner = self._instance_scope(scope, node_id, node)
+                if inner is not None:
+                    self._emit_graph(inner)
+            elif type_name in VIRTUAL_NODES:
+                continue
+            else:
+                node_class = self.registry.get(type_name)
+                if node_class is None:
+                    self._unknown_type(scope, node_id, type_name)
+                else:
+                    self._emit_node(scope, node_id, node, node_class.schema())
+
+    def _emit_node(self, scope: _Scope, node_id: str, node: dict[str, Any], schema: Schema) -> None:
+        assigned = assign_widget_values(schema, node.get("widgets_values"), node.get("widgets_values_named"))
+        values = assigned.values
+        for name, value in scope.overrides.get(node_id, {}).items():
+            if name in values:
+                values[name] = value
+        if assigned.defaulted and node.get("widgets_values") is not None:
+            self.warnings.append(f"{scope.where(node_id)} ({schema.name}): no saved value for "
+                                 f"{', '.join(assigned.defaulted)}; used the default")
+        inputs: dict[str, Any] = {name: wrap_value(value) for name, value in values.items()}
+        for slot in node_inputs(node):
+            if slot.get("link") is None:
+                continue
+            name = widget_name(slot) or slot.get("name")
+            if not isinstance(name, str):
+                continue
+            if schema.input(name) is None and isinstance(slot.get("name"), str) and schema.input(slot["name"]):
+                name = slot["name"]
+            resolved = self._resolve_link(scope, slot["link"], _type_text(slot.get("type")), set(),
+                                          f"input {name!r} of {scope.where(node_id)}")
+            if isinstance(resolved, _Output):
+                inputs[name] = [resolved.exec_id, resolved.slot]
+            elif isinstance(resolved, _Value):
+                inputs[name] = wrap_value(resolved.value)
+        title = node.get("title") if isinstance(node.get("title"), str) else (schema.display_name or schema.name)
+        self.prompt[scope.exec_id(node_id)] = {"inputs": inputs, "class_type": schema.name,
+                                               "_meta": {"title": title}}
+
+    def _drop_links_to_missing_nodes(self) -> None:
+        for node_id, entry in self.prompt.items():
+            for name, value in list(entry["inputs"].items()):
+                if isinstance(value, list) and len(value) == 2 and value[0] not in self.prompt:
+                    del entry["inputs"][name]
+
+    # ---- link resolution ---------------------------------------------------------------------
+
+    def _resolve_link(self, scope: _Scope, link_id: Any, wanted_type: str, visited: set, consumer: str):
+        link = scope.graph.links.get(link_key(link_id))
+        if link is None:
+            self.warnings.append(f"{scope.graph.label}: {consumer} refers to link {link_id}, which is not "
+                                 f"in the links list; left unconnected")
+            return None
+        if link.origin_id == SUBGRAPH_INPUT_NODE and scope.instance is not None:
+            return self._resolve_subgraph_input(scope, link.origin_slot, wanted_type, visited, consumer)
+        origin = scope.graph.nodes.get(link.origin_id)
+        if origin is None:
+            self.warnings.append(f"{scope.graph.label}: link {link.id} into {consumer} comes from node "
+                                 f"{link.origin_id}, which does not exist; dropped")
+            return None
+        return self._resolve_output(scope, link.origin_id, origin, link.origin_slot, wanted_type, visited, consumer)
+
+    def _resolve_output(self, scope: _Scope, node_id: str, node: dict[str, Any], slot: int, wanted_type: str,
+                        visited: set, consumer: str):
+        guard = (scope.path, scope.graph.label, node_id, "out", slot)
+        if guard in visited:
+            raise WorkflowError(f"{scope.where(node_id)}: links loop through reroutes or bypassed nodes",
+                                [{"node_id": scope.exec_id(node_id), "class_type": node.get("type"),
+                                  "message": "links loop through reroutes or bypassed nodes"}])
+        visited.add(guard)
+        type_name = node.get("type")
+        mode = node_mode(node)
+        if mode == MODE_MUTED:
+            return None
+        if mode == MODE_BYPASS:
+            inputs = node_inputs(node)
+            index = bypass_input_index(node, slot, wanted_type)
+            if index < 0:
+                self.warnings.append(f"{consumer}: bypassed {scope.where(node_id)} has no input of type "
+                                     f"{wanted_type}; left unconnected")
+                return None
+            chosen = inputs[index]
+            if chosen.get("link") is None:
+                return None
+            return self._resolve_link(scope, chosen["link"], _type_text(chosen.get("type")), visited, consumer)
+        if isinstance(type_name, str) and self._is_container(type_name):
+            return self._resolve_subgraph_output(scope, node_id, node, slot, wanted_type, visited, consumer)
+        if type_name in PASS_THROUGH_NODES:
+            inputs = node_inputs(node)
+            if slot < len(inputs) and inputs[slot].get("link") is not None:
+                return self._resolve_link(scope, inputs[slot]["link"], wanted_type, visited, consumer)
+            return None
+        if type_name == PRIMITIVE_NODE:
+            saved = node.get("widgets_values")
+            if isinstance(saved, list) and saved and saved[0] is not None:
+                return _Value(saved[0])
+            return None
+        if type_name in DOCUMENTATION_NODES:
+            return None
+        return _Output(scope.exec_id(node_id), slot)
+
+    def _resolve_subgraph_output(self, scope: _Scope, node_id: str, node: dict[str, Any], slot: int,
+                                 wanted_type: str, visited: set, consumer: str):
+        inner = self._instance_scope(scope, node_id, node)
+        if inner is None:
+            return None
+        link = _output_link(inner.graph, slot)
+        if link is None:
+            self.warnings.append(f"{consumer}: output {slot} of subgraph {scope.where(node_id)} is not connected "
+                                 f"inside; left unconnected")
+            return None
+        if link.origin_id == SUBGRAPH_INPUT_NODE:
+            return self._resolve_subgraph_input(inner, link.origin_slot, wanted_type, visited, consumer)
+        origin = inner.graph.nodes.get(link.origin_id)
+        if origin is None:
+            self.warnings.append(f"{inner.graph.label}: output {slot} comes from node {link.origin_id}, "
+                                 f"which does not exist; dropped")
+            return None
+        return self._resolve_output(inner, link.origin_id, origin, link.origin_slot, wanted_type, visited, consumer)
+
+    def _resolve_subgraph_input(self, scope: _Scope, slot: int, wanted_type: str, visited: set, consumer: str):
+        assert scope.parent is not None
+        guard = (scope.path, scope.graph.label, SUBGRAPH_INPUT_NODE, "in", slot)
+        if guard in visited:
+            raise WorkflowError(f"subgraph {':'.join(scope.path)}: input {slot} loops back into itself")
+        visited.add(guard)
+        outer = scope.instance_input(slot)
+        if outer is not None and outer.get("link") is not None:
+            return self._resolve_link(scope.parent, outer["link"], _type_text(outer.get("type") or wanted_type),
+                                      visited, consumer)
+        if slot in scope.promoted:
+            return _Value(scope.promoted[slot])
+        return None
+
+    # ---- subgraph instances -----------------------------------------------------------------
+
+    def _is_container(self, type_name: str) -> bool:
+        return type_name in self.definitions or is_group_node_type(type_name)
+
+    def _instance_scope(self, parent: _Scope, node_id: str, node: dict[str, Any]) -> _Scope | None:
+        path = parent.path + (node_id,)
+        if path in self._scopes:
+            return self._scopes[path]
+        type_name = node["type"]
+        if type_name in parent.chain:
+            raise WorkflowError(f"subgraph {type_name} contains an instance of itself ({parent.where(node_id)})",
+                                [{"node_id": parent.exec_id(node_id), "class_type": type_name,
+                                  "message": "subgraph contains an instance of itself"}])
+        if len(path) > MAX_SUBGRAPH_DEPTH:
+            raise WorkflowError(f"subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels at {parent.where(node_id)}")
+        if type_name in self.definitions:
+            graph = self._definition_graph(type_name)
+        else:
+            graph = self._group_node_graph(parent, node_id, node)
+            if graph is None:
+                return None
+        scope = _Scope(graph, path, parent, node, parent.chain + (type_name,))
+        scope.overrides = {key[len(node_id) + 1:]: values for key, values in parent.overrides.items()
+                           if key.startswith(node_id + ":")}
+        if type_name in self.definitions:
+            self._apply_promoted_widgets(scope, node, parent.overrides.get(node_id, {}))
+        self._scopes[path] = scope
+        return scope
+
+    def _definition_graph(self, definition_id: str) -> _Graph:
+        if definition_id not in self._graphs:
+            definition = self.definitions[definition_id]
+            label = f"subgraph {definition.get('name') or definition_id!r}"
+            self._graphs[definition_id] = build_graph(definition, label, self.warnings)
+        return self._graphs[definition_id]
+
+    def _apply_promoted_widgets(self, scope: _Scope, instance: dict[str, Any], from_parent: dict[str, Any]) -> None:
+        """Give this instance its own values for widgets promoted onto the instance node."""
+        graph = scope.graph
+        promoted_slots = [index for index in range(len(graph.inputs)) if self._feeds_widget(scope, index)]
+        proxies = _proxy_widgets(instance)
+        saved = instance.get("widgets_values")
+        by_input_name = {slot.get("name"): index for index, slot in enumerate(graph.inputs)}
+        if isinstance(saved, dict):
+            for name, value in saved.items():
+                if name in by_input_name:
+                    scope.promoted[by_input_name[name]] = value
+        elif isinstance(saved, list) and saved:
+            if proxies and len(saved) == len(proxies) and len(proxies) != len(promoted_slots):
+                targets: list[tuple[str, str]] = proxies
+            else:
+                targets = [("-1", str(graph.inputs[index].get("name"))) for index in promoted_slots]
+            extra_slots = len(saved) - len(targets)
+            position = 0
+            for inner_id, name in targets:
+                if position >= len(saved):
+                    break
+                value = saved[position]
+                position += 1
+                if inner_id == "-1":
+                    if name in by_input_name and value is not None:
+                        scope.promoted[by_input_name[name]] = value
+                    if extra_slots > 0 and self._promoted_has_control(scope, by_input_name.get(name)):
+                        position += 1
+                        extra_slots -= 1
+                elif value is not None:
+                    scope.overrides.setdefault(inner_id, {})[name] = value
+        for name, value in from_parent.items():  # the parent promoted one of this instance's widgets
+            if name in by_input_name:
+                scope.promoted[by_input_name[name]] = value
+
+    def _inner_targets(self, scope: _Scope, input_slot: int):
+        """(node, input slot dict) pairs inside the subgraph fed by subgraph input ``input_slot``."""
+        for link in scope.graph.links.values():
+            if link.origin_id != SUBGRAPH_INPUT_NODE or link.origin_slot != input_slot:
+                continue
+            node = scope.graph.nodes.get(link.target_id)
+            if node is None:
+                continue
+            inputs = node_inputs(node)
+            target = next((s for s in inputs if link_key(s.get("link")) == link.id), None)
+            if target is None and link.target_slot < len(inputs):
+                target = inputs[link.target_slot]
+            if target is not None:
+                yield node, target
+
+    def _feeds_widget(self, scope: _Scope, input_slot: int) -> bool:
+        for node, target in self._inner_targets(scope, input_slot):
+            if widget_name(target):
+                return True
+            node_class = self.registry.get(node.get("type")) if isinstance(node.get("type"), str) else None
+            spec = node_class.schema().input(str(target.get("name"))) if node_class else None
+            if spec is not None and spec.has_widget:
+                return True
+        return False
+
+    def _promoted_has_control(self, scope: _Scope, input_slot: int | None) -> bool:
+        if input_slot is None:
+            return False
+        for node, target in self._inner_targets(scope, input_slot):
+            node_class = self.registry.get(node.get("type")) if isinstance(node.get("type"), str) else None
+            spec = node_class.schema().input(widget_name(target) or str(target.get("name"))) if node_class else None
+            if spec is not None and spec.has_control_after_generate:
+                return True
+        return False
+
+    # ---- legacy group nodes ------------------------------------------------------------------
+
+    def _group_node_graph(self, parent: _Scope, node_id: str, node: dict[str, Any]) -> _Graph | None:
+        from server.workflow_groupnodes import group_node_graph
+
+        type_name = node["type"]
+        name = type_name.split(">", 1)[1] if ">" in type_name else type_name.split("/", 1)[1]
+        definition = self.group_nodes.get(name)
+        if not isinstance(definition, dict):
+            self._problem(parent, node_id, type_name,
+                          f"legacy group node {name!r} has no definition in extra.groupNodes; "
+                          f"ungroup it in the editor and save again")
+            return None
+        try:
+            raw = group_node_graph(definition, node, self.registry)
+        except ValueError as error:
+            self._problem(parent, node_id, type_name, f"legacy group node {name!r} cannot be expanded: {error}")
+            return None
+        return build_graph(raw, f"group node {name!r}", self.warnings)
+
+    # ---- problems ----------------------------------------------------------------------------
+
+    def _problem(self, scope: _Scope, node_id: str, class_type: str, message: str) -> None:
+        self.problems.append({"node_id": scope.exec_id(node_id), "class_type": class_type, "message": message})
+
+    def _unknown_type(self, scope: _Scope, node_id: str, type_name: str) -> None:
+        message = f"unknown node type {type_name!r}"
+        stripped = type_name.strip()
+        if stripped != type_name and stripped in self.registry:
+            message += f" (did you mean {stripped!r}? the saved name has extra spaces)"
+        else:
+            message += " (is its node pack installed?)"
+        self._problem(scope, node_id, type_name, message)
+
+
+def bypass_input_index(node: dict[str, Any], slot: int, wanted_type: str) -> int:
+    """Which input a bypassed node hands on for output ``slot`` when a ``wanted_type`` input asks."""
+    inputs = node_inputs(node)
+    outputs = node_outputs(node)
+    if wanted_type in ("*", ""):
+        return slot if slot < len(inputs) else (0 if inputs else -1)
+    output_type = _type_text(outputs[slot].get("type")) if slot < len(outputs) else wanted_type
+    if slot < len(inputs):
+        same = _type_text(inputs[slot].get("type"))
+        if types_compatible(output_type, same) and types_compatible(same, wanted_type):
+            return slot
+    for index, candidate in enumerate(inputs):
+        if _type_text(candidate.get("type")) == wanted_type:
+            return index
+    for index, candidate in enumerate(inputs):
+        kind = _type_text(candidate.get("type"))
+        if types_compatible(kind, output_type) and types_compatible(kind, wanted_type):
+            return index
+    return -1
+
+
+def _output_link(graph: _Graph, slot: int) -> _Link | None:
+    if slot < len(graph.outputs):
+        for link_id in graph.outputs[slot].get("linkIds") or []:
+            link = graph.links.get(link_key(link_id))
+            if link is not None and link.target_id == SUBGRAPH_OUTPUT_NODE:
+                return link
+    for link in graph.links.values():
+        if link.target_id == SUBGRAPH_OUTPUT_NODE and link.target_slot == slot:
+            return link
+    return None
+
+
+def _proxy_widgets(instance: dict[str, Any]) -> list[tuple[str, str]]:
+    properties = instance.get("properties") if isinstance(instance.get("properties"), dict) else {}
+    raw = properties.get("proxyWidgets")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return []
+    entries = []
+    for entry in raw if isinstance(raw, list) else []:
+        if isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[1], str):
+            entries.append((str(entry[0]), entry[1]))
+    return entries
+
+
+def _problems_message(problems: list[dict[str, Any]]) -> str:
+    lines = [f"node {p['node_id']} ({p['class_type']}): {p['message']}" for p in problems]
+    return "the workflow cannot be converted:\n  " + "\n  ".join(lines)

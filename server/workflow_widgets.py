@@ -1,0 +1,147 @@
+"""Widget values of a saved UI node, mapped to input names the way the editor lays widgets out.
+
+A UI workflow stores a node's widget values positionally (``widgets_values``). The editor creates one
+widget per widget-capable input, required inputs first and optional ones after, and inserts companion
+widgets whose values are saved but never sent to the backend:
+
+* a ``control_after_generate`` combo right after an input that asks for one (``fixed``, ``increment``,
+  ``decrement``, ``randomize``; older files store a boolean ``true``), and for a COMBO input also a
+  ``control_filter_list`` text box after it;
+* in older files an upload button after the last widget of the group holding an ``image_upload`` combo
+  (``LoadImage`` saves ``["example.png", "image"]``).
+
+Companions that a file may or may not carry are matched by count and by the look of the value, so a
+file written by an older or newer editor maps onto the same names. Values can also come as a dict
+(``widgets_values`` of some custom nodes, or the newer ``widgets_values_named``), which wins by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nodes.schema import CONTROL_AFTER_GENERATE_VALUES, Boolean, Combo, Float, InputSpec, Int, Schema, String
+
+CONTROL_VALUES = frozenset(CONTROL_AFTER_GENERATE_VALUES) | {"increment-wrap"}
+
+# The editor gives these INT inputs a control widget even when the definition does not ask for one.
+LEGACY_SEED_NAMES = ("seed", "noise_seed")
+
+
+@dataclass(frozen=True)
+class WidgetSlot:
+    """One entry of ``widgets_values``: a widget's value, or one of its companions."""
+
+    kind: str  # "value" | "control" | "filter" | "upload"
+    spec: InputSpec
+    always_saved: bool  # False: some files carry it, some do not
+
+
+def widget_slots(schema: Schema) -> list[WidgetSlot]:
+    """The ``widgets_values`` layout of a node: each widget followed by its companions."""
+    slots: list[WidgetSlot] = []
+    for group in (schema.required_inputs, schema.optional_inputs):
+        upload_owner: InputSpec | None = None
+        for spec in group:
+            if not spec.has_widget:
+                continue
+            slots.append(WidgetSlot("value", spec, True))
+            if spec.has_control_after_generate:
+                slots.append(WidgetSlot("control", spec, True))
+                if isinstance(spec, Combo):
+                    slots.append(WidgetSlot("filter", spec, False))
+            elif isinstance(spec, Int) and spec.name in LEGACY_SEED_NAMES:
+                slots.append(WidgetSlot("control", spec, False))
+            if isinstance(spec, Combo) and spec.image_upload:
+                upload_owner = spec
+        if upload_owner is not None:
+            slots.append(WidgetSlot("upload", upload_owner, False))
+    return slots
+
+
+def looks_like_control(value: Any) -> bool:
+    return value is None or isinstance(value, bool) or (isinstance(value, str) and value in CONTROL_VALUES)
+
+
+def _plausible_companion(slot: WidgetSlot, value: Any) -> bool:
+    if slot.kind == "control":
+        return looks_like_control(value)
+    # the filter box holds text; the upload button holds "image"/"video"/... or nothing
+    return value is None or isinstance(value, str)
+
+
+def widget_default(spec: InputSpec) -> Any:
+    """The value a freshly created widget holds (what the editor sends when nothing was saved)."""
+    default = getattr(spec, "default", None)
+    if default is not None:
+        return default
+    if isinstance(spec, Combo):
+        try:
+            choices = spec.choices()
+        except Exception:  # a folder that cannot be listed: no better default than empty
+            choices = []
+        return choices[0] if choices else ""
+    if isinstance(spec, (Int, Float)):
+        zero: int | float = 0 if isinstance(spec, Int) else 0.0
+        if spec.min is not None and zero < spec.min:
+            return spec.min
+        if spec.max is not None and zero > spec.max:
+            return spec.max
+        return zero
+    if isinstance(spec, Boolean):
+        return False
+    if isinstance(spec, String):
+        return ""
+    return None
+
+
+@dataclass
+class WidgetValues:
+    """Values by input name, plus the names that had no saved value (their defaults were used)."""
+
+    values: dict[str, Any]
+    defaulted: list[str]
+
+
+def assign_widget_values(schema: Schema, widgets_values: Any, named: Any = None) -> WidgetValues:
+    """Map a node's saved widget values (a list, a dict, or nothing) to its widget input names."""
+    widget_specs = [spec for spec in schema.required_inputs + schema.optional_inputs if spec.has_widget]
+    values: dict[str, Any] = {}
+    if isinstance(widgets_values, list):
+        values.update(_assign_positional(widget_slots(schema), widgets_values))
+    by_name: dict[str, Any] = {}
+    if isinstance(widgets_values, dict):
+        by_name.update(widgets_values)
+    if isinstance(named, dict):
+        by_name.update(named)
+    for spec in widget_specs:
+        if spec.name in by_name and by_name[spec.name] is not None:
+            values[spec.name] = by_name[spec.name]
+    defaulted = []
+    for spec in widget_specs:
+        if values.get(spec.name) is None:
+            values[spec.name] = widget_default(spec)
+            defaulted.append(spec.name)
+    return WidgetValues(values, defaulted)
+
+
+def _assign_positional(slots: list[WidgetSlot], saved: list[Any]) -> dict[str, Any]:
+    always = sum(1 for slot in slots if slot.always_saved)
+    spare = len(saved) - always  # how many optional companions this list has room for
+    values: dict[str, Any] = {}
+    position = 0
+    for slot in slots:
+        if position >= len(saved):
+            break
+        value = saved[position]
+        if slot.kind == "value":
+            if value is not None:
+                values[slot.spec.name] = value
+            position += 1
+        elif slot.always_saved:
+            # a control entry every modern file has; a truncated list may still lack it
+            if _plausible_companion(slot, value):
+                position += 1
+        elif spare > 0 and _plausible_companion(slot, value):
+            position += 1
+            spare -= 1
+    return values
