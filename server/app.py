@@ -1,0 +1,790 @@
+"""The aiohttp application: ComfyUI's HTTP/WebSocket API, Loom's additions, and the editor's files.
+
+:func:`create_app` builds one :class:`web.Application` that owns the durable queue, the worker thread
+and the WebSocket clients. Every API route is served at ``/path`` and ``/api/path``; the editor
+(``web/``) is served at ``/``. Security (token, cross-site checks, safe paths, error hygiene) lives in
+:mod:`server.security`; routes only call its helpers.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from aiohttp import web
+
+from nodes import folders
+from nodes.schema import NodeRegistry
+from server.clients import SERVER_FEATURES, ClientHub
+from server.queue import PromptQueue, QueueStoreError
+from server.security import (ClientError, SecurityConfig, UploadLimits, content_disposition, data_path,
+                             error_middleware, headers_middleware, json_error, read_json, sanitize_upload_name,
+                             security_middleware, split_annotation, view_content_type)
+from server.worker import Worker
+
+log = logging.getLogger("loom.server")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VERSION = "0.1.0"
+PROMPT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+    ".json": "application/json", ".map": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".ico": "image/x-icon",
+    ".gif": "image/gif", ".woff": "font/woff", ".woff2": "font/woff2", ".ttf": "font/ttf",
+    ".txt": "text/plain; charset=utf-8", ".md": "text/plain; charset=utf-8",
+}
+UPLOAD_FORMATS = {"PNG": ("PNG", ".png"), "JPEG": ("JPEG", ".jpg"), "MPO": ("JPEG", ".jpg"),
+                  "WEBP": ("WEBP", ".webp"), "GIF": ("PNG", ".png"), "BMP": ("PNG", ".png"),
+                  "TIFF": ("PNG", ".png")}
+"""Image formats accepted by uploads, and what each is re-encoded to."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8188
+    token: str | None = None
+    registry: NodeRegistry | None = None
+    extra_node_packs: Sequence[str | Path] = ()
+    db_path: Path | None = None  # default <base>/user/loom.sqlite3
+    user_dir: Path | None = None  # default <base>/user
+    web_root: Path = REPO_ROOT / "web"
+    max_prompt_bytes: int = 20 * 1024 * 1024
+    upload: UploadLimits = field(default_factory=UploadLimits)
+    history_max_items: int = 10_000
+    history_max_age_s: float | None = 30 * 24 * 3600
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    expose_tracebacks: bool = False
+    start_worker: bool = True
+    executor: Any = None  # default server.executor.Executor(registry)
+
+
+class LoomServer:
+    """Everything a running server holds; its methods are the route handlers."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.security = SecurityConfig.for_bind(config.host, config.token, allowed_hosts=config.allowed_hosts,
+                                                allowed_origins=config.allowed_origins)
+        if config.registry is None:
+            from nodes.schema import default_registry
+            config.registry = default_registry(config.extra_node_packs)
+        self.registry: NodeRegistry = config.registry
+        base = folders.base_dir()
+        self.user_dir = Path(config.user_dir or base / "user")
+        self.user_dir.mkdir(parents=True, exist_ok=True)
+        self.queue = PromptQueue(config.db_path or self.user_dir / "loom.sqlite3",
+                                 max_history_items=config.history_max_items,
+                                 max_history_age_s=config.history_max_age_s)
+        if config.executor is None:
+            from server.executor import Executor
+            config.executor = Executor(self.registry)
+        self.executor = config.executor
+        self.hub = ClientHub()
+        self.hub.status_source = lambda: {"exec_info": {"queue_remaining": self.queue.remaining()}}
+        self.queue.add_listener(self.hub.status_changed)
+        self.worker = Worker(self.queue, self.executor, self.hub, expose_tracebacks=config.expose_tracebacks)
+        self._settings_lock = asyncio.Lock()
+        self.started_at = time.time()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def on_startup(self, app: web.Application) -> None:
+        self.hub.attach(asyncio.get_running_loop())
+        if self.config.start_worker:
+            self.worker.start()
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        await self.hub.close_all()
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        await asyncio.to_thread(self.worker.stop)
+        self.queue.close()
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    async def post_prompt(self, request: web.Request) -> web.Response:
+        body = await read_json(request, self.config.max_prompt_bytes)
+        if not isinstance(body, dict):
+            raise ClientError(400, "invalid_prompt", "Invalid request",
+                              'the body must be a JSON object: {"prompt": {...}, "client_id": "..."}')
+        if "prompt" not in body:
+            if _looks_like_ui_workflow(body):
+                raise _ui_format_error()
+            raise ClientError(400, "no_prompt", "No prompt provided", 'the body has no "prompt" key')
+        prompt = body["prompt"]
+        if _looks_like_ui_workflow(prompt):
+            raise _ui_format_error()
+        if not isinstance(prompt, dict):
+            raise ClientError(400, "invalid_prompt", "Invalid prompt",
+                              "the prompt must be a JSON object of nodes by id (the API format)")
+        extra_data = body.get("extra_data") or {}
+        if not isinstance(extra_data, dict):
+            raise ClientError(400, "invalid_prompt", "Invalid extra_data", "extra_data must be a JSON object")
+        client_id = body.get("client_id")
+        if client_id is not None:
+            if not isinstance(client_id, str) or len(client_id) > 128:
+                raise ClientError(400, "invalid_prompt", "Invalid client_id", "client_id must be a short string")
+            extra_data = {**extra_data, "client_id": client_id}
+        prompt_id = _check_prompt_id(body.get("prompt_id"))
+        number = _check_number(body.get("number"))
+        front = bool(body.get("front")) if body.get("front") is not None else False
+        targets = body.get("partial_execution_targets")
+        if targets is not None and (not isinstance(targets, list)
+                                    or not all(isinstance(t, (str, int)) and not isinstance(t, bool)
+                                               for t in targets)):
+            raise ClientError(400, "invalid_prompt", "Invalid partial_execution_targets",
+                              "partial_execution_targets must be a list of node ids")
+        return await self._enqueue(prompt, prompt_id, extra_data, number, front,
+                                   [str(t) for t in targets] if targets is not None else None)
+
+    async def _enqueue(self, prompt: dict, prompt_id: str | None, extra_data: dict, number: float | None,
+                       front: bool, targets: list[str] | None) -> web.Response:
+        from server.graph import validate_prompt
+        validation = await asyncio.to_thread(validate_prompt, prompt, self.registry, targets)
+        if not validation.ok:
+            return web.json_response({"error": validation.error, "node_errors": validation.node_errors},
+                                     status=400)
+        prompt_id = prompt_id or str(uuid.uuid4())
+        try:
+            number = self.queue.put(prompt_id, prompt, extra_data, validation.outputs, number=number, front=front)
+        except KeyError:
+            raise ClientError(400, "duplicate_prompt_id", "prompt_id already used",
+                              "a queued, running or finished prompt has this id; leave prompt_id out "
+                              "to get a fresh one") from None
+        except QueueStoreError as error:
+            raise ClientError(503, "queue_unavailable", "The queue is not available", str(error)) from None
+        return web.json_response({"prompt_id": prompt_id, "number": _plain(number),
+                                  "node_errors": validation.node_errors})
+
+    async def get_prompt(self, request: web.Request) -> web.Response:
+        return web.json_response({"exec_info": {"queue_remaining": self.queue.remaining()}})
+
+    async def get_queue(self, request: web.Request) -> web.Response:
+        running, pending = await asyncio.to_thread(lambda: (self.queue.running(), self.queue.pending()))
+        return web.json_response({"queue_running": [i.as_list() for i in running],
+                                  "queue_pending": [i.as_list() for i in pending]})
+
+    async def post_queue(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        cleared = self.queue.clear_pending() if body.get("clear") else 0
+        deleted = 0
+        if "delete" in body:
+            ids = body["delete"]
+            if not isinstance(ids, list):
+                raise ClientError(400, "invalid_request", "delete must be a list of prompt ids")
+            deleted = self.queue.delete_pending(str(i) for i in ids)
+        return web.json_response({"cleared": cleared, "deleted": deleted})
+
+    async def cancel_prompt(self, request: web.Request) -> web.Response:
+        """Loom: cancel a queued prompt, or interrupt it when it is running."""
+        prompt_id = request.match_info["prompt_id"]
+        for _ in range(100):
+            if self.queue.cancel(prompt_id):
+                return web.json_response({"prompt_id": prompt_id, "state": "cancelled"})
+            if self.worker.interrupt(prompt_id):
+                return web.json_response({"prompt_id": prompt_id, "state": "interrupting"})
+            state = self.queue.state_of(prompt_id)
+            if state != "running":  # running but not yet handed to the executor: try again shortly
+                break
+            await asyncio.sleep(0.01)
+        if state is None:
+            raise ClientError(404, "not_found", "Unknown prompt_id", f"no prompt {prompt_id!r}")
+        return json_error(409, "already_finished", "The prompt has already finished", f"its state is {state}")
+
+    async def requeue_prompt(self, request: web.Request) -> web.Response:
+        """Loom: queue a finished (e.g. interrupted) prompt again, under a new id."""
+        item = self.queue.history_prompt(request.match_info["prompt_id"])
+        if item is None:
+            raise ClientError(404, "not_found", "Unknown prompt_id", "no finished prompt with this id")
+        body = await _json_object(request)
+        extra_data = dict(item.extra_data)
+        if isinstance(body.get("client_id"), str):
+            extra_data["client_id"] = body["client_id"]
+        return await self._enqueue(item.prompt, None, extra_data, None, bool(body.get("front")),
+                                   item.outputs or None)
+
+    async def post_interrupt(self, request: web.Request) -> web.Response:
+        body = await read_json(request, 64 * 1024, required=False)
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        if prompt_id is not None and not isinstance(prompt_id, str):
+            raise ClientError(400, "invalid_request", "prompt_id must be a string")
+        interrupted = self.worker.interrupt(prompt_id)
+        return web.json_response({"interrupted": interrupted})
+
+    async def post_free(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        self.worker.request_free(unload_models=bool(body.get("unload_models")),
+                                 free_memory=bool(body.get("free_memory")))
+        return web.json_response({})
+
+    # -- history -------------------------------------------------------------------------------
+
+    async def get_history(self, request: web.Request) -> web.Response:
+        max_items = _query_int(request, "max_items")
+        offset = _query_int(request, "offset")
+        history = await asyncio.to_thread(self.queue.history, max_items, -1 if offset is None else offset)
+        return web.json_response(history)
+
+    async def get_history_item(self, request: web.Request) -> web.Response:
+        prompt_id = request.match_info["prompt_id"]
+        entry = await asyncio.to_thread(self.queue.history_item, prompt_id)
+        return web.json_response({prompt_id: entry} if entry is not None else {})
+
+    async def post_history(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        cleared = self.queue.clear_history() if body.get("clear") else 0
+        deleted = 0
+        if "delete" in body:
+            ids = body["delete"]
+            if not isinstance(ids, list):
+                raise ClientError(400, "invalid_request", "delete must be a list of prompt ids")
+            deleted = self.queue.delete_history(str(i) for i in ids)
+        return web.json_response({"cleared": cleared, "deleted": deleted})
+
+    # -- nodes and models ----------------------------------------------------------------------
+
+    async def get_object_info(self, request: web.Request) -> web.Response:
+        info = await asyncio.to_thread(_object_info, self.registry, None)
+        return web.json_response(info)
+
+    async def get_object_info_node(self, request: web.Request) -> web.Response:
+        info = await asyncio.to_thread(_object_info, self.registry, request.match_info["node_class"])
+        return web.json_response(info)
+
+    async def get_models(self, request: web.Request) -> web.Response:
+        return web.json_response(list(folders.MODEL_FOLDERS))
+
+    async def get_model_folder(self, request: web.Request) -> web.Response:
+        folder = request.match_info["folder"]
+        if folder not in folders.MODEL_FOLDERS:
+            raise ClientError(404, "not_found", "Unknown model folder",
+                              f"known folders: {', '.join(folders.MODEL_FOLDERS)}")
+        return web.json_response(await asyncio.to_thread(folders.list_files, folder))
+
+    async def get_embeddings(self, request: web.Request) -> web.Response:
+        names = await asyncio.to_thread(folders.list_files, "embeddings")
+        return web.json_response([name.rsplit(".", 1)[0] for name in names])
+
+    async def get_system_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(_system_stats))
+
+    async def get_features(self, request: web.Request) -> web.Response:
+        return web.json_response({**SERVER_FEATURES, "max_upload_size": self.config.upload.max_bytes})
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def get_view(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        filename, annotated = split_annotation(query.get("filename", ""))
+        kind = query.get("type") or annotated or "output"
+        path = data_path(kind, filename, query.get("subfolder", ""))
+        if not path.is_file():
+            raise ClientError(404, "not_found", "File not found")
+        real = Path(os.path.realpath(path))
+        content_type, inline = view_content_type(real)
+        headers = {"Content-Security-Policy": "default-src 'none'; img-src 'self' data:; media-src 'self'; sandbox",
+                   "Cache-Control": "no-cache"}
+        preview, channel = query.get("preview"), query.get("channel", "rgba")
+        if channel not in ("rgba", "rgb", "a"):
+            raise ClientError(400, "invalid_request", "channel must be rgba, rgb or a")
+        if content_type.startswith("image/") and (preview or channel != "rgba"):
+            data, content_type, suffix = await asyncio.to_thread(_transform_image, real, preview, channel)
+            headers["Content-Disposition"] = content_disposition("inline", Path(filename).stem + suffix)
+            return web.Response(body=data, content_type=content_type, headers=headers)
+        headers["Content-Disposition"] = content_disposition("inline" if inline else "attachment", filename)
+        headers["Content-Type"] = content_type
+        return web.FileResponse(real, headers=headers)
+
+    async def post_upload_image(self, request: web.Request) -> web.Response:
+        fields, image_name, image_bytes = await self._read_upload(request)
+        saved = await asyncio.to_thread(self._save_upload, fields, image_name, image_bytes, None)
+        return web.json_response(saved)
+
+    async def post_upload_mask(self, request: web.Request) -> web.Response:
+        fields, image_name, image_bytes = await self._read_upload(request)
+        try:
+            ref = json.loads(fields.get("original_ref") or "")
+        except ValueError:
+            ref = None
+        if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
+            raise ClientError(400, "invalid_request", "original_ref must be JSON {filename, subfolder, type}")
+        name, annotated = split_annotation(ref["filename"])
+        original = data_path(str(ref.get("type") or annotated or "input"), name, str(ref.get("subfolder") or ""))
+        if not original.is_file():
+            raise ClientError(404, "not_found", "The original image was not found")
+        saved = await asyncio.to_thread(self._save_upload, fields, image_name, image_bytes, original)
+        return web.json_response(saved)
+
+    async def _read_upload(self, request: web.Request) -> tuple[dict[str, str], str, bytes]:
+        limit = self.config.upload.max_bytes
+        if request.content_length is not None and request.content_length > limit + 64 * 1024:
+            raise ClientError(413, "too_large", "Upload too large", f"the limit is {limit} bytes")
+        if not request.content_type.startswith("multipart/"):
+            raise ClientError(415, "unsupported_media_type", "Send the image as multipart/form-data")
+        reader = await request.multipart()
+        fields: dict[str, str] = {}
+        image_name, image_bytes = "", b""
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if part.name == "image":
+                image_name = part.filename or "image.png"
+                chunks, size = [], 0
+                while chunk := await part.read_chunk(1 << 16):
+                    size += len(chunk)
+                    if size > limit:
+                        raise ClientError(413, "too_large", "Upload too large", f"the limit is {limit} bytes")
+                    chunks.append(chunk)
+                image_bytes = b"".join(chunks)
+            elif part.name:
+                raw = await part.read()
+                if len(raw) > 64 * 1024:
+                    raise ClientError(413, "too_large", f"Field {part.name} too large")
+                fields[part.name] = raw.decode("utf-8", "replace")
+            else:
+                await part.release()
+        if not image_bytes:
+            raise ClientError(400, "invalid_request", "No image", 'send the file in a field named "image"')
+        return fields, image_name, image_bytes
+
+    def _save_upload(self, fields: dict[str, str], image_name: str, image_bytes: bytes,
+                     mask_original: Path | None) -> dict[str, str]:
+        kind = fields.get("type") or "input"
+        subfolder = fields.get("subfolder", "")
+        overwrite = fields.get("overwrite", "").lower() in ("true", "1")
+        image = _decode_upload(image_bytes, self.config.upload.max_pixels)
+        if mask_original is not None:
+            data, suffix = _apply_mask(mask_original, image, self.config.upload.max_pixels)
+        else:
+            data, suffix = _reencode(image)
+        name = sanitize_upload_name(image_name, suffix)
+        target = data_path(kind, name, subfolder)
+        if not overwrite:
+            stem, counter = name[: -len(suffix)], 1
+            while target.exists():
+                if target.is_file() and _sha256_file(target) == hashlib.sha256(data).hexdigest():
+                    break  # the same image is already there: reuse it
+                name = f"{stem} ({counter}){suffix}"
+                target = data_path(kind, name, subfolder)
+                counter += 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        finally:
+            if partial.exists():
+                partial.unlink()
+        return {"name": name, "subfolder": "/".join(p for p in subfolder.split("/") if p not in ("", ".")),
+                "type": kind}
+
+    # -- Loom additions ------------------------------------------------------------------------
+
+    async def post_workflow_convert(self, request: web.Request) -> web.Response:
+        body = await read_json(request, self.config.max_prompt_bytes)
+        try:
+            from server import workflow
+        except ImportError:
+            raise ClientError(501, "not_available", "Workflow conversion is not installed") from None
+        if isinstance(body, dict) and isinstance(body.get("workflow"), dict) and "nodes" not in body:
+            body = body["workflow"]
+        if not isinstance(body, dict):
+            raise ClientError(400, "invalid_workflow", "Invalid workflow", "send the UI workflow JSON object")
+        try:
+            result = await asyncio.to_thread(workflow.ui_to_api, body, self.registry)
+        except ValueError as error:
+            problems = [str(p) for p in getattr(error, "problems", None) or [str(error)]]
+            return web.json_response({"error": {"type": "invalid_workflow", "message": "Cannot convert workflow",
+                                                "details": "; ".join(problems), "extra_info": {}},
+                                      "problems": problems}, status=400)
+        if isinstance(result, tuple):
+            prompt, warnings = result
+        else:
+            prompt, warnings = result.prompt, result.warnings
+        return web.json_response({"prompt": prompt, "warnings": [str(w) for w in warnings or []]})
+
+    async def get_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def get_ready(self, request: web.Request) -> web.Response:
+        checks = {
+            "queue": not self.queue._closed,
+            "registry": len(self.registry.names()) > 0,
+            "worker": self.worker.alive or not self.config.start_worker,
+        }
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def get_settings(self, request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(self._load_settings))
+
+    async def get_setting(self, request: web.Request) -> web.Response:
+        settings = await asyncio.to_thread(self._load_settings)
+        return web.json_response(settings.get(request.match_info["setting_id"]))
+
+    async def post_settings(self, request: web.Request) -> web.Response:
+        body = await read_json(request, 1024 * 1024)
+        if not isinstance(body, dict):
+            raise ClientError(400, "invalid_request", "Settings must be a JSON object")
+        async with self._settings_lock:
+            settings = await asyncio.to_thread(self._load_settings)
+            settings.update(body)
+            await asyncio.to_thread(self._store_settings, settings)
+        return web.json_response({})
+
+    async def post_setting(self, request: web.Request) -> web.Response:
+        value = await read_json(request, 1024 * 1024)
+        async with self._settings_lock:
+            settings = await asyncio.to_thread(self._load_settings)
+            settings[request.match_info["setting_id"]] = value
+            await asyncio.to_thread(self._store_settings, settings)
+        return web.json_response({})
+
+    def _load_settings(self) -> dict[str, Any]:
+        path = self.user_dir / "settings.json"
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return settings if isinstance(settings, dict) else {}
+
+    def _store_settings(self, settings: dict[str, Any]) -> None:
+        path = self.user_dir / "settings.json"
+        partial = path.with_suffix(".json.part")
+        partial.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        os.replace(partial, path)
+
+    # -- WebSocket -----------------------------------------------------------------------------
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1024 * 1024)
+        await ws.prepare(request)
+        client = self.hub.register(ws, request.query.get("clientId"))
+        try:
+            self.hub.send_status(client)
+            current, node = self.worker.current, self.worker.current_node
+            if current is not None and current.client_id == client.client_id and node is not None:
+                self.hub.send("executing", {"node": node, "display_node": node, "prompt_id": current.prompt_id},
+                              client.client_id)
+            async for message in ws:
+                if message.type != web.WSMsgType.TEXT:
+                    continue
+                try:
+                    parsed = json.loads(message.data)
+                except ValueError:
+                    continue
+                if isinstance(parsed, dict) and parsed.get("type") == "feature_flags":
+                    flags = parsed.get("data") if isinstance(parsed.get("data"), dict) else {}
+                    client.supports_preview_metadata = bool(flags.get("supports_preview_metadata"))
+                    self.hub.send("feature_flags", {**SERVER_FEATURES,
+                                                    "max_upload_size": self.config.upload.max_bytes},
+                                  client.client_id)
+        finally:
+            await self.hub.unregister(client)
+        return ws
+
+    # -- the editor ----------------------------------------------------------------------------
+
+    async def static_file(self, request: web.Request) -> web.StreamResponse:
+        relative = request.match_info.get("path", "")
+        root = Path(os.path.realpath(self.config.web_root))
+        parts = [p for p in relative.split("/") if p]
+        if any(p.startswith(".") or "\\" in p or "\x00" in p for p in parts):
+            raise ClientError(404, "not_found", "Not found")
+        candidate = Path(os.path.realpath(root.joinpath(*parts))) if parts else root
+        if candidate != root and not str(candidate).startswith(str(root) + os.sep):
+            raise ClientError(404, "not_found", "Not found")
+        if candidate.is_dir():
+            candidate = candidate / "index.html"
+        if not candidate.is_file():
+            if not parts:
+                return web.Response(text="<!doctype html><title>Loom</title><p>The Loom editor is not "
+                                         "installed (web/index.html is missing); the API is running.",
+                                    content_type="text/html")
+            raise ClientError(404, "not_found", "Not found")
+        content_type = STATIC_TYPES.get(candidate.suffix.lower(), "application/octet-stream")
+        headers = {"Content-Type": content_type}
+        if candidate.suffix.lower() in (".html", ".js", ".mjs", ".css", ".json"):
+            headers.update({"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"})
+        return web.FileResponse(candidate, headers=headers)
+
+
+# -------------------------------------------------------------------------------------------------
+# The application
+# -------------------------------------------------------------------------------------------------
+
+SERVER_KEY = web.AppKey("loom_server", LoomServer)
+
+
+def create_app(config: ServerConfig | None = None) -> web.Application:
+    """The aiohttp application for ``config``; the worker starts with the app."""
+    config = config or ServerConfig()
+    server = LoomServer(config)
+    app = web.Application(middlewares=[error_middleware, headers_middleware, security_middleware(server.security)],
+                          client_max_size=max(config.max_prompt_bytes, config.upload.max_bytes) + 1024 * 1024)
+    app[SERVER_KEY] = server
+    app.on_startup.append(server.on_startup)
+    app.on_shutdown.append(server.on_shutdown)
+    app.on_cleanup.append(server.on_cleanup)
+
+    api_routes = [
+        ("GET", "/ws", server.websocket),
+        ("POST", "/prompt", server.post_prompt),
+        ("GET", "/prompt", server.get_prompt),
+        ("DELETE", "/prompt/{prompt_id}", server.cancel_prompt),
+        ("GET", "/queue", server.get_queue),
+        ("POST", "/queue", server.post_queue),
+        ("POST", "/queue/{prompt_id}/cancel", server.cancel_prompt),
+        ("POST", "/interrupt", server.post_interrupt),
+        ("POST", "/free", server.post_free),
+        ("GET", "/history", server.get_history),
+        ("POST", "/history", server.post_history),
+        ("GET", "/history/{prompt_id}", server.get_history_item),
+        ("POST", "/history/{prompt_id}/requeue", server.requeue_prompt),
+        ("GET", "/object_info", server.get_object_info),
+        ("GET", "/object_info/{node_class}", server.get_object_info_node),
+        ("GET", "/view", server.get_view),
+        ("POST", "/upload/image", server.post_upload_image),
+        ("POST", "/upload/mask", server.post_upload_mask),
+        ("GET", "/models", server.get_models),
+        ("GET", "/models/{folder}", server.get_model_folder),
+        ("GET", "/embeddings", server.get_embeddings),
+        ("GET", "/system_stats", server.get_system_stats),
+        ("GET", "/features", server.get_features),
+        ("POST", "/workflow/convert", server.post_workflow_convert),
+        ("GET", "/health", server.get_health),
+        ("GET", "/ready", server.get_ready),
+        ("GET", "/settings", server.get_settings),
+        ("POST", "/settings", server.post_settings),
+        ("GET", "/settings/{setting_id}", server.get_setting),
+        ("POST", "/settings/{setting_id}", server.post_setting),
+    ]
+    for prefix in ("", "/api"):
+        for method, path, handler in api_routes:
+            app.router.add_route(method, prefix + path, handler)
+    app.router.add_get("/", server.static_file)
+    app.router.add_get("/{path:.*}", server.static_file)
+    return app
+
+
+def server_of(app: web.Application) -> LoomServer:
+    return app[SERVER_KEY]
+
+
+# -------------------------------------------------------------------------------------------------
+# Helpers
+# -------------------------------------------------------------------------------------------------
+
+def _plain(number: float) -> int | float:
+    return int(number) if float(number).is_integer() else number
+
+
+def _looks_like_ui_workflow(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("nodes"), list) and "links" in value
+
+
+def _ui_format_error() -> ClientError:
+    return ClientError(400, "expected_api_format", "Expected the API format",
+                       "this is a UI workflow (nodes/links); send the API format, or convert it first with "
+                       "POST /api/workflow/convert")
+
+
+def _check_prompt_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not set(value) <= PROMPT_ID_CHARS:
+        raise ClientError(400, "invalid_prompt_id", "Invalid prompt_id",
+                          "prompt_id must be 1-128 characters of letters, digits, '-', '_', '.', ':'")
+    return value
+
+
+def _check_number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ClientError(400, "invalid_request", "Invalid number", "number must be a finite number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ClientError(400, "invalid_request", "Invalid number", "number must be a finite number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ClientError(400, "invalid_request", "Invalid number", "number must be a finite number")
+    return number
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    body = await read_json(request, 1024 * 1024, required=False)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise ClientError(400, "invalid_request", "The body must be a JSON object")
+    return body
+
+
+def _query_int(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ClientError(400, "invalid_request", f"{name} must be an integer") from None
+
+
+def _object_info(registry: NodeRegistry, name: str | None) -> dict[str, Any]:
+    if name is not None:
+        try:
+            return registry.object_info(name)
+        except Exception:
+            log.exception("object_info of %s failed", name)
+            return {}
+    info: dict[str, Any] = {}
+    for node_name in registry.names():
+        try:
+            info.update(registry.object_info(node_name))
+        except Exception:  # one broken node must not hide the others
+            log.exception("object_info of %s failed", node_name)
+    return info
+
+
+def _system_stats() -> dict[str, Any]:
+    import importlib.metadata
+
+    import psutil
+    memory = psutil.virtual_memory()
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = ""
+    devices: list[dict[str, Any]] = []
+    torch = sys.modules.get("torch")  # report GPUs only when torch is already loaded: never import it here
+    if torch is not None and torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            devices.append({"name": torch.cuda.get_device_name(index), "type": "cuda", "index": index,
+                            "vram_total": total, "vram_free": free, "torch_vram_total": total,
+                            "torch_vram_free": free})
+    if not devices:
+        devices.append({"name": "cpu", "type": "cpu", "index": None, "vram_total": memory.total,
+                        "vram_free": memory.available, "torch_vram_total": memory.total,
+                        "torch_vram_free": memory.available})
+    return {"system": {"os": platform.system().lower() if os.name != "nt" else "nt",
+                       "ram_total": memory.total, "ram_free": memory.available,
+                       "comfyui_version": VERSION, "loom_version": VERSION,
+                       "python_version": sys.version.split()[0], "pytorch_version": torch_version,
+                       "embedded_python": False, "argv": ["loom"]},
+            "devices": devices}
+
+
+def _decode_upload(data: bytes, max_pixels: int) -> Any:
+    """The uploaded bytes as a loaded PIL image; ClientError unless it is a raster image within limits."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise ClientError(415, "not_an_image", "The upload is not an image",
+                          f"accepted formats: {', '.join(sorted(UPLOAD_FORMATS))}") from None
+    if image.format not in UPLOAD_FORMATS:
+        raise ClientError(415, "not_an_image", "Unsupported image format", f"{image.format} is not accepted")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ClientError(413, "image_too_large", "Image too large",
+                          f"{width}x{height} is more than the limit of {max_pixels} pixels")
+    try:
+        image.load()
+    except Exception:
+        raise ClientError(415, "not_an_image", "The image could not be decoded") from None
+    return image
+
+
+def _reencode(image: Any) -> tuple[bytes, str]:
+    """Re-encode an upload (dropping anything that is not pixels, except PNG workflow text)."""
+    from PIL.PngImagePlugin import PngInfo
+    target, suffix = UPLOAD_FORMATS[image.format]
+    buffer = io.BytesIO()
+    if target == "PNG":
+        info = PngInfo()
+        for key in ("prompt", "workflow"):
+            text = image.info.get(key)
+            if isinstance(text, str):
+                info.add_text(key, text)
+        frame = image if image.mode in ("RGB", "RGBA", "L", "LA", "I", "I;16", "P") else image.convert("RGBA")
+        frame.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    elif target == "JPEG":
+        image.convert("RGB").save(buffer, format="JPEG", quality=95)
+    else:
+        image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, format="WEBP", quality=95)
+    return buffer.getvalue(), suffix
+
+
+def _apply_mask(original_path: Path, mask: Any, max_pixels: int) -> tuple[bytes, str]:
+    """ComfyUI's mask upload: the mask's alpha becomes the original image's alpha (saved as PNG)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    original = _decode_upload(original_path.read_bytes(), max_pixels)
+    info = PngInfo()
+    for key, value in original.info.items():
+        if isinstance(value, str) and key in ("prompt", "workflow"):
+            info.add_text(key, value)
+    alpha = mask.convert("RGBA").getchannel("A")
+    if alpha.size != original.size:
+        alpha = alpha.resize(original.size, Image.LANCZOS)
+    result = original.convert("RGBA")
+    result.putalpha(alpha)
+    buffer = io.BytesIO()
+    result.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    return buffer.getvalue(), ".png"
+
+
+def _transform_image(path: Path, preview: str | None, channel: str) -> tuple[bytes, str, str]:
+    """``/view``'s ``channel`` and ``preview=format;quality`` options."""
+    from PIL import Image
+    with Image.open(path) as image:
+        image.load()
+        if channel == "rgb":
+            image = image.convert("RGB")
+        elif channel == "a":
+            alpha = image.convert("RGBA").getchannel("A")
+            image = Image.new("RGBA", image.size)
+            image.putalpha(alpha)
+        buffer = io.BytesIO()
+        if preview:
+            fmt, _, quality = preview.partition(";")
+            fmt = fmt.strip().lower()
+            try:
+                quality_value = max(1, min(100, int(quality))) if quality else 90
+            except ValueError:
+                raise ClientError(400, "invalid_request", "preview quality must be a number") from None
+            if fmt not in ("webp", "jpeg"):
+                raise ClientError(400, "invalid_request", "preview must be webp or jpeg")
+            if fmt == "jpeg":
+                image.convert("RGB").save(buffer, format="JPEG", quality=quality_value)
+                return buffer.getvalue(), "image/jpeg", ".jpg"
+            image.save(buffer, format="WEBP", quality=quality_value)
+            return buffer.getvalue(), "image/webp", ".webp"
+        image.save(buffer, format="PNG")
+        return buffer.getvalue(), "image/png", ".png"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,98 @@
+"""``loom serve``: run the application until SIGINT/SIGTERM, print where it listens, open the editor.
+
+On SIGTERM/SIGINT the server stops taking prompts, interrupts the running one (it is recorded in history
+as interrupted) and closes the queue database; pending prompts stay queued for the next start.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import webbrowser
+from typing import Any
+
+from aiohttp import web
+
+from server.app import ServerConfig, create_app, server_of
+
+log = logging.getLogger("loom.server")
+
+
+def run_server(args: argparse.Namespace | None = None, registry: Any = None, **options: Any) -> int:
+    """Serve until stopped; returns an exit code.
+
+    Reads ``host`` (default 127.0.0.1), ``port`` (8188), ``token``, ``no_browser`` from ``args`` (the
+    ``loom serve`` namespace) or from keyword ``options`` (which win). The base/models directories
+    must already be configured in :mod:`nodes.folders` (``loom serve`` does it). ``registry`` is the
+    node registry (default: the built-in nodes).
+    """
+    def option(name: str, default: Any) -> Any:
+        return options.get(name, getattr(args, name, default) if args is not None else default)
+
+    host = option("host", "127.0.0.1")
+    port = int(option("port", 8188))
+    open_browser = option("open_browser", not option("no_browser", False))
+    config = ServerConfig(host=host, port=port, token=option("token", None), registry=registry,
+                          expose_tracebacks=bool(option("expose_tracebacks", False)))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(config)
+    except Exception as error:  # e.g. an unreadable queue database: refuse to start, say why
+        print(f"loom serve: cannot start: {error}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(_serve(app, host, port, open_browser))
+    except OSError as error:
+        print(f"loom serve: cannot listen on {host}:{port}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(app: web.Application, host: str, port: int, open_browser: bool) -> None:
+    server = server_of(app)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows
+            pass
+    try:
+        hosts = [h.strip() for h in host.split(",") if h.strip()] or ["127.0.0.1"]
+        for each in hosts:
+            await web.TCPSite(runner, each, port).start()
+        bound = _bound_port(runner) or port
+        shown = hosts[0] if hosts[0] not in ("0.0.0.0", "::") else "127.0.0.1"
+        url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound}/"
+        token = server.security.token
+        if server.queue.recovered:
+            print(f"{len(server.queue.recovered)} prompt(s) were running when Loom last stopped; they are "
+                  "in history as interrupted (re-queue with POST /api/history/<id>/requeue)", flush=True)
+        pending, _ = server.queue.counts()
+        if pending:
+            print(f"{pending} queued prompt(s) from the last run will run now", flush=True)
+        if token:
+            print(f"Access token: {token}", flush=True)
+            url_with_token = f"{url}?token={token}"
+        else:
+            url_with_token = url
+        print(f"Loom is running at {url_with_token}", flush=True)
+        if open_browser:
+            threading.Thread(target=webbrowser.open, args=(url_with_token,), daemon=True).start()
+        await stop.wait()
+        print("Loom is stopping: pending prompts stay queued for the next start", flush=True)
+    finally:
+        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
