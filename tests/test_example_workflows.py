@@ -1,0 +1,126 @@
+"""The example workflows in workflows/: well-formed UI JSON that converts, validates and runs.
+
+The runs use the tiny generated checkpoints of ``tests/fixtures_checkpoints.py`` through the CLI
+(``loom run WORKFLOW --set NODE.INPUT=VALUE``), at 64×64 pixels and 2–3 steps.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+EXAMPLES = ("txt2img", "img2img", "inpaint", "hires-fix", "sdxl-base-refiner")
+MODEL_FILES = ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors")
+
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def node_types(workflow: dict) -> set[str]:
+    return {node["type"] for node in workflow["nodes"]}
+
+
+def require_node_types(registry, workflow: dict) -> None:
+    missing = sorted(t for t in node_types(workflow) if t not in registry)
+    if missing:
+        pytest.skip(f"node types not in the registry yet: {', '.join(missing)}")
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_workflow_is_well_formed_litegraph_0_4(name):
+    workflow = load(name)
+    assert workflow["version"] == 0.4
+    assert set(workflow) >= {"last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"}
+    assert set(workflow["extra"]["ds"]) == {"scale", "offset"}
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    assert len(nodes) == len(workflow["nodes"]) and workflow["last_node_id"] >= max(nodes)
+    link_ids = [link[0] for link in workflow["links"]]
+    assert len(set(link_ids)) == len(link_ids) and workflow["last_link_id"] >= max(link_ids)
+
+    for node in nodes.values():
+        assert set(node) >= {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs",
+                             "properties"}
+        assert node["properties"]["Node name for S&R"] == node["type"] and node["mode"] == 0
+        assert len(node["pos"]) == 2 and len(node["size"]) == 2
+    # every link appears on both of its ends, with the socket's type
+    for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
+        output = nodes[origin]["outputs"][origin_slot]
+        socket = nodes[target]["inputs"][target_slot]
+        assert link_id in output["links"] and socket["link"] == link_id
+        assert output["type"] == socket["type"] == link_type
+    for node in nodes.values():
+        for socket in node["inputs"]:
+            assert socket["link"] in link_ids, f"node {node['id']} input {socket['name']} is unconnected"
+        for output in node["outputs"]:
+            assert all(link in link_ids for link in output["links"] or [])
+    # `order` is a topological order of the graph
+    order = {node["id"]: node["order"] for node in nodes.values()}
+    assert sorted(order.values()) == list(range(len(nodes)))
+    assert all(order[origin] < order[target] for _, origin, _, target, _, _ in workflow["links"])
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_widget_values_match_the_node_schemas(name, registry):
+    workflow = load(name)
+    for node in workflow["nodes"]:
+        node_class = registry.get(node["type"])
+        if node_class is None:
+            continue  # its part of the library has not landed; checked by the conversion test
+        widgets = node_class.schema().widget_inputs()
+        expected = len(widgets) + sum(spec.has_control_after_generate for spec in widgets)
+        if node["type"] == "LoadImage":
+            expected += 1  # the upload button's "image" entry
+        assert len(node.get("widgets_values", [])) == expected, node["type"]
+        sockets = [spec.name for spec in node_class.schema().inputs if not spec.has_widget]
+        assert [socket["name"] for socket in node["inputs"]] == sockets, node["type"]
+        assert [o["type"] for o in node["outputs"]] == [o.type for o in node_class.schema().outputs]
+
+
+def test_default_graph_is_comfyuis():
+    workflow = load("txt2img")
+    by_type = {}
+    for node in workflow["nodes"]:
+        by_type.setdefault(node["type"], []).append(node)
+    assert by_type["CheckpointLoaderSimple"][0]["widgets_values"] == ["v1-5-pruned-emaonly.safetensors"]
+    assert len(by_type["CLIPTextEncode"]) == 2
+    assert by_type["EmptyLatentImage"][0]["widgets_values"] == [512, 512, 1]
+    assert by_type["KSampler"][0]["widgets_values"][1:] == ["randomize", 20, 8, "euler", "normal", 1]
+    assert {"VAEDecode", "SaveImage"} <= set(by_type)
+
+
+@pytest.fixture
+def example_models(base_dir):
+    """Placeholder files with the names the examples use, so their combos validate."""
+    for name in MODEL_FILES:
+        (base_dir / "models" / "checkpoints" / name).write_bytes(b"")
+    return base_dir
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_workflow_converts_and_validates(name, registry, example_models):
+    workflow_module = pytest.importorskip("server.workflow")
+    graph = pytest.importorskip("server.graph")
+    workflow = load(name)
+    require_node_types(registry, workflow)
+    converted = workflow_module.ui_to_api(workflow, registry)
+    prompt = converted.prompt
+    assert len(prompt) == len(workflow["nodes"])
+    result = graph.validate_prompt(prompt, registry)
+    assert result.ok, (result.error, result.node_errors)
+    # widget values landed on the right names
+    samplers = [node for node in prompt.values() if node["class_type"] in ("KSampler", "KSamplerAdvanced")]
+    assert all(node["inputs"]["sampler_name"] == "euler" and node["inputs"]["scheduler"] == "normal"
+               for node in samplers)
+    if name == "img2img":
+        assert samplers[0]["inputs"]["denoise"] == 0.75
+    if name == "hires-fix":
+        assert sorted(node["inputs"]["denoise"] for node in samplers) == [0.5, 1]
+    if name == "sdxl-base-refiner":
+        base, refiner = sorted(samplers, key=lambda node: node["inputs"]["start_at_step"])
+        assert base["inputs"]["return_with_leftover_noise"] == "enable" and base["inputs"]["end_at_step"] == 20
+        assert refiner["inputs"]["add_noise"] == "disable" and refiner["inputs"]["start_at_step"] == 20
