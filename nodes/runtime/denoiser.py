@@ -1,0 +1,402 @@
+"""The guided denoiser the samplers call: ``denoiser(x, sigma) -> denoised`` for a MODEL and its conditionings.
+
+It does what ComfyUI's CFG guider does around a discrete-time eps/v model:
+
+* **model call:** input scaling ``c_in = 1 / sqrt(sigma**2 + 1)``, sigma → nearest training timestep,
+  the diffusers UNet (``unet(x, t, encoder_hidden_states=..., added_cond_kwargs=...)``), then the
+  eps or v prediction turned into a denoised latent;
+* **conditioning:** each ``[cond, options]`` entry of a CONDITIONING is evaluated on its ``area`` (latent
+  units, ``(h, w, y, x)`` or ``("percentage", h, w, y, x)``) or ``mask``, weighted by ``strength``, only
+  inside its ``start_percent``..``end_percent`` range; the results are averaged by weight, area edges
+  feathered over 8 latent pixels; every positive area gets a negative of the same area (and vice versa);
+* **guidance:** ``uncond + (cond - uncond) * cfg``; with ``cfg == 1`` the negative is not evaluated;
+  positive and negative run as one batch when their shapes allow (token counts are made equal by repeating
+  the shorter context, which leaves attention unchanged);
+* **SDXL:** ``added_cond_kwargs`` (``text_embeds`` = ``pooled_output``, ``time_ids`` from the options'
+  ``width``/``height``/``crop_*``/``target_*`` or the latent size, ``aesthetic_score`` for the refiner);
+* **noise mask** (inpainting, SetLatentNoiseMask): outside the mask the latent is held at the input image,
+  re-noised to the current sigma before each call and restored after it;
+* **ControlNet hook:** an options entry ``control`` with ``residuals(x, sigma, timestep, context, added)``
+  returning ``(down_block_residuals, mid_block_residual)`` or ``None`` is called for the batch it belongs to.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nodes.runtime.model_types import DiffusionModel, ModelSampling
+
+FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz")
+
+
+# --------------------------------------------------------------------------------------------
+# model-level helpers
+# --------------------------------------------------------------------------------------------
+
+def percent_to_sigma(sampling: ModelSampling, percent: float) -> float:
+    """The sigma at ``percent`` of the sampling (0 → +inf, i.e. from the start; 1 → 0, to the end)."""
+    if percent <= 0.0:
+        return 999999999.9
+    if percent >= 1.0:
+        return 0.0
+    return float(sampling.sigma(torch.tensor((1.0 - percent) * 999.0)))
+
+
+def calculate_input(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    sigma = sigma.view(sigma.shape[:1] + (1,) * (x.ndim - 1))
+    return x / (sigma ** 2 + 1.0) ** 0.5
+
+
+def calculate_denoised(prediction: str, sigma: torch.Tensor, model_output: torch.Tensor,
+                       x: torch.Tensor) -> torch.Tensor:
+    sigma = sigma.view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
+    if prediction == "v":
+        return x * 1.0 / (sigma ** 2 + 1.0) - model_output * sigma * 1.0 / (sigma ** 2 + 1.0) ** 0.5
+    if prediction == "eps":
+        return x - model_output * sigma
+    raise ValueError(f"unsupported prediction type {prediction!r}")
+
+
+def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if tensor.shape[0] > batch_size:
+        return tensor[:batch_size]
+    if tensor.shape[0] < batch_size:
+        repeats = [math.ceil(batch_size / tensor.shape[0])] + [1] * (tensor.ndim - 1)
+        return tensor.repeat(repeats)[:batch_size]
+    return tensor
+
+
+def prepare_noise_mask(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A LATENT's ``noise_mask`` (pixel or latent resolution) resized and repeated to the latent's shape."""
+    mask = mask.float().reshape((-1, 1, mask.shape[-2], mask.shape[-1]))
+    mask = F.interpolate(mask, size=(shape[2], shape[3]), mode="bilinear")
+    mask = torch.cat([mask] * shape[1], dim=1)
+    return repeat_to_batch_size(mask, shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# conditioning entries
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class CondEntry:
+    """One ``[cond, options]`` pair of a CONDITIONING, resolved for one sampling run."""
+
+    context: torch.Tensor  # [b, tokens, dim]
+    options: dict[str, Any]
+    area: tuple[int, int, int, int] | None = None  # (h, w, y, x) in latent pixels
+    strength: float = 1.0
+    mask: torch.Tensor | None = None  # [b, H, W] at latent resolution
+    mask_strength: float = 1.0
+    sigma_start: float | None = None  # skip while sigma > sigma_start
+    sigma_end: float | None = None  # skip while sigma < sigma_end
+    added: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL added_cond_kwargs (batch 1 or b)
+    control: Any = None
+    uid: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def copy_with_area(self, area: tuple[int, int, int, int], strength: float, mask: torch.Tensor | None,
+                       mask_strength: float, sigma_start: float | None, sigma_end: float | None) -> "CondEntry":
+        return CondEntry(context=self.context, options=self.options, area=area, strength=strength, mask=mask,
+                         mask_strength=mask_strength, sigma_start=sigma_start, sigma_end=sigma_end,
+                         added=self.added, control=self.control)
+
+
+def _resolve_area(area: Any, dims: tuple[int, int]) -> tuple[int, int, int, int]:
+    area = tuple(area)
+    if area and area[0] == "percentage":
+        a = area[1:]
+        return (max(1, round(a[0] * dims[0])), max(1, round(a[1] * dims[1])),
+                round(a[2] * dims[0]), round(a[3] * dims[1]))
+    if len(area) != 4:
+        raise ValueError(f"conditioning area must be (height, width, y, x) in latent pixels, got {area!r}")
+    return tuple(int(v) for v in area)  # type: ignore[return-value]
+
+
+def _mask_bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    bounds = torch.max(torch.abs(mask), dim=0).values
+    ys, xs = torch.nonzero(bounds, as_tuple=True)
+    if len(ys) == 0:
+        return (8, 8, 0, 0)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+    return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
+
+
+def _sdxl_added(model: DiffusionModel, options: dict[str, Any], latent_shape: Sequence[int],
+                prompt_type: str) -> dict[str, torch.Tensor]:
+    """``added_cond_kwargs`` for UNets with SDXL's ``text_time`` embedding; empty for other UNets."""
+    config = getattr(model.unet, "config", None)
+    if getattr(config, "addition_embed_type", None) != "text_time":
+        return {}
+    pooled = options.get("pooled_output")
+    if pooled is None:
+        raise ValueError(f"this {model.family} model needs a pooled text embedding ('pooled_output') in its "
+                         "conditioning; encode the prompt with this model's CLIP")
+    pooled = pooled.float()
+    width = options.get("width", latent_shape[3] * 8)
+    height = options.get("height", latent_shape[2] * 8)
+    crop_w, crop_h = options.get("crop_w", 0), options.get("crop_h", 0)
+    time_dim = config.addition_time_embed_dim
+    n_time_ids = (config.projection_class_embeddings_input_dim - pooled.shape[-1]) // time_dim
+    if n_time_ids == 5:  # the refiner: size, crop and an aesthetic score
+        score = options.get("aesthetic_score", 2.5 if prompt_type == "negative" else 6.0)
+        ids = [height, width, crop_h, crop_w, score]
+    else:
+        ids = [height, width, crop_h, crop_w, options.get("target_height", height),
+               options.get("target_width", width)]
+    time_ids = torch.tensor([[float(v) for v in ids]], dtype=torch.float32).repeat(pooled.shape[0], 1)
+    return {"text_embeds": pooled, "time_ids": time_ids}
+
+
+def resolve_conditioning(model: DiffusionModel, conditioning: Sequence[Any], latent_shape: Sequence[int],
+                         prompt_type: str) -> list[CondEntry]:
+    """Turn a CONDITIONING list into entries with areas, masks and sigma ranges resolved for this latent."""
+    dims = (int(latent_shape[2]), int(latent_shape[3]))
+    entries: list[CondEntry] = []
+    for item in conditioning:
+        try:
+            context, options = item[0], dict(item[1])
+        except (TypeError, IndexError, KeyError):
+            raise ValueError("a CONDITIONING must be a list of [tensor, options] pairs") from None
+        if not isinstance(context, torch.Tensor) or context.ndim != 3:
+            raise ValueError(f"conditioning tensor must be [batch, tokens, dim], got {getattr(context, 'shape', context)}")
+        entry = CondEntry(context=context.float(), options=options, strength=float(options.get("strength", 1.0)),
+                          control=options.get("control"))
+        if options.get("area") is not None:
+            entry.area = _resolve_area(options["area"], dims)
+        if options.get("mask") is not None:
+            mask = options["mask"].float()
+            if mask.ndim == 2:
+                mask = mask.unsqueeze(0)
+            if tuple(mask.shape[1:]) != dims:
+                mask = F.interpolate(mask.unsqueeze(1), size=dims, mode="bilinear").squeeze(1)
+            entry.mask = mask
+            entry.mask_strength = float(options.get("mask_strength", 1.0))
+            if options.get("set_area_to_bounds", False):
+                entry.area = _mask_bounds(mask)
+        if "start_percent" in options:
+            entry.sigma_start = percent_to_sigma(model.sampling, float(options["start_percent"]))
+        if "end_percent" in options:
+            entry.sigma_end = percent_to_sigma(model.sampling, float(options["end_percent"]))
+        entry.added = _sdxl_added(model, options, latent_shape, prompt_type)
+        entries.append(entry)
+    return entries
+
+
+def _area_inside(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether area ``a`` lies inside area ``b`` (both ``(h, w, y, x)``)."""
+    for i in range(2):
+        if a[2 + i] < b[2 + i]:
+            return False
+    for i in range(2):
+        if a[i] + a[2 + i] > b[i] + b[2 + i]:
+            return False
+    return True
+
+
+def add_matching_areas(conds: list[CondEntry], other: CondEntry) -> None:
+    """Give ``conds`` an entry on ``other``'s area if none has exactly it (ComfyUI's rule: copy the
+    smallest entry that encloses the area, or an area-less one, with ``other``'s area and weights)."""
+    if other.area is None:
+        return
+    smallest: CondEntry | None = None
+    for c in conds:
+        if c.area is not None:
+            if _area_inside(other.area, c.area):
+                if smallest is None or smallest.area is None or \
+                        math.prod(smallest.area[:2]) > math.prod(c.area[:2]):
+                    smallest = c
+        elif smallest is None:
+            smallest = c
+    if smallest is None or (smallest.area is not None and smallest.area == other.area):
+        return
+    conds.append(smallest.copy_with_area(other.area, other.strength, other.mask, other.mask_strength,
+                                         other.sigma_start, other.sigma_end))
+
+
+# --------------------------------------------------------------------------------------------
+# the denoiser
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """One entry evaluated at one step: its input crop, weight map and where the result goes."""
+
+    entry: CondEntry
+    which: int  # 0 = positive, 1 = negative
+    x: torch.Tensor
+    mult: torch.Tensor
+    area: tuple[int, int, int, int] | None
+
+
+class GuidedDenoiser:
+    """``(x, sigma) -> denoised`` with classifier-free guidance over a MODEL's conditionings."""
+
+    def __init__(self, model: DiffusionModel, positive: Sequence[Any], negative: Sequence[Any], cfg: float,
+                 latent_shape: Sequence[int], *, disable_cfg1_optimization: bool = False,
+                 keep_uncond: bool = False) -> None:
+        self.model = model
+        self.cfg = float(cfg)
+        self.disable_cfg1_optimization = disable_cfg1_optimization
+        self.keep_uncond = keep_uncond
+        self.uncond_denoised: torch.Tensor | None = None
+        self.positive = resolve_conditioning(model, positive, latent_shape, "positive")
+        self.negative = resolve_conditioning(model, negative, latent_shape, "negative")
+        if not self.positive:
+            raise ValueError("the positive conditioning is empty")
+        for c in list(self.positive):
+            add_matching_areas(self.negative, c)
+        for c in list(self.negative):
+            add_matching_areas(self.positive, c)
+        self.unet_calls = 0
+
+    # -- one UNet call --------------------------------------------------------------------------
+
+    def apply_model(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
+                    added: dict[str, torch.Tensor] | None = None, control: Any = None) -> torch.Tensor:
+        """The model's denoised estimate for ``x`` at ``sigma`` (a ``[B]`` tensor) and one context batch."""
+        unet = self.model.unet
+        dtype = next(unet.parameters()).dtype
+        device = next(unet.parameters()).device
+        xc = calculate_input(sigma, x)
+        timestep = self.model.sampling.timestep(sigma).float()
+        kwargs: dict[str, Any] = {"encoder_hidden_states": context.to(device=device, dtype=dtype)}
+        if added:
+            kwargs["added_cond_kwargs"] = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
+        if control is not None:
+            residuals = control.residuals(xc, sigma, timestep, context, added)
+            if residuals is not None:
+                down, mid = residuals
+                kwargs["down_block_additional_residuals"] = down
+                kwargs["mid_block_additional_residual"] = mid
+        self.unet_calls += 1
+        output = unet(xc.to(device=device, dtype=dtype), timestep.to(device), **kwargs, return_dict=False)[0]
+        return calculate_denoised(self.model.sampling.prediction, sigma, output.float().to(x.device), x)
+
+    # -- conditioning batches -------------------------------------------------------------------
+
+    def _prepare(self, entry: CondEntry, which: int, x: torch.Tensor, sigma: torch.Tensor) -> _Run | None:
+        s = float(sigma[0])
+        if entry.sigma_start is not None and s > entry.sigma_start:
+            return None
+        if entry.sigma_end is not None and s < entry.sigma_end:
+            return None
+        area = None
+        crop = x
+        if entry.area is not None:
+            h, w, y, x0 = entry.area
+            h = min(x.shape[2] - y, h)
+            w = min(x.shape[3] - x0, w)
+            area = (h, w, y, x0)
+            crop = x[:, :, y:y + h, x0:x0 + w]
+        if entry.mask is not None:
+            mask = entry.mask[:crop.shape[0]]
+            if area is not None:
+                mask = mask[:, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
+            mask = (mask * entry.mask_strength).unsqueeze(1)
+            mult = mask.repeat(crop.shape[0] // mask.shape[0], crop.shape[1], 1, 1) * entry.strength
+        else:
+            mult = torch.ones_like(crop) * entry.strength
+            if area is not None:
+                h, w, y, x0 = area
+                for t in range(FEATHER):
+                    fade = (1.0 / FEATHER) * (t + 1)
+                    if y != 0:
+                        mult[:, :, t:t + 1, :] *= fade
+                    if h + y < x.shape[2]:
+                        mult[:, :, h - 1 - t:h - t, :] *= fade
+                    if x0 != 0:
+                        mult[:, :, :, t:t + 1] *= fade
+                    if w + x0 < x.shape[3]:
+                        mult[:, :, :, w - 1 - t:w - t] *= fade
+        return _Run(entry, which, crop, mult, area)
+
+    @staticmethod
+    def _can_batch(a: _Run, b: _Run) -> bool:
+        if a.x.shape != b.x.shape or a.entry.control is not b.entry.control:
+            return False
+        ca, cb = a.entry.context.shape, b.entry.context.shape
+        if ca[2] != cb[2]:
+            return False
+        if ca[1] != cb[1] and math.lcm(ca[1], cb[1]) // min(ca[1], cb[1]) > 4:
+            return False
+        return set(a.entry.added) == set(b.entry.added)
+
+    def _run_batch(self, runs: list[_Run], sigma: torch.Tensor) -> list[torch.Tensor]:
+        batch = runs[0].x.shape[0]
+        tokens = 1
+        for r in runs:
+            tokens = math.lcm(tokens, r.entry.context.shape[1])
+        contexts = []
+        for r in runs:
+            c = repeat_to_batch_size(r.entry.context, batch)
+            if c.shape[1] < tokens:  # repeating the context leaves cross-attention unchanged
+                c = c.repeat(1, tokens // c.shape[1], 1)
+            contexts.append(c)
+        added = {k: torch.cat([repeat_to_batch_size(r.entry.added[k], batch) for r in runs])
+                 for k in runs[0].entry.added}
+        x_in = torch.cat([r.x for r in runs])
+        sigma_in = sigma.repeat(len(runs))  # one sigma per latent of each run
+        output = self.apply_model(x_in, sigma_in, torch.cat(contexts), added or None, runs[0].entry.control)
+        return list(output.chunk(len(runs)))
+
+    def calc_cond_batch(self, conds: Sequence[list[CondEntry] | None], x: torch.Tensor,
+                        sigma: torch.Tensor) -> list[torch.Tensor]:
+        """The weighted average of the model outputs of each conditioning list (None: skipped, zeros)."""
+        out = [torch.zeros_like(x) for _ in conds]
+        counts = [torch.ones_like(x) * 1e-37 for _ in conds]
+        to_run: list[_Run] = []
+        for which, entries in enumerate(conds):
+            for entry in entries or ():
+                run = self._prepare(entry, which, x, sigma)
+                if run is not None:
+                    to_run.append(run)
+        while to_run:
+            first = to_run[0]
+            # ComfyUI batches the compatible runs last-first (so the negative comes before the positive)
+            chosen = [i for i in range(len(to_run)) if self._can_batch(to_run[i], first)][::-1]
+            batch = [to_run[i] for i in chosen]
+            for i in sorted(chosen, reverse=True):
+                to_run.pop(i)
+            outputs = self._run_batch(batch, sigma)
+            for run, output in zip(batch, outputs):
+                if run.area is None:
+                    out[run.which] += output * run.mult
+                    counts[run.which] += run.mult
+                else:
+                    h, w, y, x0 = run.area
+                    out[run.which][:, :, y:y + h, x0:x0 + w] += output * run.mult
+                    counts[run.which][:, :, y:y + h, x0:x0 + w] += run.mult
+        return [o / c for o, c in zip(out, counts)]
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        skip_uncond = math.isclose(self.cfg, 1.0) and not self.disable_cfg1_optimization
+        cond, uncond = self.calc_cond_batch([self.positive, None if skip_uncond else self.negative], x, sigma)
+        if self.keep_uncond:
+            self.uncond_denoised = uncond
+        return uncond + (cond - uncond) * self.cfg
+
+
+class MaskedDenoiser:
+    """Holds the latent outside ``mask`` at the input image (re-noised to each sigma) around a denoiser."""
+
+    def __init__(self, inner: GuidedDenoiser, mask: torch.Tensor, latent_image: torch.Tensor,
+                 noise: torch.Tensor) -> None:
+        self.inner = inner
+        self.mask = mask
+        self.latent_image = latent_image
+        self.noise = noise
+
+    def __getattr__(self, name: str) -> Any:  # samplers may read e.g. ``uncond_denoised``
+        return getattr(self.inner, name)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        keep = 1.0 - self.mask
+        s = sigma.reshape([sigma.shape[0]] + [1] * (self.noise.ndim - 1))
+        x = x * self.mask + (self.noise * s + self.latent_image) * keep
+        out = self.inner(x, sigma)
+        return out * self.mask + self.latent_image * keep

@@ -1,0 +1,699 @@
+"""Samplers in the k-diffusion style: short functions that integrate a denoiser over a list of sigmas.
+
+Every sampler has the signature ``sample(model, x, sigmas, *, seed=None, callback=None) -> x`` where
+
+* ``model(x, sigma)`` is the denoiser: it returns the model's estimate of the clean latent (``denoised``)
+  for ``x`` at noise level ``sigma`` (a ``[B]`` tensor), guidance included;
+* ``x`` is the starting latent, already noised to ``sigmas[0]``;
+* ``sigmas`` is the descending schedule (``steps + 1`` values, usually ending in 0);
+* ``seed`` seeds the extra noise of stochastic samplers (ComfyUI seeds it with the sampler's seed too);
+* ``callback(i, denoised, x)`` is called once per step (progress and previews).
+
+Names and numerics follow ComfyUI's ``KSampler.SAMPLERS`` (which are k-diffusion's samplers plus a few),
+for discrete-time eps/v models. :data:`SAMPLER_NAMES` lists all of ComfyUI's names, so shared workflows
+validate their shape; :data:`SAMPLERS` holds those Loom implements, and :func:`get_sampler` refuses the
+others with a clear message.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Protocol
+
+import torch
+
+from nodes.runtime.noise import BrownianNoise, SeededNoise
+
+
+class Denoiser(Protocol):
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+SAMPLER_NAMES: tuple[str, ...] = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
+    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
+    "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+)
+"""ComfyUI's ``KSampler.SAMPLERS`` (42 names), in its order."""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
+    return x[(...,) + (None,) * (target_dims - x.ndim)]
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE derivative ``dx/dsigma`` for a denoiser output (Karras et al. 2022)."""
+    return (x - denoised) / append_dims(sigma, x.ndim)
+
+
+def get_ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0):
+    """Split a step to ``sigma_to`` into a deterministic step down to ``sigma_down`` plus fresh noise
+    of size ``sigma_up`` (``sigma_down**2 + sigma_up**2 == sigma_to**2``)."""
+    if not eta:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+    sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
+    return sigma_down, sigma_up
+
+
+def _ones(x: torch.Tensor) -> torch.Tensor:
+    return x.new_ones([x.shape[0]])
+
+
+def _emit(callback: Callback | None, i: int, denoised: torch.Tensor, x: torch.Tensor) -> None:
+    if callback is not None:
+        callback(i, denoised, x)
+
+
+def _brownian(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None) -> BrownianNoise:
+    positive = sigmas[sigmas > 0]
+    return BrownianNoise(x, positive.min(), sigmas.max(), seed)
+
+
+# --------------------------------------------------------------------------------------------
+# first-order and Heun-type samplers
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+    """Euler steps of the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn)."""
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = to_d(x, sigmas[i], denoised)
+        _emit(callback, i, denoised, x)
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                           callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                           noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """Euler steps down to ``sigma_down``, then fresh noise up to the next sigma."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+        _emit(callback, i, denoised, x)
+        if sigma_down == 0:
+            x = denoised
+        else:
+            d = to_d(x, sigmas[i], denoised)
+            x = x + d * (sigma_down - sigmas[i]) + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+@torch.no_grad()
+def sample_heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                callback: Callback | None = None) -> torch.Tensor:
+    """Heun's second-order method (an Euler step, then the average of both slopes); Euler on the last step."""
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = to_d(x, sigmas[i], denoised)
+        _emit(callback, i, denoised, x)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            denoised_2 = model(x_2, sigmas[i + 1] * s_in)
+            d_2 = to_d(x_2, sigmas[i + 1], denoised_2)
+            x = x + (d + d_2) / 2 * dt
+    return x
+
+
+@torch.no_grad()
+def sample_heunpp2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                   callback: Callback | None = None) -> torch.Tensor:
+    """Heun++: up to three slope evaluations per step, weighted by the sigmas (sd-webui-samplers-scheduler)."""
+    s_in = _ones(x)
+    s_end = sigmas[-1]
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = to_d(x, sigmas[i], denoised)
+        _emit(callback, i, denoised, x)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == s_end:
+            x = x + d * dt
+        elif sigmas[i + 2] == s_end:
+            x_2 = x + d * dt
+            denoised_2 = model(x_2, sigmas[i + 1] * s_in)
+            d_2 = to_d(x_2, sigmas[i + 1], denoised_2)
+            w2 = sigmas[i + 1] / (2 * sigmas[0])
+            w1 = 1 - w2
+            x = x + (d * w1 + d_2 * w2) * dt
+        else:
+            x_2 = x + d * dt
+            denoised_2 = model(x_2, sigmas[i + 1] * s_in)
+            d_2 = to_d(x_2, sigmas[i + 1], denoised_2)
+            x_3 = x_2 + d_2 * (sigmas[i + 2] - sigmas[i + 1])
+            denoised_3 = model(x_3, sigmas[i + 2] * s_in)
+            d_3 = to_d(x_3, sigmas[i + 2], denoised_3)
+            w = 3 * sigmas[0]
+            w2 = sigmas[i + 1] / w
+            w3 = sigmas[i + 2] / w
+            w1 = 1 - w2 - w3
+            x = x + (w1 * d + w2 * d_2 + w3 * d_3) * dt
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver-2-style midpoint steps (the midpoint taken in log sigma)."""
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = to_d(x, sigmas[i], denoised)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        else:
+            sigma_mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigmas[i])
+            denoised_2 = model(x_2, sigma_mid * s_in)
+            d_2 = to_d(x_2, sigma_mid, denoised_2)
+            x = x + d_2 * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                           callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                           noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """DPM-2 midpoint steps down to ``sigma_down``, then fresh noise."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+        _emit(callback, i, denoised, x)
+        d = to_d(x, sigmas[i], denoised)
+        if sigma_down == 0:
+            x = x + d * (sigma_down - sigmas[i])
+        else:
+            sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigmas[i])
+            denoised_2 = model(x_2, sigma_mid * s_in)
+            d_2 = to_d(x_2, sigma_mid, denoised_2)
+            x = x + d_2 * (sigma_down - sigmas[i])
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+def _linear_multistep_coeff(order: int, t: Any, i: int, j: int) -> float:
+    from scipy import integrate
+
+    if order - 1 > i:
+        raise ValueError(f"order {order} too high for step {i}")
+
+    def basis(tau: float) -> float:
+        prod = 1.0
+        for k in range(order):
+            if j != k:
+                prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
+        return prod
+
+    return integrate.quad(basis, t[i], t[i + 1], epsrel=1e-4)[0]
+
+
+@torch.no_grad()
+def sample_lms(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+               callback: Callback | None = None, order: int = 4) -> torch.Tensor:
+    """Linear multistep: integrates the Lagrange polynomial through the last ``order`` slopes."""
+    s_in = _ones(x)
+    sigmas_cpu = sigmas.detach().cpu().numpy()
+    ds: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        ds.append(to_d(x, sigmas[i], denoised))
+        if len(ds) > order:
+            ds.pop(0)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            cur_order = min(i + 1, order)
+            coeffs = [_linear_multistep_coeff(cur_order, sigmas_cpu, i, j) for j in range(cur_order)]
+            x = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds)))
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# DPM-Solver++ family (log-SNR time t = -log sigma)
+# --------------------------------------------------------------------------------------------
+
+def _sigma_fn(t: torch.Tensor) -> torch.Tensor:
+    return t.neg().exp()
+
+
+def _t_fn(sigma: torch.Tensor) -> torch.Tensor:
+    return sigma.log().neg()
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                              callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                              noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """DPM-Solver++(2S) single-step second order, ancestral."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+        _emit(callback, i, denoised, x)
+        if sigma_down == 0:
+            d = to_d(x, sigmas[i], denoised)
+            x = x + d * (sigma_down - sigmas[i])
+        else:
+            t, t_next = _t_fn(sigmas[i]), _t_fn(sigma_down)
+            r = 1 / 2
+            h = t_next - t
+            s = t + r * h
+            x_2 = (_sigma_fn(s) / _sigma_fn(t)) * x - (-h * r).expm1() * denoised
+            denoised_2 = model(x_2, _sigma_fn(s) * s_in)
+            x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                     callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                     noise_sampler: NoiseSampler | None = None, r: float = 1 / 2) -> torch.Tensor:
+    """DPM-Solver++ stochastic (SDE) second order with Brownian-tree noise."""
+    if len(sigmas) <= 1:
+        return x
+    noise_sampler = noise_sampler or _brownian(x, sigmas, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        h = lambda_t - lambda_s
+        lambda_s_1 = lambda_s + r * h
+        fac = 1 / (2 * r)
+        sigma_s_1 = _sigma_fn(lambda_s_1)
+        alpha_s = sigmas[i] * lambda_s.exp()
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_t = sigmas[i + 1] * lambda_t.exp()
+
+        sd, su = get_ancestral_step(lambda_s.neg().exp(), lambda_s_1.neg().exp(), eta)
+        h_ = sd.log().neg() - lambda_s
+        x_2 = (alpha_s_1 / alpha_s) * (-h_).exp() * x - alpha_s_1 * (-h_).expm1() * denoised
+        if eta > 0 and s_noise > 0:
+            x_2 = x_2 + alpha_s_1 * noise_sampler(sigmas[i], sigma_s_1) * s_noise * su
+        denoised_2 = model(x_2, sigma_s_1 * s_in)
+
+        sd, su = get_ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
+        h_ = sd.log().neg() - lambda_s
+        denoised_d = (1 - fac) * denoised + fac * denoised_2
+        x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * denoised_d
+        if eta > 0 and s_noise > 0:
+            x = x + alpha_t * noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * su
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                    callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M): second-order multistep in log-SNR time."""
+    s_in = _ones(x)
+    old_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        t, t_next = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        h = t_next - t
+        if old_denoised is None or sigmas[i + 1] == 0:
+            x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised
+        else:
+            h_last = t - _t_fn(sigmas[i - 1])
+            r = h_last / h
+            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised_d
+        old_denoised = denoised
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                        callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                        noise_sampler: NoiseSampler | None = None, solver_type: str = "midpoint") -> torch.Tensor:
+    """DPM-Solver++(2M) SDE with Brownian-tree noise; ``solver_type`` is ``midpoint`` or ``heun``."""
+    if len(sigmas) <= 1:
+        return x
+    if solver_type not in ("heun", "midpoint"):
+        raise ValueError("solver_type must be 'heun' or 'midpoint'")
+    noise_sampler = noise_sampler or _brownian(x, sigmas, seed)
+    s_in = _ones(x)
+    old_denoised = None
+    h = h_last = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+            h = lambda_t - lambda_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigmas[i + 1] * lambda_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if old_denoised is not None:
+                r = h_last / h
+                if solver_type == "heun":
+                    x = x + alpha_t * ((-h_eta).expm1().neg() / (-h_eta) + 1) * (1 / r) * (denoised - old_denoised)
+                else:
+                    x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
+            if eta > 0 and s_noise > 0:
+                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * \
+                    (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        old_denoised = denoised
+        h_last = h
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde_heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    return sample_dpmpp_2m_sde(model, x, sigmas, solver_type="heun", **kwargs)
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                        callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                        noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE with Brownian-tree noise."""
+    if len(sigmas) <= 1:
+        return x
+    noise_sampler = noise_sampler or _brownian(x, sigmas, seed)
+    s_in = _ones(x)
+    denoised_1 = denoised_2 = None
+    h = h_1 = h_2 = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+            h = lambda_t - lambda_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigmas[i + 1] * lambda_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if h_2 is not None:
+                r0 = h_1 / h
+                r1 = h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + (alpha_t * phi_2) * d1 - (alpha_t * phi_3) * d2
+            elif h_1 is not None:
+                r = h_1 / h
+                d = (denoised - denoised_1) / r
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                x = x + (alpha_t * phi_2) * d
+            if eta > 0 and s_noise > 0:
+                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * \
+                    (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# DDPM, LCM and multistep Adams-type samplers
+# --------------------------------------------------------------------------------------------
+
+def _ddpm_step(x: torch.Tensor, sigma: torch.Tensor, sigma_prev: torch.Tensor, noise: torch.Tensor,
+               noise_sampler: NoiseSampler) -> torch.Tensor:
+    alpha_cumprod = 1 / ((sigma * sigma) + 1)
+    alpha_cumprod_prev = 1 / ((sigma_prev * sigma_prev) + 1)
+    alpha = alpha_cumprod / alpha_cumprod_prev
+    mu = (1.0 / alpha).sqrt() * (x - (1 - alpha) * noise / (1 - alpha_cumprod).sqrt())
+    if sigma_prev > 0:
+        mu += ((1 - alpha) * (1. - alpha_cumprod_prev) / (1. - alpha_cumprod)).sqrt() * noise_sampler(sigma, sigma_prev)
+    return mu
+
+
+@torch.no_grad()
+def sample_ddpm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                callback: Callback | None = None, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """Ancestral DDPM steps, computed in the variance-preserving space."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        x = _ddpm_step(x / torch.sqrt(1.0 + sigmas[i] ** 2.0), sigmas[i], sigmas[i + 1],
+                       (x - denoised) / sigmas[i], noise_sampler)
+        if sigmas[i + 1] != 0:
+            x *= torch.sqrt(1.0 + sigmas[i + 1] ** 2.0)
+    return x
+
+
+@torch.no_grad()
+def sample_lcm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+               callback: Callback | None = None, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """Latent-consistency sampling: jump to the denoised estimate, re-noise to the next sigma."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+    return x
+
+
+@torch.no_grad()
+def sample_ipndm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                 callback: Callback | None = None, max_order: int = 4) -> torch.Tensor:
+    """Improved pseudo-numerical (Adams-Bashforth) multistep with fixed coefficients, up to 4th order."""
+    s_in = _ones(x)
+    buffer: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, t_cur * s_in)
+        _emit(callback, i, denoised, x)
+        d_cur = (x - denoised) / t_cur
+        order = min(max_order, i + 1)
+        if t_next == 0:
+            x_next = denoised
+        elif order == 1:
+            x_next = x + (t_next - t_cur) * d_cur
+        elif order == 2:
+            x_next = x + (t_next - t_cur) * (3 * d_cur - buffer[-1]) / 2
+        elif order == 3:
+            x_next = x + (t_next - t_cur) * (23 * d_cur - 16 * buffer[-1] + 5 * buffer[-2]) / 12
+        else:
+            x_next = x + (t_next - t_cur) * (55 * d_cur - 59 * buffer[-1] + 37 * buffer[-2] - 9 * buffer[-3]) / 24
+        buffer.append(d_cur)
+        del buffer[:-(max_order - 1)]
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def sample_ipndm_v(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                   callback: Callback | None = None, max_order: int = 4) -> torch.Tensor:
+    """iPNDM with coefficients for variable step sizes."""
+    s_in = _ones(x)
+    t_steps = sigmas
+    buffer: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, t_cur * s_in)
+        _emit(callback, i, denoised, x)
+        d_cur = (x - denoised) / t_cur
+        order = min(max_order, i + 1)
+        if t_next == 0:
+            x_next = denoised
+        elif order == 1:
+            x_next = x + (t_next - t_cur) * d_cur
+        elif order == 2:
+            h_n = t_next - t_cur
+            h_n_1 = t_cur - t_steps[i - 1]
+            coeff1 = (2 + (h_n / h_n_1)) / 2
+            coeff2 = -(h_n / h_n_1) / 2
+            x_next = x + (t_next - t_cur) * (coeff1 * d_cur + coeff2 * buffer[-1])
+        elif order == 3:
+            h_n = t_next - t_cur
+            h_n_1 = t_cur - t_steps[i - 1]
+            h_n_2 = t_steps[i - 1] - t_steps[i - 2]
+            temp = (1 - h_n / (3 * (h_n + h_n_1)) * (h_n * (h_n + h_n_1)) / (h_n_1 * (h_n_1 + h_n_2))) / 2
+            coeff1 = (2 + (h_n / h_n_1)) / 2 + temp
+            coeff2 = -(h_n / h_n_1) / 2 - (1 + h_n_1 / h_n_2) * temp
+            coeff3 = temp * h_n_1 / h_n_2
+            x_next = x + (t_next - t_cur) * (coeff1 * d_cur + coeff2 * buffer[-1] + coeff3 * buffer[-2])
+        else:
+            h_n = t_next - t_cur
+            h_n_1 = t_cur - t_steps[i - 1]
+            h_n_2 = t_steps[i - 1] - t_steps[i - 2]
+            h_n_3 = t_steps[i - 2] - t_steps[i - 3]
+            temp1 = (1 - h_n / (3 * (h_n + h_n_1)) * (h_n * (h_n + h_n_1)) / (h_n_1 * (h_n_1 + h_n_2))) / 2
+            temp2 = ((1 - h_n / (3 * (h_n + h_n_1))) / 2 + (1 - h_n / (2 * (h_n + h_n_1))) * h_n
+                     / (6 * (h_n + h_n_1 + h_n_2))) \
+                * (h_n * (h_n + h_n_1) * (h_n + h_n_1 + h_n_2)) / (h_n_1 * (h_n_1 + h_n_2) * (h_n_1 + h_n_2 + h_n_3))
+            ratio = h_n_1 * (h_n_1 + h_n_2) / (h_n_2 * (h_n_2 + h_n_3))
+            coeff1 = (2 + (h_n / h_n_1)) / 2 + temp1 + temp2
+            coeff2 = -(h_n / h_n_1) / 2 - (1 + h_n_1 / h_n_2) * temp1 - (1 + (h_n_1 / h_n_2) + ratio) * temp2
+            coeff3 = temp1 * h_n_1 / h_n_2 + ((h_n_1 / h_n_2) + ratio * (1 + h_n_2 / h_n_3)) * temp2
+            coeff4 = -temp2 * ratio * h_n_1 / h_n_2
+            x_next = x + (t_next - t_cur) * (coeff1 * d_cur + coeff2 * buffer[-1] + coeff3 * buffer[-2]
+                                             + coeff4 * buffer[-3])
+        buffer.append(d_cur)
+        del buffer[:-(max_order - 1)]
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def _res_multistep(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                   callback: Callback | None = None, eta: float = 0.0, s_noise: float = 1.0,
+                   noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """RES second-order multistep (Zhang et al. 2023, arXiv 2308.02157), optionally ancestral."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+
+    def phi1(t: torch.Tensor) -> torch.Tensor:
+        return torch.expm1(t) / t
+
+    def phi2(t: torch.Tensor) -> torch.Tensor:
+        return (phi1(t) - 1.0) / t
+
+    old_sigma_down = old_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+        _emit(callback, i, denoised, x)
+        if sigma_down == 0 or old_denoised is None:
+            d = to_d(x, sigmas[i], denoised)
+            x = x + d * (sigma_down - sigmas[i])
+        else:
+            t, t_old, t_next, t_prev = (_t_fn(sigmas[i]), _t_fn(old_sigma_down), _t_fn(sigma_down),
+                                        _t_fn(sigmas[i - 1]))
+            h = t_next - t
+            c2 = (t_prev - t_old) / h
+            phi1_val, phi2_val = phi1(-h), phi2(-h)
+            b1 = torch.nan_to_num(phi1_val - phi2_val / c2, nan=0.0)
+            b2 = torch.nan_to_num(phi2_val / c2, nan=0.0)
+            x = _sigma_fn(h) * x + h * (b1 * denoised + b2 * old_denoised)
+        if sigmas[i + 1] > 0:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        old_denoised = denoised
+        old_sigma_down = sigma_down
+    return x
+
+
+@torch.no_grad()
+def sample_res_multistep(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    return _res_multistep(model, x, sigmas, eta=0.0, **kwargs)
+
+
+@torch.no_grad()
+def sample_res_multistep_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
+                                   **kwargs: Any) -> torch.Tensor:
+    return _res_multistep(model, x, sigmas, eta=kwargs.pop("eta", 1.0), **kwargs)
+
+
+@torch.no_grad()
+def sample_gradient_estimation(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                               callback: Callback | None = None, ge_gamma: float = 2.0) -> torch.Tensor:
+    """Euler with a gradient-estimation correction from the previous slope (Permenter & Yuan)."""
+    s_in = _ones(x)
+    old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = to_d(x, sigmas[i], denoised)
+        _emit(callback, i, denoised, x)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = x + d * dt
+            if i >= 1:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+# --------------------------------------------------------------------------------------------
+
+Sampler = Callable[..., torch.Tensor]
+
+SAMPLERS: dict[str, Sampler] = {
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "heun": sample_heun,
+    "heunpp2": sample_heunpp2,
+    "dpm_2": sample_dpm_2,
+    "dpm_2_ancestral": sample_dpm_2_ancestral,
+    "lms": sample_lms,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_sde": sample_dpmpp_sde,
+    "dpmpp_sde_gpu": sample_dpmpp_sde,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_gpu": sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
+    "dpmpp_2m_sde_heun_gpu": sample_dpmpp_2m_sde_heun,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "dpmpp_3m_sde_gpu": sample_dpmpp_3m_sde,
+    "ddpm": sample_ddpm,
+    "lcm": sample_lcm,
+    "ipndm": sample_ipndm,
+    "ipndm_v": sample_ipndm_v,
+    "res_multistep": sample_res_multistep,
+    "res_multistep_ancestral": sample_res_multistep_ancestral,
+    "gradient_estimation": sample_gradient_estimation,
+    "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (the same update for eps models), with random inpaint noise
+}
+"""The samplers Loom implements, by ComfyUI name."""
+
+# "ddim" differs from "euler" only in how a noise mask re-noises the kept latent: from seed + 1.
+RANDOM_INPAINT_NOISE_SAMPLERS = frozenset({"ddim"})
+
+def implemented_sampler_names() -> list[str]:
+    return [name for name in SAMPLER_NAMES if name in SAMPLERS]
+
+
+def unimplemented_reason(name: str) -> str | None:
+    """``None`` if ``name`` can be sampled with, else a message saying why not."""
+    if name in SAMPLERS:
+        return None
+    if name in SAMPLER_NAMES:
+        return (f"sampler '{name}' is a ComfyUI sampler that Loom does not implement yet; "
+                f"implemented samplers: {', '.join(implemented_sampler_names())}")
+    return f"unknown sampler '{name}'; the samplers are {', '.join(SAMPLER_NAMES)}"
+
+
+def get_sampler(name: str) -> Sampler:
+    reason = unimplemented_reason(name)
+    if reason is not None:
+        raise ValueError(reason)
+    return SAMPLERS[name]

@@ -1,0 +1,112 @@
+"""The denoising loop behind KSampler and KSamplerAdvanced, with ComfyUI's semantics.
+
+:func:`sample` takes a MODEL, positive/negative CONDITIONING and a LATENT dict and returns the new latent
+tensor (in the VAE's space, like the input):
+
+1. noise: a CPU generator seeded with ``seed`` (per-item with ``batch_index``), or zeros when disabled;
+2. sigmas: the scheduler's schedule (``denoise < 1``: ``int(steps / denoise)`` steps, the last
+   ``steps + 1`` kept), cut to ``start_step``..``last_step`` (KSamplerAdvanced), the last set to 0 when
+   ``force_full_denoise``;
+3. the latent enters the model's space (``process_in``, skipped for an all-zero latent), the noise is
+   scaled to the first sigma (``sqrt(1 + sigma**2)`` when starting from pure noise) and added;
+4. the sampler runs over the sigmas with the guided denoiser (and the noise mask, if the latent has one),
+   reporting each step to :class:`nodes.progress.ProgressBar` with a latent preview;
+5. the result leaves the model's space (``process_out``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from nodes import progress
+from nodes.runtime.denoiser import GuidedDenoiser, MaskedDenoiser, prepare_noise_mask
+from nodes.runtime.model_types import DiffusionModel
+from nodes.runtime.noise import initial_noise
+from nodes.runtime.preview import latent_preview
+from nodes.runtime.samplers import RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
+from nodes.runtime.schedules import sampling_sigmas
+
+
+def cut_sigmas(sigmas: torch.Tensor, start_step: int | None, last_step: int | None,
+               force_full_denoise: bool) -> torch.Tensor | None:
+    """The part of the schedule from ``start_step`` to ``last_step``; ``None`` if nothing is left to run."""
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[:last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start_step is not None:
+        if start_step < len(sigmas) - 1:
+            sigmas = sigmas[start_step:]
+        else:
+            return None
+    return sigmas
+
+
+def fit_latent_channels(model: DiffusionModel, latent: torch.Tensor) -> torch.Tensor:
+    """An empty latent made for another family gets this model's channel count (ComfyUI does the same)."""
+    channels = model.latent_format.channels
+    if latent.shape[1] != channels and torch.count_nonzero(latent) == 0:
+        return torch.zeros((latent.shape[0], channels) + tuple(latent.shape[2:]), dtype=latent.dtype)
+    return latent
+
+
+def _model_device(model: DiffusionModel) -> torch.device:
+    try:
+        return next(model.unet.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[Any], latent: dict[str, Any], *,
+           seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float = 1.0,
+           disable_noise: bool = False, start_step: int | None = None, last_step: int | None = None,
+           force_full_denoise: bool = False) -> torch.Tensor:
+    """Run a sampler on ``latent`` and return the resulting latent tensor (VAE space, on the CPU)."""
+    sampler = get_sampler(sampler_name)
+    latent_image = fit_latent_channels(model, latent["samples"].float())
+    if disable_noise:
+        noise = torch.zeros(latent_image.size(), dtype=latent_image.dtype, device="cpu")
+    else:
+        noise = initial_noise(latent_image, seed, latent.get("batch_index"))
+
+    sigmas = sampling_sigmas(model.sampling, scheduler, steps, denoise, sampler_name)
+    sigmas = cut_sigmas(sigmas, start_step, last_step, force_full_denoise)
+    if sigmas is None or sigmas.shape[-1] == 0:
+        return latent_image
+
+    device = _model_device(model)
+    if torch.count_nonzero(latent_image) > 0:  # an empty latent is not shifted into the model's space
+        latent_image = model.latent_format.process_in(latent_image)
+    latent_image = latent_image.to(device)
+    noise = noise.to(device)
+    sigmas = sigmas.to(device)
+
+    denoiser: Any = GuidedDenoiser(model, positive, negative, cfg, latent_image.shape)
+    if latent.get("noise_mask") is not None:
+        mask = prepare_noise_mask(latent["noise_mask"], noise.shape).to(device)
+        inpaint_noise = noise
+        if sampler_name in RANDOM_INPAINT_NOISE_SAMPLERS:
+            generator = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
+            inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
+        denoiser = MaskedDenoiser(denoiser, mask, latent_image, inpaint_noise)
+
+    sigma_max = float(model.sampling.sigma_max)
+    first = float(sigmas[0])
+    from_pure_noise = math.isclose(sigma_max, first, rel_tol=1e-05) or first > sigma_max
+    scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if from_pure_noise else sigmas[0]
+    x = noise * scale + latent_image
+
+    total = len(sigmas) - 1
+    bar = progress.ProgressBar(total)
+
+    def on_step(i: int, denoised: torch.Tensor, _x: torch.Tensor) -> None:
+        preview = None
+        if progress.current() is not None:
+            preview = latent_preview(denoised, model.family, model.latent_format)
+        bar.update_absolute(i + 1, preview)
+
+    progress.check_interrupted()
+    samples = sampler(denoiser, x, sigmas, seed=int(seed), callback=on_step)
+    return model.latent_format.process_out(samples.float()).cpu()
