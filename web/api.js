@@ -1,0 +1,134 @@
+/**
+ * The client of the server's HTTP and WebSocket API (ComfyUI's routes, under `/api/`).
+ *
+ * WebSocket messages are re-dispatched as DOM events named after their type (`executing`,
+ * `progress`, ...) with the message data as `event.detail`; binary preview frames become `preview`
+ * events with `{ blob, nodeId }`.
+ */
+
+const PREVIEW_IMAGE = 1;
+const PREVIEW_IMAGE_WITH_METADATA = 4;
+
+function newClientId() {
+  return (crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2)).replace(/-/g, "");
+}
+
+export class ApiError extends Error {
+  constructor(message, status, body) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+export class Api extends EventTarget {
+  constructor(base = "") {
+    super();
+    this.base = base;
+    this.clientId = sessionStorage.getItem("loom.clientId") || newClientId();
+    sessionStorage.setItem("loom.clientId", this.clientId);
+    this.socket = null;
+    this.connected = false;
+  }
+
+  url(path) {
+    return `${this.base}/api${path}`;
+  }
+
+  async request(path, options = {}) {
+    const response = await fetch(this.url(path), options);
+    const text = await response.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch { body = text; }
+    if (!response.ok) {
+      const message = body?.error?.message || body?.error || body?.message || `${response.status} ${response.statusText}`;
+      throw new ApiError(typeof message === "string" ? message : JSON.stringify(message), response.status, body);
+    }
+    return body;
+  }
+
+  postJson(path, data) {
+    return this.request(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(data) });
+  }
+
+  objectInfo() {
+    return this.request("/object_info");
+  }
+
+  /** The server's default workflow, or null when it offers none. */
+  async defaultWorkflow() {
+    try {
+      return await this.request("/workflows/default");
+    } catch {
+      return null;
+    }
+  }
+
+  /** UI workflow -> API prompt, converted by the server (the one implementation of the conversion). */
+  async convert(workflow) {
+    const result = await this.postJson("/workflow/convert", { workflow });
+    return { prompt: result?.prompt ?? result, warnings: result?.warnings || [] };
+  }
+
+  /** Queue a prompt; resolves to `{ prompt_id, number, node_errors }`, throws ApiError (with body) on 400. */
+  queuePrompt(prompt, workflow) {
+    return this.postJson("/prompt", { prompt, client_id: this.clientId, extra_data: { extra_pnginfo: { workflow } } });
+  }
+
+  interrupt() {
+    return this.postJson("/interrupt", {});
+  }
+
+  async uploadImage(file, { overwrite = false } = {}) {
+    const form = new FormData();
+    form.append("image", file, file.name);
+    form.append("type", "input");
+    if (overwrite) form.append("overwrite", "true");
+    return this.request("/upload/image", { method: "POST", body: form });
+  }
+
+  viewUrl({ filename, subfolder = "", type = "output" }) {
+    const query = new URLSearchParams({ filename, subfolder, type });
+    return this.url(`/view?${query}`);
+  }
+
+  /** Open the WebSocket (reconnecting after a drop). */
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}${this.base}/ws?clientId=${this.clientId}`);
+    socket.binaryType = "arraybuffer";
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      this.connected = true;
+      socket.send(JSON.stringify({ type: "feature_flags", data: { supports_preview_metadata: true } }));
+      this.dispatchEvent(new CustomEvent("connected"));
+    });
+    socket.addEventListener("close", () => {
+      const was = this.connected;
+      this.connected = false;
+      if (was) this.dispatchEvent(new CustomEvent("disconnected"));
+      setTimeout(() => this.connect(), 1000);
+    });
+    socket.addEventListener("message", (event) => this.#message(event.data));
+  }
+
+  #message(data) {
+    if (data instanceof ArrayBuffer) {
+      const view = new DataView(data);
+      const kind = view.getUint32(0);
+      if (kind === PREVIEW_IMAGE) {
+        const format = view.getUint32(4) === 2 ? "image/png" : "image/jpeg";
+        this.dispatchEvent(new CustomEvent("preview", { detail: { blob: new Blob([data.slice(8)], { type: format }), nodeId: null } }));
+      } else if (kind === PREVIEW_IMAGE_WITH_METADATA) {
+        const length = view.getUint32(4);
+        const meta = JSON.parse(new TextDecoder().decode(data.slice(8, 8 + length)));
+        const blob = new Blob([data.slice(8 + length)], { type: meta.image_type || "image/jpeg" });
+        this.dispatchEvent(new CustomEvent("preview", { detail: { blob, nodeId: meta.display_node_id ?? meta.node_id } }));
+      }
+      return;
+    }
+    let message;
+    try { message = JSON.parse(data); } catch { return; }
+    if (message?.type) this.dispatchEvent(new CustomEvent(message.type, { detail: message.data }));
+  }
+}

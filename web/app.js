@@ -1,0 +1,139 @@
+/**
+ * Start-up: fetch the node definitions, build the editor, restore the last workflow (or the default
+ * one), wire the toolbar, file drops and the WebSocket, and expose `window.loom` for tests.
+ */
+import { Api } from "./api.js";
+import { Editor } from "./editor.js";
+import { NodeDefs } from "./graph/definitions.js";
+import { inputSlotPos, nodeBounds, outputSlotPos, widgetRect } from "./canvas/layout.js";
+import { notify } from "./ui/notify.js";
+
+function wireToolbar(editor) {
+  const on = (id, handler) => document.getElementById(id)?.addEventListener("click", handler);
+  on("btn-queue", () => editor.queue());
+  on("btn-interrupt", () => editor.interrupt());
+  on("btn-new", () => editor.newWorkflow());
+  on("btn-open", () => editor.openFileDialog());
+  on("btn-save", () => editor.saveFile());
+  on("btn-export-api", () => editor.exportApi());
+  on("btn-fit", () => { editor.canvas.fitView(); editor.viewChanged(); });
+  const queueLabel = document.getElementById("queue-size");
+  editor.execution.addEventListener("status", (e) => {
+    if (queueLabel) queueLabel.textContent = e.detail.queueRemaining ? `${e.detail.queueRemaining} queued` : "idle";
+  });
+  const dot = document.getElementById("connection");
+  editor.api.addEventListener("connected", () => dot?.classList.add("online"));
+  editor.api.addEventListener("disconnected", () => dot?.classList.remove("online"));
+}
+
+function wireDrop(editor) {
+  window.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+  });
+  window.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer?.files?.[0];
+    if (file) editor.openFile(file, [event.clientX, event.clientY]);
+  });
+}
+
+/** The test hook: graph state and geometry in client coordinates, so tests can drive the mouse. */
+function exposeHook(editor) {
+  const { graph, canvas } = editor;
+  const node = (id) => {
+    const found = graph.getNode(id);
+    if (!found) throw new Error(`no node ${id}`);
+    return found;
+  };
+  const slotIndex = (n, list, which) => (typeof which === "number" ? which : list.findIndex((s) => s.name === which));
+  const summary = (n) => ({
+    id: n.id, type: n.type, title: n.title, pos: n.pos.slice(), size: n.size.slice(), mode: n.mode,
+    collapsed: Boolean(n.flags.collapsed), selected: canvas.selected.has(n),
+    widgets: Object.fromEntries(n.widgets.map((w) => [w.name, w.value])),
+    inputs: n.inputs.map((i) => ({ name: i.name, type: i.type, link: i.link })),
+    outputs: n.outputs.map((o) => ({ name: o.name, type: o.type, links: o.links ? o.links.slice() : [] })),
+  });
+  window.loom = {
+    ready: true,
+    editor,
+    graph,
+    canvas,
+    defs: editor.defs,
+    nodes: () => graph.nodes.map(summary),
+    node: (id) => summary(node(id)),
+    links: () => [...graph.links.values()].map((l) => ({ ...l })),
+    serialize: () => editor.serializeWorkflow(),
+    load: (data) => editor.loadWorkflow(data),
+    newWorkflow: () => editor.newWorkflow(),
+    clear: () => editor.clearWorkflow(),
+    queue: () => editor.queue(),
+    nextFrame: () => canvas.nextFrame(),
+    frames: () => canvas.frames,
+    viewport: () => ({ scale: canvas.viewport.scale, offset: canvas.viewport.offset.slice() }),
+    toClient: (gx, gy) => canvas.clientPoint(gx, gy),
+    toGraph: (cx, cy) => {
+      const rect = canvas.element.getBoundingClientRect();
+      return canvas.viewport.toGraph(cx - rect.left, cy - rect.top);
+    },
+    /** Client point in the node's title bar (clear of the collapse dot). */
+    titlePoint: (id) => {
+      const n = node(id);
+      const [x, y, w] = nodeBounds(n);
+      return canvas.clientPoint(x + Math.min(w - 10, 60), y + 15);
+    },
+    collapsePoint: (id) => { const n = node(id); return canvas.clientPoint(n.pos[0] + 15, n.pos[1] - 15); },
+    resizePoint: (id) => { const n = node(id); return canvas.clientPoint(n.pos[0] + n.size[0] - 4, n.pos[1] + n.size[1] - 4); },
+    bodyPoint: (id) => { const n = node(id); return canvas.clientPoint(n.pos[0] + n.size[0] / 2, n.pos[1] + n.size[1] - 6); },
+    slotPoint: (id, kind, which) => {
+      const n = node(id);
+      const isOutput = kind === "output";
+      const index = slotIndex(n, isOutput ? n.outputs : n.inputs, which);
+      if (index < 0) throw new Error(`node ${id} has no ${kind} ${which}`);
+      return canvas.clientPoint(...(isOutput ? outputSlotPos(n, index) : inputSlotPos(n, index)));
+    },
+    /** Client point on a widget: where = "middle" | "left" (decrement arrow) | "right" (increment arrow). */
+    widgetPoint: (id, name, where = "middle") => {
+      const n = node(id);
+      const widget = n.widget(name);
+      if (!widget) throw new Error(`node ${id} has no widget ${name}`);
+      const [x, y, w, h] = widgetRect(n, widget);
+      const gx = where === "left" ? x + 8 : where === "right" ? x + w - 8 : x + w / 2;
+      return canvas.clientPoint(gx, y + Math.min(h / 2, 10));
+    },
+    nodeState: (id) => {
+      const n = node(id);
+      const r = n.runtime;
+      return {
+        running: Boolean(r.running), cached: Boolean(r.cached), progress: r.progress || null,
+        error: r.error?.message || null, errorInputs: [...(r.errorInputs || [])],
+        images: (r.images || []).map((img) => ({ src: img.src, loaded: img.complete && img.naturalWidth > 0,
+          width: img.naturalWidth, height: img.naturalHeight })),
+        inputImage: r.inputImage ? { src: r.inputImage.src, loaded: r.inputImage.complete && r.inputImage.naturalWidth > 0 } : null,
+      };
+    },
+    lastQueueResult: () => editor.execution.lastResult,
+    renderStats: () => ({ ...canvas.renderer.stats, frames: canvas.frames }),
+  };
+}
+
+async function start() {
+  const api = new Api();
+  let objectInfo;
+  try {
+    objectInfo = await api.objectInfo();
+  } catch (error) {
+    document.body.classList.add("failed");
+    notify(`Could not load node definitions from the server: ${error.message}`, "error", 60000);
+    return;
+  }
+  const editor = new Editor({ api, defs: new NodeDefs(objectInfo), canvasElement: document.getElementById("graph") });
+  wireToolbar(editor);
+  wireDrop(editor);
+  if (!editor.restoreFromStorage()) await editor.newWorkflow();
+  api.connect();
+  exposeHook(editor);
+  editor.canvas.setDirty();
+}
+
+start();

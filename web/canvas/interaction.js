@@ -1,0 +1,330 @@
+/**
+ * Pointer, wheel and key handling on the canvas: pan, zoom to the cursor, select (click, shift-click,
+ * ctrl/shift rubber band), move, resize, collapse, link dragging (type-checked, detach by dragging an
+ * input's link away, release on empty space to search for a compatible node), widget input, menus.
+ *
+ * `editor` (app.js) supplies the actions that need more than the canvas: search, menus, widget
+ * editors, node creation.
+ */
+import { isValidConnection } from "../graph/types.js";
+import { nodeBounds, minimumSize, visibleInputs } from "./layout.js";
+import { widgetImpl } from "../widgets/index.js";
+
+const CLICK_SLOP = 4;
+
+function isTyping(target) {
+  return target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.isContentEditable);
+}
+
+/** The first slot of `node` that a link of the drag can attach to. */
+export function firstCompatibleSlot(node, type, wantInput) {
+  if (wantInput) {
+    const free = visibleInputs(node).find(({ input }) => input.link == null && isValidConnection(type, input.type));
+    const any = visibleInputs(node).find(({ input }) => isValidConnection(type, input.type));
+    return (free || any)?.index ?? -1;
+  }
+  return node.outputs.findIndex((output) => isValidConnection(output.type, type));
+}
+
+export class Interaction {
+  constructor(canvas, editor) {
+    this.canvas = canvas;
+    this.editor = editor;
+    this.drag = null;
+    this.spaceDown = false;
+    this.lastPointer = [0, 0];
+    const el = canvas.element;
+    el.addEventListener("pointerdown", (e) => this.#down(e));
+    el.addEventListener("pointermove", (e) => this.#move(e));
+    el.addEventListener("pointerup", (e) => this.#up(e));
+    el.addEventListener("pointercancel", (e) => this.#up(e));
+    el.addEventListener("dblclick", (e) => this.#doubleClick(e));
+    el.addEventListener("contextmenu", (e) => this.#contextMenu(e));
+    el.addEventListener("wheel", (e) => this.#wheel(e), { passive: false });
+    window.addEventListener("keydown", (e) => this.#keyDown(e));
+    window.addEventListener("keyup", (e) => { if (e.code === "Space") this.spaceDown = false; });
+  }
+
+  #graphPoint(event) {
+    const [sx, sy] = this.canvas.eventPoint(event);
+    return this.canvas.viewport.toGraph(sx, sy);
+  }
+
+  #down(event) {
+    this.editor.closePopups();
+    this.canvas.element.focus();
+    const screen = this.canvas.eventPoint(event);
+    const point = this.canvas.viewport.toGraph(...screen);
+    this.lastPointer = screen;
+    if (event.button === 2) return;
+    this.canvas.element.setPointerCapture(event.pointerId);
+    if (event.button === 1 || this.spaceDown) {
+      this.drag = { kind: "pan", last: screen, moved: true };
+      return;
+    }
+    const { canvas, editor } = this;
+    const graph = canvas.graph;
+    const slot = canvas.slotAt(...point);
+    if (slot) {
+      const { node, slot: index, isOutput } = slot;
+      if (isOutput) {
+        this.#startLink(node, index, true, point, false);
+      } else {
+        const link = graph.inputLink(node, index);
+        if (link) {
+          const origin = graph.getNode(link.origin_id);
+          graph.removeLink(link.id);
+          this.#startLink(origin, link.origin_slot, true, point, true);
+        } else {
+          this.#startLink(node, index, false, point, false);
+        }
+      }
+      return;
+    }
+    const node = canvas.nodeAt(...point);
+    if (!node) {
+      if (event.ctrlKey || event.shiftKey || event.metaKey) {
+        canvas.rubberBand = { from: point, to: point };
+        this.drag = { kind: "band", additive: event.shiftKey || event.ctrlKey || event.metaKey, start: screen };
+      } else {
+        this.drag = { kind: "pan", last: screen, start: screen, moved: false };
+      }
+      return;
+    }
+    graph.bringToFront(node);
+    const { part, widget } = canvas.partAt(node, ...point);
+    if (part === "collapse") {
+      editor.toggleCollapse(node);
+      return;
+    }
+    if (part === "resize") {
+      canvas.select(node, canvas.selected.has(node));
+      this.drag = { kind: "resize", node, start: point, size: node.size.slice(), moved: false };
+      return;
+    }
+    if (part === "widget" && node.mode !== 2 && !event.shiftKey) {
+      canvas.select(node, canvas.selected.has(node) && canvas.selected.size > 1);
+      const rect = editor.widgetRect(node, widget);
+      const handler = widgetImpl(widget).pointerDown({ widget, node, rect, x: point[0], y: point[1], editor, event });
+      if (handler) this.drag = { kind: "widget", node, widget, rect, handler };
+      return;
+    }
+    if (event.shiftKey || event.ctrlKey || event.metaKey) {
+      if (canvas.selected.has(node)) { canvas.deselect(node); return; }
+      canvas.select(node, true);
+    } else if (!canvas.selected.has(node)) {
+      canvas.select(node, false);
+    }
+    let moving = [...canvas.selected];
+    if (event.altKey) {
+      moving = editor.duplicateNodes(moving, [0, 0]);
+      canvas.selected = new Set(moving);
+    }
+    this.drag = { kind: "move", nodes: moving, start: point, origins: moving.map((n) => n.pos.slice()), moved: false };
+    canvas.setDirty();
+  }
+
+  #startLink(node, slot, fromOutput, point, detached) {
+    const type = fromOutput ? node.outputs[slot].type : node.inputs[slot].type;
+    this.canvas.dragLink = { node, slot, fromOutput, type, pos: point, detached };
+    this.drag = { kind: "link" };
+    this.canvas.setDirty();
+  }
+
+  #move(event) {
+    const screen = this.canvas.eventPoint(event);
+    this.lastPointer = screen;
+    const drag = this.drag;
+    if (!drag) return;
+    const canvas = this.canvas;
+    const point = canvas.viewport.toGraph(...screen);
+    switch (drag.kind) {
+      case "pan": {
+        canvas.viewport.panBy(screen[0] - drag.last[0], screen[1] - drag.last[1]);
+        drag.last = screen;
+        if (drag.start && Math.hypot(screen[0] - drag.start[0], screen[1] - drag.start[1]) > CLICK_SLOP) drag.moved = true;
+        canvas.setDirty();
+        break;
+      }
+      case "move": {
+        const dx = point[0] - drag.start[0];
+        const dy = point[1] - drag.start[1];
+        if (!drag.moved && Math.hypot(dx, dy) * canvas.viewport.scale < CLICK_SLOP) return;
+        drag.moved = true;
+        drag.nodes.forEach((node, i) => { node.pos = [drag.origins[i][0] + dx, drag.origins[i][1] + dy]; });
+        canvas.setDirty();
+        break;
+      }
+      case "resize": {
+        const [minW, minH] = minimumSize(drag.node);
+        drag.node.size = [Math.max(minW, drag.size[0] + point[0] - drag.start[0]),
+          Math.max(minH, drag.size[1] + point[1] - drag.start[1])];
+        drag.moved = true;
+        canvas.setDirty();
+        break;
+      }
+      case "link":
+        canvas.dragLink.pos = point;
+        canvas.setDirty();
+        break;
+      case "band":
+        canvas.rubberBand.to = point;
+        canvas.setDirty();
+        break;
+      case "widget":
+        drag.handler.move?.({ x: point[0], y: point[1], event });
+        break;
+    }
+  }
+
+  #up(event) {
+    const drag = this.drag;
+    this.drag = null;
+    if (!drag) return;
+    const canvas = this.canvas;
+    const graph = canvas.graph;
+    const screen = this.canvas.eventPoint(event);
+    const point = canvas.viewport.toGraph(...screen);
+    switch (drag.kind) {
+      case "pan":
+        if (!drag.moved) canvas.clearSelection();
+        else this.editor.viewChanged();
+        break;
+      case "move":
+        if (drag.moved) graph.changed("move");
+        break;
+      case "resize":
+        if (drag.moved) graph.changed("resize");
+        break;
+      case "link":
+        this.#dropLink(point, screen);
+        break;
+      case "band": {
+        const band = canvas.rubberBand;
+        canvas.rubberBand = null;
+        const x0 = Math.min(band.from[0], band.to[0]), x1 = Math.max(band.from[0], band.to[0]);
+        const y0 = Math.min(band.from[1], band.to[1]), y1 = Math.max(band.from[1], band.to[1]);
+        if (!drag.additive) canvas.selected.clear();
+        for (const node of graph.nodes) {
+          const [x, y, w, h] = nodeBounds(node);
+          if (x < x1 && x + w > x0 && y < y1 && y + h > y0) canvas.selected.add(node);
+        }
+        canvas.setDirty();
+        break;
+      }
+      case "widget":
+        drag.handler.up?.({ x: point[0], y: point[1], event });
+        break;
+    }
+  }
+
+  #dropLink(point, screen) {
+    const canvas = this.canvas;
+    const graph = canvas.graph;
+    const drag = canvas.dragLink;
+    canvas.dragLink = null;
+    canvas.setDirty();
+    const slot = canvas.slotAt(...point);
+    let target = null;
+    if (slot && slot.isOutput !== drag.fromOutput && slot.node !== drag.node) {
+      target = slot;
+    } else {
+      const node = canvas.nodeAt(...point);
+      if (node && node !== drag.node) {
+        const index = firstCompatibleSlot(node, drag.type, drag.fromOutput);
+        if (index >= 0) target = { node, slot: index };
+        else {
+          this.editor.notify(`${node.title} has no ${drag.fromOutput ? "input" : "output"} that takes ${drag.type}`, "warn");
+          return;
+        }
+      }
+    }
+    if (target) {
+      const link = drag.fromOutput
+        ? graph.connect(drag.node, drag.slot, target.node, target.slot)
+        : graph.connect(target.node, target.slot, drag.node, drag.slot);
+      if (!link) {
+        const input = drag.fromOutput ? target.node.inputs[target.slot] : drag.node.inputs[drag.slot];
+        const output = drag.fromOutput ? drag.node.outputs[drag.slot] : target.node.outputs[target.slot];
+        this.editor.notify(`cannot connect ${output?.type} to ${input?.name} (${input?.type})`, "warn");
+      }
+      return;
+    }
+    if (drag.detached) return; // a link dragged off an input and dropped on nothing stays removed
+    this.editor.searchForLink(drag, point, screen);
+  }
+
+  #doubleClick(event) {
+    const point = this.#graphPoint(event);
+    const node = this.canvas.nodeAt(...point);
+    if (!node) {
+      this.editor.openSearch(point, this.canvas.eventPoint(event));
+      return;
+    }
+    if (this.canvas.partAt(node, ...point).part === "title") this.editor.editTitle(node);
+  }
+
+  #contextMenu(event) {
+    event.preventDefault();
+    const screen = this.canvas.eventPoint(event);
+    const point = this.canvas.viewport.toGraph(...screen);
+    const slot = this.canvas.slotAt(...point);
+    if (slot) return this.editor.slotMenu(slot, event);
+    const node = this.canvas.nodeAt(...point);
+    if (node) {
+      if (!this.canvas.selected.has(node)) this.canvas.select(node);
+      return this.editor.nodeMenu(node, event);
+    }
+    this.editor.canvasMenu(point, event);
+  }
+
+  #wheel(event) {
+    event.preventDefault();
+    const [sx, sy] = this.canvas.eventPoint(event);
+    const speed = event.ctrlKey ? 0.01 : 0.0015; // ctrl+wheel is how browsers report a trackpad pinch
+    const delta = event.deltaMode === 1 ? event.deltaY * 16 : event.deltaY;
+    this.canvas.viewport.zoomAt(Math.exp(-delta * speed), sx, sy);
+    this.canvas.setDirty();
+    this.editor.viewChanged();
+  }
+
+  #keyDown(event) {
+    if (isTyping(event.target)) return;
+    const editor = this.editor;
+    const ctrl = event.ctrlKey || event.metaKey;
+    if (event.code === "Space") { this.spaceDown = true; return; }
+    if (ctrl && event.key === "Enter") { event.preventDefault(); editor.queue(); return; }
+    if (ctrl && (event.key === "s" || event.key === "S")) { event.preventDefault(); editor.saveFile(); return; }
+    if (ctrl && (event.key === "o" || event.key === "O")) { event.preventDefault(); editor.openFileDialog(); return; }
+    if (ctrl && (event.key === "a" || event.key === "A")) {
+      event.preventDefault();
+      this.canvas.selected = new Set(this.canvas.graph.nodes);
+      this.canvas.setDirty();
+      return;
+    }
+    if (ctrl && (event.key === "d" || event.key === "D")) {
+      event.preventDefault();
+      editor.duplicateSelection();
+      return;
+    }
+    if (event.altKey && (event.key === "c" || event.key === "C")) {
+      event.preventDefault();
+      for (const node of this.canvas.selected) editor.toggleCollapse(node);
+      return;
+    }
+    if (event.altKey && (event.key === "=" || event.key === "+" || event.key === "-")) {
+      event.preventDefault();
+      const factor = event.key === "-" ? 1 / 1.2 : 1.2;
+      this.canvas.viewport.zoomAt(factor, this.canvas.width / 2, this.canvas.height / 2);
+      this.canvas.setDirty();
+      editor.viewChanged();
+      return;
+    }
+    if (event.key === "Delete" || event.key === "Backspace") {
+      if (this.canvas.selected.size) { event.preventDefault(); editor.deleteSelection(); }
+      return;
+    }
+    if (event.key === "." && !ctrl) { this.canvas.fitView(); editor.viewChanged(); return; }
+    if (event.key === "Escape") { editor.closePopups(); this.canvas.dragLink = null; this.canvas.setDirty(); }
+  }
+}

@@ -1,0 +1,482 @@
+/**
+ * The editor: ties the graph, the canvas, the server and the UI together and holds every command
+ * (add, delete, duplicate, queue, open, save, ...). Widgets and pointer handling call back into it.
+ */
+import { GraphCanvas } from "./canvas/canvas.js";
+import { Interaction, firstCompatibleSlot } from "./canvas/interaction.js";
+import { fitNodeSize, minimumSize, widgetRect, IMAGE_MIN_HEIGHT } from "./canvas/layout.js";
+import { Graph } from "./graph/model.js";
+import { NODE_COLORS } from "./graph/types.js";
+import { DEFAULT_WORKFLOW } from "./graph/default-workflow.js";
+import { graphFromPrompt } from "./graph/from-api.js";
+import { Execution } from "./execution.js";
+import { readPngWorkflow } from "./png.js";
+import { NodeSearch } from "./ui/search.js";
+import { closeMenus, showMenu } from "./ui/menus.js";
+import { closeOverlay, editText } from "./ui/overlays.js";
+import { notify } from "./ui/notify.js";
+
+const STORAGE_KEY = "loom.workflow";
+const AUTOSAVE_DELAY_MS = 300;
+
+function download(name, text) {
+  const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function isApiPrompt(data) {
+  const values = Object.values(data || {});
+  return values.length > 0 && values.every((v) => v && typeof v === "object" && "class_type" in v);
+}
+
+export class Editor {
+  constructor({ api, defs, canvasElement }) {
+    this.api = api;
+    this.defs = defs;
+    this.graph = new Graph(defs);
+    this.canvas = new GraphCanvas(canvasElement, this.graph);
+    this.interaction = new Interaction(this.canvas, this);
+    this.search = new NodeSearch(defs);
+    this.execution = new Execution(api, this.graph, this.canvas, (m, l) => this.notify(m, l));
+    this.autosaveTimer = null;
+    this.graph.onChange((reason) => {
+      this.canvas.setDirty();
+      if (reason !== "clear") this.scheduleAutosave();
+    });
+  }
+
+  notify(message, level = "info") {
+    notify(message, level);
+  }
+
+  // ---------------------------------------------------------------- workflows
+
+  /** The UI workflow as saved: the graph plus the current view in `extra.ds`. */
+  serializeWorkflow() {
+    this.graph.extra.ds = this.canvas.viewport.serialize();
+    return this.graph.serialize();
+  }
+
+  /** Load a UI workflow (0.4 or schema 1) or an API prompt. */
+  loadWorkflow(data, { fit = false } = {}) {
+    closeOverlay(false);
+    closeMenus();
+    this.search.close();
+    this.canvas.clearSelection();
+    if (typeof data === "string") data = JSON.parse(data);
+    let warnings;
+    if (data && Array.isArray(data.nodes)) {
+      warnings = this.graph.configure(data);
+      const restored = this.canvas.viewport.restore(data.extra?.ds);
+      fit = fit || !restored;
+    } else if (isApiPrompt(data?.prompt ?? data)) {
+      warnings = graphFromPrompt(this.graph, data.prompt ?? data);
+      fit = true;
+    } else {
+      throw new Error("this file holds neither a workflow nor an API prompt");
+    }
+    for (const node of this.graph.nodes) {
+      fitNodeSize(node);
+      this.refreshInputPreview(node);
+    }
+    if (fit) this.canvas.fitView();
+    for (const warning of warnings) this.notify(warning, "warn");
+    this.canvas.setDirty();
+    this.saveToStorage();
+    return warnings;
+  }
+
+  async newWorkflow() {
+    const fromServer = await this.api.defaultWorkflow();
+    const workflow = fromServer && Array.isArray(fromServer.nodes) ? fromServer : structuredClone(DEFAULT_WORKFLOW);
+    // the default's checkpoint name is a placeholder: pick the first checkpoint the server has
+    const loader = workflow.nodes.find((n) => n.type === "CheckpointLoaderSimple");
+    const options = this.defs.get("CheckpointLoaderSimple")?.widgets[0]?.options.values || [];
+    if (loader && options.length && !options.includes(loader.widgets_values?.[0])) loader.widgets_values = [options[0]];
+    this.loadWorkflow(workflow, { fit: true });
+  }
+
+  clearWorkflow() {
+    this.graph.clear();
+    this.canvas.clearSelection();
+    this.saveToStorage();
+  }
+
+  scheduleAutosave() {
+    clearTimeout(this.autosaveTimer);
+    this.autosaveTimer = setTimeout(() => this.saveToStorage(), AUTOSAVE_DELAY_MS);
+  }
+
+  saveToStorage() {
+    clearTimeout(this.autosaveTimer);
+    try {
+      localStorage.setItem(STORAGE_KEY, JSON.stringify(this.serializeWorkflow()));
+    } catch (error) {
+      console.warn("could not keep the workflow in localStorage:", error);
+    }
+  }
+
+  /** Load the workflow kept from the last visit; false when there is none. */
+  restoreFromStorage() {
+    const text = localStorage.getItem(STORAGE_KEY);
+    if (!text) return false;
+    try {
+      this.loadWorkflow(JSON.parse(text));
+      return true;
+    } catch (error) {
+      this.notify(`The last workflow could not be restored: ${error.message}`, "warn");
+      return false;
+    }
+  }
+
+  viewChanged() {
+    this.scheduleAutosave();
+  }
+
+  saveFile() {
+    download("workflow.json", JSON.stringify(this.serializeWorkflow(), null, 2));
+  }
+
+  async exportApi() {
+    try {
+      const { prompt } = await this.api.convert(this.serializeWorkflow());
+      download("workflow_api.json", JSON.stringify(prompt, null, 2));
+    } catch (error) {
+      this.notify(`Export failed: ${error.message}`, "error");
+    }
+  }
+
+  openFileDialog() {
+    const input = document.createElement("input");
+    input.type = "file";
+    input.accept = ".json,application/json,image/png";
+    input.addEventListener("change", () => { if (input.files[0]) this.openFile(input.files[0]); });
+    input.click();
+  }
+
+  /** Open a dropped or chosen file: a workflow/prompt JSON, or a PNG with an embedded workflow. */
+  async openFile(file, clientPoint = null) {
+    try {
+      const isPng = file.type === "image/png" || /\.png$/i.test(file.name);
+      if (isPng || file.type.startsWith("image/")) {
+        const target = clientPoint && this.#loadImageNodeAt(clientPoint);
+        if (target) return await this.uploadToNode(target, file);
+        if (!isPng) throw new Error(`${file.name} is not a PNG; only PNG images carry workflows here`);
+        const { workflow, prompt } = await readPngWorkflow(await file.arrayBuffer());
+        if (workflow) return this.loadWorkflow(workflow);
+        if (prompt) return this.loadWorkflow(prompt);
+        throw new Error(`${file.name} has no workflow embedded`);
+      }
+      this.loadWorkflow(JSON.parse(await file.text()));
+    } catch (error) {
+      this.notify(`Could not open ${file.name}: ${error.message}`, "error");
+    }
+  }
+
+  #loadImageNodeAt([cx, cy]) {
+    const rect = this.canvas.element.getBoundingClientRect();
+    const point = this.canvas.viewport.toGraph(cx - rect.left, cy - rect.top);
+    const node = this.canvas.nodeAt(...point);
+    return node && node.widgets.some((w) => w.kind === "upload") ? node : null;
+  }
+
+  // ---------------------------------------------------------------- running
+
+  async queue() {
+    return this.execution.queue(this.serializeWorkflow());
+  }
+
+  interrupt() {
+    return this.api.interrupt().catch((error) => this.notify(`Interrupt failed: ${error.message}`, "error"));
+  }
+
+  // ---------------------------------------------------------------- nodes
+
+  /** Create a node of `type` with its title bar at graph point `pos`. */
+  addNode(type, pos) {
+    const node = this.graph.createNode(type);
+    node.pos = [pos[0], pos[1] + 30];
+    node.size = minimumSize(node);
+    if (node.widgets.some((w) => w.kind === "multiline")) {
+      node.size = [Math.max(node.size[0], 400), Math.max(node.size[1], 180)];
+    }
+    if (node.def.outputNode && node.inputs.some((i) => i.type === "IMAGE")) {
+      node.size = [Math.max(node.size[0], 300), node.size[1] + IMAGE_MIN_HEIGHT + 120];
+    }
+    this.graph.addNode(node);
+    this.refreshInputPreview(node);
+    this.canvas.select(node);
+    return node;
+  }
+
+  deleteSelection() {
+    for (const node of [...this.canvas.selected]) this.graph.removeNode(node);
+    this.canvas.clearSelection();
+  }
+
+  /** Copies of `nodes` (with the links among them) moved by `offset`; returns the copies. */
+  duplicateNodes(nodes, offset = [30, 30]) {
+    const copies = new Map();
+    for (const node of nodes) {
+      const data = node.serialize();
+      const copy = this.graph.createNode(node.type);
+      copy.configure({ ...data, id: -1, inputs: data.inputs?.map((i) => ({ ...i, link: null })),
+        outputs: data.outputs?.map((o) => ({ ...o, links: null })) });
+      copy.id = -1;
+      copy.pos = [node.pos[0] + offset[0], node.pos[1] + offset[1]];
+      this.graph.addNode(copy, false);
+      this.refreshInputPreview(copy);
+      copies.set(node, copy);
+    }
+    for (const [node, copy] of copies) {
+      node.inputs.forEach((input, slot) => {
+        const link = this.graph.inputLink(node, slot);
+        const origin = link && this.graph.getNode(link.origin_id);
+        if (origin && copies.has(origin)) this.graph.connect(copies.get(origin), link.origin_slot, copy, slot, false);
+      });
+    }
+    this.graph.changed("add-node");
+    return [...copies.values()];
+  }
+
+  duplicateSelection() {
+    const copies = this.duplicateNodes([...this.canvas.selected].filter((n) => !n.missing));
+    this.canvas.selected = new Set(copies);
+    this.canvas.setDirty();
+  }
+
+  toggleCollapse(node) {
+    node.flags.collapsed = !node.flags.collapsed;
+    if (!node.flags.collapsed) delete node.flags.collapsed;
+    this.graph.changed("collapse");
+  }
+
+  editTitle(node) {
+    const [x, y] = this.canvas.clientPoint(node.pos[0] + 26, node.pos[1] - 27);
+    const scale = this.canvas.viewport.scale;
+    const width = (node.flags.collapsed ? 200 : node.size[0] - 30) * scale;
+    editText([x, y, width, 24 * scale], node.title, { fontSize: 14 * scale }).then((text) => {
+      if (text === null) return;
+      node.title = text.trim() || node.defaultTitle;
+      this.graph.changed("title");
+    });
+  }
+
+  setMode(node, mode) {
+    node.mode = mode;
+    this.graph.changed("mode");
+  }
+
+  setColor(node, preset) {
+    const colors = preset ? NODE_COLORS[preset] : null;
+    node.color = colors?.color;
+    node.bgcolor = colors?.bgcolor;
+    this.graph.changed("color");
+  }
+
+  // ---------------------------------------------------------------- search
+
+  async openSearch(graphPoint, screenPoint) {
+    const rect = this.canvas.element.getBoundingClientRect();
+    const def = await this.search.open(rect.left + screenPoint[0], rect.top + screenPoint[1]);
+    if (def) this.addNode(def.type, graphPoint);
+  }
+
+  /** After a link is dropped on empty space: search nodes that can take it, add one and connect. */
+  async searchForLink(drag, graphPoint, screenPoint) {
+    const rect = this.canvas.element.getBoundingClientRect();
+    const filter = { type: drag.type, wantInput: drag.fromOutput };
+    const def = await this.search.open(rect.left + screenPoint[0], rect.top + screenPoint[1], filter);
+    if (!def) return;
+    const node = this.addNode(def.type, drag.fromOutput ? graphPoint : [graphPoint[0] - 200, graphPoint[1]]);
+    const slot = firstCompatibleSlot(node, drag.type, drag.fromOutput);
+    if (slot < 0) return;
+    if (drag.fromOutput) this.graph.connect(drag.node, drag.slot, node, slot);
+    else this.graph.connect(node, slot, drag.node, drag.slot);
+  }
+
+  closePopups() {
+    closeMenus();
+    this.search.close();
+  }
+
+  // ---------------------------------------------------------------- menus
+
+  canvasMenu(graphPoint, event) {
+    const categories = () => {
+      const tree = new Map();
+      for (const def of this.defs.all()) {
+        if (def.deprecated) continue;
+        const top = def.category.split("/")[0] || "other";
+        if (!tree.has(top)) tree.set(top, []);
+        tree.get(top).push(def);
+      }
+      return [...tree.keys()].sort().map((top) => ({
+        label: top,
+        submenu: () => this.#categoryItems(tree.get(top), top, graphPoint),
+      }));
+    };
+    const screen = this.canvas.eventPoint(event);
+    showMenu([
+      { label: "Add Node", submenu: categories },
+      { label: "Search…", action: () => this.openSearch(graphPoint, screen) },
+      null,
+      { label: "Fit view", action: () => { this.canvas.fitView(); this.viewChanged(); } },
+      { label: "Select all", action: () => { this.canvas.selected = new Set(this.graph.nodes); this.canvas.setDirty(); } },
+      null,
+      { label: "New workflow", action: () => this.newWorkflow() },
+      { label: "Clear canvas", action: () => this.clearWorkflow() },
+      { label: "Open…", action: () => this.openFileDialog() },
+      { label: "Save", action: () => this.saveFile() },
+      { label: "Export (API)", action: () => this.exportApi() },
+    ], event.clientX, event.clientY);
+  }
+
+  #categoryItems(defs, prefix, graphPoint) {
+    const sub = new Map();
+    const leaves = [];
+    for (const def of defs) {
+      const rest = def.category.slice(prefix.length).replace(/^\//, "");
+      if (!rest) leaves.push(def);
+      else {
+        const key = rest.split("/")[0];
+        if (!sub.has(key)) sub.set(key, []);
+        sub.get(key).push(def);
+      }
+    }
+    return [
+      ...[...sub.keys()].sort().map((key) => ({
+        label: key, submenu: () => this.#categoryItems(sub.get(key), `${prefix}/${key}`, graphPoint),
+      })),
+      ...leaves.sort((a, b) => a.displayName.localeCompare(b.displayName))
+        .map((def) => ({ label: def.displayName, action: () => this.addNode(def.type, graphPoint) })),
+    ];
+  }
+
+  nodeMenu(node, event) {
+    const colors = [{ label: "No colour", action: () => this.setColor(node, null) },
+      ...Object.keys(NODE_COLORS).map((name) => ({ label: name.replace("_", " "), action: () => this.setColor(node, name),
+        checked: node.color === NODE_COLORS[name].color }))];
+    const modes = [["Always", 0], ["Never (mute)", 2], ["Bypass", 4]]
+      .map(([label, mode]) => ({ label, checked: node.mode === mode, action: () => this.setMode(node, mode) }));
+    showMenu([
+      { label: "Title…", action: () => this.editTitle(node) },
+      { label: node.flags.collapsed ? "Expand" : "Collapse", action: () => this.toggleCollapse(node) },
+      { label: "Colours", submenu: colors },
+      { label: "Mode", submenu: modes },
+      { label: "Fit size to content", action: () => { node.size = minimumSize(node); this.graph.changed("resize"); } },
+      null,
+      { label: "Clone", disabled: node.missing, action: () => this.duplicateSelection() },
+      { label: "Remove", action: () => this.deleteSelection() },
+    ], event.clientX, event.clientY, { title: node.type });
+  }
+
+  slotMenu({ node, slot, isOutput }, event) {
+    const items = [];
+    const linked = isOutput ? node.outputs[slot].links?.length : node.inputs[slot].link != null;
+    items.push({ label: "Disconnect", disabled: !linked,
+      action: () => (isOutput ? this.graph.disconnectOutput(node, slot) : this.graph.disconnectInput(node, slot)) });
+    const type = isOutput ? node.outputs[slot].type : node.inputs[slot].type;
+    items.push({ label: "Add compatible node…", action: () => {
+      const screen = this.canvas.eventPoint(event);
+      const point = this.canvas.viewport.toGraph(...screen);
+      this.searchForLink({ node, slot, fromOutput: isOutput, type }, [point[0] + (isOutput ? 60 : -60), point[1]], screen);
+    } });
+    const name = isOutput ? node.outputs[slot].name : node.inputs[slot].name;
+    showMenu(items, event.clientX, event.clientY, { title: `${name} (${type})` });
+  }
+
+  // ---------------------------------------------------------------- widgets (called by widgets/*.js)
+
+  widgetRect(node, widget) {
+    return widgetRect(node, widget);
+  }
+
+  setWidgetValue(node, widget, value) {
+    if (widget.value === value) return;
+    widget.value = value;
+    if (node.runtime.errorInputs?.delete(widget.name) && !node.runtime.errorInputs.size) delete node.runtime.error;
+    if (node.widgets.some((w) => w.kind === "upload" && w.target === widget.name)) this.refreshInputPreview(node);
+    this.graph.changed("widget");
+  }
+
+  #clientRect([x, y, w, h]) {
+    const [cx, cy] = this.canvas.clientPoint(x, y);
+    const scale = this.canvas.viewport.scale;
+    return [cx, cy, w * scale, h * scale];
+  }
+
+  /** A text field over a graph rectangle; resolves to the typed text or null. */
+  promptValue(rect, value, options = {}) {
+    return editText(this.#clientRect(rect), value, { ...options, fontSize: 12 * this.canvas.viewport.scale });
+  }
+
+  /** The option menu of a combo (with a filter field); resolves to the chosen value. */
+  chooseOption(rect, values, current) {
+    const [x, y, , h] = this.#clientRect(rect);
+    return new Promise((resolve) => {
+      showMenu(values.map((value) => ({ label: String(value), checked: value === current, action: () => resolve(value) })),
+        x, y + h, { filter: true });
+    });
+  }
+
+  editMultiline(node, widget) {
+    const rect = this.#clientRect(widgetRect(node, widget));
+    this.canvas.editingWidget = widget;
+    this.canvas.setDirty();
+    editText(rect, String(widget.value ?? ""), { multiline: true, fontSize: 12 * this.canvas.viewport.scale })
+      .then((text) => {
+        this.canvas.editingWidget = null;
+        if (text !== null) this.setWidgetValue(node, widget, text);
+        this.canvas.setDirty();
+      });
+  }
+
+  chooseUpload(node) {
+    const input = document.createElement("input");
+    input.type = "file";
+    input.accept = "image/png,image/jpeg,image/webp";
+    input.addEventListener("change", () => { if (input.files[0]) this.uploadToNode(node, input.files[0]); });
+    input.click();
+  }
+
+  /** Upload an image to the server's input folder and select it in the node's image combo. */
+  async uploadToNode(node, file) {
+    const upload = node.widgets.find((w) => w.kind === "upload");
+    const target = upload && node.widget(upload.target);
+    if (!target) return;
+    try {
+      const result = await this.api.uploadImage(file);
+      const name = result.subfolder ? `${result.subfolder}/${result.name}` : result.name;
+      if (!target.options.values.includes(name)) target.options.values.push(name);
+      this.setWidgetValue(node, target, name);
+      this.notify(`Uploaded ${name}`);
+    } catch (error) {
+      this.notify(`Upload failed: ${error.message}`, "error");
+    }
+  }
+
+  /** For nodes with an image upload (LoadImage): show the selected input image in the node. */
+  refreshInputPreview(node) {
+    const upload = node.widgets.find((w) => w.kind === "upload");
+    const value = upload && node.widget(upload.target)?.value;
+    if (!value) { delete node.runtime.inputImage; return; }
+    const text = String(value).replace(/ \[(input|output|temp)\]$/, "");
+    const slash = text.lastIndexOf("/");
+    const img = new Image();
+    img.onload = () => {
+      if (node.runtime.inputImage !== img) return;
+      fitNodeSize(node);
+      this.canvas.setDirty();
+    };
+    img.onerror = () => { if (node.runtime.inputImage === img) delete node.runtime.inputImage; };
+    img.src = this.api.viewUrl({ filename: text.slice(slash + 1), subfolder: slash > 0 ? text.slice(0, slash) : "", type: "input" });
+    node.runtime.inputImage = img;
+  }
+}

@@ -1,0 +1,434 @@
+/**
+ * The graph being edited: nodes, links, and their serialisation in ComfyUI's UI workflow format.
+ *
+ * Saving writes litegraph's version 0.4 (`last_node_id`, `last_link_id`, `nodes[]`, `links[]` as
+ * `[id, origin_id, origin_slot, target_id, target_slot, type]`, `groups`, `config`, `extra.ds`,
+ * `version`). Loading also reads schema version 1 (link objects, `state`). Keys the editor does not
+ * understand are kept and written back, and nodes of unknown types are kept verbatim, so a shared
+ * workflow survives a load/save round trip.
+ */
+import { isValidConnection } from "./types.js";
+
+const NODE_KEYS = new Set(["id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "title",
+  "properties", "widgets_values", "color", "bgcolor"]);
+const GRAPH_KEYS = new Set(["last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version",
+  "state"]);
+
+export const MODE_ALWAYS = 0;
+export const MODE_NEVER = 2;
+export const MODE_BYPASS = 4;
+
+function vec2(value, fallback) {
+  if (Array.isArray(value)) return [Number(value[0]) || 0, Number(value[1]) || 0];
+  if (value && typeof value === "object" && "0" in value) return [Number(value[0]) || 0, Number(value[1]) || 0];
+  return fallback.slice();
+}
+
+function clone(value) {
+  return value === undefined ? undefined : JSON.parse(JSON.stringify(value));
+}
+
+function decimalsOf(step) {
+  const text = String(step);
+  if (text.includes("e-")) return Number(text.split("e-")[1]);
+  return text.includes(".") ? text.split(".")[1].length : 0;
+}
+
+/** A widget instance on a node: its spec from the node definition plus the current value. */
+export function createWidget(spec) {
+  const widget = {
+    name: spec.name, kind: spec.kind, inputType: spec.inputType, target: spec.target,
+    options: { ...spec.options }, value: clone(spec.default), tooltip: spec.tooltip,
+  };
+  if (widget.kind === "combo" || widget.kind === "control") widget.options.values = (spec.options.values || []).slice();
+  return widget;
+}
+
+/** A number widget's value snapped to its step/round and clamped to min/max. */
+export function normalizeNumber(widget, value) {
+  let number = Number(value);
+  if (!Number.isFinite(number)) return widget.value;
+  const { min, max, integer } = widget.options;
+  if (integer) {
+    number = Math.round(number);
+  } else {
+    const round = typeof widget.options.round === "number" && widget.options.round > 0
+      ? widget.options.round : null;
+    const decimals = round ? decimalsOf(round) : Math.max(decimalsOf(widget.options.step ?? 0.01), 2);
+    if (round) number = Math.round(number / round) * round;
+    number = Number(number.toFixed(decimals));
+  }
+  if (typeof min === "number" && number < min) number = min;
+  if (typeof max === "number" && number > max) number = max;
+  return number;
+}
+
+/** One node on the canvas. Runtime state (progress, errors, images) lives in `runtime`, never saved. */
+export class GraphNode {
+  constructor(type, def) {
+    this.id = -1;
+    this.type = type;
+    this.def = def;
+    this.title = def ? def.displayName : type;
+    this.pos = [0, 0];
+    this.size = [0, 0];
+    this.flags = {};
+    this.order = 0;
+    this.mode = MODE_ALWAYS;
+    this.properties = { "Node name for S&R": type };
+    this.color = undefined;
+    this.bgcolor = undefined;
+    this.inputs = def ? def.sockets.map((s) => ({ name: s.name, type: s.type, link: null })) : [];
+    this.outputs = def ? def.outputs.map((o) => ({ name: o.name, type: o.type, links: null })) : [];
+    this.widgets = def ? def.widgets.map(createWidget) : [];
+    this.extraFields = {};
+    this.keepEmpty = { inputs: false, outputs: false };
+    this.raw = null; // the saved object of a node whose type the server does not know
+    this.runtime = {};
+  }
+
+  get missing() {
+    return !this.def;
+  }
+
+  get defaultTitle() {
+    return this.def ? this.def.displayName : this.type;
+  }
+
+  widget(name) {
+    return this.widgets.find((w) => w.name === name) || null;
+  }
+
+  /** The widget whose socket an input stands for (a widget converted to an input), if any. */
+  widgetOfInput(input) {
+    return input.widget?.name ? this.widget(input.widget.name) : null;
+  }
+
+  /** True when the widget's value comes from a link instead (a converted widget). */
+  isWidgetLinked(widget) {
+    return this.inputs.some((i) => i.widget?.name === widget.name && i.link != null);
+  }
+
+  serialize() {
+    if (this.raw) {
+      return { ...clone(this.raw), id: this.id, pos: this.pos.slice(), size: this.size.slice(),
+        flags: clone(this.flags), mode: this.mode, order: this.order,
+        ...(this.title !== this.defaultTitle || this.raw.title !== undefined ? { title: this.title } : {}),
+        ...this.#serializeSlots() };
+    }
+    const data = {
+      id: this.id, type: this.type, pos: this.pos.slice(), size: this.size.slice(), flags: clone(this.flags),
+      order: this.order, mode: this.mode, ...this.#serializeSlots(),
+    };
+    if (this.title !== this.defaultTitle) data.title = this.title;
+    data.properties = clone(this.properties);
+    data.widgets_values = this.widgets.map((w) => clone(w.value));
+    if (this.color !== undefined) data.color = this.color;
+    if (this.bgcolor !== undefined) data.bgcolor = this.bgcolor;
+    return { ...data, ...clone(this.extraFields) };
+  }
+
+  #serializeSlots() {
+    const slots = {};
+    if (this.inputs.length || this.keepEmpty.inputs) {
+      slots.inputs = this.inputs.map((input) => ({ ...input, link: input.link ?? null }));
+    }
+    if (this.outputs.length || this.keepEmpty.outputs) {
+      slots.outputs = this.outputs.map((output, i) => {
+        const out = { ...output, links: output.links && output.links.length ? output.links.slice() : output.links ?? null };
+        if (out.links && out.links.length === 0) out.links = null;
+        if (out.links) out.slot_index = i;
+        return out;
+      });
+    }
+    return slots;
+  }
+
+  /** Apply a saved node object (its type must match this node's). */
+  configure(data) {
+    this.id = data.id;
+    this.pos = vec2(data.pos, this.pos);
+    this.size = vec2(data.size, this.size);
+    this.flags = clone(data.flags) || {};
+    this.order = data.order ?? 0;
+    this.mode = data.mode ?? MODE_ALWAYS;
+    if (data.title !== undefined) this.title = String(data.title);
+    if (data.color !== undefined) this.color = data.color;
+    if (data.bgcolor !== undefined) this.bgcolor = data.bgcolor;
+    if (!this.def) {
+      this.raw = clone(data);
+      this.inputs = (data.inputs || []).map((i) => ({ ...clone(i), link: null }));
+      this.outputs = (data.outputs || []).map((o) => ({ ...clone(o), links: null }));
+      return;
+    }
+    if (data.properties) this.properties = clone(data.properties);
+    if (Array.isArray(data.inputs)) {
+      // Saved inputs win (they carry labels, converted widgets, custom slots); links are rebuilt later.
+      this.inputs = data.inputs.map((saved) => ({ ...clone(saved), link: null }));
+      this.keepEmpty.inputs = true;
+    }
+    if (Array.isArray(data.outputs)) {
+      this.outputs = data.outputs.map((saved, i) => {
+        const fresh = this.def.outputs[i];
+        const out = { ...clone(saved), links: null };
+        delete out.slot_index;
+        if (!out.type && fresh) out.type = fresh.type;
+        return out;
+      });
+      this.keepEmpty.outputs = true;
+    }
+    const values = data.widgets_values;
+    if (Array.isArray(values)) {
+      values.forEach((value, i) => {
+        if (i < this.widgets.length) this.widgets[i].value = clone(value);
+      });
+    } else if (values && typeof values === "object") {
+      for (const widget of this.widgets) if (widget.name in values) widget.value = clone(values[widget.name]);
+    }
+    for (const [key, value] of Object.entries(data)) {
+      if (!NODE_KEYS.has(key)) this.extraFields[key] = clone(value);
+    }
+  }
+}
+
+/** The whole graph plus the workflow-level data around it. */
+export class Graph {
+  constructor(defs) {
+    this.defs = defs;
+    this.listeners = new Set();
+    this.clear(false);
+  }
+
+  clear(notify = true) {
+    this.nodes = [];
+    this.nodeById = new Map();
+    this.links = new Map();
+    this.last_node_id = 0;
+    this.last_link_id = 0;
+    this.groups = [];
+    this.config = {};
+    this.extra = {};
+    this.extraTop = {};
+    this.version = 0.4;
+    if (notify) this.changed("clear");
+  }
+
+  /** Subscribe to edits; the listener gets a short reason string. Returns an unsubscribe function. */
+  onChange(listener) {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  changed(reason) {
+    for (const listener of this.listeners) listener(reason);
+  }
+
+  getNode(id) {
+    return this.nodeById.get(typeof id === "string" && /^\d+$/.test(id) ? Number(id) : id) || null;
+  }
+
+  createNode(type) {
+    const def = this.defs.get(type);
+    if (!def) throw new Error(`unknown node type ${type}`);
+    return new GraphNode(type, def);
+  }
+
+  /** Add a node; it gets the next free id unless it already has one. */
+  addNode(node, notify = true) {
+    if (node.id === -1 || node.id === undefined || this.nodeById.has(node.id)) node.id = ++this.last_node_id;
+    else if (typeof node.id === "number") this.last_node_id = Math.max(this.last_node_id, node.id);
+    this.nodes.push(node);
+    this.nodeById.set(node.id, node);
+    if (notify) this.changed("add-node");
+    return node;
+  }
+
+  removeNode(node) {
+    for (let i = 0; i < node.inputs.length; i++) this.disconnectInput(node, i, false);
+    for (let i = 0; i < node.outputs.length; i++) this.disconnectOutput(node, i, false);
+    this.nodes = this.nodes.filter((n) => n !== node);
+    this.nodeById.delete(node.id);
+    this.changed("remove-node");
+  }
+
+  /** Move a node to the top of the drawing order. */
+  bringToFront(node) {
+    const index = this.nodes.indexOf(node);
+    if (index >= 0 && index !== this.nodes.length - 1) {
+      this.nodes.splice(index, 1);
+      this.nodes.push(node);
+    }
+  }
+
+  canConnect(origin, outSlot, target, inSlot) {
+    const output = origin?.outputs[outSlot];
+    const input = target?.inputs[inSlot];
+    if (!output || !input || origin === target) return false;
+    return isValidConnection(output.type, input.type);
+  }
+
+  /** Link an output to an input; an existing link into that input is replaced. Null when refused. */
+  connect(origin, outSlot, target, inSlot, notify = true) {
+    if (!this.canConnect(origin, outSlot, target, inSlot)) return null;
+    if (this.#reaches(target, origin)) return null; // would make a cycle
+    this.disconnectInput(target, inSlot, false);
+    const output = origin.outputs[outSlot];
+    const type = output.type === "*" ? target.inputs[inSlot].type : output.type;
+    const link = { id: ++this.last_link_id, origin_id: origin.id, origin_slot: outSlot, target_id: target.id,
+      target_slot: inSlot, type };
+    this.links.set(link.id, link);
+    target.inputs[inSlot].link = link.id;
+    (output.links ||= []).push(link.id);
+    if (notify) this.changed("connect");
+    return link;
+  }
+
+  #reaches(from, to) {
+    const seen = new Set();
+    const stack = [from];
+    while (stack.length) {
+      const node = stack.pop();
+      if (node === to) return true;
+      if (seen.has(node.id)) continue;
+      seen.add(node.id);
+      for (const output of node.outputs) {
+        for (const id of output.links || []) {
+          const link = this.links.get(id);
+          const next = link && this.getNode(link.target_id);
+          if (next) stack.push(next);
+        }
+      }
+    }
+    return false;
+  }
+
+  removeLink(id, notify = true) {
+    const link = this.links.get(id);
+    if (!link) return;
+    this.links.delete(id);
+    const target = this.getNode(link.target_id);
+    const origin = this.getNode(link.origin_id);
+    if (target?.inputs[link.target_slot]?.link === id) target.inputs[link.target_slot].link = null;
+    const output = origin?.outputs[link.origin_slot];
+    if (output?.links) {
+      output.links = output.links.filter((l) => l !== id);
+      if (!output.links.length) output.links = null;
+    }
+    if (notify) this.changed("disconnect");
+  }
+
+  disconnectInput(node, slot, notify = true) {
+    const id = node.inputs[slot]?.link;
+    if (id != null) this.removeLink(id, notify);
+  }
+
+  disconnectOutput(node, slot, notify = true) {
+    for (const id of (node.outputs[slot]?.links || []).slice()) this.removeLink(id, false);
+    if (notify) this.changed("disconnect");
+  }
+
+  /** The link feeding an input, if any. */
+  inputLink(node, slot) {
+    const id = node.inputs[slot]?.link;
+    return id == null ? null : this.links.get(id) || null;
+  }
+
+  /** Topological order (litegraph's `order` field): sources first, ties by id. */
+  computeOrder() {
+    const indegree = new Map(this.nodes.map((n) => [n.id, 0]));
+    for (const link of this.links.values()) {
+      if (indegree.has(link.target_id)) indegree.set(link.target_id, indegree.get(link.target_id) + 1);
+    }
+    const ready = this.nodes.filter((n) => indegree.get(n.id) === 0).map((n) => n.id).sort((a, b) => a - b);
+    let order = 0;
+    const done = new Set();
+    while (ready.length) {
+      const id = ready.shift();
+      const node = this.getNode(id);
+      node.order = order++;
+      done.add(id);
+      const next = [];
+      for (const output of node.outputs) {
+        for (const linkId of output.links || []) {
+          const link = this.links.get(linkId);
+          if (!link || !indegree.has(link.target_id)) continue;
+          indegree.set(link.target_id, indegree.get(link.target_id) - 1);
+          if (indegree.get(link.target_id) === 0) next.push(link.target_id);
+        }
+      }
+      ready.push(...next);
+      ready.sort((a, b) => a - b);
+    }
+    for (const node of this.nodes) if (!done.has(node.id)) node.order = order++;
+  }
+
+  serialize() {
+    this.computeOrder();
+    const links = [...this.links.values()].sort((a, b) => a.id - b.id)
+      .map((l) => [l.id, l.origin_id, l.origin_slot, l.target_id, l.target_slot, l.type]);
+    return {
+      ...clone(this.extraTop),
+      last_node_id: this.last_node_id,
+      last_link_id: this.last_link_id,
+      nodes: this.nodes.map((n) => n.serialize()),
+      links,
+      groups: clone(this.groups),
+      config: clone(this.config),
+      extra: clone(this.extra),
+      version: 0.4,
+    };
+  }
+
+  /**
+   * Replace the graph with a saved workflow (0.4 or schema 1). Returns a list of warnings
+   * (unknown node types, links that could not be restored).
+   */
+  configure(data) {
+    if (!data || typeof data !== "object" || !Array.isArray(data.nodes)) {
+      throw new Error("not a workflow: expected an object with a nodes array");
+    }
+    const warnings = [];
+    this.clear(false);
+    for (const [key, value] of Object.entries(data)) {
+      if (!GRAPH_KEYS.has(key)) this.extraTop[key] = clone(value);
+    }
+    if (data.version === 1 && data.reroutes) this.extraTop.reroutes = clone(data.reroutes);
+    delete this.extraTop.reroutes_v1;
+    this.groups = clone(data.groups) || [];
+    this.config = clone(data.config) || {};
+    this.extra = clone(data.extra) || {};
+    const missing = new Set();
+    for (const saved of data.nodes) {
+      const def = this.defs.get(saved.type);
+      if (!def) missing.add(saved.type);
+      const node = new GraphNode(saved.type, def);
+      node.configure(saved);
+      if (typeof node.id === "string" && /^\d+$/.test(node.id)) node.id = Number(node.id);
+      this.addNode(node, false);
+    }
+    if (missing.size) warnings.push(`unknown node types kept as they are: ${[...missing].join(", ")}`);
+    const links = (data.links || []).map((l) => Array.isArray(l)
+      ? { id: l[0], origin_id: l[1], origin_slot: Number(l[2]), target_id: l[3], target_slot: Number(l[4]), type: l[5] }
+      : { id: l.id, origin_id: l.origin_id, origin_slot: Number(l.origin_slot), target_id: l.target_id,
+          target_slot: Number(l.target_slot), type: l.type });
+    let dropped = 0;
+    for (const link of links) {
+      const origin = this.getNode(link.origin_id);
+      const target = this.getNode(link.target_id);
+      const output = origin?.outputs[link.origin_slot];
+      const input = target?.inputs[link.target_slot];
+      if (!output || !input || input.link != null) { dropped++; continue; }
+      this.links.set(link.id, link);
+      input.link = link.id;
+      (output.links ||= []).push(link.id);
+    }
+    if (dropped) warnings.push(`${dropped} link(s) pointed at missing nodes or slots and were dropped`);
+    const state = data.state || {};
+    const maxNode = Math.max(0, ...this.nodes.map((n) => (typeof n.id === "number" ? n.id : 0)));
+    const maxLink = Math.max(0, ...[...this.links.keys()].map(Number).filter(Number.isFinite));
+    this.last_node_id = Math.max(Number(data.last_node_id ?? state.lastNodeId) || 0, maxNode);
+    this.last_link_id = Math.max(Number(data.last_link_id ?? state.lastLinkId) || 0, maxLink);
+    this.changed("load");
+    return warnings;
+  }
+}
