@@ -479,7 +479,11 @@ class Converter:
     def _apply_promoted_widgets(self, scope: _Scope, instance: dict[str, Any], from_parent: dict[str, Any]) -> None:
         """Give this instance its own values for widgets promoted onto the instance node."""
         graph = scope.graph
-        promoted_slots = [index for index in range(len(graph.inputs)) if self._feeds_widget(scope, index)]
+        # the editor marks promoted inputs on the instance (``widget: {name}``); older files do not, and then
+        # every subgraph input that feeds an inner widget is one
+        marked = [index for index in range(len(graph.inputs))
+                  if widget_name(scope.instance_input(index) or {})]
+        promoted_slots = marked or [index for index in range(len(graph.inputs)) if self._feeds_widget(scope, index)]
         proxies = _proxy_widgets(instance)
         saved = instance.get("widgets_values")
         by_input_name = {slot.get("name"): index for index, slot in enumerate(graph.inputs)}
