@@ -44,12 +44,16 @@ def is_api_format(data: Any) -> bool:
 
 
 def is_ui_format(data: Any) -> bool:
-    """A litegraph graph: a ``nodes`` list of objects (``links`` a list when present)."""
+    """A litegraph graph: a ``nodes`` list of node objects (``links`` a list when present).
+
+    Stray non-object entries do not disqualify a graph (the converter skips them with a warning).
+    """
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         return False
     if "links" in data and not isinstance(data["links"], (list, type(None))):
         return False
-    return all(isinstance(node, dict) for node in data["nodes"])
+    nodes = data["nodes"]
+    return not nodes or any(isinstance(node, dict) for node in nodes)
 
 
 def ui_to_api(workflow: dict[str, Any], registry: NodeRegistry) -> ConversionResult:

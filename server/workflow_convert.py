@@ -218,6 +218,16 @@ class _Value:
     value: Any
 
 
+class _Step:
+    """The next resolution step: call ``method(*args)``."""
+
+    __slots__ = ("method", "args")
+
+    def __init__(self, method: Any, *args: Any) -> None:
+        self.method = method
+        self.args = args
+
+
 @dataclass
 class _Scope:
     """A graph as seen through one chain of subgraph instances."""
@@ -334,8 +344,8 @@ class Converter:
                 continue
             if schema.input(name) is None and isinstance(slot.get("name"), str) and schema.input(slot["name"]):
                 name = slot["name"]
-            resolved = self._resolve_link(scope, slot["link"], _type_text(slot.get("type")), set(),
-                                          f"input {name!r} of {scope.where(node_id)}")
+            resolved = self._resolve(scope, slot["link"], _type_text(slot.get("type")),
+                                     f"input {name!r} of {scope.where(node_id)}")
             if isinstance(resolved, _Output):
                 inputs[name] = [resolved.exec_id, resolved.slot]
             elif isinstance(resolved, _Value):
@@ -351,6 +361,14 @@ class Converter:
                     del entry["inputs"][name]
 
     # ---- link resolution ---------------------------------------------------------------------
+    # Each step returns a final answer (_Output, _Value or None) or the next _Step: a loop instead of
+    # recursion, so long chains of reroutes or bypassed nodes never meet the recursion limit.
+
+    def _resolve(self, scope: _Scope, link_id: Any, wanted_type: str, consumer: str) -> "_Output | _Value | None":
+        step: Any = self._resolve_link(scope, link_id, wanted_type, set(), consumer)
+        while isinstance(step, _Step):
+            step = step.method(*step.args)
+        return step
 
     def _resolve_link(self, scope: _Scope, link_id: Any, wanted_type: str, visited: set, consumer: str):
         link = scope.graph.links.get(link_key(link_id))
@@ -359,13 +377,14 @@ class Converter:
                                  f"in the links list; left unconnected")
             return None
         if link.origin_id == SUBGRAPH_INPUT_NODE and scope.instance is not None:
-            return self._resolve_subgraph_input(scope, link.origin_slot, wanted_type, visited, consumer)
+            return _Step(self._resolve_subgraph_input, scope, link.origin_slot, wanted_type, visited, consumer)
         origin = scope.graph.nodes.get(link.origin_id)
         if origin is None:
             self.warnings.append(f"{scope.graph.label}: link {link.id} into {consumer} comes from node "
                                  f"{link.origin_id}, which does not exist; dropped")
             return None
-        return self._resolve_output(scope, link.origin_id, origin, link.origin_slot, wanted_type, visited, consumer)
+        return _Step(self._resolve_output, scope, link.origin_id, origin, link.origin_slot, wanted_type, visited,
+                     consumer)
 
     def _resolve_output(self, scope: _Scope, node_id: str, node: dict[str, Any], slot: int, wanted_type: str,
                         visited: set, consumer: str):
@@ -389,13 +408,13 @@ class Converter:
             chosen = inputs[index]
             if chosen.get("link") is None:
                 return None
-            return self._resolve_link(scope, chosen["link"], _type_text(chosen.get("type")), visited, consumer)
+            return _Step(self._resolve_link, scope, chosen["link"], _type_text(chosen.get("type")), visited, consumer)
         if isinstance(type_name, str) and self._is_container(type_name):
-            return self._resolve_subgraph_output(scope, node_id, node, slot, wanted_type, visited, consumer)
+            return _Step(self._resolve_subgraph_output, scope, node_id, node, slot, wanted_type, visited, consumer)
         if type_name in PASS_THROUGH_NODES:
             inputs = node_inputs(node)
             if slot < len(inputs) and inputs[slot].get("link") is not None:
-                return self._resolve_link(scope, inputs[slot]["link"], wanted_type, visited, consumer)
+                return _Step(self._resolve_link, scope, inputs[slot]["link"], wanted_type, visited, consumer)
             return None
         if type_name == PRIMITIVE_NODE:
             saved = node.get("widgets_values")
@@ -417,13 +436,14 @@ class Converter:
                                  f"inside; left unconnected")
             return None
         if link.origin_id == SUBGRAPH_INPUT_NODE:
-            return self._resolve_subgraph_input(inner, link.origin_slot, wanted_type, visited, consumer)
+            return _Step(self._resolve_subgraph_input, inner, link.origin_slot, wanted_type, visited, consumer)
         origin = inner.graph.nodes.get(link.origin_id)
         if origin is None:
             self.warnings.append(f"{inner.graph.label}: output {slot} comes from node {link.origin_id}, "
                                  f"which does not exist; dropped")
             return None
-        return self._resolve_output(inner, link.origin_id, origin, link.origin_slot, wanted_type, visited, consumer)
+        return _Step(self._resolve_output, inner, link.origin_id, origin, link.origin_slot, wanted_type, visited,
+                     consumer)
 
     def _resolve_subgraph_input(self, scope: _Scope, slot: int, wanted_type: str, visited: set, consumer: str):
         assert scope.parent is not None
@@ -433,7 +453,7 @@ class Converter:
         visited.add(guard)
         outer = scope.instance_input(slot)
         if outer is not None and outer.get("link") is not None:
-            return self._resolve_link(scope.parent, outer["link"], _type_text(outer.get("type") or wanted_type),
+            return _Step(self._resolve_link, scope.parent, outer["link"], _type_text(outer.get("type") or wanted_type),
                                       visited, consumer)
         if slot in scope.promoted:
             return _Value(scope.promoted[slot])

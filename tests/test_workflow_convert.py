@@ -143,7 +143,8 @@ def test_primitive_node_value_reaches_every_target_through_reroutes(registry):
         node(2, "TestSeeded", inputs=[inp("seed", "INT", 1, widget="seed")], widgets=[0, "randomize", 5]),
         node(3, "Reroute", inputs=[inp("", "*", 2)], outputs=[out("", "INT", [3])]),
         node(4, "TestAdd", inputs=[inp("a", "INT", 3, widget="a")], widgets=[1, 2]),
-        node(5, "PrimitiveNode", outputs=[{"name": "COMBO", "type": "COMBO", "links": [5]}], widgets=["beta", "fixed", ""]),
+        node(5, "PrimitiveNode", outputs=[{"name": "COMBO", "type": "COMBO", "links": [5]}],
+             widgets=["beta", "fixed", ""]),
         node(6, "TestChoice", inputs=[inp("choice", "COMBO", 5, widget="choice")], widgets=["alpha"]),
     ], [[1, 1, 0, 2, 0, "INT"], [2, 1, 0, 3, 0, "INT"], [3, 3, 0, 4, 0, "INT"], [5, 5, 0, 6, 0, "COMBO"]])
     prompt = ui_to_api(ui, registry).prompt
@@ -246,7 +247,8 @@ def test_bypass_prefers_same_slot_then_exact_then_compatible_type(core, registry
              outputs=[out("CONDITIONING", "CONDITIONING", [5])], widgets=[0.5]),
         node(5, "ConditioningAverage", inputs=[inp("conditioning_to", "CONDITIONING", 5)], widgets=[1.0]),
         # ImageScale bypassed, asked for IMAGE on output 0: its input 0 is IMAGE (exact)
-        node(6, "LoadImage", outputs=[out("IMAGE", "IMAGE", [6]), out("MASK", "MASK", [])], widgets=["example.png", "image"]),
+        node(6, "LoadImage", outputs=[out("IMAGE", "IMAGE", [6]), out("MASK", "MASK", [])],
+             widgets=["example.png", "image"]),
         node(7, "ImageScale", mode=4, inputs=[inp("image", "IMAGE", 6)], outputs=[out("IMAGE", "IMAGE", [7])],
              widgets=["bilinear", 64, 64, "disabled"]),
         node(8, "PreviewImage", inputs=[inp("images", "IMAGE", 7)]),
@@ -284,8 +286,10 @@ def test_bypass_with_a_different_slot_and_exact_type():
 def test_chain_of_bypassed_nodes(registry):
     ui = workflow([
         node(1, "TestConstInt", outputs=[out("value", "INT", [1])], widgets=[5]),
-        node(2, "TestSleep", mode=4, inputs=[inp("value", "*", 1)], outputs=[out("value", "*", [2])], widgets=[0.1, 10]),
-        node(3, "TestSleep", mode=4, inputs=[inp("value", "*", 2)], outputs=[out("value", "*", [3])], widgets=[0.1, 10]),
+        node(2, "TestSleep", mode=4, inputs=[inp("value", "*", 1)], outputs=[out("value", "*", [2])],
+             widgets=[0.1, 10]),
+        node(3, "TestSleep", mode=4, inputs=[inp("value", "*", 2)], outputs=[out("value", "*", [3])],
+             widgets=[0.1, 10]),
         node(4, "TestIntToString", inputs=[inp("value", "INT", 3)]),
     ], [[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 3, 0, "*"], [3, 3, 0, 4, 0, "*"]])
     assert ui_to_api(ui, registry).prompt["4"]["inputs"] == {"value": ["1", 0]}

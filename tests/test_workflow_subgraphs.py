@@ -41,7 +41,8 @@ def test_duplicate_subgraph_links_are_harmless_and_bad_inner_links_ignored(regis
 def _subgraph_workflow(inner_nodes, inner_links, inputs, outputs, instance_inputs, instance_outputs,
                        widgets=None, properties=None, root_nodes=(), root_links=()):
     definition = {"id": "def-1", "version": 1, "name": "Inner", "state": {}, "config": {},
-                  "inputNode": {"id": -10, "bounding": [0, 0, 1, 1]}, "outputNode": {"id": -20, "bounding": [0, 0, 1, 1]},
+                  "inputNode": {"id": -10, "bounding": [0, 0, 1, 1]},
+                  "outputNode": {"id": -20, "bounding": [0, 0, 1, 1]},
                   "inputs": inputs, "outputs": outputs, "widgets": [], "nodes": inner_nodes, "links": inner_links,
                   "groups": [], "extra": {}}
     instance = node(5, "def-1", instance_inputs, instance_outputs, widgets, properties=properties or {})
