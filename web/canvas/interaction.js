@@ -120,7 +120,8 @@ export class Interaction {
       moving = editor.duplicateNodes(moving, [0, 0]);
       canvas.selected = new Set(moving);
     }
-    this.drag = { kind: "move", nodes: moving, start: point, origins: moving.map((n) => n.pos.slice()), moved: false };
+    this.drag = { kind: "move", node, nodes: moving, start: point, origins: moving.map((n) => n.pos.slice()), moved: false,
+      plainClick: !(event.shiftKey || event.ctrlKey || event.metaKey || event.altKey) };
     canvas.setDirty();
   }
 
@@ -192,6 +193,7 @@ export class Interaction {
         break;
       case "move":
         if (drag.moved) graph.changed("move");
+        else if (drag.plainClick && canvas.selected.size > 1) canvas.select(drag.node); // click one of many: just it
         break;
       case "resize":
         if (drag.moved) graph.changed("resize");
