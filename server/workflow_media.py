@@ -48,21 +48,21 @@ def read_png_text(data: bytes) -> dict[str, str]:
 
 
 def _png_text_chunk(kind: bytes, body: bytes) -> tuple[str, str] | None:
+    if kind not in (b"tEXt", b"zTXt", b"iTXt") or b"\0" not in body[:80]:  # keywords are 1-79 bytes
+        return None
     if kind == b"tEXt":
         keyword, _, text = body.partition(b"\0")
         return keyword.decode("latin-1"), text.decode("latin-1")
     if kind == b"zTXt":
         keyword, _, rest = body.partition(b"\0")
         return keyword.decode("latin-1"), _inflate(rest[1:]).decode("latin-1")
-    if kind == b"iTXt":
-        keyword, _, rest = body.partition(b"\0")
-        compressed, rest = rest[:1] == b"\1", rest[2:]
-        _language, _, rest = rest.partition(b"\0")
-        _translated, _, text = rest.partition(b"\0")
-        if compressed:
-            text = _inflate(text)
-        return keyword.decode("latin-1"), text.decode("utf-8", errors="replace")
-    return None
+    keyword, _, rest = body.partition(b"\0")  # iTXt: flag, method, language, translated keyword, text
+    compressed, rest = rest[:1] == b"\1", rest[2:]
+    _language, _, rest = rest.partition(b"\0")
+    _translated, _, text = rest.partition(b"\0")
+    if compressed:
+        text = _inflate(text)
+    return keyword.decode("latin-1"), text.decode("utf-8", errors="replace")
 
 
 def _inflate(data: bytes) -> bytes:
