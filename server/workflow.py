@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +57,16 @@ def is_ui_format(data: Any) -> bool:
     return not nodes or any(isinstance(node, dict) for node in nodes)
 
 
-def ui_to_api(workflow: dict[str, Any], registry: NodeRegistry) -> ConversionResult:
+def ui_to_api(workflow: dict[str, Any], registry: NodeRegistry, *, now: datetime | None = None) -> ConversionResult:
     """Convert a UI workflow to the API prompt the editor would queue for it.
 
+    ``now`` is the time used for ``%date:...%`` in output file names (default: the current time).
     Raises :class:`WorkflowError` when the JSON is not a UI workflow, or names every node whose type
     the registry does not know (muted and bypassed nodes may be unknown: they never run).
     """
     if not is_ui_format(workflow):
         raise WorkflowError(f"not a workflow: {_shape(workflow)}")
-    return Converter(workflow, registry).convert()
+    return Converter(workflow, registry, now).convert()
 
 
 def to_api(workflow: "LoadedWorkflow | dict[str, Any]", registry: NodeRegistry) -> dict[str, Any]:

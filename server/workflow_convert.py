@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nodes.schema import NodeRegistry, Schema, types_compatible
-from server.workflow_widgets import assign_widget_values
+from server.workflow_widgets import FILENAME_PREFIX_NODES, apply_text_replacements, assign_widget_values
 
 MODE_MUTED = 2
 MODE_BYPASS = 4
@@ -36,6 +37,7 @@ MAX_SUBGRAPH_DEPTH = 64
 # Frontend-only nodes: never sent to the backend. Pass-throughs hand on what feeds their input.
 PASS_THROUGH_NODES = frozenset({"Reroute", "Reroute (rgthree)"})
 PRIMITIVE_NODE = "PrimitiveNode"
+PRIMITIVE_REPLACE_PROPERTY = "Run widget replace on values"
 DOCUMENTATION_NODES = frozenset({"Note", "MarkdownNote", "Label (rgthree)", "Bookmark (rgthree)",
                                  "Fast Groups Bypasser (rgthree)", "Fast Groups Muter (rgthree)"})
 VIRTUAL_NODES = PASS_THROUGH_NODES | DOCUMENTATION_NODES | {PRIMITIVE_NODE}
@@ -271,9 +273,10 @@ class _Scope:
 class Converter:
     """Flattens one UI workflow into an API prompt."""
 
-    def __init__(self, workflow: dict[str, Any], registry: NodeRegistry) -> None:
+    def __init__(self, workflow: dict[str, Any], registry: NodeRegistry, now: datetime | None = None) -> None:
         self.workflow = workflow
         self.registry = registry
+        self.now = now or datetime.now()
         self.warnings: list[str] = []
         self.problems: list[dict[str, Any]] = []
         self.prompt: dict[str, dict[str, Any]] = {}
@@ -335,6 +338,9 @@ class Converter:
         if assigned.defaulted and node.get("widgets_values") is not None:
             self.warnings.append(f"{scope.where(node_id)} ({schema.name}): no saved value for "
                                  f"{', '.join(assigned.defaulted)}; used the default")
+        if schema.name in FILENAME_PREFIX_NODES and isinstance(values.get("filename_prefix"), str):
+            values["filename_prefix"] = apply_text_replacements(values["filename_prefix"], self._widget_value,
+                                                                self.now)
         inputs: dict[str, Any] = {name: wrap_value(value) for name, value in values.items()}
         for slot in node_inputs(node):
             if slot.get("link") is None:
@@ -418,9 +424,12 @@ class Converter:
             return None
         if type_name == PRIMITIVE_NODE:
             saved = node.get("widgets_values")
-            if isinstance(saved, list) and saved and saved[0] is not None:
-                return _Value(saved[0])
-            return None
+            if not (isinstance(saved, list) and saved and saved[0] is not None):
+                return None
+            properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+            if properties.get(PRIMITIVE_REPLACE_PROPERTY) and isinstance(saved[0], str):
+                return _Value(apply_text_replacements(saved[0], self._widget_value, self.now))
+            return _Value(saved[0])
         if type_name in DOCUMENTATION_NODES:
             return None
         return _Output(scope.exec_id(node_id), slot)
@@ -590,6 +599,32 @@ class Converter:
             return None
         return build_graph(raw, f"group node {name!r}", self.warnings)
 
+    # ---- %Node.widget% lookups for file-name replacements -------------------------------------
+
+    def _widget_value(self, node_name: str, widget: str) -> Any:
+        """The saved value of ``widget`` on the first node whose S&R name (else title) is ``node_name``."""
+        nodes = [n for n in self._all_nodes() if _properties(n).get("Node name for S&R") == node_name]
+        nodes = nodes or [n for n in self._all_nodes() if self._title(n) == node_name]
+        type_name = nodes[0].get("type") if nodes else None
+        node_class = self.registry.get(type_name) if isinstance(type_name, str) else None
+        if node_class is None:
+            raise LookupError(node_name)
+        values = assign_widget_values(node_class.schema(), nodes[0].get("widgets_values"),
+                                      nodes[0].get("widgets_values_named")).values
+        if widget not in values:
+            raise LookupError(widget)
+        return values[widget]
+
+    def _all_nodes(self) -> list[dict[str, Any]]:
+        graphs = [self.workflow, *self.definitions.values()]
+        return [n for graph in graphs for n in graph.get("nodes") or [] if isinstance(n, dict)]
+
+    def _title(self, node: dict[str, Any]) -> str | None:
+        if isinstance(node.get("title"), str):
+            return node["title"]
+        node_class = self.registry.get(node.get("type")) if isinstance(node.get("type"), str) else None
+        return (node_class.schema().display_name or node_class.schema().name) if node_class else node.get("type")
+
     # ---- problems ----------------------------------------------------------------------------
 
     def _problem(self, scope: _Scope, node_id: str, class_type: str, message: str) -> None:
@@ -651,6 +686,10 @@ def _proxy_widgets(instance: dict[str, Any]) -> list[tuple[str, str]]:
         if isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[1], str):
             entries.append((str(entry[0]), entry[1]))
     return entries
+
+
+def _properties(node: dict[str, Any]) -> dict[str, Any]:
+    return node["properties"] if isinstance(node.get("properties"), dict) else {}
 
 
 def _problems_message(problems: list[dict[str, Any]]) -> str:

@@ -16,8 +16,10 @@ file written by an older or newer editor maps onto the same names. Values can al
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Callable
 
 from nodes.schema import CONTROL_AFTER_GENERATE_VALUES, Boolean, Combo, Float, InputSpec, Int, Schema, String
 
@@ -145,3 +147,66 @@ def _assign_positional(slots: list[WidgetSlot], saved: list[Any]) -> dict[str, A
             position += 1
             spare -= 1
     return values
+
+
+# --------------------------------------------------------------------------------------------
+# Text replacements in output file names
+# --------------------------------------------------------------------------------------------
+
+# Nodes whose ``filename_prefix`` the editor expands before queueing (``%date:yyyy-MM-dd%``,
+# ``%NodeName.widget%``); the backend savers only know %year%, %width%, ... themselves.
+FILENAME_PREFIX_NODES = frozenset({
+    "SaveImage", "SaveImageAdvanced", "SaveSVGNode", "SaveVideo", "SaveAnimatedWEBP", "SaveWEBM", "SaveAudio",
+    "SaveAudioMP3", "SaveAudioOpus", "SaveAudioAdvanced", "SaveGLB", "SaveAnimatedPNG", "CLIPSave", "VAESave",
+    "ModelSave", "LoraSave", "SaveLatent",
+})
+_REPLACEMENT = re.compile(r"%([^%]+)%")
+_DATE_TOKEN = re.compile(r"dd?|MM?|hh?|mm?|ss?|yyy?y?")
+_UNSAFE_IN_FILENAME = re.compile(r'[/?<>\\:*|"\x00-\x1f\x7f]')
+
+
+def format_date(pattern: str, when: datetime) -> str:
+    """The editor's date format: ``yyyy``, ``yy``, ``MM``, ``dd``, ``hh``, ``mm``, ``ss`` (one letter: no padding)."""
+    parts = {"d": when.day, "M": when.month, "h": when.hour, "m": when.minute, "s": when.second}
+
+    def replace(match: re.Match) -> str:
+        token = match.group(0)
+        if token == "yy":
+            return str(when.year)[2:]
+        if token == "yyyy":
+            return str(when.year)
+        if token[0] in parts:
+            return str(parts[token[0]]).rjust(len(token), "0")
+        return token
+
+    return _DATE_TOKEN.sub(replace, pattern)
+
+
+def apply_text_replacements(text: str, widget_lookup: Callable[[str, str], Any], when: datetime) -> str:
+    """Expand ``%date:FORMAT%`` and ``%Node.widget%`` (node by its S&R name, then by title) like the editor.
+
+    ``widget_lookup(node, widget)`` returns the widget's value or raises ``LookupError``. Patterns that
+    match nothing stay as written (the backend expands %width%, %year%, ...).
+    """
+    def replace(match: re.Match) -> str:
+        body = match.group(1)
+        split = body.split(".")
+        if len(split) != 2:
+            if split[0].startswith("date:"):
+                return format_date(split[0][5:], when)
+            return match.group(0)
+        try:
+            value = widget_lookup(split[0], split[1])
+        except LookupError:
+            return match.group(0)
+        return _UNSAFE_IN_FILENAME.sub("_", "" if value is None else _js_text(value))
+
+    return _REPLACEMENT.sub(replace, text)
+
+
+def _js_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -346,3 +346,21 @@ def test_input_does_not_mutate_the_workflow(core):
     before = copy.deepcopy(ui)
     ui_to_api(ui, core)
     assert ui == before
+
+
+def test_filename_prefix_date_and_widget_replacements(core):
+    from datetime import datetime
+    ui = load_fixture("default_txt2img.json")
+    save = next(n for n in ui["nodes"] if n["id"] == 9)
+    save["widgets_values"] = ["%date:yyyy-MM-dd%/%KSampler.sampler_name%_%Empty Latent Image.width%_"
+                              "%date:hh.mm.ss%_%width%_%Nobody.x%_%CheckpointLoaderSimple.ckpt_name%"]
+    prompt = ui_to_api(ui, core, now=datetime(2026, 3, 7, 9, 5, 1)).prompt
+    assert prompt["9"]["inputs"]["filename_prefix"] == \
+        "2026-03-07/euler_512_09_%width%_%Nobody.x%_v1-5-pruned-emaonly.safetensors"  # the editor reads "hh" only
+
+
+def test_date_format_tokens():
+    from datetime import datetime
+    from server.workflow_widgets import format_date
+    assert format_date("yyyy-MM-dd hh:mm:ss yy d/M h", datetime(2026, 3, 7, 9, 5, 1)) == \
+        "2026-03-07 09:05:01 26 7/3 9"
