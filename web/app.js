@@ -131,6 +131,7 @@ async function start() {
   wireToolbar(editor);
   wireDrop(editor);
   if (!editor.restoreFromStorage()) await editor.newWorkflow();
+  window.addEventListener("pagehide", () => editor.saveToStorage());
   api.connect();
   exposeHook(editor);
   editor.canvas.setDirty();

@@ -1,0 +1,126 @@
+"""Workflows in and out of the editor: drop a JSON file or a Loom-saved PNG, save/reload, schema 1, unknown nodes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def graph_shape(workflow: dict) -> tuple:
+    nodes = sorted((n["id"], n["type"], json.dumps(n.get("widgets_values"))) for n in workflow["nodes"])
+    links = sorted(tuple(l) for l in workflow["links"])
+    return nodes, links
+
+
+def test_drop_a_saved_ui_workflow(editor):
+    text = (REPO / "workflows" / "txt2img.json").read_text()
+    original = json.loads(text)
+    editor.js("loom.clear()")
+    editor.drop_file("txt2img.json", text.encode(), "application/json")
+    editor.page.wait_for_function(f"loom.nodes().length === {len(original['nodes'])}")
+    assert graph_shape(editor.workflow()) == graph_shape(original)
+    saved = editor.workflow()
+    ksampler = [n for n in saved["nodes"] if n["type"] == "KSampler"][0]
+    # widgets_values stay positional, control_after_generate included
+    assert ksampler["widgets_values"] == [n for n in original["nodes"] if n["type"] == "KSampler"][0]["widgets_values"]
+
+
+def test_drop_a_png_saved_by_loom_restores_its_workflow(editor):
+    editor.js("loom.clear()")
+    editor.js("""() => { const a = loom.editor.addNode('EmptyImage', [100, 100]); const b = loom.editor.addNode('SaveImage', [500, 100]);
+                 loom.graph.connect(a, 0, b, 0); a.widget('width').value = 40; a.widget('height').value = 24;
+                 b.title = 'Keeper'; }""")
+    queued = editor.workflow()
+    assert editor.js("loom.queue()")["prompt_id"]
+    editor.page.wait_for_function("loom.nodeState(2).images.length > 0 && loom.nodeState(2).images[0].loaded",
+                                  timeout=30000)
+    src = editor.js("loom.nodeState(2).images[0].src")
+    png = editor.page.request.get(src).body()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    editor.js("loom.clear()")
+    assert editor.js("loom.nodes()") == []
+    editor.drop_file("Loom_00001_.png", png, "image/png")
+    editor.page.wait_for_function("loom.nodes().length === 2")
+    assert graph_shape(editor.workflow()) == graph_shape(queued)
+    assert [n["title"] for n in editor.js("loom.nodes()")] == ["EmptyImage", "Keeper"]
+
+
+def test_dropping_an_image_on_load_image_uploads_and_previews_it(editor, loom_server):
+    editor.js("loom.clear()")
+    editor.js("""() => { loom.canvas.viewport.scale = 1; loom.canvas.viewport.offset = [0, 0];
+                 loom.editor.addNode('LoadImage', [200, 100]); }""")
+    editor.frame()
+    png = (REPO / "workflows" / "example.png").read_bytes()
+    at = editor.point("bodyPoint", 1)
+    editor.drop_file("dropped-photo.png", png, "image/png", at=at)
+    editor.page.wait_for_function("loom.nodeState(1).inputImage && loom.nodeState(1).inputImage.loaded", timeout=15000)
+    assert editor.js("loom.node(1)")["widgets"]["image"] == "dropped-photo.png"
+    from PIL import Image
+    with Image.open(loom_server.base_dir / "input" / "dropped-photo.png") as uploaded, \
+            Image.open(REPO / "workflows" / "example.png") as original:
+        assert uploaded.size == original.size
+    assert editor.js("loom.nodeState(1).inputImage.src").endswith("filename=dropped-photo.png&subfolder=&type=input")
+    saved = editor.workflow()["nodes"][0]
+    assert saved["widgets_values"] == ["dropped-photo.png", "image"]  # the upload button's value stays
+
+
+def test_save_reload_gives_identical_json(editor):
+    editor.js("loom.newWorkflow()")
+    editor.page.wait_for_function("loom.nodes().length === 7")
+    start = editor.point("titlePoint", 5)
+    editor.drag(start, (start[0] + 25, start[1] - 15))
+    editor.type_into_widget(5, "batch_size", "2")
+    editor.mouse.move(600, 500)
+    editor.mouse.wheel(0, 120)
+    editor.frame()
+    saved = editor.workflow()
+    assert saved["version"] == 0.4 and saved["extra"]["ds"]["scale"] < 1
+    editor.reload()
+    assert editor.workflow() == saved
+    editor.js("(w) => loom.load(w)", saved)
+    assert editor.workflow() == saved
+
+
+def test_schema_1_workflow_loads_and_saves_as_0_4(editor):
+    workflow = {
+        "version": 1, "state": {"lastNodeId": 12, "lastLinkId": 7, "lastGroupId": 0, "lastRerouteId": 0},
+        "nodes": [
+            {"id": 11, "type": "EmptyImage", "pos": [0, 0], "size": [260, 130], "flags": {}, "order": 0, "mode": 0,
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [7]}], "properties": {},
+             "widgets_values": [32, 32, 1, 0]},
+            {"id": 12, "type": "PreviewImage", "pos": [400, 0], "size": [300, 300], "flags": {}, "order": 1, "mode": 0,
+             "inputs": [{"name": "images", "type": "IMAGE", "link": 7}], "properties": {}, "widgets_values": []},
+        ],
+        "links": [{"id": 7, "origin_id": 11, "origin_slot": 0, "target_id": 12, "target_slot": 0, "type": "IMAGE"}],
+        "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [10, 20]}, "custom_key": {"kept": True}},
+    }
+    editor.js("(w) => loom.load(w)", workflow)
+    saved = editor.workflow()
+    assert saved["version"] == 0.4
+    assert saved["links"] == [[7, 11, 0, 12, 0, "IMAGE"]]
+    assert (saved["last_node_id"], saved["last_link_id"]) == (12, 7)
+    assert saved["extra"]["custom_key"] == {"kept": True}
+
+
+def test_unknown_nodes_and_fields_survive_a_round_trip(editor):
+    workflow = json.loads((REPO / "workflows" / "txt2img.json").read_text())
+    workflow["nodes"].append({"id": 50, "type": "SomeCustomPackNode", "pos": [0, 900], "size": [300, 120], "flags": {},
+                              "order": 7, "mode": 0, "inputs": [{"name": "image", "type": "IMAGE", "link": None}],
+                              "outputs": [{"name": "MASK", "type": "MASK", "links": None}],
+                              "properties": {"cnr_id": "some-pack", "ver": "1.2.3"},
+                              "widgets_values": {"threshold": 0.5, "mode": "soft"}, "shape": 1})
+    workflow["nodes"][0]["some_extension_field"] = {"x": 1}
+    workflow["models"] = [{"name": "v1-5-pruned-emaonly.safetensors", "directory": "checkpoints"}]
+    editor.js("(w) => loom.load(w)", workflow)
+    saved = editor.workflow()
+    custom = [n for n in saved["nodes"] if n["id"] == 50][0]
+    assert custom["widgets_values"] == {"threshold": 0.5, "mode": "soft"}
+    assert custom["properties"] == {"cnr_id": "some-pack", "ver": "1.2.3"} and custom["shape"] == 1
+    assert saved["nodes"][0]["some_extension_field"] == {"x": 1}
+    assert saved["models"] == workflow["models"]
