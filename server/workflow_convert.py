@@ -20,18 +20,16 @@ Unknown node types are collected and reported together in one :class:`WorkflowEr
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from nodes.schema import NodeRegistry, Schema, types_compatible
+from nodes.schema import NodeRegistry, Schema
+from server.workflow_graph import (MODE_BYPASS, MODE_MUTED, SUBGRAPH_INPUT_NODE, Graph, bypass_input_index,
+                                   build_graph, link_key, node_inputs, node_mode, node_properties, output_link,
+                                   proxy_widgets, type_text, widget_name)
 from server.workflow_widgets import FILENAME_PREFIX_NODES, apply_text_replacements, assign_widget_values
 
-MODE_MUTED = 2
-MODE_BYPASS = 4
-SUBGRAPH_INPUT_NODE = "-10"
-SUBGRAPH_OUTPUT_NODE = "-20"
 MAX_SUBGRAPH_DEPTH = 64
 
 # Frontend-only nodes: never sent to the backend. Pass-throughs hand on what feeds their input.
@@ -62,138 +60,6 @@ class ConversionResult:
 
     def __iter__(self):  # allows ``prompt, warnings = ui_to_api(...)``
         return iter((self.prompt, self.warnings))
-
-
-# --------------------------------------------------------------------------------------------
-# Normalised graph
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Link:
-    id: Any
-    origin_id: str
-    origin_slot: int
-    target_id: str
-    target_slot: int
-    type: str
-
-
-@dataclass
-class _Graph:
-    """One graph (the root, a subgraph definition, or a rewritten group node) with normalised ids."""
-
-    label: str
-    nodes: dict[str, dict[str, Any]]
-    links: dict[Any, _Link]
-    inputs: list[dict[str, Any]] = field(default_factory=list)   # subgraph input slots
-    outputs: list[dict[str, Any]] = field(default_factory=list)  # subgraph output slots
-
-
-def node_id_text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"bad node id {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
-
-
-def slot_index(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"bad slot index {value!r}")
-    if isinstance(value, (int, float)) and float(value).is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise ValueError(f"bad slot index {value!r}")
-
-
-def link_key(value: Any) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    return value if isinstance(value, (str, int)) else repr(value)
-
-
-def _type_text(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return "*" if value in (None, "") else str(value)
-
-
-def parse_links(raw: Any, label: str, warnings: list[str]) -> dict[Any, _Link]:
-    """Links as 6-tuples or objects; malformed entries and conflicting duplicate ids are reported."""
-    links: dict[Any, _Link] = {}
-    for entry in raw if isinstance(raw, list) else []:
-        try:
-            if isinstance(entry, (list, tuple)) and len(entry) >= 5:
-                link = _Link(link_key(entry[0]), node_id_text(entry[1]), slot_index(entry[2]),
-                             node_id_text(entry[3]), slot_index(entry[4]),
-                             _type_text(entry[5] if len(entry) > 5 else None))
-            elif isinstance(entry, dict):
-                link = _Link(link_key(entry["id"]), node_id_text(entry["origin_id"]),
-                             slot_index(entry["origin_slot"]), node_id_text(entry["target_id"]),
-                             slot_index(entry["target_slot"]), _type_text(entry.get("type")))
-            else:
-                raise ValueError("not a link")
-        except (KeyError, ValueError, TypeError):
-            warnings.append(f"{label}: ignored malformed link {json.dumps(entry, default=str)[:80]}")
-            continue
-        existing = links.get(link.id)
-        if existing is not None and existing != link:
-            warnings.append(f"{label}: link id {link.id} appears twice with different ends; kept the first")
-            continue
-        links[link.id] = link
-    return links
-
-
-def build_graph(raw: dict[str, Any], label: str, warnings: list[str]) -> _Graph:
-    nodes: dict[str, dict[str, Any]] = {}
-    for node in raw.get("nodes") or []:
-        if not isinstance(node, dict):
-            warnings.append(f"{label}: ignored a node entry that is not an object")
-            continue
-        try:
-            node_id = node_id_text(node.get("id"))
-        except ValueError:
-            warnings.append(f"{label}: ignored a node without an id (type {node.get('type')!r})")
-            continue
-        if node_id in nodes:
-            warnings.append(f"{label}: node id {node_id} appears twice; kept the first")
-            continue
-        nodes[node_id] = node
-    ordered = sorted(nodes.items(), key=lambda item: _order_key(item[1]))
-    return _Graph(label, dict(ordered), parse_links(raw.get("links"), label, warnings),
-                  [s for s in raw.get("inputs") or [] if isinstance(s, dict)],
-                  [s for s in raw.get("outputs") or [] if isinstance(s, dict)])
-
-
-def _order_key(node: dict[str, Any]) -> float:
-    order = node.get("order")
-    return float(order) if isinstance(order, (int, float)) and not isinstance(order, bool) else float("inf")
-
-
-def node_mode(node: dict[str, Any]) -> int:
-    mode = node.get("mode", 0)
-    try:
-        return int(mode)
-    except (TypeError, ValueError):
-        return 0
-
-
-def node_inputs(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [slot if isinstance(slot, dict) else {} for slot in node.get("inputs") or []]
-
-
-def node_outputs(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [slot if isinstance(slot, dict) else {} for slot in node.get("outputs") or []]
-
-
-def widget_name(slot: dict[str, Any]) -> str | None:
-    widget = slot.get("widget")
-    if isinstance(widget, dict) and isinstance(widget.get("name"), str):
-        return widget["name"]
-    return None
 
 
 def is_group_node_type(type_name: Any) -> bool:
@@ -234,7 +100,7 @@ class _Step:
 class _Scope:
     """A graph as seen through one chain of subgraph instances."""
 
-    graph: _Graph
+    graph: Graph
     path: tuple[str, ...] = ()
     parent: "_Scope | None" = None
     instance: dict[str, Any] | None = None
@@ -281,7 +147,7 @@ class Converter:
         self.problems: list[dict[str, Any]] = []
         self.prompt: dict[str, dict[str, Any]] = {}
         self.definitions: dict[str, dict[str, Any]] = {}
-        self._graphs: dict[str, _Graph] = {}
+        self._graphs: dict[str, Graph] = {}
         self._scopes: dict[tuple[str, ...], _Scope] = {}
         self._collect_definitions(workflow)
         extra = workflow.get("extra") if isinstance(workflow.get("extra"), dict) else {}
@@ -350,7 +216,7 @@ class Converter:
                 continue
             if schema.input(name) is None and isinstance(slot.get("name"), str) and schema.input(slot["name"]):
                 name = slot["name"]
-            resolved = self._resolve(scope, slot["link"], _type_text(slot.get("type")),
+            resolved = self._resolve(scope, slot["link"], type_text(slot.get("type")),
                                      f"input {name!r} of {scope.where(node_id)}")
             if isinstance(resolved, _Output):
                 inputs[name] = [resolved.exec_id, resolved.slot]
@@ -414,7 +280,7 @@ class Converter:
             chosen = inputs[index]
             if chosen.get("link") is None:
                 return None
-            return _Step(self._resolve_link, scope, chosen["link"], _type_text(chosen.get("type")), visited, consumer)
+            return _Step(self._resolve_link, scope, chosen["link"], type_text(chosen.get("type")), visited, consumer)
         if isinstance(type_name, str) and self._is_container(type_name):
             return _Step(self._resolve_subgraph_output, scope, node_id, node, slot, wanted_type, visited, consumer)
         if type_name in PASS_THROUGH_NODES:
@@ -439,7 +305,7 @@ class Converter:
         inner = self._instance_scope(scope, node_id, node)
         if inner is None:
             return None
-        link = _output_link(inner.graph, slot)
+        link = output_link(inner.graph, slot)
         if link is None:
             self.warnings.append(f"{consumer}: output {slot} of subgraph {scope.where(node_id)} is not connected "
                                  f"inside; left unconnected")
@@ -462,7 +328,7 @@ class Converter:
         visited.add(guard)
         outer = scope.instance_input(slot)
         if outer is not None and outer.get("link") is not None:
-            return _Step(self._resolve_link, scope.parent, outer["link"], _type_text(outer.get("type") or wanted_type),
+            return _Step(self._resolve_link, scope.parent, outer["link"], type_text(outer.get("type") or wanted_type),
                                       visited, consumer)
         if slot in scope.promoted:
             return _Value(scope.promoted[slot])
@@ -498,7 +364,7 @@ class Converter:
         self._scopes[path] = scope
         return scope
 
-    def _definition_graph(self, definition_id: str) -> _Graph:
+    def _definition_graph(self, definition_id: str) -> Graph:
         if definition_id not in self._graphs:
             definition = self.definitions[definition_id]
             label = f"subgraph {definition.get('name') or definition_id!r}"
@@ -513,7 +379,7 @@ class Converter:
         marked = [index for index in range(len(graph.inputs))
                   if widget_name(scope.instance_input(index) or {})]
         promoted_slots = marked or [index for index in range(len(graph.inputs)) if self._feeds_widget(scope, index)]
-        proxies = _proxy_widgets(instance)
+        proxies = proxy_widgets(instance)
         saved = instance.get("widgets_values")
         by_input_name = {slot.get("name"): index for index, slot in enumerate(graph.inputs)}
         if isinstance(saved, dict):
@@ -581,7 +447,7 @@ class Converter:
 
     # ---- legacy group nodes ------------------------------------------------------------------
 
-    def _group_node_graph(self, parent: _Scope, node_id: str, node: dict[str, Any]) -> _Graph | None:
+    def _group_node_graph(self, parent: _Scope, node_id: str, node: dict[str, Any]) -> Graph | None:
         from server.workflow_groupnodes import group_node_graph
 
         type_name = node["type"]
@@ -603,7 +469,7 @@ class Converter:
 
     def _widget_value(self, node_name: str, widget: str) -> Any:
         """The saved value of ``widget`` on the first node whose S&R name (else title) is ``node_name``."""
-        nodes = [n for n in self._all_nodes() if _properties(n).get("Node name for S&R") == node_name]
+        nodes = [n for n in self._all_nodes() if node_properties(n).get("Node name for S&R") == node_name]
         nodes = nodes or [n for n in self._all_nodes() if self._title(n) == node_name]
         type_name = nodes[0].get("type") if nodes else None
         node_class = self.registry.get(type_name) if isinstance(type_name, str) else None
@@ -638,58 +504,6 @@ class Converter:
         else:
             message += " (is its node pack installed?)"
         self._problem(scope, node_id, type_name, message)
-
-
-def bypass_input_index(node: dict[str, Any], slot: int, wanted_type: str) -> int:
-    """Which input a bypassed node hands on for output ``slot`` when a ``wanted_type`` input asks."""
-    inputs = node_inputs(node)
-    outputs = node_outputs(node)
-    if wanted_type in ("*", ""):
-        return slot if slot < len(inputs) else (0 if inputs else -1)
-    output_type = _type_text(outputs[slot].get("type")) if slot < len(outputs) else wanted_type
-    if slot < len(inputs):
-        same = _type_text(inputs[slot].get("type"))
-        if types_compatible(output_type, same) and types_compatible(same, wanted_type):
-            return slot
-    for index, candidate in enumerate(inputs):
-        if _type_text(candidate.get("type")) == wanted_type:
-            return index
-    for index, candidate in enumerate(inputs):
-        kind = _type_text(candidate.get("type"))
-        if types_compatible(kind, output_type) and types_compatible(kind, wanted_type):
-            return index
-    return -1
-
-
-def _output_link(graph: _Graph, slot: int) -> _Link | None:
-    if slot < len(graph.outputs):
-        for link_id in graph.outputs[slot].get("linkIds") or []:
-            link = graph.links.get(link_key(link_id))
-            if link is not None and link.target_id == SUBGRAPH_OUTPUT_NODE:
-                return link
-    for link in graph.links.values():
-        if link.target_id == SUBGRAPH_OUTPUT_NODE and link.target_slot == slot:
-            return link
-    return None
-
-
-def _proxy_widgets(instance: dict[str, Any]) -> list[tuple[str, str]]:
-    properties = instance.get("properties") if isinstance(instance.get("properties"), dict) else {}
-    raw = properties.get("proxyWidgets")
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            return []
-    entries = []
-    for entry in raw if isinstance(raw, list) else []:
-        if isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[1], str):
-            entries.append((str(entry[0]), entry[1]))
-    return entries
-
-
-def _properties(node: dict[str, Any]) -> dict[str, Any]:
-    return node["properties"] if isinstance(node.get("properties"), dict) else {}
 
 
 def _problems_message(problems: list[dict[str, Any]]) -> str:

@@ -16,7 +16,7 @@ import copy
 from typing import Any
 
 from nodes.schema import NodeRegistry
-from server.workflow_convert import node_inputs, node_outputs, slot_index, widget_name
+from server.workflow_graph import node_inputs, node_outputs, slot_index, widget_name
 
 
 def group_node_graph(definition: dict[str, Any], instance: dict[str, Any], registry: NodeRegistry) -> dict[str, Any]:
