@@ -66,6 +66,10 @@ def test_search_adds_nodes_and_links_are_type_checked(editor):
     assert editor.js("loom.links()") == []
     assert editor.js(f"loom.node({save})")["inputs"][0]["link"] is None
 
+    # and a link can be drawn backwards, from the input to an output
+    editor.drag(editor.point("slotPoint", save, "input", "images"), editor.point("slotPoint", image, "output", "IMAGE"))
+    assert [(l["origin_id"], l["target_id"]) for l in editor.js("loom.links()")] == [(image, save)]
+
 
 def test_link_released_on_empty_space_offers_compatible_nodes(editor):
     editor.js("loom.clear()")

@@ -13,8 +13,8 @@ import { widgetImpl } from "../widgets/index.js";
 export const LOW_DETAIL_SCALE = 0.55;
 
 const BACKGROUND = "#1e1e1e";
-const GRID = "#282828";
-const GRID_MAJOR = "#303030";
+const GRID = "#232323";
+const GRID_MAJOR = "#292929";
 const NODE_TITLE_BG = "#333";
 const NODE_BODY_BG = "#353535";
 const NODE_TITLE_TEXT = "#999";
@@ -144,6 +144,11 @@ export class Renderer {
       ctx.restore();
       return;
     }
+    // a cheap shadow (one offset fill; blurred canvas shadows are what make big graphs slow)
+    ctx.beginPath();
+    ctx.roundRect(x + 2, y + 3, w, h, 8);
+    ctx.fillStyle = "rgba(0,0,0,0.35)";
+    ctx.fill();
     // body and title bar
     ctx.beginPath();
     ctx.roundRect(x, y, w, h, 8);
