@@ -4,7 +4,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-from fixtures_workflow import core_registry, inp, load_fixture, node, out, workflow
+
+try:  # tests/ on sys.path as a folder (no __init__.py) or as the package ``tests``
+    from fixtures_workflow import STANDIN_SCHEMAS, core_registry, inp, load_fixture, node, out, workflow
+except ModuleNotFoundError:
+    from tests.fixtures_workflow import STANDIN_SCHEMAS, core_registry, inp, load_fixture, node, out, workflow
 
 from server.workflow import WorkflowError, is_api_format, is_ui_format, to_api, ui_to_api
 
@@ -271,7 +275,7 @@ def test_bypass_prefers_same_slot_then_exact_then_compatible_type(core, registry
 
 
 def test_bypass_with_a_different_slot_and_exact_type():
-    from fixtures_workflow import inp as i, out as o
+    i, o = inp, out
     from server.workflow_convert import bypass_input_index
     bypassed = node(1, "X", inputs=[i("model", "MODEL"), i("clip", "CLIP"), i("latent", "LATENT")],
                     outputs=[o("LATENT", "LATENT"), o("CLIP", "CLIP")])
@@ -364,3 +368,40 @@ def test_date_format_tokens():
     from server.workflow_widgets import format_date
     assert format_date("yyyy-MM-dd hh:mm:ss yy d/M h", datetime(2026, 3, 7, 9, 5, 1)) == \
         "2026-03-07 09:05:01 26 7/3 9"
+
+
+# ---- the stand-ins against the real nodes, and the engine accepting what we produce -------------
+
+def _layout(schema):
+    from server.workflow_widgets import widget_slots
+    return ([(spec.name, spec.type if spec.type != "COMBO" else "COMBO", spec.optional) for spec in schema.inputs],
+            [(slot.kind, slot.spec.name) for slot in widget_slots(schema)], [o.type for o in schema.outputs])
+
+
+@pytest.mark.parametrize("name", [s.name for s in STANDIN_SCHEMAS if not s.name.endswith("StandIn")])
+def test_standin_matches_the_real_node_once_it_exists(registry, core, name):
+    real = registry.get(name)
+    if real is None:
+        pytest.skip(f"{name} is not in Loom's node library (yet)")
+    assert _layout(real.schema()) == _layout(core.get(name).schema())
+
+
+def test_converted_test_pack_workflow_validates(registry):
+    from server.graph import validate_prompt
+    ui = workflow([
+        node(1, "PrimitiveNode", outputs=[{"name": "INT", "type": "INT", "links": [1], "widget": {"name": "seed"}}],
+             widgets=[3, "fixed"]),
+        node(2, "TestSeeded", inputs=[inp("seed", "INT", 1, widget="seed")], outputs=[out("value", "INT", [2])],
+             widgets=[0, "randomize", 2]),
+        node(3, "Reroute", inputs=[inp("", "*", 2)], outputs=[out("", "INT", [3])]),
+        node(4, "TestIntToString", inputs=[inp("value", "INT", 3)], outputs=[out("STRING", "STRING", [4])]),
+        node(5, "TestStringConcat", inputs=[inp("a", "STRING", 4, widget="a")], outputs=[out("text", "STRING", [5])],
+             widgets=["", "!", ""], mode=4),
+        node(6, "TestOutput", inputs=[inp("value", "*", 5)]),
+    ], [[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 3, 0, "INT"], [3, 3, 0, 4, 0, "INT"], [4, 4, 0, 5, 0, "STRING"],
+        [5, 5, 0, 6, 0, "STRING"]])
+    prompt = ui_to_api(ui, registry).prompt
+    assert prompt["6"]["inputs"] == {"value": ["4", 0]}
+    result = validate_prompt(prompt, registry)
+    assert result.ok, result.messages()
+    assert result.outputs == ["6"]

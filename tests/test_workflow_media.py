@@ -7,7 +7,11 @@ import struct
 import zlib
 
 import pytest
-from fixtures_workflow import FIXTURES, core_registry, load_fixture
+
+try:  # tests/ on sys.path as a folder (no __init__.py) or as the package ``tests``
+    from fixtures_workflow import FIXTURES, core_registry, load_fixture
+except ModuleNotFoundError:
+    from tests.fixtures_workflow import FIXTURES, core_registry, load_fixture
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from fixtures_workflow import core_registry, inp, load_fixture, node, out, workflow
+
+try:  # tests/ on sys.path as a folder (no __init__.py) or as the package ``tests``
+    from fixtures_workflow import core_registry, inp, load_fixture, node, out, workflow
+except ModuleNotFoundError:
+    from tests.fixtures_workflow import core_registry, inp, load_fixture, node, out, workflow
 
 from server.workflow import WorkflowError, ui_to_api
 
