@@ -48,6 +48,11 @@ export class Renderer {
     this.visibleNodes = this.view.graph.nodes.filter((node) => intersects(nodeBounds(node), visible));
     this.#drawLinks(ctx, visible, lowDetail);
     for (const node of this.visibleNodes) this.#drawNode(ctx, node, lowDetail);
+    if (!lowDetail) {
+      for (const node of this.visibleNodes) {
+        if (node.runtime.error?.message) this.#drawErrorBubble(ctx, node, ...nodeBounds(node));
+      }
+    }
     this.#drawDragLink(ctx);
     this.#drawRubberBand(ctx);
     ctx.restore();
@@ -207,7 +212,6 @@ export class Renderer {
       ctx.lineWidth = runtime.running || runtime.error ? 3 : 2;
       ctx.stroke();
     }
-    if (runtime.error?.message && !lowDetail) this.#drawErrorBubble(ctx, node, x, y + h);
     ctx.restore();
   }
 
@@ -301,7 +305,8 @@ export class Renderer {
     const ready = images.filter((img) => img && (img.complete === undefined || img.complete) && img.width);
     if (!ready.length) return;
     const layout = nodeLayout(node);
-    const area = [node.pos[0] + 8, node.pos[1] + layout.imageTop, node.size[0] - 16, layout.imageHeight];
+    const caption = ready.length === 1 && !runtime.running;
+    const area = [node.pos[0] + 8, node.pos[1] + layout.imageTop, node.size[0] - 16, layout.imageHeight - (caption ? 14 : 0)];
     if (area[3] < 10) return;
     const columns = Math.ceil(Math.sqrt(ready.length));
     const rows = Math.ceil(ready.length / columns);
@@ -315,12 +320,12 @@ export class Renderer {
       const cy = area[1] + Math.floor(i / columns) * cellH + (cellH - h) / 2;
       ctx.drawImage(img, cx, cy, w, h);
     });
-    if (ready.length === 1 && !runtime.running && !this.view.viewport.lowDetail) {
+    if (caption) {
       ctx.font = "11px Arial, sans-serif";
       ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
       ctx.fillStyle = "#888";
-      const img = ready[0];
-      ctx.fillText(`${img.width} × ${img.height}`, area[0] + area[2] / 2, area[1] + area[3] + 0);
+      ctx.fillText(`${ready[0].width} × ${ready[0].height}`, area[0] + area[2] / 2, area[1] + area[3] + 8);
     }
   }
 
@@ -337,10 +342,11 @@ export class Renderer {
     ctx.stroke();
   }
 
-  #drawErrorBubble(ctx, node, x, bottom) {
+  #drawErrorBubble(ctx, node, x, y, w, h) {
+    const bottom = y + h;
     const lines = String(node.runtime.error.message).split("\n").slice(0, 4);
     ctx.font = "12px Arial, sans-serif";
-    const width = Math.max(node.size[0], ...lines.map((l) => Math.min(500, ctx.measureText(l).width + 20)));
+    const width = Math.max(w, ...lines.map((l) => Math.min(500, ctx.measureText(l).width + 20)));
     const height = lines.length * 16 + 10;
     ctx.beginPath();
     ctx.roundRect(x, bottom + 8, width, height, 6);

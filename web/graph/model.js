@@ -82,7 +82,7 @@ export class GraphNode {
     this.outputs = def ? def.outputs.map((o) => ({ name: o.name, type: o.type, links: null })) : [];
     this.widgets = def ? def.widgets.map(createWidget) : [];
     this.extraFields = {};
-    this.keepEmpty = { inputs: false, outputs: false };
+    this.keepEmpty = { inputs: false, outputs: false, widgets_values: true };
     this.raw = null; // the saved object of a node whose type the server does not know
     this.runtime = {};
   }
@@ -122,7 +122,7 @@ export class GraphNode {
     };
     if (this.title !== this.defaultTitle) data.title = this.title;
     data.properties = clone(this.properties);
-    data.widgets_values = this.widgets.map((w) => clone(w.value));
+    if (this.widgets.length || this.keepEmpty.widgets_values) data.widgets_values = this.widgets.map((w) => clone(w.value));
     if (this.color !== undefined) data.color = this.color;
     if (this.bgcolor !== undefined) data.bgcolor = this.bgcolor;
     return { ...data, ...clone(this.extraFields) };
@@ -178,6 +178,7 @@ export class GraphNode {
       this.keepEmpty.outputs = true;
     }
     const values = data.widgets_values;
+    this.keepEmpty.widgets_values = values !== undefined;
     if (Array.isArray(values)) {
       values.forEach((value, i) => {
         if (i < this.widgets.length) this.widgets[i].value = clone(value);
