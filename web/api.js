@@ -109,10 +109,11 @@ export class Api extends EventTarget {
       if (was) this.dispatchEvent(new CustomEvent("disconnected"));
       setTimeout(() => this.connect(), 1000);
     });
-    socket.addEventListener("message", (event) => this.#message(event.data));
+    socket.addEventListener("message", (event) => this.receive(event.data));
   }
 
-  #message(data) {
+  /** Handle one WebSocket message: JSON text, or a binary preview frame. */
+  receive(data) {
     if (data instanceof ArrayBuffer) {
       const view = new DataView(data);
       const kind = view.getUint32(0);

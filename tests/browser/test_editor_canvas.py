@@ -24,6 +24,12 @@ def test_pan_zoom_to_cursor_and_fit(editor):
     assert after["offset"][0] == pytest.approx(before["offset"][0] + 120, abs=1)
     assert after["offset"][1] == pytest.approx(before["offset"][1] + 50, abs=1)
 
+    # space + drag pans even when the drag starts on a node
+    image_pos = editor.js("loom.nodes()")[0]["pos"]
+    editor.drag(editor.point("titlePoint", 1), (600, 600), modifiers=("Space",))
+    assert editor.js("loom.nodes()")[0]["pos"] == image_pos
+    after = editor.js("loom.viewport()")
+
     under = editor.js("loom.toGraph(500, 400)")
     editor.mouse.move(500, 400)
     editor.mouse.wheel(0, -300)

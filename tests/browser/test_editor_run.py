@@ -107,3 +107,53 @@ def test_seed_control_after_generate_applies_after_queueing(editor):
     seed = editor.js(f"loom.node({seeded})")["widgets"]["seed"]
     editor.js("loom.queue()")
     assert editor.js(f"loom.node({seeded})")["widgets"]["seed"] == seed
+
+
+def test_binary_preview_frames_show_on_the_running_node(editor):
+    from io import BytesIO
+
+    from PIL import Image
+
+    (sleep,) = build(editor, "add('TestSleep', 100, 100);")
+    buffer = BytesIO()
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(buffer, format="PNG")
+    png = list(buffer.getvalue())
+    editor.js("""([id, png]) => { const node = loom.graph.getNode(id);
+        loom.editor.api.receive(JSON.stringify({type: 'executing', data: {node: String(id), prompt_id: null}}));
+        const header = new Uint8Array([0, 0, 0, 1, 0, 0, 0, 2]);   // type 1 (preview), format 2 (PNG)
+        const frame = new Uint8Array(header.length + png.length); frame.set(header); frame.set(png, header.length);
+        loom.editor.api.receive(frame.buffer); }""", [sleep, png])
+    editor.page.wait_for_function(f"loom.graph.getNode({sleep}).runtime.preview", timeout=5000)
+    editor.frame()
+    node = editor.js(f"loom.node({sleep})")
+    assert editor.js(f"loom.nodeState({sleep})")["running"]
+    centre = editor.js(f"loom.toClient({node['pos'][0] + node['size'][0] / 2}, {node['pos'][1] + node['size'][1] - 60})")
+    red, green, blue = editor.js(PIXEL, centre)
+    assert green > 150 and red < 60  # the preview image is drawn in the node
+
+    # a type 4 frame names its node in JSON metadata
+    meta = list(b'{"node_id": "%d", "image_type": "image/png"}' % sleep)
+    editor.js("""([meta, png]) => { const frame = new Uint8Array(8 + meta.length + png.length);
+        new DataView(frame.buffer).setUint32(0, 4); new DataView(frame.buffer).setUint32(4, meta.length);
+        frame.set(meta, 8); frame.set(png, 8 + meta.length);
+        window.__previewBefore = loom.editor.execution.runningNode.runtime.preview;
+        loom.editor.api.receive(frame.buffer); }""", [meta, png])
+    editor.page.wait_for_function(f"loom.graph.getNode({sleep}).runtime.preview !== window.__previewBefore", timeout=5000)
+    editor.js("() => loom.editor.api.receive(JSON.stringify({type: 'executing', data: {node: null, prompt_id: null}}))")
+    assert not editor.js(f"loom.nodeState({sleep})")["running"]
+    assert editor.js(f"loom.graph.getNode({sleep}).runtime.preview") is None
+
+
+def test_queue_button_and_upload_button(editor, loom_server):
+    (loader,) = build(editor, "add('LoadImage', 100, 100);")
+    with editor.page.expect_file_chooser() as chooser:
+        editor.click(editor.point("widgetPoint", loader, "upload"))
+    from pathlib import Path
+    chooser.value.set_files(str(Path(__file__).resolve().parents[2] / "workflows" / "example.png"))
+    editor.page.wait_for_function(f"loom.node({loader}).widgets.image === 'example.png'", timeout=10000)
+    editor.page.wait_for_function(f"loom.nodeState({loader}).inputImage && loom.nodeState({loader}).inputImage.loaded")
+    assert (loom_server.base_dir / "input" / "example.png").is_file()
+
+    editor.page.click("#btn-queue")  # LoadImage alone has no output node: refused, and said so
+    editor.page.wait_for_selector(".toast.error")
+    assert "Prompt refused" in editor.page.locator(".toast.error").last.inner_text()
