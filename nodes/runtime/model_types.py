@@ -9,6 +9,24 @@ Their shapes follow ComfyUI's so workflows keep their meaning:
   holding latents in the VAE's space (before the model's scale factor), as ComfyUI stores them.
 * ``IMAGE`` is a float32 ``[B, H, W, 3]`` tensor in 0..1; ``MASK`` a float ``[B, H, W]`` tensor in 0..1.
 
+CONDITIONING options the runtime reads (ComfyUI's names):
+
+* ``pooled_output`` ``[1, dim]``: set by CLIPTextEncode (SD1: the unprojected pooled CLIP-L output;
+  SD2/SDXL: the projected pooled output of the OpenCLIP encoder). SDXL UNets take it as
+  ``added_cond_kwargs["text_embeds"]``.
+* SDXL ``time_ids`` come from ``height, width, crop_h, crop_w, target_height, target_width`` (base) or
+  ``height, width, crop_h, crop_w, aesthetic_score`` (refiner), in that order. Defaults when the options do
+  not set them: ``width``/``height`` = the latent's size in pixels, crops 0, targets = width/height,
+  ``aesthetic_score`` 6.0 for the positive and 2.5 for the negative conditioning.
+* ``area`` ``(h, w, y, x)`` in latent pixels, ``strength``, ``set_area_to_bounds`` (ConditioningSetArea),
+  ``mask``, ``start_percent``/``end_percent``, ``control`` (ControlNet).
+
+``DiffusionModel.options`` from the checkpoint loader: ``source`` (file), ``adm`` (``None``, ``"sdxl"`` or
+``"sdxl_refiner"``), ``prediction_source``, ``unet_config`` (the diffusers config it was built with).
+``TextEncoderModel.encoders`` maps ``"l"`` (CLIP-L), ``"h"`` (OpenCLIP-H, SD2) and ``"g"`` (OpenCLIP bigG,
+SDXL) to ``(tokenizer, transformers model)``; a text-encoder patch provides ``applied(clip)``, a context
+manager active while prompts are encoded.
+
 Handles are immutable from a node's point of view: a node that changes a model (a LoRA, CLIP skip)
 returns a new handle sharing the weights and recording the change, never modifying the one it got.
 """

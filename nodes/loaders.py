@@ -1,0 +1,87 @@
+"""ComfyUI's model loader nodes: CheckpointLoaderSimple and VAELoader.
+
+The heavy lifting (family detection, key conversion, building modules) is in
+:mod:`nodes.runtime.checkpoint`, imported only when a node runs so that importing the node library
+stays cheap. A loader's cache key includes the file's modification time and size, so replacing a
+file under the same name loads it afresh.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from nodes import folders
+from nodes.schema import Combo, Node, Output, Schema, register
+
+
+def _resolve(node: str, input_name: str, folder: str, name: str):
+    try:
+        return folders.resolve(folder, name)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ValueError(f"{node}: input '{input_name}': {exc}") from None
+
+
+def _file_fingerprint(folder: str, name: str) -> Any:
+    try:
+        stat = os.stat(folders.resolve(folder, name))
+    except (OSError, PermissionError):
+        return None  # validation reports the missing file
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def _load_error(node: str, input_name: str, name: str, exc: Exception) -> ValueError:
+    return ValueError(f"{node}: input '{input_name}': could not load '{name}': {exc}")
+
+
+@register
+class CheckpointLoaderSimple(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "CheckpointLoaderSimple", display_name="Load Checkpoint", category="loaders",
+            description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+            inputs=[Combo("ckpt_name", folder="checkpoints", tooltip="The name of the checkpoint (model) to load.")],
+            outputs=[Output("MODEL", tooltip="The model used for denoising latents."),
+                     Output("CLIP", tooltip="The CLIP model used for encoding text prompts."),
+                     Output("VAE", tooltip="The VAE model used for encoding and decoding images to and from "
+                                           "latent space.")])
+
+    @classmethod
+    def fingerprint(cls, ckpt_name: str = "", **_: Any) -> Any:
+        return _file_fingerprint("checkpoints", ckpt_name)
+
+    @classmethod
+    def execute(cls, ckpt_name: str) -> tuple:
+        from nodes.runtime.checkpoint import CheckpointError, load_checkpoint
+        from nodes.runtime.families import UnknownModelError
+
+        path = _resolve("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name)
+        try:
+            model, clip, vae = load_checkpoint(path)
+        except (CheckpointError, UnknownModelError) as exc:
+            raise _load_error("CheckpointLoaderSimple", "ckpt_name", ckpt_name, exc) from None
+        return (model, clip, vae)
+
+
+@register
+class VAELoader(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "VAELoader", display_name="Load VAE", category="loaders",
+            inputs=[Combo("vae_name", folder="vae")],
+            outputs=[Output("VAE")])
+
+    @classmethod
+    def fingerprint(cls, vae_name: str = "", **_: Any) -> Any:
+        return _file_fingerprint("vae", vae_name)
+
+    @classmethod
+    def execute(cls, vae_name: str) -> tuple:
+        from nodes.runtime.checkpoint import CheckpointError, load_vae
+
+        path = _resolve("VAELoader", "vae_name", "vae", vae_name)
+        try:
+            return (load_vae(path),)
+        except CheckpointError as exc:
+            raise _load_error("VAELoader", "vae_name", vae_name, exc) from None

@@ -1,0 +1,478 @@
+"""Reading single-file checkpoints and building diffusers/transformers modules from them, offline.
+
+    diffusion, clip, vae = load_checkpoint("models/checkpoints/v1-5-pruned-emaonly.safetensors")
+
+The file's header says which family it is (:mod:`nodes.runtime.families`); each part (UNet, text
+encoders, VAE) is read by key prefix, converted to diffusers/transformers names with diffusers'
+single-file converters, and loaded with every key accounted for: a missing or left-over tensor is
+an error naming the component and the keys, never a silently random weight. Modules are built on
+the meta device and take the file's tensors directly, so nothing is initialised twice.
+
+Safetensors files load by default. Pickled ``.ckpt``/``.pt``/``.bin`` files load only when
+:data:`ALLOW_PICKLE` is set (the CLI's ``--allow-pickle``), and then with
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+
+from nodes.runtime import devices, families, model_cache
+from nodes.runtime.families import Detected, TextEncoderSlot
+from nodes.runtime.model_types import DiffusionModel, ModelSampling, TextEncoderModel, VAEModel
+
+log = logging.getLogger(__name__)
+
+ALLOW_PICKLE = False
+"""Whether pickled checkpoints may be read at all (set by ``loom --allow-pickle``)."""
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pt2", ".pkl")
+
+# Tensors single-file checkpoints carry that no inference module uses.
+IGNORED_KEYS = ("alphas_cumprod", "alphas_cumprod_prev", "betas", "log_one_minus_alphas_cumprod",
+                "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+                "posterior_variance", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "logvar", "model_ema.decay",
+                "model_ema.num_updates", "v_pred", "ztsnr")
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be read or does not fit what it claims to be."""
+
+
+def set_allow_pickle(allowed: bool) -> None:
+    global ALLOW_PICKLE
+    ALLOW_PICKLE = bool(allowed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+class StateDictFile:
+    """The tensors of one model file, read on demand (safetensors) or held in memory (pickles).
+
+    ``shapes`` maps every key to its shape without reading any data; ``read(key, dtype)`` returns a
+    CPU tensor, converted to ``dtype`` right away so only one copy is ever held.
+    """
+
+    def __init__(self, path: str | Path, *, allow_pickle: bool | None = None) -> None:
+        self.path = Path(path)
+        self.metadata: dict[str, str] = {}
+        self._file: Any = None
+        self._tensors: dict[str, torch.Tensor] | None = None
+        if not self.path.is_file():
+            raise CheckpointError(f"model file {self.path} does not exist")
+        suffix = self.path.suffix.lower()
+        if suffix in SAFETENSORS_SUFFIXES:
+            self._open_safetensors()
+        elif suffix in PICKLE_SUFFIXES:
+            allowed = ALLOW_PICKLE if allow_pickle is None else allow_pickle
+            if not allowed:
+                raise CheckpointError(
+                    f"{self.path.name} is a pickled checkpoint ({suffix}); pickles can run code when loaded, so "
+                    "Loom reads them only when started with --allow-pickle (and then with weights_only=True). "
+                    "Prefer a .safetensors version of this model.")
+            self._open_pickle()
+        else:
+            raise CheckpointError(f"{self.path.name}: unknown model file type {suffix!r}; expected one of "
+                                  f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)}")
+
+    def _open_safetensors(self) -> None:
+        # The header is parsed here and each tensor read with one positioned read into its own
+        # buffer: several times faster than page-faulting through a memory map, and a tensor
+        # whose dtype already fits is used as read, without a copy.
+        try:
+            self._file = open(self.path, "rb", buffering=0)
+            header_size = struct.unpack("<Q", self._file.read(8))[0]
+            if header_size > 100_000_000 or header_size > self.path.stat().st_size:
+                raise ValueError(f"header length {header_size} is impossible")
+            header = json.loads(self._file.read(header_size))
+        except (OSError, ValueError, struct.error) as exc:
+            raise CheckpointError(f"{self.path.name} is not a readable safetensors file "
+                                  f"(truncated or corrupt?): {exc}") from exc
+        self.metadata = dict(header.pop("__metadata__", None) or {})
+        data_start = 8 + header_size
+        file_size = self.path.stat().st_size
+        self.shapes = {}
+        self._locations: dict[str, tuple[torch.dtype, int, int]] = {}
+        for key, info in header.items():
+            try:
+                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+                begin, end = info["data_offsets"]
+                shape = tuple(int(n) for n in info["shape"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{self.path.name}: tensor {key!r} has an unreadable header entry "
+                                      f"{info!r}") from exc
+            if data_start + end > file_size:
+                raise CheckpointError(f"{self.path.name} is truncated: tensor {key!r} ends past the end of the file")
+            self.shapes[key] = shape
+            self._locations[key] = (dtype, data_start + begin, end - begin)
+
+    def _open_pickle(self) -> None:
+        try:
+            loaded = torch.load(str(self.path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{self.path.name} could not be read with torch.load(weights_only=True): "
+                                  f"{exc}") from exc
+        if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+            loaded = loaded["state_dict"]
+        if not isinstance(loaded, dict):
+            raise CheckpointError(f"{self.path.name} does not hold a state dict (got {type(loaded).__name__})")
+        self._tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+
+    def keys(self) -> list[str]:
+        return list(self.shapes)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.shapes
+
+    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        tensor = self._tensors[key] if self._tensors is not None else self._read_safetensors(key)
+        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        return tensor
+
+    def _read_safetensors(self, key: str) -> torch.Tensor:
+        dtype, offset, nbytes = self._locations[key]
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes:
+            self._pread_into(buffer, offset, key)
+        return buffer.view(dtype).reshape(self.shapes[key])
+
+    def read_prefixed(self, prefix: str, dtype: torch.dtype | None = None,
+                      rename: str | None = None) -> dict[str, torch.Tensor]:
+        """All tensors under ``prefix``; with ``rename`` their keys get that prefix instead.
+
+        Floating-point tensors converted to ``dtype`` are views into one freshly allocated block:
+        allocating (and first touching) hundreds of separate buffers costs several times more than
+        the reading itself on a typical VM.
+        """
+        keys = [key for key in self.shapes if key.startswith(prefix)]
+        out: dict[str, torch.Tensor] = {}
+        packed = [key for key in keys if dtype is not None and self._tensors is None
+                  and self._locations[key][0].is_floating_point]
+        if packed:
+            out.update(self._read_packed(packed, dtype))
+        for key in keys:
+            if key not in out:
+                out[key] = self.read(key, dtype)
+        if rename is not None:
+            out = {rename + key[len(prefix):]: tensor for key, tensor in out.items()}
+        return out
+
+    def _read_packed(self, keys: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        align = 16  # elements: keeps every tensor 64-byte aligned for vectorised kernels
+        offsets = []
+        total = 0
+        for key in keys:
+            offsets.append(total)
+            numel = math.prod(self.shapes[key])
+            total += -(-numel // align) * align
+        block = torch.empty(total, dtype=dtype)
+        largest = max(self._locations[key][2] for key in keys)
+        scratch = torch.empty(largest, dtype=torch.uint8)
+        out = {}
+        for key, offset in zip(keys, offsets):
+            source_dtype, position, nbytes = self._locations[key]
+            numel = math.prod(self.shapes[key])
+            target = block[offset:offset + numel]
+            if source_dtype == dtype:
+                self._pread_into(target.view(torch.uint8), position, key)
+            else:
+                raw = scratch[:nbytes]
+                self._pread_into(raw, position, key)
+                target.copy_(raw.view(source_dtype))
+            out[key] = target.view(self.shapes[key])
+        return out
+
+    def _pread_into(self, buffer: torch.Tensor, offset: int, key: str) -> None:
+        view = memoryview(buffer.numpy())
+        done, nbytes = 0, buffer.numel()
+        while done < nbytes:
+            got = os.preadv(self._file.fileno(), [view[done:]], offset + done)
+            if got <= 0:
+                raise CheckpointError(f"{self.path.name} is truncated while reading {key!r}")
+            done += got
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._tensors = None
+
+    def __enter__(self) -> "StateDictFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_state_dict(path: str | Path, *, allow_pickle: bool | None = None) -> StateDictFile:
+    return StateDictFile(path, allow_pickle=allow_pickle)
+
+
+def read_state_dict(path: str | Path, *, dtype: torch.dtype | None = None,
+                    allow_pickle: bool | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a model file (LoRAs, embeddings, ControlNets), honouring the pickle rule."""
+    with StateDictFile(path, allow_pickle=allow_pickle) as file:
+        return {key: file.read(key, dtype) for key in file.keys()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building modules
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _architecture_errors(file: StateDictFile, component: str) -> Iterator[None]:
+    try:
+        yield
+    except KeyError as exc:
+        raise CheckpointError(f"{file.path.name}: the {component} lacks the tensor {exc.args[0]}, which its "
+                              "architecture is read from (an incomplete or damaged file?)") from None
+
+
+def _instantiate(cls: type, *args: Any, **kwargs: Any) -> torch.nn.Module:
+    with torch.device("meta"):
+        return cls(*args, **kwargs)
+
+
+def _load_exact(module: torch.nn.Module, state: Mapping[str, torch.Tensor], component: str, source: str) -> None:
+    """Load ``state`` into a meta-device ``module``; every parameter must be given, nothing left over."""
+    expected = set(module.state_dict().keys())
+    given = set(state)
+    missing = sorted(expected - given)
+    unexpected = sorted(given - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:5])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:5])})")
+        raise CheckpointError(f"{source}: the {component} weights do not fit the detected architecture: "
+                              + "; ".join(parts))
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in module.state_dict().items()
+             if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        key, got, want = wrong[0]
+        raise CheckpointError(f"{source}: the {component} tensor {key} has shape {got}, the architecture needs "
+                              f"{want} ({len(wrong)} mismatched)")
+    module.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True, assign=True)
+    for name, buffer in list(module.named_buffers()):
+        if buffer.is_meta:
+            if name.endswith("position_ids"):
+                owner = module.get_submodule(name.rsplit(".", 1)[0])
+                owner.register_buffer("position_ids", torch.arange(buffer.shape[-1]).expand(buffer.shape),
+                                      persistent=False)
+            else:
+                raise CheckpointError(f"{source}: the {component} buffer {name} was not initialised")
+    module.requires_grad_(False)
+    module.eval()
+
+
+def _check_all_used(source_tensors: Mapping[str, torch.Tensor], converted: Mapping[str, torch.Tensor],
+                    component: str, source: str) -> None:
+    """Every tensor read for a component must have ended up in the converted state dict."""
+    used = {t.data_ptr() for t in converted.values()}
+    left = sorted(k for k, t in source_tensors.items() if t.numel() and t.data_ptr() not in used)
+    if left:
+        raise CheckpointError(f"{source}: {len(left)} {component} tensors were not understood by the converter "
+                              f"(e.g. {', '.join(left[:5])})")
+
+
+def build_unet(file: StateDictFile, detected: Detected, *, dtype: torch.dtype, device: torch.device,
+               pooled_dim: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
+
+    prefix = detected.unet_prefix
+    assert prefix is not None
+    with _architecture_errors(file, "UNet"):
+        config = families.unet_config(file.shapes, prefix, detected.family, pooled_dim=pooled_dim)
+    tensors = file.read_prefixed(prefix, dtype, rename=LDM_UNET_KEY)
+    converted = convert_ldm_unet_checkpoint(tensors, config)
+    _check_all_used(tensors, converted, "UNet", file.path.name)
+    unet = _instantiate(UNet2DConditionModel, **config)
+    _load_exact(unet, converted, "UNet", file.path.name)
+    return unet.to(device), config
+
+
+def build_vae(file: StateDictFile, prefix: str, *, dtype: torch.dtype, device: torch.device,
+              scaling_factor: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    with _architecture_errors(file, "VAE"):
+        config = families.vae_config(file.shapes, prefix)
+    config["scaling_factor"] = scaling_factor
+    tensors = file.read_prefixed(prefix, dtype, rename="first_stage_model.")
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(".position_ids")}
+    converted = convert_ldm_vae_checkpoint(tensors, config)
+    _check_all_used(tensors, converted, "VAE", file.path.name)
+    vae = _instantiate(AutoencoderKL, **config)
+    _load_exact(vae, converted, "VAE", file.path.name)
+    return vae.to(device), config
+
+
+def build_text_encoder(file: StateDictFile, slot: TextEncoderSlot, *, dtype: torch.dtype,
+                       device: torch.device) -> torch.nn.Module:
+    """CLIP-L as ``CLIPTextModel``; OpenCLIP-H/bigG as ``CLIPTextModelWithProjection``."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+
+    with _architecture_errors(file, f"text encoder {slot.name.upper()}"):
+        config = CLIPTextConfig(**families.clip_config(file.shapes, slot))
+    source = file.path.name
+    if slot.layout == "hf":
+        model = _instantiate(CLIPTextModel, config)
+        tensors = file.read_prefixed(slot.prefix, dtype)
+        converted = convert_ldm_clip_checkpoint(tensors, remove_prefix=slot.prefix)
+        # transformers >= 5.6 flattened CLIPTextModel: its keys have no "text_model." prefix
+        converted = {k.removeprefix("text_model."): v for k, v in converted.items()
+                     if not k.endswith("position_ids")}
+    else:
+        model = _instantiate(CLIPTextModelWithProjection, config)
+        # A private prefix keeps diffusers' SD2 rule (drop the last layer, as diffusers' 23-layer
+        # SD2 text encoder does) from applying: ComfyUI keeps all 24 and picks the layer itself.
+        private = "loom_openclip."
+        tensors = file.read_prefixed(slot.prefix, dtype, rename=private)
+        converted = convert_open_clip_checkpoint(model, tensors, prefix=private)
+        if "text_projection.weight" not in converted and config.projection_dim == config.hidden_size:
+            converted["text_projection.weight"] = torch.eye(config.hidden_size, dtype=dtype)
+    _load_exact(model, converted, f"text encoder {slot.name.upper()}", source)
+    return model.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def inspect_checkpoint(path: str | Path, *, prediction: str | None = None) -> Detected:
+    """Detect a checkpoint's family without building anything."""
+    with StateDictFile(path) as file:
+        return families.detect(file.shapes, file.read, prediction=prediction, source=Path(path).name)
+
+
+def load_checkpoint(path: str | Path, *, prediction: str | None = None, output_clip: bool = True,
+                    output_vae: bool = True, device: torch.device | str | None = None,
+                    use_cache: bool = True) -> tuple[DiffusionModel, TextEncoderModel | None, VAEModel | None]:
+    """Load a single-file SD1.x/SD2.x/SDXL checkpoint as ``(MODEL, CLIP, VAE)`` handles.
+
+    ``prediction`` ("eps" or "v") overrides the detected prediction type. ``CLIP``/``VAE`` are ``None``
+    when the file has no text encoder / VAE (or when not asked for). Loaded models stay in
+    :data:`nodes.runtime.model_cache.models` until evicted.
+    """
+    device = torch.device(device) if device is not None else devices.compute_device()
+    key = ("checkpoint", model_cache.file_key(path), prediction, output_clip, output_vae, str(device))
+    if not use_cache:
+        return _load_checkpoint(Path(path), prediction, output_clip, output_vae, device)
+    expected = _expected_bytes(path, device)
+    return model_cache.models.get_or_load(
+        key, lambda: _load_checkpoint(Path(path), prediction, output_clip, output_vae, device),
+        expected_bytes=expected, device=device)
+
+
+def _expected_bytes(path: str | Path, device: torch.device) -> int:
+    size = Path(path).stat().st_size
+    # files are mostly float16; on the CPU everything computes in float32
+    return size * 2 if device.type == "cpu" else size
+
+
+def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, output_vae: bool,
+                     device: torch.device) -> tuple[DiffusionModel, TextEncoderModel | None, VAEModel | None]:
+    from nodes.runtime import tokenizer
+
+    started = time.perf_counter()
+    with StateDictFile(path) as file:
+        detected = families.detect(file.shapes, file.read, prediction=prediction, source=path.name)
+        family = detected.family
+        timings: dict[str, float] = {}
+
+        clip = None
+        pooled_dim = None
+        encoders: dict[str, Any] = {}
+        for slot in detected.text_encoders:
+            if slot.name == "g":
+                pooled_dim = families.clip_config(file.shapes, slot)["projection_dim"]
+            if output_clip:
+                t = time.perf_counter()
+                model = build_text_encoder(file, slot, dtype=devices.text_encoder_dtype(device), device=device)
+                encoders[slot.name] = (tokenizer.clip_tokenizer(), model)
+                timings[f"clip_{slot.name}"] = time.perf_counter() - t
+        if encoders:
+            clip = TextEncoderModel(encoders=encoders, family=family.name,
+                                    options={"source": str(path)})
+
+        t = time.perf_counter()
+        unet, unet_cfg = build_unet(file, detected, dtype=devices.diffusion_dtype(device), device=device,
+                                    pooled_dim=pooled_dim)
+        timings["unet"] = time.perf_counter() - t
+        diffusion = DiffusionModel(
+            unet=unet, family=family.name,
+            sampling=ModelSampling.scaled_linear(prediction=detected.prediction),
+            latent_format=family.latent_format,
+            options={"source": str(path), "prediction_source": detected.prediction_source,
+                     "adm": family.adm, "unet_config": unet_cfg},
+        )
+
+        vae = None
+        if output_vae and detected.vae_prefix is not None:
+            t = time.perf_counter()
+            module, vae_cfg = build_vae(file, detected.vae_prefix, dtype=devices.vae_dtype(device), device=device,
+                                        scaling_factor=family.latent_format.scale_factor)
+            timings["vae"] = time.perf_counter() - t
+            vae = VAEModel(vae=module, latent_format=family.latent_format,
+                           downscale=2 ** (len(vae_cfg["block_out_channels"]) - 1),
+                           options={"source": str(path)})
+    log.info("loaded %s as %s (%s prediction) in %.2fs: %s", path.name, family.display_name, detected.prediction,
+             time.perf_counter() - started, ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+    return diffusion, clip, vae
+
+
+def load_vae(path: str | Path, *, device: torch.device | str | None = None, use_cache: bool = True) -> VAEModel:
+    """A standalone VAE file (LDM layout, with or without the ``first_stage_model.`` prefix)."""
+    device = torch.device(device) if device is not None else devices.compute_device()
+    key = ("vae", model_cache.file_key(path), str(device))
+    if not use_cache:
+        return _load_vae(Path(path), device)
+    return model_cache.models.get_or_load(key, lambda: _load_vae(Path(path), device),
+                                          expected_bytes=_expected_bytes(path, device), device=device)
+
+
+def _load_vae(path: Path, device: torch.device) -> VAEModel:
+    with StateDictFile(path) as file:
+        prefix = _vae_prefix(file.keys())
+        if prefix is None:
+            raise CheckpointError(f"{path.name} is not a VAE in the original layout: no encoder.*/decoder.* tensors "
+                                  f"(found e.g. {', '.join(file.keys()[:5])})")
+        latent = families.SD15_LATENT
+        module, cfg = build_vae(file, prefix, dtype=devices.vae_dtype(device), device=device,
+                                scaling_factor=latent.scale_factor)
+    return VAEModel(vae=module, latent_format=latent, downscale=2 ** (len(cfg["block_out_channels"]) - 1),
+                    options={"source": str(path)})
+
+
+def _vae_prefix(keys: Iterable[str]) -> str | None:
+    keys = list(keys)
+    for prefix in families.VAE_PREFIXES + ("",):
+        if prefix + "decoder.conv_in.weight" in keys and prefix + "encoder.down.0.block.0.conv1.weight" in keys:
+            return prefix
+    return None

@@ -1,0 +1,184 @@
+"""Loaded models stay resident between prompts, keyed by the file they came from.
+
+The key is the file's real path, modification time and size (a replaced file loads afresh) plus
+the options that changed how it was built. Entries are evicted least-recently-used when the cache
+would grow past its byte budget, or when the device is short of memory for the next load.
+:func:`free` empties the cache (``POST /free`` with ``unload_models``).
+
+A model evicted here stays alive while something else (a node output in the executor's cache)
+still holds it; eviction only drops the cache's own reference.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MEMORY_HEADROOM = 1 << 30
+"""Bytes kept free on the device beyond a new model's estimated size before it is loaded."""
+
+
+def file_key(path: str | Path) -> tuple[str, int, int]:
+    """``(real path, mtime in ns, size)`` of a model file."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    return real, stat.st_mtime_ns, stat.st_size
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes held by the parameters and buffers of the modules reachable from ``value`` (deduplicated)."""
+    seen: set[int] = set()
+    total = 0
+
+    def visit(obj: Any) -> None:
+        nonlocal total
+        if isinstance(obj, torch.nn.Module):
+            for tensor in list(obj.parameters()) + list(obj.buffers()):
+                ptr = tensor.data_ptr()
+                if ptr and ptr not in seen:
+                    seen.add(ptr)
+                    total += tensor.numel() * tensor.element_size()
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                visit(item)
+        elif hasattr(obj, "__dataclass_fields__"):
+            for name in obj.__dataclass_fields__:
+                visit(getattr(obj, name))
+
+    visit(value)
+    return total
+
+
+@dataclass
+class _Entry:
+    value: Any
+    nbytes: int
+
+
+class ModelCache:
+    """An LRU of loaded models bounded by bytes."""
+
+    def __init__(self, budget_bytes: int | None = None) -> None:
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._lock = threading.RLock()
+        self._loading: dict[Hashable, threading.Lock] = {}
+        self.budget_bytes = budget_bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(entry.nbytes for entry in self._entries.values())
+
+    def keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._entries)
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry.value
+
+    def put(self, key: Hashable, value: Any, nbytes: int | None = None) -> None:
+        nbytes = tensor_bytes(value) if nbytes is None else nbytes
+        with self._lock:
+            self._entries[key] = _Entry(value, nbytes)
+            self._entries.move_to_end(key)
+            self._evict_over_budget(keep=key)
+
+    def get_or_load(self, key: Hashable, load: Callable[[], Any], *, expected_bytes: int = 0,
+                    device: torch.device | None = None) -> Any:
+        """The cached value for ``key``, or ``load()``'s result after making room for ``expected_bytes``."""
+        value = self.get(key)
+        if value is not None:
+            return value
+        with self._lock:
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:  # two prompts asking for the same file load it once
+            value = self.get(key)
+            if value is not None:
+                return value
+            self.make_room(expected_bytes, device)
+            value = load()
+            self.put(key, value)
+        with self._lock:
+            self._loading.pop(key, None)
+        return value
+
+    def make_room(self, nbytes: int, device: torch.device | None = None) -> None:
+        """Evict least-recently-used entries until ``nbytes`` more fit the budget and the device."""
+        from nodes.runtime import devices
+
+        with self._lock:
+            if self.budget_bytes is not None:
+                while self._entries and self.total_bytes + nbytes > self.budget_bytes:
+                    self._evict_oldest()
+            while self._entries and devices.free_memory(device) < nbytes + MEMORY_HEADROOM:
+                self._evict_oldest()
+
+    def evict(self, keys: Iterable[Hashable]) -> None:
+        with self._lock:
+            for key in list(keys):
+                self._entries.pop(key, None)
+        _collect()
+
+    def free(self) -> int:
+        """Drop every entry; returns how many were dropped."""
+        with self._lock:
+            count = len(self._entries)
+            self._entries.clear()
+        _collect()
+        return count
+
+    def _evict_oldest(self) -> None:
+        key, entry = self._entries.popitem(last=False)
+        log.info("evicting %s (%.1f MB) from the model cache", key, entry.nbytes / 1e6)
+        _collect()
+
+    def _evict_over_budget(self, keep: Hashable) -> None:
+        if self.budget_bytes is None:
+            return
+        while len(self._entries) > 1 and self.total_bytes > self.budget_bytes:
+            oldest = next(iter(self._entries))
+            if oldest == keep:
+                break
+            self._evict_oldest()
+
+
+def _collect() -> None:
+    gc.collect()
+    from nodes.runtime import devices
+    devices.empty_cache()
+
+
+def _default_budget() -> int | None:
+    configured = os.environ.get("LOOM_MODEL_CACHE_BYTES")
+    return int(configured) if configured else None
+
+
+models = ModelCache(budget_bytes=_default_budget())
+"""The process-wide cache of loaded checkpoints, VAEs, LoRAs, ControlNets."""
+
+
+def free() -> int:
+    """Unload every cached model (``POST /free``)."""
+    return models.free()

@@ -1,0 +1,129 @@
+"""ComfyUI's VAE nodes: VAEDecode, VAEEncode and VAEEncodeForInpaint.
+
+The conversions themselves are in :mod:`nodes.runtime.vae` (imported when a node runs).
+``VAEEncodeForInpaint`` follows ComfyUI: the mask is resized to the image, both are centre-cropped to
+a multiple of the VAE's downscale factor, masked pixels are set to grey (0.5) before encoding, and
+the returned ``noise_mask`` is the rounded mask grown by ``grow_mask_by`` pixels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nodes.schema import Int, Node, Output, Schema, Socket, register
+
+
+def _check_vae(node: str, vae: Any) -> Any:
+    from nodes.runtime.model_types import VAEModel
+
+    if vae is None:
+        raise ValueError(f"{node}: input 'vae' is invalid: None. If the VAE is from a checkpoint loader node, "
+                         "the checkpoint does not contain a valid VAE model.")
+    if not isinstance(vae, VAEModel):
+        raise ValueError(f"{node}: input 'vae' is not a VAE (got {type(vae).__name__})")
+    return vae
+
+
+def _check_image(node: str, name: str, image: Any) -> Any:
+    import torch
+
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{node}: input '{name}' is not an IMAGE ([batch, height, width, channels]); got {shape}")
+    return image
+
+
+def _run(node: str, function: Any, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except ValueError as exc:
+        raise ValueError(f"{node}: {exc}") from None
+
+
+@register
+class VAEDecode(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "VAEDecode", display_name="VAE Decode", category="latent",
+            description="Decodes latent images back into pixel space images.",
+            inputs=[Socket("samples", "LATENT", tooltip="The latent to be decoded."),
+                    Socket("vae", "VAE", tooltip="The VAE model used for decoding the latent.")],
+            outputs=[Output("IMAGE", tooltip="The decoded image.")])
+
+    @classmethod
+    def execute(cls, samples: Any, vae: Any) -> tuple:
+        import torch
+        from nodes.runtime import vae as vae_runtime
+
+        vae = _check_vae("VAEDecode", vae)
+        if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
+            raise ValueError("VAEDecode: input 'samples' is not a LATENT (a dict with a 'samples' tensor)")
+        return (_run("VAEDecode", vae_runtime.decode, vae, samples["samples"]),)
+
+
+@register
+class VAEEncode(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "VAEEncode", display_name="VAE Encode", category="latent",
+            inputs=[Socket("pixels", "IMAGE"), Socket("vae", "VAE")],
+            outputs=[Output("LATENT")])
+
+    @classmethod
+    def execute(cls, pixels: Any, vae: Any) -> tuple:
+        from nodes.runtime import vae as vae_runtime
+
+        vae = _check_vae("VAEEncode", vae)
+        pixels = _check_image("VAEEncode", "pixels", pixels)
+        return ({"samples": _run("VAEEncode", vae_runtime.encode, vae, pixels[:, :, :, :3])},)
+
+
+@register
+class VAEEncodeForInpaint(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "VAEEncodeForInpaint", display_name="VAE Encode (for Inpainting)", category="latent/inpaint",
+            inputs=[Socket("pixels", "IMAGE"), Socket("vae", "VAE"), Socket("mask", "MASK"),
+                    Int("grow_mask_by", default=6, min=0, max=64, step=1)],
+            outputs=[Output("LATENT")])
+
+    @classmethod
+    def execute(cls, pixels: Any, vae: Any, mask: Any, grow_mask_by: int = 6) -> tuple:
+        import torch
+        import torch.nn.functional as F
+        from nodes.runtime import vae as vae_runtime
+
+        node = "VAEEncodeForInpaint"
+        vae = _check_vae(node, vae)
+        pixels = _check_image(node, "pixels", pixels)
+        if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3, 4):
+            raise ValueError(f"{node}: input 'mask' is not a MASK ([batch, height, width])")
+        factor = vae.downscale
+        height = (pixels.shape[1] // factor) * factor
+        width = (pixels.shape[2] // factor) * factor
+        if height == 0 or width == 0:
+            raise ValueError(f"{node}: input 'pixels': the image is smaller than the VAE's {factor}-pixel block")
+        mask = F.interpolate(mask.float().reshape((-1, 1, mask.shape[-2], mask.shape[-1])),
+                             size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
+        pixels = pixels.clone()
+        if pixels.shape[1] != height or pixels.shape[2] != width:
+            y = (pixels.shape[1] % factor) // 2
+            x = (pixels.shape[2] % factor) // 2
+            pixels = pixels[:, y:y + height, x:x + width, :]
+            mask = mask[:, :, y:y + height, x:x + width]
+
+        if grow_mask_by == 0:
+            grown = mask
+        else:  # grow the mask so the seam lies inside the repainted area in latent space
+            kernel = torch.ones((1, 1, grow_mask_by, grow_mask_by))
+            padding = math.ceil((grow_mask_by - 1) / 2)
+            grown = torch.clamp(F.conv2d(mask.round(), kernel, padding=padding), 0, 1)
+
+        keep = (1.0 - mask.round()).squeeze(1)
+        pixels = pixels[:, :, :, :3]
+        pixels = (pixels - 0.5) * keep.unsqueeze(-1) + 0.5
+        samples = _run(node, vae_runtime.encode, vae, pixels)
+        return ({"samples": samples, "noise_mask": grown[:, :, :height, :width].round()},)

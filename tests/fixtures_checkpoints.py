@@ -1,0 +1,340 @@
+"""Tiny random-weight single-file checkpoints in the real original (LDM) key layouts, for tests.
+
+    path = checkpoint_path("sd1")                  # built once, then reused from the cache folder
+    write_checkpoint("sdxl", models / "checkpoints" / "sd_xl_base_1.0.safetensors")
+
+Families: ``sd1`` (CLIP-L ``cond_stage_model.transformer.*``), ``sd2_v`` (OpenCLIP-H
+``cond_stage_model.model.*``, v-prediction by ComfyUI's norm-statistics rule), ``sd2`` (the same,
+epsilon), ``sdxl`` (``conditioner.embedders.0.transformer.*`` + ``conditioner.embedders.1.model.*``)
+and ``sdxl_refiner`` (``conditioner.embedders.0.model.*``). Each is built with diffusers/transformers
+at small width (UNet levels of 32 and 64 channels, one block per level; text encoders 32 wide with
+3 layers, but the real 49,408-token vocabulary and 77 positions so the real tokenizer works; a
+VAE with four 32-channel levels, so the real 8x downscale), converted to the LDM layout by the
+converters below (diffusers has none that handle reduced sizes) and stored as float16, like most
+published checkpoints. The weights follow the head-count conventions the loader assumes (SD1 UNet
+8 heads, others 64 channels per head, at least one), so nothing in the loader is test-specific.
+
+Deterministic: the same family and seed give the same tensors. Files are cached under
+``$LOOM_TEST_CACHE`` (default: a folder in the system temp dir) keyed by a format version.
+
+Pytest fixtures (import them into a test module to use): ``tiny_checkpoints`` (session; family →
+path) and ``tiny_models_dir`` (a base dir whose ``models/checkpoints`` holds all of them).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+FORMAT_VERSION = 1
+FAMILIES = ("sd1", "sd2", "sd2_v", "sdxl", "sdxl_refiner")
+FILE_NAMES = {
+    "sd1": "tiny-sd1.safetensors",
+    "sd2": "tiny-sd2.safetensors",
+    "sd2_v": "tiny-sd2-v.safetensors",
+    "sdxl": "tiny-sdxl.safetensors",
+    "sdxl_refiner": "tiny-sdxl-refiner.safetensors",
+}
+
+CLIP_WIDTH = 32
+CLIP_LAYERS = 3
+SDXL_TIME_EMBED_DIM = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers → LDM key conversion (generic over levels and blocks per level)
+# ---------------------------------------------------------------------------------------------
+
+_RESNET_TO_LDM = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+                  ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+
+
+def _resnet_to_ldm(rest: str) -> str:
+    for old, new in _RESNET_TO_LDM:
+        if rest.startswith(old + "."):
+            return new + rest[len(old):]
+    raise KeyError(rest)
+
+
+def unet_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """A diffusers ``UNet2DConditionModel`` state dict in the original ``model.diffusion_model`` layout."""
+    per_level = config.layers_per_block
+    has_attention_up = ["CrossAttn" in t for t in config.up_block_types]
+    fixed = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+             "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
+             "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    out = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        module, leaf = ".".join(parts[:-1]), parts[-1]
+        if module in fixed:
+            new = f"{fixed[module]}.{leaf}"
+        elif parts[0] == "down_blocks":
+            level, kind, index = int(parts[1]), parts[2], int(parts[3])
+            rest = ".".join(parts[4:])
+            block = 1 + level * (per_level + 1) + index
+            if kind == "resnets":
+                new = f"input_blocks.{block}.0.{_resnet_to_ldm(rest)}"
+            elif kind == "attentions":
+                new = f"input_blocks.{block}.1.{rest}"
+            else:  # downsamplers.0.conv
+                new = f"input_blocks.{(level + 1) * (per_level + 1)}.0.op.{parts[-1]}"
+        elif parts[0] == "mid_block":
+            kind, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            new = (f"middle_block.{2 * index}.{_resnet_to_ldm(rest)}" if kind == "resnets"
+                   else f"middle_block.1.{rest}")
+        elif parts[0] == "up_blocks":
+            level, kind, index = int(parts[1]), parts[2], int(parts[3])
+            rest = ".".join(parts[4:])
+            block = level * (per_level + 1) + index
+            if kind == "resnets":
+                new = f"output_blocks.{block}.0.{_resnet_to_ldm(rest)}"
+            elif kind == "attentions":
+                new = f"output_blocks.{block}.1.{rest}"
+            else:  # upsamplers.0.conv sits after the last resnet (and its attention, if any)
+                last = level * (per_level + 1) + per_level
+                new = f"output_blocks.{last}.{2 if has_attention_up[level] else 1}.conv.{parts[-1]}"
+        else:
+            raise KeyError(f"no LDM name for UNet key {key}")
+        out["model.diffusion_model." + new] = tensor
+    return out
+
+
+def vae_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """A diffusers ``AutoencoderKL`` state dict in the original ``first_stage_model`` layout."""
+    levels = len(config.block_out_channels)
+    attention_names = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    out = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        side = parts[0]
+        rest = parts[1:]
+        name = ".".join(rest)
+        if rest[0] in ("conv_in", "conv_out"):
+            new = f"{side}.{name}"
+        elif rest[0] == "conv_norm_out":
+            new = f"{side}.norm_out.{rest[-1]}"
+        elif side in ("quant_conv", "post_quant_conv"):
+            new = key
+        elif rest[0] in ("down_blocks", "up_blocks"):
+            level = int(rest[1])
+            ldm_level = level if rest[0] == "down_blocks" else levels - 1 - level
+            group = "down" if rest[0] == "down_blocks" else "up"
+            if rest[2] == "resnets":
+                inner = ".".join(rest[4:]).replace("conv_shortcut", "nin_shortcut")
+                new = f"{side}.{group}.{ldm_level}.block.{rest[3]}.{inner}"
+            else:  # downsamplers / upsamplers
+                sampler = "downsample" if group == "down" else "upsample"
+                new = f"{side}.{group}.{ldm_level}.{sampler}.conv.{rest[-1]}"
+        elif rest[0] == "mid_block" and rest[1] == "resnets":
+            inner = ".".join(rest[3:]).replace("conv_shortcut", "nin_shortcut")
+            new = f"{side}.mid.block_{int(rest[2]) + 1}.{inner}"
+        elif rest[0] == "mid_block" and rest[1] == "attentions":
+            module = ".".join(rest[3:-1])
+            new = f"{side}.mid.attn_1.{attention_names[module]}.{rest[-1]}"
+            if tensor.ndim == 2:  # the original stores these as 1x1 convolutions
+                tensor = tensor[:, :, None, None]
+        else:
+            raise KeyError(f"no LDM name for VAE key {key}")
+        out["first_stage_model." + new] = tensor
+    return out
+
+
+def clip_to_hf_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers ``CLIPTextModel`` under ``prefix`` + ``text_model.`` (the SD1/SDXL CLIP-L layout)."""
+    return {prefix + "text_model." + key.removeprefix("text_model."): tensor for key, tensor in state.items()
+            if not key.endswith("position_ids")}
+
+
+def clip_to_openclip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers ``CLIPTextModelWithProjection`` in OpenCLIP's layout under ``prefix``."""
+    state = {key.removeprefix("text_model."): tensor for key, tensor in state.items()}
+    out = {
+        prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        prefix + "ln_final.weight": state.pop("final_layer_norm.weight"),
+        prefix + "ln_final.bias": state.pop("final_layer_norm.bias"),
+        prefix + "text_projection": state.pop("text_projection.weight").T.contiguous(),
+        prefix + "logit_scale": torch.tensor(4.6052),
+    }
+    state.pop("embeddings.position_ids", None)
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
+    renames = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+               "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in range(len(layers)):
+        source = f"encoder.layers.{i}."
+        target = f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[target + f"attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(source + f"self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")])
+            for old, new in renames.items():
+                out[target + f"{new}.{kind}"] = state.pop(source + f"{old}.{kind}")
+    if state:
+        raise KeyError(f"CLIP keys left unconverted: {sorted(state)[:5]}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny modules
+# ---------------------------------------------------------------------------------------------
+
+def _perturb(module: torch.nn.Module, generator: torch.Generator, scale: float = 0.02) -> None:
+    """diffusers zero-initialises output convolutions; give every weight some signal."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def tiny_unet(family: str, context_dim: int, pooled_dim: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    common = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                  cross_attention_dim=context_dim, norm_num_groups=32)
+    if family == "sd1":
+        return UNet2DConditionModel(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                    attention_head_dim=8, **common)
+    if family in ("sd2", "sd2_v"):
+        return UNet2DConditionModel(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                    attention_head_dim=(1, 1), use_linear_projection=True, upcast_attention=True,
+                                    **common)
+    time_ids = 6 if family == "sdxl" else 5
+    return UNet2DConditionModel(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                transformer_layers_per_block=(2, 2), attention_head_dim=(1, 1),
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+                                projection_class_embeddings_input_dim=pooled_dim + time_ids * SDXL_TIME_EMBED_DIM,
+                                **common)
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 32, 32, 32),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=64)
+
+
+def tiny_clip(kind: str):
+    """``"l"``: CLIPTextModel (quick_gelu); ``"h"``/``"g"``: CLIPTextModelWithProjection (gelu)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH,
+                            num_hidden_layers=CLIP_LAYERS, num_attention_heads=1, max_position_embeddings=77,
+                            hidden_act="quick_gelu" if kind == "l" else "gelu", projection_dim=CLIP_WIDTH,
+                            bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    return CLIPTextModel(config) if kind == "l" else CLIPTextModelWithProjection(config)
+
+
+def build_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The full single-file state dict of a tiny checkpoint (float32, before saving)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny checkpoint family {family!r}; known: {FAMILIES}")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    state: dict[str, torch.Tensor] = {}
+    if family == "sd1":
+        clip = tiny_clip("l")
+        _perturb(clip, generator)
+        state.update(clip_to_hf_ldm(clip.state_dict(), "cond_stage_model.transformer."))
+        unet = tiny_unet(family, CLIP_WIDTH)
+    elif family in ("sd2", "sd2_v"):
+        clip = tiny_clip("h")
+        _perturb(clip, generator)
+        state.update(clip_to_openclip(clip.state_dict(), "cond_stage_model.model."))
+        unet = tiny_unet(family, CLIP_WIDTH)
+    elif family == "sdxl":
+        clip_l, clip_g = tiny_clip("l"), tiny_clip("g")
+        _perturb(clip_l, generator)
+        _perturb(clip_g, generator)
+        state.update(clip_to_hf_ldm(clip_l.state_dict(), "conditioner.embedders.0.transformer."))
+        state.update(clip_to_openclip(clip_g.state_dict(), "conditioner.embedders.1.model."))
+        unet = tiny_unet(family, 2 * CLIP_WIDTH, pooled_dim=CLIP_WIDTH)
+    else:
+        clip_g = tiny_clip("g")
+        _perturb(clip_g, generator)
+        state.update(clip_to_openclip(clip_g.state_dict(), "conditioner.embedders.0.model."))
+        unet = tiny_unet(family, CLIP_WIDTH, pooled_dim=CLIP_WIDTH)
+    _perturb(unet, generator)
+    unet_state = unet_to_ldm(unet.state_dict(), unet.config)
+    if family.startswith("sd2"):
+        # ComfyUI guesses v-prediction for SD2 from the spread of the last output block's norm bias.
+        key = max((k for k in unet_state if k.endswith(".1.transformer_blocks.0.norm1.bias")
+                   and ".output_blocks." in k), key=lambda k: int(k.split(".")[3]))
+        spread = 0.3 if family == "sd2_v" else 0.01
+        unet_state[key] = torch.randn(unet_state[key].shape, generator=generator) * spread
+    state.update(unet_state)
+    vae = tiny_vae()
+    _perturb(vae, generator)
+    state.update(vae_to_ldm(vae.state_dict(), vae.config))
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and fixtures
+# ---------------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    folder = Path(os.environ.get("LOOM_TEST_CACHE") or Path(tempfile.gettempdir()) / "loom-test-cache")
+    folder = folder / f"checkpoints-v{FORMAT_VERSION}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_checkpoint(family: str, path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny ``family`` checkpoint to ``path`` (a copy of the cached file)."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint_path(family, seed), path)
+    return path
+
+
+def checkpoint_path(family: str, seed: int = 0) -> Path:
+    """The cached tiny checkpoint of ``family`` (built on first use)."""
+    from safetensors.torch import save_file
+
+    stem = FILE_NAMES[family].removesuffix(".safetensors") if family in FILE_NAMES else family
+    path = cache_dir() / f"{stem}-s{seed}.safetensors"
+    if not path.is_file():
+        state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in
+                 build_state_dict(family, seed).items()}
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file(state, str(partial), metadata={"note": "tiny random-weight test checkpoint", "family": family})
+        os.replace(partial, path)
+    return path
+
+
+def write_browser_test_checkpoint(folder: str | Path) -> str:
+    """Put the tiny SD1 checkpoint into ``folder``; returns its file name."""
+    name = FILE_NAMES["sd1"]
+    write_checkpoint("sd1", Path(folder) / name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints() -> dict[str, Path]:
+    """Family → path of its cached tiny checkpoint."""
+    return {family: checkpoint_path(family) for family in FAMILIES}
+
+
+@pytest.fixture
+def tiny_models_dir(base_dir, tiny_checkpoints) -> Path:
+    """The test base dir with every tiny checkpoint in ``models/checkpoints`` (under ``FILE_NAMES``)."""
+    folder = base_dir / "models" / "checkpoints"
+    for family, source in tiny_checkpoints.items():
+        target = folder / FILE_NAMES[family]
+        if not target.exists():
+            try:  # a hard link stays inside the folder (symlinks out of it are refused by design)
+                os.link(source, target)
+            except OSError:
+                write_checkpoint(family, target)
+    return base_dir
+
