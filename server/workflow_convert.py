@@ -20,13 +20,14 @@ Unknown node types are collected and reported together in one :class:`WorkflowEr
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from nodes.schema import NodeRegistry, Schema
 from server.workflow_graph import (MODE_BYPASS, MODE_MUTED, SUBGRAPH_INPUT_NODE, Graph, bypass_input_index,
-                                   build_graph, link_key, node_inputs, node_mode, node_properties, output_link,
+                                   build_graph, link_key, list_at, node_inputs, node_mode, node_properties, output_link,
                                    proxy_widgets, type_text, widget_name)
 from server.workflow_widgets import FILENAME_PREFIX_NODES, apply_text_replacements, assign_widget_values
 
@@ -40,6 +41,7 @@ DOCUMENTATION_NODES = frozenset({"Note", "MarkdownNote", "Label (rgthree)", "Boo
                                  "Fast Groups Bypasser (rgthree)", "Fast Groups Muter (rgthree)"})
 VIRTUAL_NODES = PASS_THROUGH_NODES | DOCUMENTATION_NODES | {PRIMITIVE_NODE}
 GROUP_NODE_PREFIXES = ("workflow>", "workflow/")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class WorkflowError(ValueError):
@@ -116,7 +118,7 @@ class _Scope:
 
     def instance_input(self, slot: int) -> dict[str, Any] | None:
         """The instance's input slot that stands for subgraph input ``slot`` (matched by name, then index)."""
-        if self.instance is None or slot >= len(self.graph.inputs):
+        if self.instance is None or not 0 <= slot < len(self.graph.inputs):
             return None
         wanted = self.graph.inputs[slot]
         inputs = node_inputs(self.instance)
@@ -127,7 +129,7 @@ class _Scope:
             if candidate.get("name") == wanted.get("name"):
                 return candidate
         names = {s.get("name") for s in self.graph.inputs}
-        if slot < len(inputs) and inputs[slot].get("name") not in names:
+        if 0 <= slot < len(inputs) and inputs[slot].get("name") not in names:
             return inputs[slot]
         return None
 
@@ -168,7 +170,7 @@ class Converter:
         definitions = container.get("definitions")
         if depth > MAX_SUBGRAPH_DEPTH or not isinstance(definitions, dict):
             return
-        for definition in definitions.get("subgraphs") or []:
+        for definition in list_at(definitions, "subgraphs"):
             if isinstance(definition, dict) and isinstance(definition.get("id"), str):
                 self.definitions.setdefault(definition["id"], definition)
                 self._collect_definitions(definition, depth + 1)
@@ -266,7 +268,7 @@ class Converter:
                                 [{"node_id": scope.exec_id(node_id), "class_type": node.get("type"),
                                   "message": "links loop through reroutes or bypassed nodes"}])
         visited.add(guard)
-        type_name = node.get("type")
+        type_name = node.get("type") if isinstance(node.get("type"), str) else None
         mode = node_mode(node)
         if mode == MODE_MUTED:
             return None
@@ -281,11 +283,11 @@ class Converter:
             if chosen.get("link") is None:
                 return None
             return _Step(self._resolve_link, scope, chosen["link"], type_text(chosen.get("type")), visited, consumer)
-        if isinstance(type_name, str) and self._is_container(type_name):
+        if type_name is not None and self._is_container(type_name):
             return _Step(self._resolve_subgraph_output, scope, node_id, node, slot, wanted_type, visited, consumer)
         if type_name in PASS_THROUGH_NODES:
             inputs = node_inputs(node)
-            if slot < len(inputs) and inputs[slot].get("link") is not None:
+            if 0 <= slot < len(inputs) and inputs[slot].get("link") is not None:
                 return _Step(self._resolve_link, scope, inputs[slot]["link"], wanted_type, visited, consumer)
             return None
         if type_name == PRIMITIVE_NODE:
@@ -420,7 +422,7 @@ class Converter:
                 continue
             inputs = node_inputs(node)
             target = next((s for s in inputs if link_key(s.get("link")) == link.id), None)
-            if target is None and link.target_slot < len(inputs):
+            if target is None and 0 <= link.target_slot < len(inputs):
                 target = inputs[link.target_slot]
             if target is not None:
                 yield node, target
@@ -460,7 +462,7 @@ class Converter:
             return None
         try:
             raw = group_node_graph(definition, node, self.registry)
-        except ValueError as error:
+        except (ValueError, TypeError, KeyError) as error:
             self._problem(parent, node_id, type_name, f"legacy group node {name!r} cannot be expanded: {error}")
             return None
         return build_graph(raw, f"group node {name!r}", self.warnings)
@@ -483,7 +485,7 @@ class Converter:
 
     def _all_nodes(self) -> list[dict[str, Any]]:
         graphs = [self.workflow, *self.definitions.values()]
-        return [n for graph in graphs for n in graph.get("nodes") or [] if isinstance(n, dict)]
+        return [n for graph in graphs for n in list_at(graph, "nodes") if isinstance(n, dict)]
 
     def _title(self, node: dict[str, Any]) -> str | None:
         if isinstance(node.get("title"), str):
@@ -501,6 +503,8 @@ class Converter:
         stripped = type_name.strip()
         if stripped != type_name and stripped in self.registry:
             message += f" (did you mean {stripped!r}? the saved name has extra spaces)"
+        elif _UUID.fullmatch(type_name):
+            message += " (a subgraph instance whose definition is missing from definitions.subgraphs)"
         else:
             message += " (is its node pack installed?)"
         self._problem(scope, node_id, type_name, message)

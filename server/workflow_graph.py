@@ -19,6 +19,12 @@ SUBGRAPH_INPUT_NODE = "-10"
 SUBGRAPH_OUTPUT_NODE = "-20"
 
 
+def list_at(container: Any, key: str) -> list[Any]:
+    """``container[key]`` when it is a list, else an empty list (saved files are not to be trusted)."""
+    value = container.get(key) if isinstance(container, dict) else None
+    return value if isinstance(value, list) else []
+
+
 @dataclass(frozen=True)
 class Link:
     id: Any
@@ -100,7 +106,7 @@ def parse_links(raw: Any, label: str, warnings: list[str]) -> dict[Any, Link]:
 
 def build_graph(raw: dict[str, Any], label: str, warnings: list[str]) -> Graph:
     nodes: dict[str, dict[str, Any]] = {}
-    for node in raw.get("nodes") or []:
+    for node in list_at(raw, "nodes"):
         if not isinstance(node, dict):
             warnings.append(f"{label}: ignored a node entry that is not an object")
             continue
@@ -115,8 +121,8 @@ def build_graph(raw: dict[str, Any], label: str, warnings: list[str]) -> Graph:
         nodes[node_id] = node
     ordered = sorted(nodes.items(), key=lambda item: order_key(item[1]))
     return Graph(label, dict(ordered), parse_links(raw.get("links"), label, warnings),
-                  [s for s in raw.get("inputs") or [] if isinstance(s, dict)],
-                  [s for s in raw.get("outputs") or [] if isinstance(s, dict)])
+                  [s for s in list_at(raw, "inputs") if isinstance(s, dict)],
+                  [s for s in list_at(raw, "outputs") if isinstance(s, dict)])
 
 
 def order_key(node: dict[str, Any]) -> float:
@@ -133,11 +139,11 @@ def node_mode(node: dict[str, Any]) -> int:
 
 
 def node_inputs(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [slot if isinstance(slot, dict) else {} for slot in node.get("inputs") or []]
+    return [slot if isinstance(slot, dict) else {} for slot in list_at(node, "inputs")]
 
 
 def node_outputs(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [slot if isinstance(slot, dict) else {} for slot in node.get("outputs") or []]
+    return [slot if isinstance(slot, dict) else {} for slot in list_at(node, "outputs")]
 
 
 def widget_name(slot: dict[str, Any]) -> str | None:
@@ -152,9 +158,9 @@ def bypass_input_index(node: dict[str, Any], slot: int, wanted_type: str) -> int
     inputs = node_inputs(node)
     outputs = node_outputs(node)
     if wanted_type in ("*", ""):
-        return slot if slot < len(inputs) else (0 if inputs else -1)
-    output_type = type_text(outputs[slot].get("type")) if slot < len(outputs) else wanted_type
-    if slot < len(inputs):
+        return slot if 0 <= slot < len(inputs) else (0 if inputs else -1)
+    output_type = type_text(outputs[slot].get("type")) if 0 <= slot < len(outputs) else wanted_type
+    if 0 <= slot < len(inputs):
         same = type_text(inputs[slot].get("type"))
         if types_compatible(output_type, same) and types_compatible(same, wanted_type):
             return slot
@@ -169,8 +175,8 @@ def bypass_input_index(node: dict[str, Any], slot: int, wanted_type: str) -> int
 
 
 def output_link(graph: Graph, slot: int) -> Link | None:
-    if slot < len(graph.outputs):
-        for link_id in graph.outputs[slot].get("linkIds") or []:
+    if 0 <= slot < len(graph.outputs):
+        for link_id in list_at(graph.outputs[slot], "linkIds"):
             link = graph.links.get(link_key(link_id))
             if link is not None and link.target_id == SUBGRAPH_OUTPUT_NODE:
                 return link

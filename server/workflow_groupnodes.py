@@ -16,7 +16,7 @@ import copy
 from typing import Any
 
 from nodes.schema import NodeRegistry
-from server.workflow_graph import node_inputs, node_outputs, slot_index, widget_name
+from server.workflow_graph import list_at, node_inputs, node_outputs, slot_index, widget_name
 
 
 def group_node_graph(definition: dict[str, Any], instance: dict[str, Any], registry: NodeRegistry) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def group_node_graph(definition: dict[str, Any], instance: dict[str, Any], regis
 
     fed: set[tuple[int, int]] = set()
     consumed: set[tuple[int, int]] = set()
-    for entry in definition.get("links") or []:
+    for entry in list_at(definition, "links"):
         if not isinstance(entry, (list, tuple)) or len(entry) < 4:
             continue
         origin, origin_slot, target, target_slot = (slot_index(v) for v in entry[:4])
@@ -56,7 +56,7 @@ def group_node_graph(definition: dict[str, Any], instance: dict[str, Any], regis
                                                entry[5] if len(entry) > 5 else "*")
         fed.add((target, target_slot))
         consumed.add((origin, origin_slot))
-    external = {(slot_index(e[0]), slot_index(e[1])) for e in definition.get("external") or []
+    external = {(slot_index(e[0]), slot_index(e[1])) for e in list_at(definition, "external")
                 if isinstance(e, (list, tuple)) and len(e) >= 2}
 
     _split_widget_values(nodes, instance)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 try:  # tests/ on sys.path as a folder (no __init__.py) or as the package ``tests``
-    from fixtures_workflow import inp, node, out, workflow
+    from fixtures_workflow import core_registry, inp, load_fixture, node, out, workflow
 except ModuleNotFoundError:
-    from tests.fixtures_workflow import inp, node, out, workflow
+    from tests.fixtures_workflow import core_registry, inp, load_fixture, node, out, workflow
 
 from server.workflow import WorkflowError, ui_to_api
 
@@ -123,3 +123,48 @@ def test_long_reroute_chain_needs_no_recursion(registry):
 
 def test_empty_workflow_gives_an_empty_prompt(registry):
     assert ui_to_api({"nodes": [], "links": []}, registry).prompt == {}
+
+
+def test_subgraph_instance_without_its_definition_is_explained(registry):
+    ui = workflow([node(4, "0d6c9e6a-29b8-4f57-bb4e-3b0a1f8a2c11")], [])
+    with pytest.raises(WorkflowError, match="definition is missing from definitions.subgraphs"):
+        ui_to_api(ui, registry)
+
+
+def test_randomly_damaged_workflows_never_crash(registry):
+    """Seeded random damage to the fixtures: every outcome is a prompt or a WorkflowError."""
+    import copy
+    import random
+
+    from nodes.schema import NodeRegistry
+    merged = NodeRegistry()
+    for _, node_class in [*core_registry().items(), *registry.items()]:
+        if node_class.schema().name not in merged:
+            merged.add(node_class)
+    documents = [load_fixture(name) for name in ("default_txt2img.json", "subgraphs_nested.json",
+                                                 "group_node_legacy.json")]
+    junk = [None, 0, -1, 1.5, "x", "-10", [], {}, [1, 2], {"a": 1}, True, "4", 10**20, float("nan")]
+
+    def damage(value, rng):
+        if isinstance(value, (dict, list)) and value:
+            key = rng.choice(list(value)) if isinstance(value, dict) else rng.randrange(len(value))
+            roll = rng.random()
+            if roll < 0.3:
+                value[key] = rng.choice(junk)
+            elif roll < 0.4:
+                del value[key]
+            else:
+                damage(value[key], rng)
+
+    rng = random.Random(1234)
+    converted = 0
+    for _ in range(1500):
+        document = copy.deepcopy(rng.choice(documents))
+        for _ in range(rng.randint(1, 4)):
+            damage(document, rng)
+        try:
+            ui_to_api(document, merged)
+            converted += 1
+        except WorkflowError:
+            pass
+    assert converted > 100  # most damage is repaired, not refused
