@@ -6,8 +6,10 @@ The conversion runs in the backend so that a saved UI workflow runs headless. Wh
 * links, from each input's own ``link`` id looked up in ``links[]`` (tuples or objects; the redundant
   ``outputs[].links`` back-references are ignored, so stale or conflicting copies do no harm);
 * frontend-only nodes: ``Reroute`` (followed), ``PrimitiveNode`` (its value goes into every widget it
-  feeds), ``Note``/``MarkdownNote`` (dropped); native reroutes (``extra.reroutes``, ``linkExtensions``,
-  ``floatingLinks``) only carry geometry, as every link still names its real endpoints;
+  feeds), ``Note``/``MarkdownNote`` (dropped), KJNodes' ``SetNode``/``GetNode`` (joined by name);
+* native reroutes (``extra.reroutes``, ``linkExtensions``, ``floatingLinks``) only carry geometry: every
+  link still names its real endpoints;
+* save nodes' ``filename_prefix`` gets the editor's ``%date:...%`` and ``%Node.widget%`` expansion;
 * muted nodes (mode 2) are dropped and inputs fed by them removed; bypassed nodes (mode 4) hand the
   consumer their input of the matching type (same slot index, then exact type, then compatible type);
 * subgraphs (``definitions.subgraphs``, nested, several instances) are flattened into colon-path ids
@@ -39,7 +41,9 @@ PRIMITIVE_NODE = "PrimitiveNode"
 PRIMITIVE_REPLACE_PROPERTY = "Run widget replace on values"
 DOCUMENTATION_NODES = frozenset({"Note", "MarkdownNote", "Label (rgthree)", "Bookmark (rgthree)",
                                  "Fast Groups Bypasser (rgthree)", "Fast Groups Muter (rgthree)"})
-VIRTUAL_NODES = PASS_THROUGH_NODES | DOCUMENTATION_NODES | {PRIMITIVE_NODE}
+# KJNodes' Set/Get pair: a GetNode hands on what feeds the SetNode saved under the same name
+SET_NODE, GET_NODE = "SetNode", "GetNode"
+VIRTUAL_NODES = PASS_THROUGH_NODES | DOCUMENTATION_NODES | {PRIMITIVE_NODE, SET_NODE, GET_NODE}
 GROUP_NODE_PREFIXES = ("workflow>", "workflow/")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -298,9 +302,28 @@ class Converter:
             if properties.get(PRIMITIVE_REPLACE_PROPERTY) and isinstance(saved[0], str):
                 return _Value(apply_text_replacements(saved[0], self._widget_value, self.now))
             return _Value(saved[0])
-        if type_name in DOCUMENTATION_NODES:
+        if type_name == GET_NODE:
+            return self._resolve_get_node(scope, node_id, node, wanted_type, visited, consumer)
+        if type_name in DOCUMENTATION_NODES or type_name == SET_NODE:
             return None
         return _Output(scope.exec_id(node_id), slot)
+
+    def _resolve_get_node(self, scope: _Scope, node_id: str, node: dict[str, Any], wanted_type: str,
+                          visited: set, consumer: str):
+        saved = node.get("widgets_values")
+        name = saved[0] if isinstance(saved, list) and saved else None
+        for candidate in scope.graph.nodes.values():
+            if candidate.get("type") != SET_NODE or node_mode(candidate) == MODE_MUTED:
+                continue
+            values = candidate.get("widgets_values")
+            if isinstance(values, list) and values and values[0] == name:
+                inputs = node_inputs(candidate)
+                if inputs and inputs[0].get("link") is not None:
+                    return _Step(self._resolve_link, scope, inputs[0]["link"], wanted_type, visited, consumer)
+                return None
+        self.warnings.append(f"{consumer}: {scope.where(node_id)} (GetNode) reads {name!r}, which no SetNode sets; "
+                             f"left unconnected")
+        return None
 
     def _resolve_subgraph_output(self, scope: _Scope, node_id: str, node: dict[str, Any], slot: int,
                                  wanted_type: str, visited: set, consumer: str):

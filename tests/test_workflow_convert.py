@@ -405,3 +405,18 @@ def test_converted_test_pack_workflow_validates(registry):
     result = validate_prompt(prompt, registry)
     assert result.ok, result.messages()
     assert result.outputs == ["6"]
+
+
+def test_set_and_get_nodes_are_joined_by_name(registry):
+    ui = workflow([
+        node(1, "TestConstInt", outputs=[out("value", "INT", [1])], widgets=[8]),
+        node(2, "SetNode", inputs=[inp("INT", "INT", 1)], outputs=[out("*", "*", None)], widgets=["my_number"]),
+        node(3, "GetNode", outputs=[out("INT", "INT", [2])], widgets=["my_number"]),
+        node(4, "TestIntToString", inputs=[inp("value", "INT", 2)]),
+        node(5, "GetNode", outputs=[out("INT", "INT", [3])], widgets=["nobody_sets_this"]),
+        node(6, "TestIntToString", inputs=[inp("value", "INT", 3)]),
+    ], [[1, 1, 0, 2, 0, "INT"], [2, 3, 0, 4, 0, "INT"], [3, 5, 0, 6, 0, "INT"]])
+    result = ui_to_api(ui, registry)
+    assert set(result.prompt) == {"1", "4", "6"}
+    assert result.prompt["4"]["inputs"] == {"value": ["1", 0]} and result.prompt["6"]["inputs"] == {}
+    assert any("nobody_sets_this" in w for w in result.warnings)
