@@ -273,9 +273,28 @@ class Converter:
                                   "message": "links loop through reroutes or bypassed nodes"}])
         visited.add(guard)
         type_name = node.get("type") if isinstance(node.get("type"), str) else None
+        # Frontend-only nodes act whatever their mode: a muted primitive still pushes its value (the editor
+        # applies primitives before it looks at modes), a muted reroute still passes its link on.
+        if type_name in PASS_THROUGH_NODES:
+            inputs = node_inputs(node)
+            if 0 <= slot < len(inputs) and inputs[slot].get("link") is not None:
+                return _Step(self._resolve_link, scope, inputs[slot]["link"], wanted_type, visited, consumer)
+            return None
+        if type_name == PRIMITIVE_NODE:
+            saved = node.get("widgets_values")
+            if not (isinstance(saved, list) and saved and saved[0] is not None):
+                return None
+            if node_properties(node).get(PRIMITIVE_REPLACE_PROPERTY) and isinstance(saved[0], str):
+                return _Value(apply_text_replacements(saved[0], self._widget_value, self.now))
+            return _Value(saved[0])
+        if type_name == GET_NODE:
+            return self._resolve_get_node(scope, node_id, node, wanted_type, visited, consumer)
+        if type_name in DOCUMENTATION_NODES or type_name == SET_NODE:
+            return None
         mode = node_mode(node)
         if mode == MODE_MUTED:
-            return None
+            # a link to a node that is not sent: the input is removed when links to missing nodes are pruned
+            return _Output(scope.exec_id(node_id), slot)
         if mode == MODE_BYPASS:
             inputs = node_inputs(node)
             index = bypass_input_index(node, slot, wanted_type)
@@ -289,23 +308,6 @@ class Converter:
             return _Step(self._resolve_link, scope, chosen["link"], type_text(chosen.get("type")), visited, consumer)
         if type_name is not None and self._is_container(type_name):
             return _Step(self._resolve_subgraph_output, scope, node_id, node, slot, wanted_type, visited, consumer)
-        if type_name in PASS_THROUGH_NODES:
-            inputs = node_inputs(node)
-            if 0 <= slot < len(inputs) and inputs[slot].get("link") is not None:
-                return _Step(self._resolve_link, scope, inputs[slot]["link"], wanted_type, visited, consumer)
-            return None
-        if type_name == PRIMITIVE_NODE:
-            saved = node.get("widgets_values")
-            if not (isinstance(saved, list) and saved and saved[0] is not None):
-                return None
-            properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
-            if properties.get(PRIMITIVE_REPLACE_PROPERTY) and isinstance(saved[0], str):
-                return _Value(apply_text_replacements(saved[0], self._widget_value, self.now))
-            return _Value(saved[0])
-        if type_name == GET_NODE:
-            return self._resolve_get_node(scope, node_id, node, wanted_type, visited, consumer)
-        if type_name in DOCUMENTATION_NODES or type_name == SET_NODE:
-            return None
         return _Output(scope.exec_id(node_id), slot)
 
     def _resolve_get_node(self, scope: _Scope, node_id: str, node: dict[str, Any], wanted_type: str,

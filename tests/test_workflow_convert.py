@@ -210,9 +210,19 @@ def test_muted_node_is_dropped_and_its_links_removed(registry):
         node(2, "TestAdd", inputs=[inp("a", "INT", 1, widget="a")], widgets=[3, 4]),
         node(3, "TestChoice", widgets=["beta"], mode=2),
     ], [[1, 1, 0, 2, 0, "INT"]])
-    # the linked widget falls back to its own value, as the editor's prompt would
+    # as in the editor's prompt, the input fed by a muted node is removed, widget value and all
     assert ui_to_api(ui, registry).prompt == {
-        "2": {"inputs": {"a": 3, "b": 4}, "class_type": "TestAdd", "_meta": {"title": "TestAdd"}}}
+        "2": {"inputs": {"b": 4}, "class_type": "TestAdd", "_meta": {"title": "TestAdd"}}}
+
+
+def test_muted_primitive_and_reroute_still_act(registry):
+    ui = workflow([
+        node(1, "PrimitiveNode", outputs=[{"name": "INT", "type": "INT", "links": [1], "widget": {"name": "a"}}],
+             widgets=[50, "fixed"], mode=2),
+        node(2, "Reroute", inputs=[inp("", "*", 1)], outputs=[out("", "INT", [2])], mode=2),
+        node(3, "TestAdd", inputs=[inp("a", "INT", 2, widget="a")], widgets=[3, 4]),
+    ], [[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 3, 0, "INT"]])
+    assert ui_to_api(ui, registry).prompt["3"]["inputs"] == {"a": 50, "b": 4}
 
 
 def test_muted_socket_source_leaves_input_unconnected(core):
