@@ -347,19 +347,29 @@ class Converter:
         return _Step(self._resolve_output, inner, link.origin_id, origin, link.origin_slot, wanted_type, visited,
                      consumer)
 
-    def _resolve_subgraph_input(self, scope: _Scope, slot: int, wanted_type: str, visited: set, consumer: str):
+    def _resolve_subgraph_input(self, scope: _Scope, slot: int, wanted_type: str, visited: set, consumer: str,
+                                fallback: Any = None):
+        """What feeds subgraph input ``slot``: the instance's link, else its promoted widget value.
+
+        ``fallback`` is the value a nested instance holds for a widget it promotes further out: used when
+        no outer level sets one (the editor's promoted widget starts as a copy of the inner value).
+        """
         assert scope.parent is not None
         guard = (scope.path, scope.graph.label, SUBGRAPH_INPUT_NODE, "in", slot)
         if guard in visited:
             raise WorkflowError(f"subgraph {':'.join(scope.path)}: input {slot} loops back into itself")
         visited.add(guard)
+        own = scope.promoted.get(slot, fallback)
         outer = scope.instance_input(slot)
         if outer is not None and outer.get("link") is not None:
-            return _Step(self._resolve_link, scope.parent, outer["link"], type_text(outer.get("type") or wanted_type),
-                                      visited, consumer)
-        if slot in scope.promoted:
-            return _Value(scope.promoted[slot])
-        return None
+            parent = scope.parent
+            link = parent.graph.links.get(link_key(outer["link"]))
+            if link is not None and link.origin_id == SUBGRAPH_INPUT_NODE and parent.instance is not None:
+                return _Step(self._resolve_subgraph_input, parent, link.origin_slot, wanted_type, visited, consumer,
+                             own)
+            return _Step(self._resolve_link, parent, outer["link"], type_text(outer.get("type") or wanted_type),
+                         visited, consumer)
+        return None if own is None else _Value(own)
 
     # ---- subgraph instances -----------------------------------------------------------------
 

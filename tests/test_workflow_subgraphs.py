@@ -155,3 +155,21 @@ def test_instances_without_promotion_marks_get_their_own_text():
     assert prompt["6:10"]["inputs"] == {"text": "Beta\n"}
     assert prompt["6:11"]["inputs"] == {"seed": 0, "steps": 20, "cfg": 8, "sampler_name": "euler",
                                         "scheduler": "simple", "denoise": 1}
+
+
+def test_widget_promoted_through_two_levels(registry):
+    def definition(def_id, nodes, links):
+        return {"id": def_id, "version": 1, "name": def_id, "state": {}, "config": {},
+                "inputNode": {"id": -10, "bounding": [0, 0, 1, 1]}, "outputNode": {"id": -20, "bounding": [0, 0, 1, 1]},
+                "inputs": [{"name": "text", "type": "STRING", "linkIds": [1]}], "outputs": [], "widgets": [],
+                "nodes": nodes, "links": links, "groups": [], "extra": {}}
+    inner = definition("inner", [node(1, "TestStringConcat", [inp("a", "STRING", 1, widget="a")], [], ["", "?", ""])],
+                       [_link(1, -10, 0, 1, 0, "STRING")])
+    outer = definition("outer", [node(2, "inner", [inp("text", "STRING", 1, widget="text")], [], ["middle"])],
+                       [_link(1, -10, 0, 2, 0, "STRING")])
+    ui = workflow([node(9, "outer", [inp("text", "STRING", None, widget="text")], [], ["hello"]),
+                   node(10, "outer", [inp("text", "STRING", None, widget="text")], [])],
+                  [], definitions={"subgraphs": [outer, inner]})
+    prompt = ui_to_api(ui, registry).prompt
+    assert prompt["9:2:1"]["inputs"] == {"a": "hello", "b": "?", "separator": ""}
+    assert prompt["10:2:1"]["inputs"] == {"a": "middle", "b": "?", "separator": ""}  # nothing saved on 10
