@@ -112,6 +112,18 @@ function exposeHook(editor) {
         inputImage: r.inputImage ? { src: r.inputImage.src, loaded: r.inputImage.complete && r.inputImage.naturalWidth > 0 } : null,
       };
     },
+    /** A client point over empty canvas (no node there), scanning from the bottom-right. */
+    emptyPoint: () => {
+      const rect = canvas.element.getBoundingClientRect();
+      for (let y = rect.height - 20; y > 20; y -= 20) {
+        for (let x = rect.width - 20; x > 20; x -= 20) {
+          const [gx, gy] = canvas.viewport.toGraph(x, y);
+          const covered = document.elementFromPoint(rect.left + x, rect.top + y) !== canvas.element;
+          if (!covered && !canvas.nodeAt(gx, gy) && !canvas.slotAt(gx, gy)) return [rect.left + x, rect.top + y];
+        }
+      }
+      return null;
+    },
     lastQueueResult: () => editor.execution.lastResult,
     renderStats: () => ({ ...canvas.renderer.stats, frames: canvas.frames }),
   };

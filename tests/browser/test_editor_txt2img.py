@@ -22,7 +22,7 @@ def test_build_txt2img_with_the_mouse_and_run_it(editor, loom_server, tmp_path):
         pytest.fail("tests/fixtures_checkpoints.py is missing: the tiny checkpoint cannot be built")
     page = editor.page
     # clear the canvas through its context menu, zoom out a little with the wheel
-    editor.mouse.click(700, 400, button="right")
+    editor.mouse.click(*editor.point("emptyPoint"), button="right")
     page.click('.context-menu .menu-item[data-label="Clear canvas"]')
     editor.mouse.move(2, 42)
     editor.mouse.wheel(0, 150)

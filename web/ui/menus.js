@@ -69,7 +69,9 @@ export function showMenu(items, x, y, options = {}) {
         for (const child of openMenus.splice(level + 1)) child.remove();
       }
     });
-    entry.addEventListener("pointerup", (e) => {
+    // "click", not "pointerup": the release of the right button that opened a menu near the window
+    // edge lands on the menu and must not choose the item under it
+    entry.addEventListener("click", (e) => {
       e.stopPropagation();
       if (item.disabled || item.submenu) return;
       closeMenus();
