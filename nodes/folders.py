@@ -147,3 +147,61 @@ def resolve_data(kind: str, name: str, subfolder: str = "") -> Path:
     if not inside(root, candidate):
         raise PermissionError(f"{name!r} is outside the {kind} directory")
     return candidate
+
+
+# ComfyUI's extra_model_paths.yaml keys → Loom's folder names (unknown keys are ignored).
+EXTRA_PATH_KEYS: dict[str, str] = {
+    "checkpoints": "checkpoints", "vae": "vae", "loras": "loras", "controlnet": "controlnet",
+    "t2i_adapter": "controlnet", "embeddings": "embeddings", "upscale_models": "upscale_models",
+    "clip": "clip", "text_encoders": "clip", "unet": "diffusion_models", "diffusion_models": "diffusion_models",
+    "vae_approx": "vae_approx",
+}
+
+
+def read_extra_model_paths(yaml_path: str | Path) -> dict[str, list[Path]]:
+    """The model search paths of a ComfyUI ``extra_model_paths.yaml``, by Loom folder name.
+
+    Each top-level section (``a111:``, ``comfyui:``, ...) has an optional ``base_path`` (``~`` and
+    environment variables expanded; relative to the YAML file's folder) and ``key: path`` entries whose
+    value may hold several paths, one per line, each relative to ``base_path``. ``is_default`` is read
+    but the paths are appended all the same (Loom never downloads into model folders).
+    """
+    import yaml
+
+    yaml_path = Path(yaml_path)
+    try:
+        config = yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read extra model paths from {yaml_path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{yaml_path}: expected sections of 'folder: path' entries, got {type(config).__name__}")
+    found: dict[str, list[Path]] = {}
+    for section, entries in config.items():
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise ValueError(f"{yaml_path}: section {section!r} must map folder names to paths")
+        base = Path(os.path.expandvars(os.path.expanduser(str(entries.get("base_path", "")))))
+        if not base.is_absolute():
+            base = yaml_path.resolve().parent / base
+        for key, value in entries.items():
+            if key in ("base_path", "is_default") or value is None:
+                continue
+            folder = EXTRA_PATH_KEYS.get(str(key))
+            if folder is None:
+                continue
+            for line in str(value).splitlines():
+                line = line.strip()
+                if line:
+                    path = Path(os.path.expandvars(os.path.expanduser(line)))
+                    found.setdefault(folder, []).append(Path(os.path.normpath(base / path)))
+    return found
+
+
+def load_extra_model_paths(yaml_path: str | Path) -> dict[str, list[Path]]:
+    """Add the search paths of a ComfyUI ``extra_model_paths.yaml`` (``--extra-model-paths``)."""
+    found = read_extra_model_paths(yaml_path)
+    for folder, paths in found.items():
+        for path in paths:
+            add_model_path(folder, path)
+    return found
