@@ -124,3 +124,85 @@ def test_workflow_converts_and_validates(name, registry, example_models):
         base, refiner = sorted(samplers, key=lambda node: node["inputs"]["start_at_step"])
         assert base["inputs"]["return_with_leftover_noise"] == "enable" and base["inputs"]["end_at_step"] == 20
         assert refiner["inputs"]["add_noise"] == "disable" and refiner["inputs"]["start_at_step"] == 20
+
+
+# ---------------------------------------------------------------- runs on the tiny checkpoints
+
+RUN_FAMILIES = ("sd1", "sd2_v", "sdxl")
+SIZE = ["--set", "5.width=64", "--set", "5.height=64"]
+# per workflow: the --set overrides that make it tiny and fast, and the size of the saved image
+RUNS = {
+    "txt2img": (SIZE + ["--set", "3.steps=2"], (64, 64)),
+    "img2img": (["--set", "10.image=small.png", "--set", "3.steps=2"], (64, 64)),
+    "inpaint": (["--set", "10.image=small-hole.png", "--set", "3.steps=2"], (64, 64)),
+    "hires-fix": (SIZE + ["--set", "3.steps=2", "--set", "11.steps=2"], (96, 96)),
+    "sdxl-base-refiner": (SIZE + ["--set", "10.steps=3", "--set", "10.end_at_step=2",
+                                  "--set", "11.steps=3", "--set", "11.start_at_step=2"], (64, 64)),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """One models/ folder for the whole session (same paths, so loaded models can be reused)."""
+    fixtures = pytest.importorskip("tests.fixtures_checkpoints")
+    models = tmp_path_factory.mktemp("example-models")
+    folder = models / "checkpoints"
+    folder.mkdir()
+    for family in RUN_FAMILIES + ("sdxl_refiner",):
+        fixtures.write_checkpoint(family, folder / fixtures.FILE_NAMES[family])
+    return models
+
+
+@pytest.fixture
+def small_inputs(base_dir) -> Path:
+    """64×64 versions of the example pictures in the input directory."""
+    for source, target in (("example.png", "small.png"), ("example-inpaint.png", "small-hole.png")):
+        Image.open(WORKFLOWS / source).resize((64, 64), Image.Resampling.LANCZOS).save(base_dir / "input" / target)
+    return base_dir
+
+
+def loom_run(base_dir: Path, models: Path, name: str, *arguments: str) -> list[Path]:
+    """``loom run workflows/NAME.json ...`` in-process; returns the images it saved."""
+    cli = pytest.importorskip("server.cli")
+    before = set((base_dir / "output").rglob("*.png"))
+    code = cli.main(["run", str(WORKFLOWS / f"{name}.json"), "--base-dir", str(base_dir),
+                     "--models-dir", str(models), "--quiet", *arguments])
+    assert code == 0, f"loom run {name} exited with {code}"
+    return sorted(set((base_dir / "output").rglob("*.png")) - before)
+
+
+def checkpoint_overrides(name: str, family: str) -> list[str]:
+    from tests.fixtures_checkpoints import FILE_NAMES
+
+    overrides = ["--set", f"4.ckpt_name={FILE_NAMES[family]}"]
+    if name == "sdxl-base-refiner":
+        overrides += ["--set", f"12.ckpt_name={FILE_NAMES['sdxl_refiner']}"]
+    return overrides
+
+
+@pytest.mark.parametrize("name,family", [(name, family) for family in RUN_FAMILIES
+                                         for name in ("txt2img", "img2img", "inpaint", "hires-fix")]
+                         + [("sdxl-base-refiner", "sdxl")])
+def test_example_runs_on_tiny_checkpoint(name, family, tiny_models, small_inputs, registry):
+    require_node_types(registry, load(name))
+    overrides, size = RUNS[name]
+    (saved,) = loom_run(small_inputs, tiny_models, name, *checkpoint_overrides(name, family), *overrides)
+    picture = Image.open(saved)
+    assert picture.size == size and picture.mode == "RGB"
+    assert np.array(picture).std() > 0  # random weights still give a varied picture, not a blank one
+    # the PNG carries the prompt that ran and the UI workflow it came from
+    prompt = json.loads(picture.text["prompt"])
+    from tests.fixtures_checkpoints import FILE_NAMES
+    assert prompt["4"]["inputs"]["ckpt_name"] == FILE_NAMES[family]
+    assert json.loads(picture.text["workflow"])["nodes"] == load(name)["nodes"]
+
+
+def test_same_workflow_and_seed_give_identical_png(tiny_models, small_inputs, registry):
+    require_node_types(registry, load("txt2img"))
+    arguments = [*checkpoint_overrides("txt2img", "sd1"), *RUNS["txt2img"][0], "--seed", "1234"]
+    (first,) = loom_run(small_inputs, tiny_models, "txt2img", *arguments)
+    (second,) = loom_run(small_inputs, tiny_models, "txt2img", *arguments)
+    assert first != second
+    assert first.read_bytes() == second.read_bytes()
+    (other,) = loom_run(small_inputs, tiny_models, "txt2img", *[a if a != "1234" else "1235" for a in arguments])
+    assert not np.array_equal(np.array(Image.open(other)), np.array(Image.open(first)))
