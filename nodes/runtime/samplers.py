@@ -641,6 +641,154 @@ def sample_gradient_estimation(model: Denoiser, x: torch.Tensor, sigmas: torch.T
 
 
 # --------------------------------------------------------------------------------------------
+# UniPC (Zhao et al. 2023), multistep predictor-corrector in the variance-preserving space
+# --------------------------------------------------------------------------------------------
+
+def _vp_log_alpha(sigma: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.log(1 / ((sigma * sigma) + 1))
+
+
+def _vp_alpha(sigma: torch.Tensor) -> torch.Tensor:
+    return torch.exp(_vp_log_alpha(sigma))
+
+
+def _vp_std(sigma: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(1. - torch.exp(2. * _vp_log_alpha(sigma)))
+
+
+def _vp_lambda(sigma: torch.Tensor) -> torch.Tensor:
+    log_alpha = _vp_log_alpha(sigma)
+    return log_alpha - 0.5 * torch.log(1. - torch.exp(2. * log_alpha))
+
+
+def _expand(v: torch.Tensor, dims: int) -> torch.Tensor:
+    return v[(...,) + (None,) * (dims - 1)]
+
+
+class _UniPC:
+    """UniPC with B(h) = h (``bh1``) or e^h - 1 (``bh2``), predicting data (x0), on VP latents."""
+
+    def __init__(self, model: Denoiser, variant: str) -> None:
+        self.model = model
+        self.variant = variant
+
+    def data_prediction(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0 from the denoiser, via its eps prediction, for a VP latent ``x`` at sigma ``t``."""
+        if t.reshape((-1,)).shape[0] == 1:
+            t = t.expand((x.shape[0],))
+        sigma = t.view(t.shape[:1] + (1,) * (x.ndim - 1))
+        x_ve = x * ((sigma ** 2 + 1.0) ** 0.5)
+        eps = (x_ve - self.model(x_ve, t)) / sigma
+        dims = x.dim()
+        return (x - _expand(_vp_std(t), dims) * eps) / _expand(_vp_alpha(t), dims)
+
+    def update(self, x: torch.Tensor, model_prev: list[torch.Tensor], t_prev: list[torch.Tensor],
+               t: torch.Tensor, order: int, use_corrector: bool = True):
+        dims = x.dim()
+        t_prev_0 = t_prev[-1]
+        lambda_prev_0, lambda_t = _vp_lambda(t_prev_0), _vp_lambda(t)
+        model_prev_0 = model_prev[-1]
+        sigma_prev_0, sigma_t = _vp_std(t_prev_0), _vp_std(t)
+        alpha_t = torch.exp(_vp_log_alpha(t))
+        h = lambda_t - lambda_prev_0
+
+        rks, d1s = [], []
+        for i in range(1, order):
+            rk = ((_vp_lambda(t_prev[-(i + 1)]) - lambda_prev_0) / h)[0]
+            rks.append(rk)
+            d1s.append((model_prev[-(i + 1)] - model_prev_0) / rk)
+        rks.append(torch.tensor(1.0))
+        rks_t = torch.stack([torch.as_tensor(r, dtype=torch.float32) for r in rks]).to(x.device)
+
+        hh = -h[0]
+        h_phi_1 = torch.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1
+        factorial = 1
+        b_h = hh if self.variant == "bh1" else torch.expm1(hh)
+        rows, b = [], []
+        for i in range(1, order + 1):
+            rows.append(torch.pow(rks_t, i - 1))
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        r_matrix = torch.stack(rows)
+        b_vec = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in b]).to(x.device)
+
+        d1 = torch.stack(d1s, dim=1) if d1s else None
+        if d1 is not None:
+            rhos_p = (torch.tensor([0.5], device=x.device) if order == 2
+                      else torch.linalg.solve(r_matrix[:-1, :-1], b_vec[:-1]))
+        if use_corrector:
+            rhos_c = torch.tensor([0.5], device=x.device) if order == 1 else torch.linalg.solve(r_matrix, b_vec)
+
+        x_t_ = _expand(sigma_t / sigma_prev_0, dims) * x - _expand(alpha_t * h_phi_1, dims) * model_prev_0
+        pred_res = torch.einsum("k,bkchw->bchw", rhos_p, d1) if d1 is not None else 0
+        x_t = x_t_ - _expand(alpha_t * b_h, dims) * pred_res
+        model_t = None
+        if use_corrector:
+            model_t = self.data_prediction(x_t, t)
+            corr_res = torch.einsum("k,bkchw->bchw", rhos_c[:-1], d1) if d1 is not None else 0
+            x_t = x_t_ - _expand(alpha_t * b_h, dims) * (corr_res + rhos_c[-1] * (model_t - model_prev_0))
+        return x_t, model_t
+
+    def sample(self, x: torch.Tensor, timesteps: torch.Tensor, order: int, callback: Callback | None):
+        steps = len(timesteps) - 1
+        model_prev: list[torch.Tensor] = []
+        t_prev: list[torch.Tensor] = []
+        for step_index in range(steps):
+            if step_index == 0:
+                vec_t = timesteps[0].expand((x.shape[0],))
+                model_prev, t_prev = [self.data_prediction(x, vec_t)], [vec_t]
+            elif step_index < order:  # warm-up: lower orders until there is enough history
+                vec_t = timesteps[step_index].expand(x.shape[0])
+                x, model_x = self.update(x, model_prev, t_prev, vec_t, step_index, use_corrector=True)
+                if model_x is None:
+                    model_x = self.data_prediction(x, vec_t)
+                model_prev.append(model_x)
+                t_prev.append(vec_t)
+            else:
+                last = step_index + (2 if step_index == steps - 1 else 1)
+                for step in range(step_index, last):
+                    vec_t = timesteps[step].expand(x.shape[0])
+                    step_order = min(order, steps + 1 - step)  # lower order on the final steps
+                    x, model_x = self.update(x, model_prev, t_prev, vec_t, step_order,
+                                             use_corrector=step != steps)
+                    for i in range(order - 1):
+                        t_prev[i] = t_prev[i + 1]
+                        model_prev[i] = model_prev[i + 1]
+                    t_prev[-1] = vec_t
+                    if step < steps:
+                        if model_x is None:
+                            model_x = self.data_prediction(x, vec_t)
+                        model_prev[-1] = model_x
+            _emit(callback, step_index, model_prev[-1], x)
+        return x
+
+
+def _sample_unipc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, variant: str,
+                  callback: Callback | None) -> torch.Tensor:
+    timesteps = sigmas.clone()
+    if timesteps[-1] == 0:
+        timesteps[-1] = 0.001  # UniPC's VP time cannot reach sigma 0
+    x = x / torch.sqrt(1.0 + timesteps[0] ** 2.0)
+    order = max(1, min(3, len(timesteps) - 2))
+    x = _UniPC(model, variant).sample(x, timesteps, order, callback)
+    return x / _vp_alpha(timesteps[-1])
+
+
+@torch.no_grad()
+def sample_uni_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                  callback: Callback | None = None) -> torch.Tensor:
+    return _sample_unipc(model, x, sigmas, "bh1", callback)
+
+
+@torch.no_grad()
+def sample_uni_pc_bh2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                      callback: Callback | None = None) -> torch.Tensor:
+    return _sample_unipc(model, x, sigmas, "bh2", callback)
+
+
+# --------------------------------------------------------------------------------------------
 # the registry
 # --------------------------------------------------------------------------------------------
 
@@ -671,6 +819,8 @@ SAMPLERS: dict[str, Sampler] = {
     "res_multistep": sample_res_multistep,
     "res_multistep_ancestral": sample_res_multistep_ancestral,
     "gradient_estimation": sample_gradient_estimation,
+    "uni_pc": sample_uni_pc,
+    "uni_pc_bh2": sample_uni_pc_bh2,
     "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (the same update for eps models), with random inpaint noise
 }
 """The samplers Loom implements, by ComfyUI name."""
