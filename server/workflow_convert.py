@@ -69,7 +69,7 @@ class ConversionResult:
 
 
 def is_group_node_type(type_name: Any) -> bool:
-    return isinstance(type_name, str) and type_name.startswith(GROUP_NODE_PREFIXES)
+    return isinstance(type_name, str) and type_name[:9] in GROUP_NODE_PREFIXES
 
 
 def wrap_value(value: Any) -> Any:

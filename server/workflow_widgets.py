@@ -38,8 +38,20 @@ class WidgetSlot:
     always_saved: bool  # False: some files carry it, some do not
 
 
+_LAYOUTS: dict[int, tuple[Schema, list[WidgetSlot]]] = {}
+
+
 def widget_slots(schema: Schema) -> list[WidgetSlot]:
     """The ``widgets_values`` layout of a node: each widget followed by its companions."""
+    cached = _LAYOUTS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    slots = _layout(schema)
+    _LAYOUTS[id(schema)] = (schema, slots)
+    return slots
+
+
+def _layout(schema: Schema) -> list[WidgetSlot]:
     slots: list[WidgetSlot] = []
     for group in (schema.required_inputs, schema.optional_inputs):
         upload_owner: InputSpec | None = None
@@ -106,7 +118,7 @@ class WidgetValues:
 
 def assign_widget_values(schema: Schema, widgets_values: Any, named: Any = None) -> WidgetValues:
     """Map a node's saved widget values (a list, a dict, or nothing) to its widget input names."""
-    widget_specs = [spec for spec in schema.required_inputs + schema.optional_inputs if spec.has_widget]
+    widget_specs = [slot.spec for slot in widget_slots(schema) if slot.kind == "value"]
     values: dict[str, Any] = {}
     if isinstance(widgets_values, list):
         values.update(_assign_positional(widget_slots(schema), widgets_values))
