@@ -124,3 +124,30 @@ def test_unknown_nodes_and_fields_survive_a_round_trip(editor):
     assert custom["properties"] == {"cnr_id": "some-pack", "ver": "1.2.3"} and custom["shape"] == 1
     assert saved["nodes"][0]["some_extension_field"] == {"x": 1}
     assert saved["models"] == workflow["models"]
+
+
+def test_widget_order_matches_saved_files(editor):
+    """widgets_values positions: the upload button ends its group; a seed is followed by its control."""
+    editor.js("""() => { loom.clear(); const e = loom.editor;
+        e.addNode('LoadImageMask', [0, 0]); e.addNode('KSamplerAdvanced', [400, 0]); }""")
+    nodes = {n["type"]: n for n in editor.workflow()["nodes"]}
+    mask = nodes["LoadImageMask"]["widgets_values"]
+    assert len(mask) == 3 and mask[2] == "image" and mask[1] in ("alpha", "red", "green", "blue")
+    advanced = nodes["KSamplerAdvanced"]["widgets_values"]
+    assert advanced[0] in ("enable", "disable") and advanced[2] == "randomize" and len(advanced) == 10
+
+
+def test_save_and_export_api_download_json(editor):
+    editor.js("loom.newWorkflow()")
+    editor.page.wait_for_function("loom.nodes().length === 7")
+    with editor.page.expect_download() as saved:
+        editor.page.click("#btn-save")
+    workflow = json.loads(Path(saved.value.path()).read_text())
+    assert workflow == editor.workflow()
+    with editor.page.expect_download() as exported:
+        editor.page.click("#btn-export-api")
+    prompt = json.loads(Path(exported.value.path()).read_text())
+    assert exported.value.suggested_filename == "workflow_api.json"
+    assert prompt["3"]["class_type"] == "KSampler" and prompt["3"]["inputs"]["model"] == ["4", 0]
+    assert prompt["3"]["inputs"]["seed"] == workflow["nodes"][4]["widgets_values"][0]
+    assert "control_after_generate" not in prompt["3"]["inputs"]

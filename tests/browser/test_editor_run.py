@@ -157,3 +157,22 @@ def test_queue_button_and_upload_button(editor, loom_server):
     editor.page.click("#btn-queue")  # LoadImage alone has no output node: refused, and said so
     editor.page.wait_for_selector(".toast.error")
     assert "Prompt refused" in editor.page.locator(".toast.error").last.inner_text()
+
+
+def test_stop_button_interrupts_the_running_prompt(editor):
+    const, sleep, out = build(editor, """const a = add('TestConstInt', 50, 100); const b = add('TestSleep', 400, 100);
+        const c = add('TestOutput', 800, 100); link(a, 0, b, 0); link(b, 0, c, 0);
+        b.widget('seconds').value = 20; b.widget('steps').value = 200;""")
+    assert editor.js("loom.queue()")["prompt_id"]
+    editor.page.wait_for_function(f"loom.nodeState({sleep}).running", timeout=20000)
+    editor.page.click("#btn-interrupt")
+    editor.page.wait_for_function(f"!loom.nodeState({sleep}).running", timeout=20000)
+    editor.page.wait_for_selector(".toast >> text=Interrupted")
+
+
+def test_slot_menu_disconnects(editor):
+    image, save = build(editor, "const a = add('EmptyImage', 100, 100); const b = add('SaveImage', 500, 100); link(a, 0, b, 0);")
+    editor.mouse.click(*editor.point("slotPoint", save, "input", "images"), button="right")
+    editor.page.click('.context-menu .menu-item[data-label="Disconnect"]')
+    editor.frame()
+    assert editor.js("loom.links()") == []

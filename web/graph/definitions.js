@@ -4,12 +4,14 @@
  * Each input becomes either a socket (a slot that takes a link) or a widget drawn inside the node.
  * The widget order is the `widgets_values` order of saved workflows: required inputs then optional
  * ones (by `input_order` when the server sends it), with the synthetic widgets ComfyUI inserts —
- * `control_after_generate` right after a seed, and the upload button after LoadImage's combo.
+ * `control_after_generate` right after a seed (plus `control_filter_list` after a combo), and the
+ * upload button after the last widget of the group holding LoadImage's image combo.
  */
 
 const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
 
 export const CONTROL_MODES = ["fixed", "increment", "decrement", "randomize"];
+const LEGACY_SEED_NAMES = ["seed", "noise_seed"];
 
 /** One node type, as the editor uses it. */
 export class NodeDef {
@@ -27,10 +29,19 @@ export class NodeDef {
     for (const group of ["required", "optional"]) {
       const specs = inputs[group] || {};
       const order = info.input_order?.[group] || Object.keys(specs);
+      this.uploadTarget = null;
       for (const name of order) {
         if (specs[name] !== undefined) this.#addInput(name, specs[name], group === "optional");
       }
+      // the upload button follows the last widget of the group holding the image combo
+      if (this.uploadTarget) {
+        this.widgets.push({
+          name: "upload", kind: "upload", inputType: "IMAGEUPLOAD", target: this.uploadTarget,
+          options: { serialize: false }, default: "image",
+        });
+      }
     }
+    delete this.uploadTarget;
     const names = info.output_name || [];
     this.outputs = (info.output || []).map((type, i) => ({
       name: names[i] || String(type),
@@ -65,19 +76,22 @@ export class NodeDef {
       widget.default = options.default ?? false;
     }
     this.widgets.push(widget);
-    if (options.control_after_generate) {
+    // seeds get a control widget; old definitions do not ask for it, so the names count too
+    const legacySeed = type === "INT" && LEGACY_SEED_NAMES.includes(name);
+    if (options.control_after_generate || legacySeed) {
       const mode = typeof options.control_after_generate === "string" ? options.control_after_generate : "randomize";
       this.widgets.push({
         name: "control_after_generate", kind: "control", inputType: "COMBO", target: name,
         options: { values: CONTROL_MODES.slice(), serialize: false }, default: mode,
       });
+      if (isCombo) {
+        this.widgets.push({
+          name: "control_filter_list", kind: "text", inputType: "STRING", target: name,
+          options: { serialize: false }, default: "",
+        });
+      }
     }
-    if (isCombo && options.image_upload) {
-      this.widgets.push({
-        name: "upload", kind: "upload", inputType: "IMAGEUPLOAD", target: name,
-        options: { serialize: false }, default: "image",
-      });
-    }
+    if (isCombo && options.image_upload) this.uploadTarget = name;
   }
 
   /** Text the node search matches against. */

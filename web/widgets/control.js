@@ -1,7 +1,8 @@
 /**
  * `control_after_generate`: after a prompt is queued, each control widget changes the value of the
  * widget it follows (a seed, or a combo): fixed, increment, decrement or randomize. Applying it after
- * queueing keeps the seed that ran in the saved image, while the widget shows the next one.
+ * queueing keeps the seed that ran in the saved image, while the widget shows the next one. A combo's
+ * `control_filter_list` (text, or a /regex/) limits the options stepped through.
  */
 import { normalizeNumber } from "../graph/model.js";
 
@@ -15,9 +16,22 @@ function randomNumber(widget) {
 }
 
 /** The next value of `target` under control `mode`; the value itself when nothing changes. */
-export function nextControlledValue(target, mode) {
+function filtered(values, filter) {
+  if (!filter) return values;
+  const regex = /^\/(.*)\/([a-z]*)$/.exec(filter);
+  let test;
+  try {
+    test = regex ? ((re) => (v) => re.test(v))(new RegExp(regex[1], regex[2])) : (v) => v.includes(filter);
+  } catch {
+    return values;
+  }
+  const kept = values.filter((v) => test(String(v)));
+  return kept.length ? kept : values;
+}
+
+export function nextControlledValue(target, mode, filter = "") {
   if (target.kind === "combo") {
-    const values = target.options.values || [];
+    const values = filtered(target.options.values || [], filter);
     if (!values.length) return target.value;
     const index = Math.max(0, values.indexOf(target.value));
     if (mode === "increment") return values[Math.min(values.length - 1, index + 1)];
@@ -42,7 +56,8 @@ export function applyControlsAfterQueue(graph) {
       if (control.kind !== "control") continue;
       const target = node.widget(control.target);
       if (!target || node.isWidgetLinked(target)) continue;
-      const next = nextControlledValue(target, control.value);
+      const filter = node.widgets.find((w) => w.name === "control_filter_list" && w.target === target.name);
+      const next = nextControlledValue(target, control.value, filter?.value || "");
       if (next !== target.value) {
         target.value = next;
         changed++;
