@@ -301,6 +301,11 @@ export class Editor {
     else this.graph.connect(node, slot, drag.node, drag.slot);
   }
 
+  /** Commit a text field or textarea that is open over the canvas. */
+  commitEditing() {
+    closeOverlay(true);
+  }
+
   closePopups() {
     closeMenus();
     this.search.close();

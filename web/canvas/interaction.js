@@ -282,6 +282,7 @@ export class Interaction {
 
   #wheel(event) {
     event.preventDefault();
+    this.editor.commitEditing(); // a text field over the canvas would no longer sit on its widget
     const [sx, sy] = this.canvas.eventPoint(event);
     const speed = event.ctrlKey ? 0.01 : 0.0015; // ctrl+wheel is how browsers report a trackpad pinch
     const delta = event.deltaMode === 1 ? event.deltaY * 16 : event.deltaY;

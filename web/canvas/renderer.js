@@ -287,7 +287,7 @@ export class Renderer {
       const rect = widgetRect(node, widget);
       const look = { lowDetail: false, disabled: node.mode === 2, editing: editing === widget };
       widgetImpl(widget).draw(ctx, widget, rect, look);
-      if (errorInputs.has(widget.name) || (widget.target && errorInputs.has(widget.target) && false)) {
+      if (errorInputs.has(widget.name)) {
         ctx.beginPath();
         ctx.roundRect(rect[0] - 1, rect[1] - 1, rect[2] + 2, rect[3] + 2, widget.kind === "multiline" ? 6 : rect[3] / 2);
         ctx.strokeStyle = ERROR;

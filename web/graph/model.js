@@ -165,6 +165,12 @@ export class GraphNode {
     if (Array.isArray(data.inputs)) {
       // Saved inputs win (they carry labels, converted widgets, custom slots); links are rebuilt later.
       this.inputs = data.inputs.map((saved) => ({ ...clone(saved), link: null }));
+      // sockets the node type gained since the file was saved are added after the saved ones
+      for (const socket of this.def.sockets) {
+        if (!this.inputs.some((input) => input.name === socket.name)) {
+          this.inputs.push({ name: socket.name, type: socket.type, link: null });
+        }
+      }
       this.keepEmpty.inputs = true;
     }
     if (Array.isArray(data.outputs)) {
@@ -393,8 +399,6 @@ export class Graph {
     for (const [key, value] of Object.entries(data)) {
       if (!GRAPH_KEYS.has(key)) this.extraTop[key] = clone(value);
     }
-    if (data.version === 1 && data.reroutes) this.extraTop.reroutes = clone(data.reroutes);
-    delete this.extraTop.reroutes_v1;
     this.groups = clone(data.groups) || [];
     this.config = clone(data.config) || {};
     this.extra = clone(data.extra) || {};

@@ -37,6 +37,8 @@ function scoreDef(def, words) {
     if (!best) return 0;
     total += best;
   }
+  // nodes kept for testing or on their way out come after the everyday ones
+  if (def.category.startsWith("_") || def.deprecated || def.info.experimental) total *= 0.5;
   return total;
 }
 
