@@ -222,6 +222,8 @@ def test_nodes_outside_the_view_are_not_drawn(editor):
     editor.js("() => { loom.canvas.viewport.offset = [-560, 0]; loom.canvas.setDirty(); }")
     editor.frame()
     assert editor.js("loom.renderStats().nodes") == 1
+    assert editor.js("loom.renderStats().lowDetail") is False
     editor.js("() => { loom.canvas.viewport.scale = 0.3; loom.canvas.viewport.offset = [0, 0]; loom.canvas.setDirty(); }")
     editor.frame()
     assert editor.js("loom.renderStats().nodes") == 2
+    assert editor.js("loom.renderStats().lowDetail") is True  # zoomed out: boxes, straight links, no text

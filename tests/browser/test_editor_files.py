@@ -151,3 +151,20 @@ def test_save_and_export_api_download_json(editor):
     assert prompt["3"]["class_type"] == "KSampler" and prompt["3"]["inputs"]["model"] == ["4", 0]
     assert prompt["3"]["inputs"]["seed"] == workflow["nodes"][4]["widgets_values"][0]
     assert "control_after_generate" not in prompt["3"]["inputs"]
+
+
+def test_drop_an_api_prompt_builds_a_laid_out_graph(editor):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 32, "batch_size": 1, "color": 255}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"},
+              "_meta": {"title": "Inverted"}},
+    }
+    editor.js("loom.clear()")
+    editor.drop_file("workflow_api.json", json.dumps(prompt).encode(), "application/json")
+    editor.page.wait_for_function("loom.nodes().length === 3")
+    nodes = {n["id"]: n for n in editor.js("loom.nodes()")}
+    assert nodes[1]["widgets"]["width"] == 48 and nodes[3]["widgets"]["filename_prefix"] == "inverted"
+    assert nodes[3]["title"] == "Inverted"
+    assert sorted((l["origin_id"], l["target_id"]) for l in editor.js("loom.links()")) == [(1, 2), (2, 3)]
+    assert nodes[1]["pos"][0] < nodes[2]["pos"][0] < nodes[3]["pos"][0]  # columns by depth

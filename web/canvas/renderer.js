@@ -56,7 +56,7 @@ export class Renderer {
     this.#drawDragLink(ctx);
     this.#drawRubberBand(ctx);
     ctx.restore();
-    this.stats = { nodes: this.visibleNodes.length, links: this.stats.links, ms: performance.now() - started };
+    this.stats = { nodes: this.visibleNodes.length, links: this.stats.links, lowDetail, ms: performance.now() - started };
   }
 
   #drawGrid(ctx, [x, y, w, h]) {
