@@ -41,7 +41,9 @@ export class Api extends EventTarget {
     let body = null;
     try { body = text ? JSON.parse(text) : null; } catch { body = text; }
     if (!response.ok) {
-      const message = body?.error?.message || body?.error || body?.message || `${response.status} ${response.statusText}`;
+      const error = body?.error;
+      const message = (error?.message && [error.message, error.details].filter(Boolean).join(": "))
+        || error || body?.message || `${response.status} ${response.statusText}`;
       throw new ApiError(typeof message === "string" ? message : JSON.stringify(message), response.status, body);
     }
     return body;

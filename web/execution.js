@@ -61,9 +61,15 @@ export class Execution extends EventTarget {
     this.clearRunState();
     let prompt;
     try {
-      ({ prompt } = await this.api.convert(workflow));
+      let warnings;
+      ({ prompt, warnings } = await this.api.convert(workflow));
+      for (const warning of new Set(warnings)) this.notify(warning, "warn");
     } catch (error) {
+      // problems that name their node are put on it, like validation errors
+      const problems = (error.body?.problems || []).filter((p) => p && typeof p === "object" && p.node_id != null);
+      this.showNodeErrors(Object.fromEntries(problems.map((p) => [p.node_id, { errors: [{ message: p.message }] }])));
       this.notify(`Could not convert the workflow: ${error.message}`, "error");
+      this.dispatchEvent(new CustomEvent("refused", { detail: error.body }));
       return null;
     }
     try {
