@@ -32,6 +32,9 @@ def test_cfg_batches_positive_and_negative_and_cfg_one_skips_the_negative(tiny_m
     unet.batches.clear()
     _run(tiny_model, *tiny_conds, cfg=1.0, latent=_latent(2))
     assert unet.batches == [2, 2, 2]
+    unet.batches.clear()  # CFG++ samplers need the negative's prediction even at cfg 1
+    _run(tiny_model, *tiny_conds, cfg=1.0, latent=_latent(2), sampler_name="euler_cfg_pp")
+    assert unet.batches == [4, 4, 4]
 
 
 def test_cfg_one_equals_the_positive_prediction(tiny_model, tiny_conds):

@@ -116,3 +116,22 @@ def test_registry_lists_comfyui_names_and_refuses_missing_ones():
         samplers.get_sampler(missing)
     with pytest.raises(ValueError, match="unknown sampler 'bogus'"):
         samplers.get_sampler("bogus")
+
+
+class _KeepsUncond(GaussianDenoiser):
+    """A denoiser whose unconditional prediction equals the guided one (what cfg 1 gives)."""
+
+    def __call__(self, x, sigma):
+        self.uncond_denoised = super().__call__(x, sigma)
+        return self.uncond_denoised
+
+
+@pytest.mark.parametrize("cfg_pp, plain", [("euler_cfg_pp", "euler"), ("dpmpp_2m_cfg_pp", "dpmpp_2m"),
+                                           ("euler_ancestral_cfg_pp", "euler_ancestral"),
+                                           ("gradient_estimation_cfg_pp", "gradient_estimation")])
+def test_cfg_pp_samplers_reduce_to_their_plain_versions_without_guidance(cfg_pp, plain):
+    sigmas = calculate_sigmas(SD, "karras", 8)
+    x0 = _start(sigmas)
+    a = samplers.get_sampler(cfg_pp)(_KeepsUncond(), x0, sigmas, seed=5)
+    b = samplers.get_sampler(plain)(GaussianDenoiser(), x0, sigmas, seed=5)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)

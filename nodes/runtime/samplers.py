@@ -641,6 +641,96 @@ def sample_gradient_estimation(model: Denoiser, x: torch.Tensor, sigmas: torch.T
 
 
 # --------------------------------------------------------------------------------------------
+# CFG++ samplers (Chung et al. 2024): step along the unconditional prediction, re-add the guided one
+# --------------------------------------------------------------------------------------------
+# They read ``model.uncond_denoised`` after each call; the loop asks the denoiser to keep it (and to
+# evaluate the negative even at cfg 1) for the names in CFG_PP_SAMPLERS.
+
+def _uncond(model: Denoiser) -> torch.Tensor:
+    uncond = getattr(model, "uncond_denoised", None)
+    if uncond is None:
+        raise RuntimeError("CFG++ samplers need a denoiser that keeps its unconditional prediction")
+    return uncond
+
+
+@torch.no_grad()
+def sample_euler_ancestral_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                                  seed: int | None = None, callback: Callback | None = None, eta: float = 1.0,
+                                  s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        uncond_denoised = _uncond(model)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        alpha_s = sigmas[i] * _t_fn(sigmas[i]).exp()
+        alpha_t = sigmas[i + 1] * _t_fn(sigmas[i + 1]).exp()
+        d = to_d(x, sigmas[i], alpha_s * uncond_denoised)
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta=eta)
+        sigma_down = alpha_t * sigma_down
+        x = alpha_t * denoised + sigma_down * d
+        if eta > 0 and s_noise > 0:
+            x = x + alpha_t * noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+@torch.no_grad()
+def sample_euler_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                        callback: Callback | None = None) -> torch.Tensor:
+    return sample_euler_ancestral_cfg_pp(model, x, sigmas, seed=seed, callback=callback, eta=0.0, s_noise=0.0)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                           callback: Callback | None = None) -> torch.Tensor:
+    s_in = _ones(x)
+    old_uncond_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        uncond_denoised = _uncond(model)
+        _emit(callback, i, denoised, x)
+        t, t_next = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        h = t_next - t
+        if old_uncond_denoised is None or sigmas[i + 1] == 0:
+            denoised_mix = -torch.exp(-h) * uncond_denoised
+        else:
+            r = (t - _t_fn(sigmas[i - 1])) / h
+            denoised_mix = -torch.exp(-h) * uncond_denoised - torch.expm1(-h) * (1 / (2 * r)) * \
+                (denoised - old_uncond_denoised)
+        x = denoised + denoised_mix + torch.exp(-h) * x
+        old_uncond_denoised = uncond_denoised
+    return x
+
+
+@torch.no_grad()
+def sample_gradient_estimation_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                                      seed: int | None = None, callback: Callback | None = None,
+                                      ge_gamma: float = 2.0) -> torch.Tensor:
+    s_in = _ones(x)
+    old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = to_d(x, sigmas[i], _uncond(model))
+        _emit(callback, i, denoised, x)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = denoised + d * sigmas[i + 1]
+            if i >= 1:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
+
+
+CFG_PP_SAMPLERS = frozenset({"euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp",
+                             "gradient_estimation_cfg_pp"})
+
+
+# --------------------------------------------------------------------------------------------
 # UniPC (Zhao et al. 2023), multistep predictor-corrector in the variance-preserving space
 # --------------------------------------------------------------------------------------------
 
@@ -819,6 +909,10 @@ SAMPLERS: dict[str, Sampler] = {
     "res_multistep": sample_res_multistep,
     "res_multistep_ancestral": sample_res_multistep_ancestral,
     "gradient_estimation": sample_gradient_estimation,
+    "euler_cfg_pp": sample_euler_cfg_pp,
+    "euler_ancestral_cfg_pp": sample_euler_ancestral_cfg_pp,
+    "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
+    "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
     "uni_pc": sample_uni_pc,
     "uni_pc_bh2": sample_uni_pc_bh2,
     "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (the same update for eps models), with random inpaint noise

@@ -25,7 +25,7 @@ from nodes.runtime.denoiser import GuidedDenoiser, MaskedDenoiser, prepare_noise
 from nodes.runtime.model_types import DiffusionModel
 from nodes.runtime.noise import initial_noise
 from nodes.runtime.preview import latent_preview
-from nodes.runtime.samplers import RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
+from nodes.runtime.samplers import CFG_PP_SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
 from nodes.runtime.schedules import sampling_sigmas
 
 
@@ -83,7 +83,9 @@ def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[An
     noise = noise.to(device)
     sigmas = sigmas.to(device)
 
-    denoiser: Any = GuidedDenoiser(model, positive, negative, cfg, latent_image.shape)
+    cfg_pp = sampler_name in CFG_PP_SAMPLERS  # these step along the unconditional prediction too
+    denoiser: Any = GuidedDenoiser(model, positive, negative, cfg, latent_image.shape,
+                                   disable_cfg1_optimization=cfg_pp, keep_uncond=cfg_pp)
     if latent.get("noise_mask") is not None:
         mask = prepare_noise_mask(latent["noise_mask"], noise.shape).to(device)
         inpaint_noise = noise
