@@ -29,7 +29,7 @@ from server.clients import SERVER_FEATURES, ClientHub
 from server.queue import PromptQueue, QueueStoreError
 from server.security import (ClientError, SecurityConfig, UploadLimits, content_disposition, data_path,
                              error_middleware, headers_middleware, json_error, read_json, sanitize_upload_name,
-                             security_middleware, split_annotation, view_content_type)
+                             scrub_paths, security_middleware, split_annotation, view_content_type)
 from server.worker import Worker
 
 log = logging.getLogger("loom.server")
@@ -132,7 +132,8 @@ class LoomServer:
         if not isinstance(prompt, dict):
             raise ClientError(400, "invalid_prompt", "Invalid prompt",
                               "the prompt must be a JSON object of nodes by id (the API format)")
-        extra_data = body.get("extra_data") or {}
+        extra_data = body.get("extra_data")
+        extra_data = {} if extra_data is None else extra_data
         if not isinstance(extra_data, dict):
             raise ClientError(400, "invalid_prompt", "Invalid extra_data", "extra_data must be a JSON object")
         client_id = body.get("client_id")
@@ -157,8 +158,8 @@ class LoomServer:
         from server.graph import validate_prompt
         validation = await asyncio.to_thread(validate_prompt, prompt, self.registry, targets)
         if not validation.ok:
-            return web.json_response({"error": validation.error, "node_errors": validation.node_errors},
-                                     status=400)
+            return web.json_response(scrub_paths({"error": validation.error,
+                                                  "node_errors": validation.node_errors}), status=400)
         prompt_id = prompt_id or str(uuid.uuid4())
         try:
             number = self.queue.put(prompt_id, prompt, extra_data, validation.outputs, number=number, front=front)
@@ -169,7 +170,7 @@ class LoomServer:
         except QueueStoreError as error:
             raise ClientError(503, "queue_unavailable", "The queue is not available", str(error)) from None
         return web.json_response({"prompt_id": prompt_id, "number": _plain(number),
-                                  "node_errors": validation.node_errors})
+                                  "node_errors": scrub_paths(validation.node_errors)})
 
     async def get_prompt(self, request: web.Request) -> web.Response:
         return web.json_response({"exec_info": {"queue_remaining": self.queue.remaining()}})
@@ -697,7 +698,10 @@ def _decode_upload(data: bytes, max_pixels: int) -> Any:
     from PIL import Image, UnidentifiedImageError
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise ClientError(413, "image_too_large", "Image too large",
+                          f"the image has more than the limit of {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise ClientError(415, "not_an_image", "The upload is not an image",
                           f"accepted formats: {', '.join(sorted(UPLOAD_FORMATS))}") from None
     if image.format not in UPLOAD_FORMATS:

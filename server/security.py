@@ -268,6 +268,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(500, "server_error", "Internal server error", "see the server log")
 
 
+def scrub_paths(value: Any) -> Any:
+    """``value`` (JSON-like) with the server's directories replaced by placeholders like ``<input>``."""
+    current = folders.current()
+    roots = {str(current.data_dir(kind)): f"<{kind}>" for kind in folders.DATA_DIRS}
+    roots[str(current.models_dir)] = "<models>"
+    roots[str(current.base_dir)] = "<base>"
+    roots[str(Path(__file__).resolve().parents[1])] = "<loom>"
+    text = json.dumps(value)
+    if not any(json.dumps(root)[1:-1] in text for root in roots):
+        return value
+    for root in sorted(roots, key=len, reverse=True):
+        text = text.replace(json.dumps(root)[1:-1], roots[root])
+    return json.loads(text)
+
+
 # -------------------------------------------------------------------------------------------------
 # Safe names and paths
 # -------------------------------------------------------------------------------------------------

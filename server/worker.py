@@ -19,6 +19,7 @@ from typing import Any
 
 from server.clients import ClientHub
 from server.queue import Outcome, PromptQueue, QueueItem
+from server.security import scrub_paths
 
 log = logging.getLogger("loom.server")
 
@@ -206,9 +207,9 @@ class Worker:
                 "current_inputs": {}, "current_outputs": [], "timestamp": int(time.time() * 1000)}
 
     def _public_error(self, data: dict[str, Any]) -> dict[str, Any]:
-        if self.expose_tracebacks or not data.get("traceback"):
+        if self.expose_tracebacks:
             return data
-        return {**data, "traceback": []}
+        return scrub_paths({**data, "traceback": []})
 
     def _send_preview(self, client_id: str | None, data: dict[str, Any], last: list[float]) -> None:
         if client_id is None or data.get("image") is None:
