@@ -130,8 +130,9 @@ export class Renderer {
     const runtime = node.runtime;
     const [x, y, w, h] = nodeBounds(node);
     const collapsed = Boolean(node.flags.collapsed);
-    const titleColor = node.missing ? "#622" : node.color || NODE_TITLE_BG;
-    const bodyColor = node.missing ? "#3a2222" : node.bgcolor || NODE_BODY_BG;
+    const unknown = node.missing && !node.container;
+    const titleColor = unknown ? "#622" : node.color || NODE_TITLE_BG;
+    const bodyColor = unknown ? "#3a2222" : node.bgcolor || NODE_BODY_BG;
     ctx.save();
     if (node.mode === 2) ctx.globalAlpha = 0.45;
     if (lowDetail) {
@@ -181,13 +182,13 @@ export class Renderer {
     ctx.textBaseline = "middle";
     ctx.fillStyle = selected ? "#FFF" : NODE_TITLE_TEXT;
     let badge = runtime.cached ? "cached" : "";
-    if (node.missing) badge = "missing";
+    if (node.missing) badge = node.container || "missing";
     const titleRoom = w - 40 - (badge ? 60 : 0);
     ctx.fillText(fitText(node.title, TITLE_FONT, titleRoom), x + 28, y + TITLE_HEIGHT / 2 + 1);
     if (badge && !collapsed) {
       ctx.font = "11px Arial, sans-serif";
       ctx.textAlign = "right";
-      ctx.fillStyle = node.missing ? ERROR : CACHED;
+      ctx.fillStyle = unknown ? ERROR : node.missing ? "#B39DDB" : CACHED;
       ctx.fillText(badge, x + w - 10, y + TITLE_HEIGHT / 2 + 1);
     }
     // progress bar along the bottom of the title

@@ -34,6 +34,18 @@ function decimalsOf(step) {
   return text.includes(".") ? text.split(".")[1].length : 0;
 }
 
+const EMPTY_LINKS = Symbol("empty links form");
+
+/** Remember whether a saved output wrote "no links" as `[]` or `null`, to write it back the same way. */
+function rememberEmptyLinks(output, savedLinks) {
+  if (Array.isArray(savedLinks)) output[EMPTY_LINKS] = true;
+  return output;
+}
+
+function emptyLinks(output) {
+  return output[EMPTY_LINKS] ? [] : null;
+}
+
 /** A widget instance on a node: its spec from the node definition plus the current value. */
 export function createWidget(spec) {
   const widget = {
@@ -111,10 +123,10 @@ export class GraphNode {
 
   serialize() {
     if (this.raw) {
-      return { ...clone(this.raw), id: this.id, pos: this.pos.slice(), size: this.size.slice(),
-        flags: clone(this.flags), mode: this.mode, order: this.order,
-        ...(this.title !== this.defaultTitle || this.raw.title !== undefined ? { title: this.title } : {}),
-        ...this.#serializeSlots() };
+      const data = { ...clone(this.raw), id: this.id, pos: this.pos.slice(), size: this.size.slice(),
+        flags: clone(this.flags), mode: this.mode, order: this.order, ...this.#serializeSlots() };
+      if (this.title !== this.rawTitle) data.title = this.title;
+      return data;
     }
     const data = {
       id: this.id, type: this.type, pos: this.pos.slice(), size: this.size.slice(), flags: clone(this.flags),
@@ -135,8 +147,7 @@ export class GraphNode {
     }
     if (this.outputs.length || this.keepEmpty.outputs) {
       slots.outputs = this.outputs.map((output, i) => {
-        const out = { ...output, links: output.links && output.links.length ? output.links.slice() : output.links ?? null };
-        if (out.links && out.links.length === 0) out.links = null;
+        const out = { ...output, links: output.links?.length ? output.links.slice() : emptyLinks(output) };
         if (out.links) out.slot_index = i;
         return out;
       });
@@ -157,8 +168,9 @@ export class GraphNode {
     if (data.bgcolor !== undefined) this.bgcolor = data.bgcolor;
     if (!this.def) {
       this.raw = clone(data);
+      this.rawTitle = this.title;
       this.inputs = (data.inputs || []).map((i) => ({ ...clone(i), link: null }));
-      this.outputs = (data.outputs || []).map((o) => ({ ...clone(o), links: null }));
+      this.outputs = (data.outputs || []).map((o) => rememberEmptyLinks({ ...clone(o), links: null }, o.links));
       return;
     }
     if (data.properties) this.properties = clone(data.properties);
@@ -176,7 +188,7 @@ export class GraphNode {
     if (Array.isArray(data.outputs)) {
       this.outputs = data.outputs.map((saved, i) => {
         const fresh = this.def.outputs[i];
-        const out = { ...clone(saved), links: null };
+        const out = rememberEmptyLinks({ ...clone(saved), links: null }, saved.links);
         delete out.slot_index;
         if (!out.type && fresh) out.type = fresh.type;
         return out;
@@ -403,11 +415,26 @@ export class Graph {
     this.config = clone(data.config) || {};
     this.extra = clone(data.extra) || {};
     const missing = new Set();
+    const subgraphs = new Map((data.definitions?.subgraphs || []).map((s) => [s.id, s]));
+    const groupNodes = data.extra?.groupNodes || {};
     for (const saved of data.nodes) {
       const def = this.defs.get(saved.type);
-      if (!def) missing.add(saved.type);
       const node = new GraphNode(saved.type, def);
       node.configure(saved);
+      if (!def) {
+        // subgraph instances and legacy group nodes are shown (read-only for now), not reported missing
+        const subgraph = subgraphs.get(saved.type);
+        const groupName = String(saved.type).startsWith("workflow>") ? saved.type.slice("workflow>".length) : null;
+        if (subgraph) {
+          node.container = "subgraph";
+          if (saved.title === undefined) node.title = node.rawTitle = subgraph.name || "Subgraph";
+        } else if (groupName !== null && groupName in groupNodes) {
+          node.container = "group node";
+          if (saved.title === undefined) node.title = node.rawTitle = groupName;
+        } else {
+          missing.add(saved.type);
+        }
+      }
       if (typeof node.id === "string" && /^\d+$/.test(node.id)) node.id = Number(node.id);
       this.addNode(node, false);
     }
