@@ -97,7 +97,7 @@ def validate_prompt(prompt: Any, registry: NodeRegistry,
     cycle_nodes = _cycle_nodes(graph)
     for node_id in cycle_nodes:
         add(node_id, error("dependency_cycle", "Dependency cycle detected",
-                           f"node {node_id} is part of a cycle: {' -> '.join(cycle_nodes)}"))
+                           f"node {node_id} is part of a cycle with nodes {', '.join(cycle_nodes)}"))
 
     # a node is invalid when it or anything upstream has an error; only root causes carry errors
     failed = set(node_errors)
@@ -116,10 +116,13 @@ def validate_prompt(prompt: Any, registry: NodeRegistry,
         return ValidationResult(ok=False, node_errors=node_errors, error=error(
             "prompt_outputs_failed_validation", "Prompt outputs failed validation", details))
 
-    needed: set[str] = set(valid_outputs)
-    for output in valid_outputs:
-        needed |= nx.ancestors(graph, output)
-    order = list(nx.lexicographical_topological_sort(graph.subgraph(needed), key=_id_sort_key))
+    plan = graph
+    if invalid:
+        needed: set[str] = set(valid_outputs)
+        for output in valid_outputs:
+            needed |= nx.ancestors(graph, output)
+        plan = graph.subgraph(needed).copy()
+    order = list(nx.lexicographical_topological_sort(plan, key=_id_sort_key))
     return ValidationResult(ok=True, node_errors=node_errors, outputs=valid_outputs, order=order,
                             values={nid: values.get(nid, {}) for nid in order})
 
@@ -237,11 +240,15 @@ def _custom_validation(node_id: str, node_class: type[Node], literals: dict, inp
 
 
 def _cycle_nodes(graph: nx.DiGraph) -> list[str]:
-    try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
+    """Nodes on a dependency cycle (linear time: strongly connected components)."""
+    if nx.is_directed_acyclic_graph(graph):
         return []
-    return [edge[0] for edge in cycle]
+    cyclic: list[str] = []
+    for component in nx.strongly_connected_components(graph):
+        node = next(iter(component))
+        if len(component) > 1 or graph.has_edge(node, node):
+            cyclic.extend(sorted(component, key=_id_sort_key))
+    return cyclic
 
 
 def _short(value: Any, limit: int = 200) -> Any:
