@@ -94,6 +94,7 @@ class LoomServer:
             from server.executor import Executor
             config.executor = Executor(self.registry)
         self.executor = config.executor
+        self.pending_at_start = self.queue.counts()[0]
         self.hub = ClientHub()
         self.hub.status_source = lambda: {"exec_info": {"queue_remaining": self.queue.remaining()}}
         self.queue.add_listener(self.hub.status_changed)

@@ -74,7 +74,7 @@ async def _serve(app: web.Application, host: str, port: int, open_browser: bool)
         if server.queue.recovered:
             print(f"{len(server.queue.recovered)} prompt(s) were running when Loom last stopped; they are "
                   "in history as interrupted (re-queue with POST /api/history/<id>/requeue)", flush=True)
-        pending, _ = server.queue.counts()
+        pending = server.pending_at_start
         if pending:
             print(f"{pending} queued prompt(s) from the last run will run now", flush=True)
         if token:
