@@ -61,7 +61,8 @@ class OutputCache:
             return entry
 
     def put(self, key: str, outputs: tuple[list[Any], ...], ui: dict[str, Any] | None,
-            protected: Iterable[str] = ()) -> None:
+            protected: set[str] | frozenset[str] = frozenset()) -> None:
+        """Store an entry, then evict least recently used ones (never ``key`` or ``protected``)."""
         entry = CacheEntry(outputs, ui, estimate_bytes(outputs))
         with self._lock:
             old = self._entries.pop(key, None)
@@ -69,15 +70,17 @@ class OutputCache:
                 self._bytes -= old.nbytes
             self._entries[key] = entry
             self._bytes += entry.nbytes
-            self._evict(set(protected) | {key})
+            if len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                self._evict(key, protected)
 
-    def _evict(self, protected: set[str]) -> None:
-        for key in list(self._entries):
-            if len(self._entries) <= self.max_entries and self._bytes <= self.max_bytes:
+    def _evict(self, key: str, protected: set[str] | frozenset[str]) -> None:
+        # A running prompt reads its cached entries first and stores new ones after, so its protected
+        # entries sit at the recent end: stop at the first one instead of scanning past them each time.
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            candidate = next(iter(self._entries))
+            if candidate == key or candidate in protected:
                 return
-            if key in protected:
-                continue
-            self._bytes -= self._entries.pop(key).nbytes
+            self._bytes -= self._entries.pop(candidate).nbytes
 
     def clear(self) -> None:
         with self._lock:
