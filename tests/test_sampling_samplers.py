@@ -16,7 +16,7 @@ DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm"
                  "gradient_estimation", "ddim", "uni_pc", "uni_pc_bh2"]
 FIRST_ORDER = {"euler", "ddim", "heunpp2", "gradient_estimation"}
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-              "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "ddpm", "lcm", "res_multistep_ancestral"]
+              "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "ddpm", "lcm", "res_multistep_ancestral", "er_sde", "seeds_2"]
 
 
 def _start(sigmas: torch.Tensor, seed: int = 0, shape=(1, 4, 8, 8)) -> torch.Tensor:
@@ -33,6 +33,18 @@ def test_deterministic_samplers_solve_the_probability_flow_ode(name):
     exact = denoiser.ode_solution(x0, float(sigmas[0]), 0.0)
     error = float((out - exact).norm() / exact.norm())
     assert error < (0.08 if name in FIRST_ORDER else 0.01), f"{name}: relative error {error}"
+
+
+@pytest.mark.parametrize("name, tolerance", [("dpm_fast", 0.002), ("dpm_adaptive", 0.05)])
+def test_dpm_solver_samplers_integrate_between_the_schedule_end_points(name, tolerance):
+    denoiser = GaussianDenoiser(s=0.5)
+    sigmas = calculate_sigmas(SD, "karras", 30)
+    x0 = _start(sigmas)
+    out = samplers.get_sampler(name)(denoiser, x0, sigmas, seed=0)
+    exact = denoiser.ode_solution(x0, float(sigmas[0]), float(sigmas[-2]))  # they stop at the last sigma > 0
+    assert float((out - exact).norm() / exact.norm()) < tolerance
+    if name == "dpm_fast":
+        assert denoiser.calls == 30
 
 
 def test_higher_order_samplers_are_more_accurate_than_euler():

@@ -573,8 +573,8 @@ def sample_ipndm_v(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
 @torch.no_grad()
 def _res_multistep(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
                    callback: Callback | None = None, eta: float = 0.0, s_noise: float = 1.0,
-                   noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
-    """RES second-order multistep (Zhang et al. 2023, arXiv 2308.02157), optionally ancestral."""
+                   noise_sampler: NoiseSampler | None = None, cfg_pp: bool = False) -> torch.Tensor:
+    """RES second-order multistep (Zhang et al. 2023, arXiv 2308.02157), optionally ancestral or CFG++."""
     noise_sampler = noise_sampler or SeededNoise(x, seed)
     s_in = _ones(x)
 
@@ -587,11 +587,15 @@ def _res_multistep(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
     old_sigma_down = old_denoised = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
+        uncond_denoised = _uncond(model) if cfg_pp else None
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
         _emit(callback, i, denoised, x)
         if sigma_down == 0 or old_denoised is None:
-            d = to_d(x, sigmas[i], denoised)
-            x = x + d * (sigma_down - sigmas[i])
+            if cfg_pp:
+                x = denoised + to_d(x, sigmas[i], uncond_denoised) * sigma_down
+            else:
+                d = to_d(x, sigmas[i], denoised)
+                x = x + d * (sigma_down - sigmas[i])
         else:
             t, t_old, t_next, t_prev = (_t_fn(sigmas[i]), _t_fn(old_sigma_down), _t_fn(sigma_down),
                                         _t_fn(sigmas[i - 1]))
@@ -600,10 +604,14 @@ def _res_multistep(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
             phi1_val, phi2_val = phi1(-h), phi2(-h)
             b1 = torch.nan_to_num(phi1_val - phi2_val / c2, nan=0.0)
             b2 = torch.nan_to_num(phi2_val / c2, nan=0.0)
-            x = _sigma_fn(h) * x + h * (b1 * denoised + b2 * old_denoised)
+            if cfg_pp:
+                x = x + (denoised - uncond_denoised)
+                x = _sigma_fn(h) * x + h * (b1 * uncond_denoised + b2 * old_denoised)
+            else:
+                x = _sigma_fn(h) * x + h * (b1 * denoised + b2 * old_denoised)
         if sigmas[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-        old_denoised = denoised
+        old_denoised = uncond_denoised if cfg_pp else denoised
         old_sigma_down = sigma_down
     return x
 
@@ -617,6 +625,18 @@ def sample_res_multistep(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
 def sample_res_multistep_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
                                    **kwargs: Any) -> torch.Tensor:
     return _res_multistep(model, x, sigmas, eta=kwargs.pop("eta", 1.0), **kwargs)
+
+
+@torch.no_grad()
+def sample_res_multistep_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
+                                **kwargs: Any) -> torch.Tensor:
+    return _res_multistep(model, x, sigmas, eta=0.0, cfg_pp=True, **kwargs)
+
+
+@torch.no_grad()
+def sample_res_multistep_ancestral_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
+                                          **kwargs: Any) -> torch.Tensor:
+    return _res_multistep(model, x, sigmas, eta=kwargs.pop("eta", 1.0), cfg_pp=True, **kwargs)
 
 
 @torch.no_grad()
@@ -637,6 +657,222 @@ def sample_gradient_estimation(model: Denoiser, x: torch.Tensor, sigmas: torch.T
             if i >= 1:
                 x = x + (ge_gamma - 1) * (d - old_d) * dt
         old_d = d
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# DPM-Solver (Lu et al. 2022) with a fixed number of evaluations or adaptive steps
+# --------------------------------------------------------------------------------------------
+
+class _DPMSolver:
+    """DPM-Solver-1/2/3 steps in t = -log(sigma) on the eps prediction of a denoiser."""
+
+    def __init__(self, model: Denoiser, callback: Callback | None) -> None:
+        self.model = model
+        self.callback = callback
+
+    @staticmethod
+    def t(sigma: torch.Tensor) -> torch.Tensor:
+        return -sigma.log()
+
+    @staticmethod
+    def sigma(t: torch.Tensor) -> torch.Tensor:
+        return t.neg().exp()
+
+    def eps(self, cache: dict, key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if key not in cache:
+            cache[key] = (x - self.model(x, self.sigma(t) * x.new_ones([x.shape[0]]))) / self.sigma(t)
+        return cache[key]
+
+    def step_1(self, x, t, t_next, cache):
+        h = t_next - t
+        eps = self.eps(cache, "eps", x, t)
+        return x - self.sigma(t_next) * h.expm1() * eps
+
+    def step_2(self, x, t, t_next, cache, r1=1 / 2):
+        h = t_next - t
+        eps = self.eps(cache, "eps", x, t)
+        s1 = t + r1 * h
+        u1 = x - self.sigma(s1) * (r1 * h).expm1() * eps
+        eps_r1 = self.eps(cache, "eps_r1", u1, s1)
+        return x - self.sigma(t_next) * h.expm1() * eps - self.sigma(t_next) / (2 * r1) * h.expm1() * (eps_r1 - eps)
+
+    def step_3(self, x, t, t_next, cache, r1=1 / 3, r2=2 / 3):
+        h = t_next - t
+        eps = self.eps(cache, "eps", x, t)
+        s1 = t + r1 * h
+        s2 = t + r2 * h
+        u1 = x - self.sigma(s1) * (r1 * h).expm1() * eps
+        eps_r1 = self.eps(cache, "eps_r1", u1, s1)
+        u2 = x - self.sigma(s2) * (r2 * h).expm1() * eps - self.sigma(s2) * (r2 / r1) * \
+            ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps)
+        eps_r2 = self.eps(cache, "eps_r2", u2, s2)
+        return x - self.sigma(t_next) * h.expm1() * eps - self.sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
+
+    def fast(self, x: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor, nfe: int) -> torch.Tensor:
+        m = math.floor(nfe / 3) + 1
+        ts = torch.linspace(t_start, t_end, m + 1, device=x.device)
+        orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+        for i, order in enumerate(orders):
+            cache: dict = {}
+            t, t_next = ts[i], ts[i + 1]
+            eps = self.eps(cache, "eps", x, t)
+            _emit(self.callback, i, x - self.sigma(t) * eps, x)
+            x = (self.step_1, self.step_2, self.step_3)[order - 1](x, t, t_next, cache)
+        return x
+
+    def adaptive(self, x: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor, order: int = 3,
+                 rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.,
+                 icoeff: float = 1., dcoeff: float = 0., accept_safety: float = 0.81) -> torch.Tensor:
+        forward = t_end > t_start
+        h = abs(h_init) * (1 if forward else -1)
+        atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
+        b1, b2, b3 = (pcoeff + icoeff + dcoeff) / order, -(pcoeff + 2 * dcoeff) / order, dcoeff / order
+        errs: list[float] = []
+        s, x_prev, steps = t_start, x, 0
+        while s < t_end - 1e-5 if forward else s > t_end + 1e-5:
+            cache: dict = {}
+            t = torch.minimum(t_end, s + h) if forward else torch.maximum(t_end, s + h)
+            eps = self.eps(cache, "eps", x, s)
+            denoised = x - self.sigma(s) * eps
+            if order == 2:
+                x_low = self.step_1(x, s, t, cache)
+                x_high = self.step_2(x, s, t, cache)
+            else:
+                x_low = self.step_2(x, s, t, cache, r1=1 / 3)
+                x_high = self.step_3(x, s, t, cache)
+            delta = torch.maximum(atol_t, rtol_t * torch.maximum(x_low.abs(), x_prev.abs()))
+            error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+            # PID step-size control, as in k-diffusion
+            inv_error = 1 / (float(error) + 1e-8)
+            if not errs:
+                errs = [inv_error, inv_error, inv_error]
+            errs[0] = inv_error
+            factor = 1 + math.atan(errs[0] ** b1 * errs[1] ** b2 * errs[2] ** b3 - 1)
+            if factor >= accept_safety:
+                errs[2], errs[1] = errs[1], errs[0]
+                x_prev, x, s = x_low, x_high, t
+            h *= factor
+            _emit(self.callback, steps, denoised, x)
+            steps += 1
+        return x
+
+
+def _dpm_range(sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    sigma_min = sigmas[-1] if sigmas[-1] != 0 else sigmas[-2]
+    return sigma_min, sigmas[0]
+
+
+@torch.no_grad()
+def sample_dpm_fast(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                    callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver-fast: ``len(sigmas) - 1`` evaluations spread over 3rd/2nd/1st-order steps, uniform in t.
+
+    Like ComfyUI it uses only the schedule's end points (sigma_max and the smallest non-zero sigma)."""
+    if len(sigmas) <= 1:
+        return x
+    sigma_min, sigma_max = _dpm_range(sigmas)
+    solver = _DPMSolver(model, callback)
+    return solver.fast(x, solver.t(sigma_max.clone()), solver.t(sigma_min.clone()), len(sigmas) - 1)
+
+
+@torch.no_grad()
+def sample_dpm_adaptive(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                        callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver-23 with adaptive step size between the schedule's end points (the step count is its own)."""
+    if len(sigmas) <= 1:
+        return x
+    sigma_min, sigma_max = _dpm_range(sigmas)
+    solver = _DPMSolver(model, callback)
+    return solver.adaptive(x, solver.t(sigma_max.clone()), solver.t(sigma_min.clone()))
+
+
+# --------------------------------------------------------------------------------------------
+# ER-SDE and SEEDS (stochastic exponential solvers in data prediction)
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample_er_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                  callback: Callback | None = None, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                  max_stage: int = 3) -> torch.Tensor:
+    """Extended reverse-time SDE solver, VP ER-SDE-Solver-3 (Cui et al. 2023, arXiv 2309.06169)."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+
+    def noise_scaler(v: torch.Tensor) -> torch.Tensor:
+        return v * ((v ** 0.3).exp() + 10.0)
+
+    points = 200.0
+    point_index = torch.arange(0, points, dtype=torch.float32, device=x.device)
+    er_lambdas = _t_fn(sigmas).neg().exp()  # sigma / alpha, which is sigma for these models
+    old_denoised = old_denoised_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        stage = min(max_stage, i + 1)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            er_lambda_s, er_lambda_t = er_lambdas[i], er_lambdas[i + 1]
+            alpha_s = sigmas[i] / er_lambda_s
+            alpha_t = sigmas[i + 1] / er_lambda_t
+            r_alpha = alpha_t / alpha_s
+            r = noise_scaler(er_lambda_t) / noise_scaler(er_lambda_s)
+            x = r_alpha * r * x + alpha_t * (1 - r) * denoised
+            if stage >= 2:
+                dt = er_lambda_t - er_lambda_s
+                step = -dt / points
+                positions = er_lambda_t + point_index * step
+                scaled = noise_scaler(positions)
+                s = torch.sum(1 / scaled) * step
+                denoised_d = (denoised - old_denoised) / (er_lambda_s - er_lambdas[i - 1])
+                x = x + alpha_t * (dt + s * noise_scaler(er_lambda_t)) * denoised_d
+                if stage >= 3:
+                    s_u = torch.sum((positions - er_lambda_s) / scaled) * step
+                    denoised_u = (denoised_d - old_denoised_d) / ((er_lambda_s - er_lambdas[i - 2]) / 2)
+                    x = x + alpha_t * ((dt ** 2) / 2 + s_u * noise_scaler(er_lambda_t)) * denoised_u
+                old_denoised_d = denoised_d
+            if s_noise > 0:
+                x = x + alpha_t * noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * \
+                    (er_lambda_t ** 2 - er_lambda_s ** 2 * r ** 2).sqrt().nan_to_num(nan=0.0)
+        old_denoised = denoised
+    return x
+
+
+@torch.no_grad()
+def sample_seeds_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                   callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                   noise_sampler: NoiseSampler | None = None, r: float = 0.5) -> torch.Tensor:
+    """SEEDS-2 (Gonzalez et al. 2023, arXiv 2305.14267), the phi_1 variant, stage 2."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    inject_noise = eta > 0 and s_noise > 0
+    fac = 1 / (2 * r)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        h = lambda_t - lambda_s
+        h_eta = h * (eta + 1)
+        lambda_s_1 = torch.lerp(lambda_s, lambda_t, r)
+        sigma_s_1 = _sigma_fn(lambda_s_1)
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_t = sigmas[i + 1] * lambda_t.exp()
+        x_2 = sigma_s_1 / sigmas[i] * (-r * h * eta).exp() * x - alpha_s_1 * torch.expm1(-r * h_eta) * denoised
+        if inject_noise:
+            sde_noise = (-2 * r * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_s_1)
+            x_2 = x_2 + sde_noise * sigma_s_1 * s_noise
+        denoised_2 = model(x_2, sigma_s_1 * s_in)
+        denoised_d = torch.lerp(denoised, denoised_2, fac)
+        x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * torch.expm1(-h_eta) * denoised_d
+        if inject_noise:
+            segment_factor = (r - 1) * h * eta
+            sde_noise = sde_noise * segment_factor.exp()
+            sde_noise = sde_noise + segment_factor.mul(2).expm1().neg().sqrt() * noise_sampler(sigma_s_1, sigmas[i + 1])
+            x = x + sde_noise * sigmas[i + 1] * s_noise
     return x
 
 
@@ -727,7 +963,8 @@ def sample_gradient_estimation_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: 
 
 
 CFG_PP_SAMPLERS = frozenset({"euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp",
-                             "gradient_estimation_cfg_pp"})
+                             "gradient_estimation_cfg_pp", "res_multistep_cfg_pp",
+                             "res_multistep_ancestral_cfg_pp"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -913,6 +1150,12 @@ SAMPLERS: dict[str, Sampler] = {
     "euler_ancestral_cfg_pp": sample_euler_ancestral_cfg_pp,
     "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
     "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
+    "res_multistep_cfg_pp": sample_res_multistep_cfg_pp,
+    "res_multistep_ancestral_cfg_pp": sample_res_multistep_ancestral_cfg_pp,
+    "dpm_fast": sample_dpm_fast,
+    "dpm_adaptive": sample_dpm_adaptive,
+    "er_sde": sample_er_sde,
+    "seeds_2": sample_seeds_2,
     "uni_pc": sample_uni_pc,
     "uni_pc_bh2": sample_uni_pc_bh2,
     "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (the same update for eps models), with random inpaint noise
