@@ -876,6 +876,61 @@ def sample_seeds_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
     return x
 
 
+@torch.no_grad()
+def sample_seeds_3(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                   callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                   noise_sampler: NoiseSampler | None = None, r_1: float = 1. / 3, r_2: float = 2. / 3) -> torch.Tensor:
+    """SEEDS-3 (Gonzalez et al. 2023), stage 3: two intermediate evaluations per step."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    inject_noise = eta > 0 and s_noise > 0
+
+    def phi_2(h: torch.Tensor) -> torch.Tensor:
+        return (torch.expm1(h) - h) / h
+
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        h = lambda_t - lambda_s
+        h_eta = h * (eta + 1)
+        lambda_s_1 = torch.lerp(lambda_s, lambda_t, r_1)
+        lambda_s_2 = torch.lerp(lambda_s, lambda_t, r_2)
+        sigma_s_1, sigma_s_2 = _sigma_fn(lambda_s_1), _sigma_fn(lambda_s_2)
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_s_2 = sigma_s_2 * lambda_s_2.exp()
+        alpha_t = sigmas[i + 1] * lambda_t.exp()
+
+        x_2 = sigma_s_1 / sigmas[i] * (-r_1 * h * eta).exp() * x - alpha_s_1 * torch.expm1(-r_1 * h_eta) * denoised
+        if inject_noise:
+            sde_noise = (-2 * r_1 * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_s_1)
+            x_2 = x_2 + sde_noise * sigma_s_1 * s_noise
+        denoised_2 = model(x_2, sigma_s_1 * s_in)
+
+        a3_2 = r_2 / r_1 * phi_2(-r_2 * h_eta)
+        a3_1 = torch.expm1(-r_2 * h_eta) - a3_2
+        x_3 = sigma_s_2 / sigmas[i] * (-r_2 * h * eta).exp() * x - alpha_s_2 * (a3_1 * denoised + a3_2 * denoised_2)
+        if inject_noise:
+            segment_factor = (r_1 - r_2) * h * eta
+            sde_noise = sde_noise * segment_factor.exp()
+            sde_noise = sde_noise + segment_factor.mul(2).expm1().neg().sqrt() * noise_sampler(sigma_s_1, sigma_s_2)
+            x_3 = x_3 + sde_noise * sigma_s_2 * s_noise
+        denoised_3 = model(x_3, sigma_s_2 * s_in)
+
+        b3 = phi_2(-h_eta) / r_2
+        b1 = torch.expm1(-h_eta) - b3
+        x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b3 * denoised_3)
+        if inject_noise:
+            segment_factor = (r_2 - 1) * h * eta
+            sde_noise = sde_noise * segment_factor.exp()
+            sde_noise = sde_noise + segment_factor.mul(2).expm1().neg().sqrt() * noise_sampler(sigma_s_2, sigmas[i + 1])
+            x = x + sde_noise * sigmas[i + 1] * s_noise
+    return x
+
+
 # --------------------------------------------------------------------------------------------
 # CFG++ samplers (Chung et al. 2024): step along the unconditional prediction, re-add the guided one
 # --------------------------------------------------------------------------------------------
@@ -1156,6 +1211,7 @@ SAMPLERS: dict[str, Sampler] = {
     "dpm_adaptive": sample_dpm_adaptive,
     "er_sde": sample_er_sde,
     "seeds_2": sample_seeds_2,
+    "seeds_3": sample_seeds_3,
     "uni_pc": sample_uni_pc,
     "uni_pc_bh2": sample_uni_pc_bh2,
     "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (the same update for eps models), with random inpaint noise
