@@ -101,7 +101,7 @@ def configure(args: argparse.Namespace, output_dir: Path | None = None):
         load_extra(yaml_path)
     if args.allow_pickle:
         from nodes.runtime import checkpoint
-        checkpoint.ALLOW_PICKLE = True
+        checkpoint.set_allow_pickle(True)
     for pack in args.nodes:
         if not pack.exists():
             raise UsageError(f"node pack {pack} does not exist")
