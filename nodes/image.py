@@ -30,7 +30,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from nodes import folders
 from nodes.image_ops import CROP_METHODS, UPSCALE_METHODS, common_upscale, scale_image, tensor_to_pil
-from nodes.output_files import metadata_texts, save_target
+from nodes.output_files import metadata_texts, next_counter, save_target
 from nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
                           NodeOutput, Output, Schema, Socket, String, register)
 
@@ -58,7 +58,8 @@ def _is_image_name(name: str) -> bool:
 def _example_files(extensions: tuple[str, ...]) -> list[str]:
     if not EXAMPLE_INPUTS_DIR.is_dir():
         return []
-    return sorted(p.name for p in EXAMPLE_INPUTS_DIR.iterdir() if p.is_file() and p.name.lower().endswith(extensions))
+    return sorted(path.name for path in EXAMPLE_INPUTS_DIR.iterdir()
+                  if path.is_file() and path.name.lower().endswith(extensions))
 
 
 def list_input_images() -> list[str]:
@@ -118,13 +119,23 @@ def file_sha256(path: Path) -> str:
 
 
 def check_input_file(name: Any, what: str = "image") -> bool | str:
-    """``validate_inputs`` helper: True, or a message saying why the file cannot be used."""
+    """``validate_inputs`` helper: True, or a message saying why the file cannot be used.
+
+    Images are also opened (the header only), so a file that is not a picture fails validation
+    instead of the run.
+    """
     try:
-        resolve_input_file(name)
+        path = resolve_input_file(name)
     except PermissionError:
         return f"Invalid {what} file: {name!r} is outside the allowed directories"
     except FileNotFoundError as error:
         return f"Invalid {what} file: {error}"
+    if what == "image":
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError):
+            return f"Invalid image file: {name!r} is not an image Pillow can read"
     return True
 
 
@@ -160,7 +171,7 @@ def _alpha_mask(frame: Image.Image) -> torch.Tensor | None:
 
 
 def _rescale_deep_greyscale(frame: Image.Image) -> Image.Image:
-    """16/32-bit greyscale (``I``, and ``I;16`` as newer Pillow opens 16-bit PNGs) divided by 255 as ComfyUI does."""
+    """16/32-bit greyscale divided by 255, as ComfyUI does (``I``, and ``I;16`` as Pillow opens 16-bit PNGs)."""
     if frame.mode.startswith("I;16"):
         frame = frame.convert("I")
     if frame.mode == "I":
@@ -282,6 +293,10 @@ def save_images(images: torch.Tensor, filename_prefix: str, *, kind: str, compre
     texts = metadata_texts(prompt, extra_pnginfo)
     results = []
     counter = target.counter
+    if "%batch_num%" in target.filename:
+        # ComfyUI counts only files named with the literal "%batch_num%", so reruns overwrite; count the real names
+        names = [target.filename.replace("%batch_num%", str(n)) for n in range(len(images))]
+        counter = max(counter, next_counter(target.folder, names))
     for batch_number, image in enumerate(images):
         info = None
         if texts:

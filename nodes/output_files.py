@@ -96,10 +96,15 @@ def save_target(filename_prefix: str, kind: str = "output", width: int = 0, heig
     folder.mkdir(parents=True, exist_ok=True)
     if not folders.inside(root, folder):  # a symlink created meanwhile
         raise ValueError(f"filename_prefix {filename_prefix!r} points outside the {kind} directory")
-    counters = [c for c in (_existing_counter(name, filename) for name in os.listdir(folder)) if c is not None]
-    counter = max(counters) + 1 if counters else 1
-    return SaveTarget(folder=folder, filename=filename, counter=counter,
+    return SaveTarget(folder=folder, filename=filename, counter=next_counter(folder, [filename]),
                       subfolder=Path(subfolder).as_posix() if subfolder else "")
+
+
+def next_counter(folder: Path, filenames: list[str]) -> int:
+    """One more than the highest counter among files named after any of ``filenames`` (1 if none)."""
+    counters = [c for name in os.listdir(folder) for filename in filenames
+                if (c := _existing_counter(name, filename)) is not None]
+    return max(counters) + 1 if counters else 1
 
 
 def metadata_texts(prompt: Any = None, extra_pnginfo: dict[str, Any] | None = None) -> dict[str, str]:

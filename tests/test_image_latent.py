@@ -183,6 +183,7 @@ def test_load_image_fingerprint_validation_and_listing(base_dir):
     assert "outside" in LoadImage.validate_inputs("../escape.png")
     assert "outside" in LoadImage.validate_inputs("/etc/passwd")
     (base_dir / "input" / "broken.png").write_bytes(b"not a picture")
+    assert "not an image" in LoadImage.validate_inputs("broken.png")
     with pytest.raises(ValueError, match="LoadImage: input 'image'"):
         LoadImage.execute("broken.png")
     # "[output]" annotated names read from the output directory, as ComfyUI's do
@@ -231,6 +232,10 @@ def test_save_image_counter_subfolders_and_metadata(base_dir):
     assert result.ui["images"] == [{"filename": "img_00001_.png", "subfolder": "renders/12x8", "type": "output"}]
     result = SaveImage.execute(images[:1], "renders/12x8/img")
     assert result.ui["images"][0]["filename"] == "img_00002_.png"
+    result = SaveImage.execute(images, "frame%batch_num%")
+    assert [e["filename"] for e in result.ui["images"]] == ["frame0_00001_.png", "frame1_00002_.png"]
+    result = SaveImage.execute(images, "frame%batch_num%")  # never overwrites the first run's files
+    assert [e["filename"] for e in result.ui["images"]] == ["frame0_00003_.png", "frame1_00004_.png"]
     bare = Image.open(base_dir / "output" / "renders" / "12x8" / "img_00002_.png")
     assert "prompt" not in bare.text and "workflow" not in bare.text
 
