@@ -185,6 +185,9 @@ def test_standalone_vae_loads_with_and_without_prefix(tmp_path, loaded):
         vae = checkpoint.load_vae(_save(tmp_path / name, tensors), use_cache=False)
         reference = loaded["sd1"][2].vae.state_dict()
         assert all(torch.allclose(v, reference[k], atol=1e-3) for k, v in vae.vae.state_dict().items())
+    diffusers_layout = _save(tmp_path / "diffusers.safetensors", loaded["sd1"][2].vae.state_dict())
+    vae = checkpoint.load_vae(diffusers_layout, use_cache=False)
+    assert all(torch.equal(v, reference[k]) for k, v in vae.vae.state_dict().items())
     with pytest.raises(checkpoint.CheckpointError, match="not a VAE"):
         checkpoint.load_vae(_save(tmp_path / "x.safetensors", {"a.weight": torch.ones(2)}), use_cache=False)
 

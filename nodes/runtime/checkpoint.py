@@ -448,7 +448,7 @@ def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, outp
 
 
 def load_vae(path: str | Path, *, device: torch.device | str | None = None, use_cache: bool = True) -> VAEModel:
-    """A standalone VAE file (LDM layout, with or without the ``first_stage_model.`` prefix)."""
+    """A standalone VAE file: original layout (with or without ``first_stage_model.``) or diffusers layout."""
     device = torch.device(device) if device is not None else devices.compute_device()
     key = ("vae", model_cache.file_key(path), str(device))
     if not use_cache:
@@ -458,16 +458,54 @@ def load_vae(path: str | Path, *, device: torch.device | str | None = None, use_
 
 
 def _load_vae(path: Path, device: torch.device) -> VAEModel:
+    latent = families.SD15_LATENT
     with StateDictFile(path) as file:
         prefix = _vae_prefix(file.keys())
-        if prefix is None:
-            raise CheckpointError(f"{path.name} is not a VAE in the original layout: no encoder.*/decoder.* tensors "
-                                  f"(found e.g. {', '.join(file.keys()[:5])})")
-        latent = families.SD15_LATENT
-        module, cfg = build_vae(file, prefix, dtype=devices.vae_dtype(device), device=device,
-                                scaling_factor=latent.scale_factor)
+        if prefix is not None:
+            module, cfg = build_vae(file, prefix, dtype=devices.vae_dtype(device), device=device,
+                                    scaling_factor=latent.scale_factor)
+        elif "encoder.down_blocks.0.resnets.0.conv1.weight" in file:
+            module, cfg = _build_diffusers_vae(file, dtype=devices.vae_dtype(device), device=device,
+                                               scaling_factor=latent.scale_factor)
+        else:
+            raise CheckpointError(f"{path.name} is not a VAE: no encoder.*/decoder.* tensors in the original or "
+                                  f"the diffusers layout (found e.g. {', '.join(file.keys()[:5])})")
     return VAEModel(vae=module, latent_format=latent, downscale=2 ** (len(cfg["block_out_channels"]) - 1),
                     options={"source": str(path)})
+
+
+_DEPRECATED_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.",
+                               ".proj_attn.": ".to_out.0."}
+
+
+def _build_diffusers_vae(file: StateDictFile, *, dtype: torch.dtype, device: torch.device,
+                         scaling_factor: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A VAE saved by diffusers (``diffusion_pytorch_model.safetensors``): names already fit."""
+    from diffusers import AutoencoderKL
+
+    shapes = file.shapes
+    with _architecture_errors(file, "VAE"):
+        levels = len({k.split(".")[2] for k in shapes if k.startswith("encoder.down_blocks.")})
+        blocks = len({k.split(".")[4] for k in shapes if k.startswith("encoder.down_blocks.0.resnets.")})
+        channels = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(levels))
+        config: dict[str, Any] = dict(
+            in_channels=shapes["encoder.conv_in.weight"][1], out_channels=shapes["decoder.conv_out.weight"][0],
+            down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=channels, layers_per_block=blocks,
+            latent_channels=shapes["decoder.conv_in.weight"][1], norm_num_groups=32,
+            use_quant_conv="quant_conv.weight" in shapes, use_post_quant_conv="post_quant_conv.weight" in shapes,
+            mid_block_add_attention=any(".mid_block.attentions." in k for k in shapes),
+            scaling_factor=scaling_factor)
+    state = {}
+    for key, tensor in file.read_prefixed("", dtype).items():
+        for old, new in _DEPRECATED_ATTENTION_NAMES.items():
+            key = key.replace(old, new)
+        if ".mid_block.attentions." in key and tensor.ndim == 4:
+            tensor = tensor[:, :, 0, 0]
+        state[key] = tensor
+    vae = _instantiate(AutoencoderKL, **config)
+    _load_exact(vae, state, "VAE", file.path.name)
+    return vae.to(device), config
 
 
 def _vae_prefix(keys: Iterable[str]) -> str | None:
