@@ -204,3 +204,27 @@ def test_ksampler_nodes_keep_the_latent_dict(tiny_model, tiny_conds):
         KSampler.execute(tiny_model, 9, 2, 4.0, "seeds_2", "karras", positive, negative, latent, 1.0)
     with pytest.raises(ValueError, match="KSampler: input 'latent_image' is not a LATENT"):
         KSampler.execute(tiny_model, 9, 2, 4.0, "euler", "karras", positive, negative, "nope", 1.0)
+
+
+class _RecordingControl:
+    """A ControlNet stand-in: records what the denoiser hands it and adds no residuals."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def residuals(self, x, sigma, timestep, context, added):
+        self.calls.append((x.shape[0], float(sigma[0]), float(timestep[0]), context.shape[0]))
+        return None
+
+
+def test_control_hook_is_called_per_batch_and_shared_with_the_negative_when_asked(tiny_model, tiny_conds):
+    positive, negative = tiny_conds
+    control = _RecordingControl()
+    both = GuidedDenoiser(tiny_model, [[positive[0][0], {"control": control}]],
+                          [[negative[0][0], {"control": control}]], 5.0, (1, 4, 8, 8))
+    both(torch.randn(1, 4, 8, 8), torch.tensor([2.0]))
+    assert control.calls == [(2, 2.0, float(SD.timestep(torch.tensor(2.0))), 2)]  # one batched call
+    old_style = _RecordingControl()
+    shared = GuidedDenoiser(tiny_model, [[positive[0][0], {"control": old_style, "control_apply_to_uncond": True}]],
+                            negative, 5.0, (1, 4, 8, 8))
+    assert shared.negative[0].control is old_style

@@ -218,6 +218,18 @@ def add_matching_areas(conds: list[CondEntry], other: CondEntry) -> None:
                                          other.sigma_start, other.sigma_end))
 
 
+def share_control_with_negative(positive: list[CondEntry], negative: list[CondEntry]) -> None:
+    """Controls set with ``control_apply_to_uncond`` (the old ControlNetApply) also steer the negative:
+    the full-frame negative entries take them in turn, unless one of them already has a control."""
+    controls = [c.control for c in positive if c.area is None and c.control is not None
+                and c.options.get("control_apply_to_uncond", False)]
+    if not controls or any(c.area is None and c.control is not None for c in negative):
+        return
+    plain = [c for c in negative if c.area is None]
+    for i, control in enumerate(controls if plain else ()):
+        plain[i % len(plain)].control = control
+
+
 # --------------------------------------------------------------------------------------------
 # the denoiser
 # --------------------------------------------------------------------------------------------
@@ -252,6 +264,7 @@ class GuidedDenoiser:
             add_matching_areas(self.negative, c)
         for c in list(self.negative):
             add_matching_areas(self.positive, c)
+        share_control_with_negative(self.positive, self.negative)
         self.unet_calls = 0
 
     # -- one UNet call --------------------------------------------------------------------------
