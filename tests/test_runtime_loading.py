@@ -231,3 +231,22 @@ def test_load_checkpoint_is_cached_by_file_identity(tiny_checkpoints, tmp_path):
     shutil.copyfile(tiny_checkpoints["sd2"], path)  # replaced under the same name
     assert checkpoint.load_checkpoint(path)[0].family == "sd2"
     model_cache.free()
+
+
+def test_loader_nodes(registry, tiny_models_dir):
+    from tests.fixtures_checkpoints import FILE_NAMES
+
+    loader = registry.get("CheckpointLoaderSimple")
+    assert FILE_NAMES["sdxl"] in loader.schema().input("ckpt_name").choices()
+    model, clip, vae = loader.execute(ckpt_name=FILE_NAMES["sdxl"])
+    assert (model.family, clip.family, vae.downscale) == ("sdxl", "sdxl", 8)
+    assert loader.fingerprint(ckpt_name=FILE_NAMES["sdxl"]) is not None
+    with pytest.raises(ValueError, match="CheckpointLoaderSimple: input 'ckpt_name': 'nope.safetensors' is not in"):
+        loader.execute(ckpt_name="nope.safetensors")
+    (tiny_models_dir / "models" / "checkpoints" / "junk.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match="CheckpointLoaderSimple: input 'ckpt_name': could not load 'junk"):
+        loader.execute(ckpt_name="junk.safetensors")
+    state = {k: v for k, v in build_state_dict("sd1").items() if k.startswith("first_stage_model.")}
+    _save(tiny_models_dir / "models" / "vae" / "tiny-vae.safetensors", state)
+    assert registry.get("VAELoader").execute(vae_name="tiny-vae.safetensors")[0].downscale == 8
+    model_cache.free()
