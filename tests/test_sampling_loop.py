@@ -8,7 +8,7 @@ from nodes import progress
 from nodes.runtime.denoiser import GuidedDenoiser, calculate_denoised, percent_to_sigma
 from nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
 from nodes.runtime.sampling import sample
-from tests.fixtures_sampling import CountingUNet, tiny_conds, tiny_model, tiny_unet  # noqa: F401 (fixtures)
+from tests.fixtures_sampling import tiny_conds, tiny_model, tiny_unet  # noqa: F401 (fixtures)
 
 SD = ModelSampling.scaled_linear()
 

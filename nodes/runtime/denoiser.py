@@ -163,7 +163,8 @@ def resolve_conditioning(model: DiffusionModel, conditioning: Sequence[Any], lat
         except (TypeError, IndexError, KeyError):
             raise ValueError("a CONDITIONING must be a list of [tensor, options] pairs") from None
         if not isinstance(context, torch.Tensor) or context.ndim != 3:
-            raise ValueError(f"conditioning tensor must be [batch, tokens, dim], got {getattr(context, 'shape', context)}")
+            shape = getattr(context, "shape", context)
+            raise ValueError(f"conditioning tensor must be [batch, tokens, dim], got {shape}")
         entry = CondEntry(context=context.float(), options=options, strength=float(options.get("strength", 1.0)),
                           control=options.get("control"))
         if options.get("area") is not None:
