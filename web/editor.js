@@ -153,10 +153,22 @@ export class Editor {
   }
 
   openFileDialog() {
-    const input = document.createElement("input");
-    input.type = "file";
-    input.accept = ".json,application/json,image/png";
-    input.addEventListener("change", () => { if (input.files[0]) this.openFile(input.files[0]); });
+    this.#pickFile(".json,application/json,image/png", (file) => this.openFile(file));
+  }
+
+  /** Open the browser's file chooser (a hidden input kept in the page, so the choice cannot get lost). */
+  #pickFile(accept, onFile) {
+    let input = document.getElementById("file-picker");
+    if (!input) {
+      input = document.createElement("input");
+      input.type = "file";
+      input.id = "file-picker";
+      input.hidden = true;
+      document.body.appendChild(input);
+    }
+    input.accept = accept;
+    input.value = "";
+    input.onchange = () => { if (input.files[0]) onFile(input.files[0]); };
     input.click();
   }
 
@@ -444,11 +456,7 @@ export class Editor {
   }
 
   chooseUpload(node) {
-    const input = document.createElement("input");
-    input.type = "file";
-    input.accept = "image/png,image/jpeg,image/webp";
-    input.addEventListener("change", () => { if (input.files[0]) this.uploadToNode(node, input.files[0]); });
-    input.click();
+    this.#pickFile("image/png,image/jpeg,image/webp", (file) => this.uploadToNode(node, file));
   }
 
   /** Upload an image to the server's input folder and select it in the node's image combo. */

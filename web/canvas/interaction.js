@@ -164,10 +164,14 @@ export class Interaction {
         canvas.setDirty();
         break;
       }
-      case "link":
-        canvas.dragLink.pos = point;
+      case "link": {
+        const drag = canvas.dragLink;
+        drag.pos = point;
+        const slot = canvas.slotAt(...point);
+        drag.hover = slot && slot.isOutput !== drag.fromOutput && slot.node !== drag.node ? slot : null;
         canvas.setDirty();
         break;
+      }
       case "band":
         canvas.rubberBand.to = point;
         canvas.setDirty();

@@ -365,6 +365,18 @@ export class Renderer {
   #drawDragLink(ctx) {
     const drag = this.view.dragLink;
     if (!drag) return;
+    if (drag.hover) {
+      // ring around the slot the link would attach to: white when it fits, red when it does not
+      const { node, slot, isOutput } = drag.hover;
+      const type = isOutput ? node.outputs[slot].type : node.inputs[slot].type;
+      const fits = drag.fromOutput ? isValidConnection(drag.type, type) : isValidConnection(type, drag.type);
+      const [cx, cy] = isOutput ? outputSlotPos(node, slot) : inputSlotPos(node, slot);
+      ctx.beginPath();
+      ctx.arc(cx, cy, 9, 0, Math.PI * 2);
+      ctx.strokeStyle = fits ? "#FFF" : ERROR;
+      ctx.lineWidth = 2;
+      ctx.stroke();
+    }
     const start = drag.fromOutput ? outputSlotPos(drag.node, drag.slot) : inputSlotPos(drag.node, drag.slot);
     const end = drag.pos;
     const [a, b] = drag.fromOutput ? [start, end] : [end, start];
