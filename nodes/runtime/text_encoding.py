@@ -342,7 +342,7 @@ def _encode_weighted(model: Any, chunks: list[TokenChunk], conv: EncoderConventi
 def encode_tokens(clip: TextEncoderModel, tokens: dict[str, list[TokenChunk]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cond [1, 77*chunks, width], pooled [1, dim])`` from :func:`tokenize_for`'s output."""
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    with torch.inference_mode(), patches_applied(clip):
+    with torch.no_grad(), patches_applied(clip):
         for name, (_tokenizer, model) in clip.encoders.items():
             conv = convention(clip.family, name)
             layer = conv.default_layer if clip.layer_idx is None else clip.layer_idx

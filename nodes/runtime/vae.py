@@ -58,7 +58,7 @@ def decode(vae: VAEModel, samples: torch.Tensor) -> torch.Tensor:
     step = _batch_size(vae, samples.shape[2] * samples.shape[3] * vae.downscale ** 2)
     progress = ProgressBar(math.ceil(samples.shape[0] / step))
     images = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for start in range(0, samples.shape[0], step):
             check_interrupted()
             chunk = samples[start:start + step].to(device=device, dtype=dtype)
@@ -80,7 +80,7 @@ def encode(vae: VAEModel, pixels: torch.Tensor) -> torch.Tensor:
     step = _batch_size(vae, pixels.shape[1] * pixels.shape[2])
     progress = ProgressBar(math.ceil(pixels.shape[0] / step))
     latents = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for start in range(0, pixels.shape[0], step):
             check_interrupted()
             chunk = (pixels[start:start + step].movedim(-1, 1).float() * 2.0 - 1.0).to(device=device, dtype=dtype)
