@@ -103,10 +103,8 @@ def resolve_input_file(name: str) -> Path:
     path = folders.resolve_data(kind, plain)
     if path.is_file():
         return path
-    if kind == "input" and "/" not in plain and "\\" not in plain:
-        example = EXAMPLE_INPUTS_DIR / plain
-        if example.is_file():
-            return example
+    if kind == "input" and plain in _example_files(IMAGE_EXTENSIONS):
+        return EXAMPLE_INPUTS_DIR / plain
     raise FileNotFoundError(f"{plain!r} is not in the {kind} directory ({folders.current().data_dir(kind)})")
 
 

@@ -198,6 +198,11 @@ def test_example_image_is_found_without_copying(base_dir):
     assert image.shape == (1, 512, 512, 3) and mask.shape == (1, 64, 64)
     _, hole = LoadImage.execute("example-inpaint.png")
     assert hole.shape == (1, 512, 512) and hole.max() == 1 and hole.mean() < 0.2
+    assert {"example.png", "example-inpaint.png"} <= set(LoadImage.schema().input("image").choices())
+    assert LoadImage.validate_inputs("README.md") is not True  # only the pictures fall back
+    # a picture of the same name in the input directory wins
+    write_png(base_dir / "input" / "example.png", np.zeros((2, 2, 3), dtype=np.uint8))
+    assert LoadImage.execute("example.png")[0].shape == (1, 2, 2, 3)
 
 
 def test_conformance_input_loads_as_rgb():
