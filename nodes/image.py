@@ -73,15 +73,6 @@ def list_input_images() -> list[str]:
     return sorted(names)
 
 
-def list_input_latents() -> list[str]:
-    root = folders.input_dir()
-    names: set[str] = set()
-    if root.is_dir():
-        names.update(entry.name for entry in os.scandir(root)
-                     if entry.is_file() and entry.name.endswith(".latent"))
-    return sorted(names)
-
-
 def split_annotation(name: str) -> tuple[str, str]:
     """``"x.png [output]"`` → ``("x.png", "output")``; plain names belong to ``input``."""
     for suffix, kind in _ANNOTATIONS.items():

@@ -11,11 +11,13 @@ reads it back (files without the marker are pre-version-0 latents stored scaled 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
 
-from nodes.image import file_sha256, list_input_latents, resolve_input_file, check_input_file
+from nodes import folders
+from nodes.image import check_input_file, file_sha256, resolve_input_file
 from nodes.image_ops import CROP_METHODS, LATENT_UPSCALE_METHODS, common_upscale
 from nodes.output_files import metadata_texts, save_target
 from nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
@@ -23,6 +25,14 @@ from nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, C
 
 LATENT_VERSION_KEY = "latent_format_version_0"
 LEGACY_LATENT_SCALE = 0.18215
+
+
+def list_input_latents() -> list[str]:
+    """The ``.latent`` files at the top of the input directory, sorted."""
+    root = folders.input_dir()
+    if not root.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_file() and entry.name.endswith(".latent"))
 
 
 def _samples(latent: Any, node: str, name: str = "samples") -> torch.Tensor:
