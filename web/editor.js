@@ -13,6 +13,7 @@ import { Execution } from "./execution.js";
 import { readPngWorkflow } from "./png.js";
 import { NodeSearch } from "./ui/search.js";
 import { closeMenus, showMenu } from "./ui/menus.js";
+import { showCanvasMenu, showNodeMenu, showSlotMenu } from "./ui/editor-menus.js";
 import { closeOverlay, editText } from "./ui/overlays.js";
 import { notify } from "./ui/notify.js";
 
@@ -323,90 +324,18 @@ export class Editor {
     this.search.close();
   }
 
-  // ---------------------------------------------------------------- menus
+  // ---------------------------------------------------------------- menus (contents in ui/editor-menus.js)
 
   canvasMenu(graphPoint, event) {
-    const categories = () => {
-      const tree = new Map();
-      for (const def of this.defs.all()) {
-        if (def.deprecated) continue;
-        const top = def.category.split("/")[0] || "other";
-        if (!tree.has(top)) tree.set(top, []);
-        tree.get(top).push(def);
-      }
-      return [...tree.keys()].sort().map((top) => ({
-        label: top,
-        submenu: () => this.#categoryItems(tree.get(top), top, graphPoint),
-      }));
-    };
-    const screen = this.canvas.eventPoint(event);
-    showMenu([
-      { label: "Add Node", submenu: categories },
-      { label: "Search…", action: () => this.openSearch(graphPoint, screen) },
-      null,
-      { label: "Fit view", action: () => { this.canvas.fitView(); this.viewChanged(); } },
-      { label: "Select all", action: () => { this.canvas.selected = new Set(this.graph.nodes); this.canvas.setDirty(); } },
-      null,
-      { label: "New workflow", action: () => this.newWorkflow() },
-      { label: "Clear canvas", action: () => this.clearWorkflow() },
-      { label: "Open…", action: () => this.openFileDialog() },
-      { label: "Save", action: () => this.saveFile() },
-      { label: "Export (API)", action: () => this.exportApi() },
-    ], event.clientX, event.clientY);
-  }
-
-  #categoryItems(defs, prefix, graphPoint) {
-    const sub = new Map();
-    const leaves = [];
-    for (const def of defs) {
-      const rest = def.category.slice(prefix.length).replace(/^\//, "");
-      if (!rest) leaves.push(def);
-      else {
-        const key = rest.split("/")[0];
-        if (!sub.has(key)) sub.set(key, []);
-        sub.get(key).push(def);
-      }
-    }
-    return [
-      ...[...sub.keys()].sort().map((key) => ({
-        label: key, submenu: () => this.#categoryItems(sub.get(key), `${prefix}/${key}`, graphPoint),
-      })),
-      ...leaves.sort((a, b) => a.displayName.localeCompare(b.displayName))
-        .map((def) => ({ label: def.displayName, action: () => this.addNode(def.type, graphPoint) })),
-    ];
+    showCanvasMenu(this, graphPoint, event);
   }
 
   nodeMenu(node, event) {
-    const colors = [{ label: "No colour", action: () => this.setColor(node, null) },
-      ...Object.keys(NODE_COLORS).map((name) => ({ label: name.replace("_", " "), action: () => this.setColor(node, name),
-        checked: node.color === NODE_COLORS[name].color }))];
-    const modes = [["Always", 0], ["Never (mute)", 2], ["Bypass", 4]]
-      .map(([label, mode]) => ({ label, checked: node.mode === mode, action: () => this.setMode(node, mode) }));
-    showMenu([
-      { label: "Title…", action: () => this.editTitle(node) },
-      { label: node.flags.collapsed ? "Expand" : "Collapse", action: () => this.toggleCollapse(node) },
-      { label: "Colours", submenu: colors },
-      { label: "Mode", submenu: modes },
-      { label: "Fit size to content", action: () => { node.size = minimumSize(node); this.graph.changed("resize"); } },
-      null,
-      { label: "Clone", disabled: node.missing, action: () => this.duplicateSelection() },
-      { label: "Remove", action: () => this.deleteSelection() },
-    ], event.clientX, event.clientY, { title: node.type });
+    showNodeMenu(this, node, event);
   }
 
-  slotMenu({ node, slot, isOutput }, event) {
-    const items = [];
-    const linked = isOutput ? node.outputs[slot].links?.length : node.inputs[slot].link != null;
-    items.push({ label: "Disconnect", disabled: !linked,
-      action: () => (isOutput ? this.graph.disconnectOutput(node, slot) : this.graph.disconnectInput(node, slot)) });
-    const type = isOutput ? node.outputs[slot].type : node.inputs[slot].type;
-    items.push({ label: "Add compatible node…", action: () => {
-      const screen = this.canvas.eventPoint(event);
-      const point = this.canvas.viewport.toGraph(...screen);
-      this.searchForLink({ node, slot, fromOutput: isOutput, type }, [point[0] + (isOutput ? 60 : -60), point[1]], screen);
-    } });
-    const name = isOutput ? node.outputs[slot].name : node.inputs[slot].name;
-    showMenu(items, event.clientX, event.clientY, { title: `${name} (${type})` });
+  slotMenu(slot, event) {
+    showSlotMenu(this, slot, event);
   }
 
   // ---------------------------------------------------------------- widgets (called by widgets/*.js)

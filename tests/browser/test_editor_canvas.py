@@ -227,3 +227,17 @@ def test_nodes_outside_the_view_are_not_drawn(editor):
     editor.frame()
     assert editor.js("loom.renderStats().nodes") == 2
     assert editor.js("loom.renderStats().lowDetail") is True  # zoomed out: boxes, straight links, no text
+
+
+def test_add_node_from_the_canvas_menu_categories(editor):
+    editor.js("loom.clear()")
+    editor.frame()
+    editor.mouse.click(600, 300, button="right")
+    editor.page.hover('.context-menu .menu-item[data-label="Add Node"]')
+    editor.page.hover('.context-menu .menu-item[data-label="latent"]')
+    editor.page.click('.context-menu .menu-item[data-label="Empty Latent Image"]')
+    editor.frame()
+    nodes = editor.js("loom.nodes()")
+    assert [n["type"] for n in nodes] == ["EmptyLatentImage"]
+    x, y = editor.js(f"loom.toClient({nodes[0]['pos'][0]}, {nodes[0]['pos'][1] - 30})")
+    assert (x, y) == pytest.approx((600, 300), abs=1)  # placed where the menu was opened

@@ -1,0 +1,92 @@
+/**
+ * What the right-click menus offer: on the canvas (add a node by category, search, view and file
+ * commands), on a node (title, collapse, colours, mode, size, clone, remove) and on a slot
+ * (disconnect, add a compatible node).
+ */
+import { minimumSize } from "../canvas/layout.js";
+import { NODE_COLORS } from "../graph/types.js";
+import { showMenu } from "./menus.js";
+
+export function showCanvasMenu(editor, graphPoint, event) {
+  const categories = () => {
+    const tree = new Map();
+    for (const def of editor.defs.all()) {
+      if (def.deprecated) continue;
+      const top = def.category.split("/")[0] || "other";
+      if (!tree.has(top)) tree.set(top, []);
+      tree.get(top).push(def);
+    }
+    return [...tree.keys()].sort().map((top) => ({
+      label: top,
+      submenu: () => categoryItems(editor, tree.get(top), top, graphPoint),
+    }));
+  };
+  const screen = editor.canvas.eventPoint(event);
+  showMenu([
+    { label: "Add Node", submenu: categories },
+    { label: "Search…", action: () => editor.openSearch(graphPoint, screen) },
+    null,
+    { label: "Fit view", action: () => { editor.canvas.fitView(); editor.viewChanged(); } },
+    { label: "Select all", action: () => { editor.canvas.selected = new Set(editor.graph.nodes); editor.canvas.setDirty(); } },
+    null,
+    { label: "New workflow", action: () => editor.newWorkflow() },
+    { label: "Clear canvas", action: () => editor.clearWorkflow() },
+    { label: "Open…", action: () => editor.openFileDialog() },
+    { label: "Save", action: () => editor.saveFile() },
+    { label: "Export (API)", action: () => editor.exportApi() },
+  ], event.clientX, event.clientY);
+}
+
+function categoryItems(editor, defs, prefix, graphPoint) {
+  const sub = new Map();
+  const leaves = [];
+  for (const def of defs) {
+    const rest = def.category.slice(prefix.length).replace(/^\//, "");
+    if (!rest) leaves.push(def);
+    else {
+      const key = rest.split("/")[0];
+      if (!sub.has(key)) sub.set(key, []);
+      sub.get(key).push(def);
+    }
+  }
+  return [
+    ...[...sub.keys()].sort().map((key) => ({
+      label: key, submenu: () => categoryItems(editor, sub.get(key), `${prefix}/${key}`, graphPoint),
+    })),
+    ...leaves.sort((a, b) => a.displayName.localeCompare(b.displayName))
+      .map((def) => ({ label: def.displayName, action: () => editor.addNode(def.type, graphPoint) })),
+  ];
+}
+
+export function showNodeMenu(editor, node, event) {
+  const colors = [{ label: "No colour", action: () => editor.setColor(node, null) },
+    ...Object.keys(NODE_COLORS).map((name) => ({ label: name.replace("_", " "), action: () => editor.setColor(node, name),
+      checked: node.color === NODE_COLORS[name].color }))];
+  const modes = [["Always", 0], ["Never (mute)", 2], ["Bypass", 4]]
+    .map(([label, mode]) => ({ label, checked: node.mode === mode, action: () => editor.setMode(node, mode) }));
+  showMenu([
+    { label: "Title…", action: () => editor.editTitle(node) },
+    { label: node.flags.collapsed ? "Expand" : "Collapse", action: () => editor.toggleCollapse(node) },
+    { label: "Colours", submenu: colors },
+    { label: "Mode", submenu: modes },
+    { label: "Fit size to content", action: () => { node.size = minimumSize(node); editor.graph.changed("resize"); } },
+    null,
+    { label: "Clone", disabled: node.missing, action: () => editor.duplicateSelection() },
+    { label: "Remove", action: () => editor.deleteSelection() },
+  ], event.clientX, event.clientY, { title: node.type });
+}
+
+export function showSlotMenu(editor, { node, slot, isOutput }, event) {
+  const items = [];
+  const linked = isOutput ? node.outputs[slot].links?.length : node.inputs[slot].link != null;
+  items.push({ label: "Disconnect", disabled: !linked,
+    action: () => (isOutput ? editor.graph.disconnectOutput(node, slot) : editor.graph.disconnectInput(node, slot)) });
+  const type = isOutput ? node.outputs[slot].type : node.inputs[slot].type;
+  items.push({ label: "Add compatible node…", action: () => {
+    const screen = editor.canvas.eventPoint(event);
+    const point = editor.canvas.viewport.toGraph(...screen);
+    editor.searchForLink({ node, slot, fromOutput: isOutput, type }, [point[0] + (isOutput ? 60 : -60), point[1]], screen);
+  } });
+  const name = isOutput ? node.outputs[slot].name : node.inputs[slot].name;
+  showMenu(items, event.clientX, event.clientY, { title: `${name} (${type})` });
+}
