@@ -15,6 +15,7 @@ tensor (in the VAE's space, like the input):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Sequence
 
@@ -110,5 +111,8 @@ def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[An
         bar.update_absolute(i + 1, preview)
 
     progress.check_interrupted()
-    samples = sampler(denoiser, x, sigmas, seed=int(seed), callback=on_step)
+    with contextlib.ExitStack() as patched:  # weight patches (LoRA) live only while this model samples
+        for patch in model.patches:
+            patched.enter_context(patch.applied(model))
+        samples = sampler(denoiser, x, sigmas, seed=int(seed), callback=on_step)
     return model.latent_format.process_out(samples.float()).cpu()
