@@ -74,15 +74,29 @@ def test_build_txt2img_with_the_mouse_and_run_it(editor, loom_server, tmp_path):
     page.screenshot(path=str(screenshot_path("editor-run.png", tmp_path)))
 
 
-def test_screenshot_of_the_default_workflow(editor, tmp_path):
+def test_screenshot_of_the_default_workflow(editor, loom_server, tmp_path):
+    """New workflow = the default txt2img graph; it runs as it is (at a tiny size) and shows its image."""
+    if not loom_server.checkpoint:
+        pytest.fail("tests/fixtures_checkpoints.py is missing: the tiny checkpoint cannot be built")
     editor.js("loom.newWorkflow()")
     editor.page.wait_for_function("loom.nodes().length === 7")
+    nodes = editor.js("loom.nodes()")
+    assert all(editor.js(f"loom.defs.get('{n['type']}') !== null") for n in nodes)
+    assert next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")["widgets"]["ckpt_name"] == loom_server.checkpoint
+    editor.js("""() => { const byType = (t) => loom.graph.nodes.find(n => n.type === t);
+        const latent = byType('EmptyLatentImage'); latent.widget('width').value = 64; latent.widget('height').value = 64;
+        const sampler = byType('KSampler'); sampler.widget('steps').value = 2; sampler.widget('seed').value = 7;
+        sampler.widget('control_after_generate').value = 'fixed'; }""")
+    save = next(n["id"] for n in nodes if n["type"] == "SaveImage")
+    editor.page.click("#btn-queue")
+    editor.page.wait_for_function(f"loom.nodeState({save}).images.length > 0 && loom.nodeState({save}).images[0].loaded",
+                                  timeout=150000)
     editor.page.evaluate("document.querySelectorAll('.toast').forEach(t => t.remove())")
+    editor.keyboard.press(".")
     editor.frame()
     path = screenshot_path("editor.png", tmp_path)
     editor.page.screenshot(path=str(path))
     from PIL import Image
     with Image.open(path) as shot:
         colours = shot.convert("RGB").resize((140, 82)).getcolors(140 * 82)
-    assert colours and len(colours) > 20  # nodes, links and text were drawn, not a blank canvas
-    assert all(not n["type"] or editor.js(f"loom.defs.get('{n['type']}') !== null") for n in editor.js("loom.nodes()"))
+    assert colours and len(colours) > 20  # nodes, links, text and the image were drawn, not a blank canvas
