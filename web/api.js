@@ -73,8 +73,10 @@ export class Api extends EventTarget {
   }
 
   /** Queue a prompt; resolves to `{ prompt_id, number, node_errors }`, throws ApiError (with body) on 400. */
-  queuePrompt(prompt, workflow) {
-    return this.postJson("/prompt", { prompt, client_id: this.clientId, extra_data: { extra_pnginfo: { workflow } } });
+  queuePrompt(prompt, workflow, { front = false } = {}) {
+    const body = { prompt, client_id: this.clientId, extra_data: { extra_pnginfo: { workflow } } };
+    if (front) body.front = true;
+    return this.postJson("/prompt", body);
   }
 
   interrupt() {

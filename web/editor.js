@@ -201,8 +201,9 @@ export class Editor {
 
   // ---------------------------------------------------------------- running
 
-  async queue() {
-    return this.execution.queue(this.serializeWorkflow());
+  /** Queue the workflow; `front` puts it before everything already waiting (Ctrl+Shift+Enter). */
+  async queue({ front = false } = {}) {
+    return this.execution.queue(this.serializeWorkflow(), { front });
   }
 
   interrupt() {

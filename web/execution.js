@@ -57,7 +57,7 @@ export class Execution extends EventTarget {
    * Convert and queue the current workflow. Returns the server's reply, or null when the prompt was
    * refused (errors are then shown on the nodes).
    */
-  async queue(workflow) {
+  async queue(workflow, { front = false } = {}) {
     this.clearRunState();
     let prompt;
     try {
@@ -73,7 +73,7 @@ export class Execution extends EventTarget {
       return null;
     }
     try {
-      const result = await this.api.queuePrompt(prompt, workflow);
+      const result = await this.api.queuePrompt(prompt, workflow, { front });
       this.lastResult = result;
       this.promptId = result.prompt_id;
       if (result.node_errors && Object.keys(result.node_errors).length) this.showNodeErrors(result.node_errors);

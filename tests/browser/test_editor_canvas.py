@@ -241,3 +241,14 @@ def test_add_node_from_the_canvas_menu_categories(editor):
     assert [n["type"] for n in nodes] == ["EmptyLatentImage"]
     x, y = editor.js(f"loom.toClient({nodes[0]['pos'][0]}, {nodes[0]['pos'][1] - 30})")
     assert (x, y) == pytest.approx((600, 300), abs=1)  # placed where the menu was opened
+
+
+def test_hovering_a_slot_or_widget_shows_its_tooltip(editor):
+    image, save = small_graph(editor)
+    editor.mouse.move(*editor.point("slotPoint", save, "input", "images"))
+    assert editor.js("document.getElementById('graph').title").startswith("images (IMAGE)")
+    editor.mouse.move(*editor.point("widgetPoint", save, "filename_prefix"))
+    tooltip = editor.js(f"loom.graph.getNode({save}).widget('filename_prefix').tooltip") or ""
+    assert editor.js("document.getElementById('graph').title") == tooltip
+    editor.mouse.move(1300, 780)
+    assert editor.js("document.getElementById('graph').title") == ""

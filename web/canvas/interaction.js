@@ -125,6 +125,26 @@ export class Interaction {
     canvas.setDirty();
   }
 
+  /** The browser's own tooltip (the canvas `title`) for the slot, widget or node title under the pointer. */
+  #showTooltip(point) {
+    const canvas = this.canvas;
+    let text = "";
+    const slot = canvas.slotAt(...point);
+    if (slot) {
+      const item = slot.isOutput ? slot.node.outputs[slot.slot] : slot.node.inputs[slot.slot];
+      const spec = slot.isOutput ? null : slot.node.def?.sockets.find((s) => s.name === item.name);
+      text = [`${item.name} (${item.type})`, spec?.tooltip].filter(Boolean).join("\n");
+    } else {
+      const node = canvas.nodeAt(...point);
+      if (node) {
+        const { part, widget } = canvas.partAt(node, ...point);
+        if (part === "widget") text = widget.tooltip || "";
+        else if (part === "title") text = node.def?.description || "";
+      }
+    }
+    if (canvas.element.title !== text) canvas.element.title = text;
+  }
+
   #startLink(node, slot, fromOutput, point, detached) {
     const type = fromOutput ? node.outputs[slot].type : node.inputs[slot].type;
     this.canvas.dragLink = { node, slot, fromOutput, type, pos: point, detached };
@@ -136,7 +156,10 @@ export class Interaction {
     const screen = this.canvas.eventPoint(event);
     this.lastPointer = screen;
     const drag = this.drag;
-    if (!drag) return;
+    if (!drag) {
+      this.#showTooltip(this.canvas.viewport.toGraph(...screen));
+      return;
+    }
     const canvas = this.canvas;
     const point = canvas.viewport.toGraph(...screen);
     switch (drag.kind) {
@@ -300,7 +323,8 @@ export class Interaction {
     const editor = this.editor;
     const ctrl = event.ctrlKey || event.metaKey;
     if (event.code === "Space") { this.spaceDown = true; return; }
-    if (ctrl && event.key === "Enter") { event.preventDefault(); editor.queue(); return; }
+    if (ctrl && event.altKey && event.key === "Enter") { event.preventDefault(); editor.interrupt(); return; }
+    if (ctrl && event.key === "Enter") { event.preventDefault(); editor.queue({ front: event.shiftKey }); return; }
     if (ctrl && (event.key === "s" || event.key === "S")) { event.preventDefault(); editor.saveFile(); return; }
     if (ctrl && (event.key === "o" || event.key === "O")) { event.preventDefault(); editor.openFileDialog(); return; }
     if (ctrl && (event.key === "a" || event.key === "A")) {
