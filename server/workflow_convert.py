@@ -132,7 +132,7 @@ class _Scope:
         for candidate in inputs:
             if candidate.get("name") == wanted.get("name"):
                 return candidate
-        names = {s.get("name") for s in self.graph.inputs}
+        names = [s.get("name") for s in self.graph.inputs]
         if 0 <= slot < len(inputs) and inputs[slot].get("name") not in names:
             return inputs[slot]
         return None
@@ -163,10 +163,17 @@ class Converter:
     # ---- entry point -----------------------------------------------------------------------
 
     def convert(self) -> ConversionResult:
-        root = build_graph(self.workflow, "workflow", self.warnings)
-        self._emit_graph(_Scope(root))
+        try:
+            root = build_graph(self.workflow, "workflow", self.warnings)
+            self._emit_graph(_Scope(root))
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as error:
+            if isinstance(error, WorkflowError):
+                raise
+            # a shape no rule above foresaw: still an answer about the file, not a traceback
+            raise WorkflowError(f"malformed workflow ({type(error).__name__}: {error})") from error
         if self.problems:
-            raise WorkflowError(_problems_message(self.problems), self.problems)
+            unique = list({(p["node_id"], p["message"]): p for p in self.problems}.values())
+            raise WorkflowError(_problems_message(unique), unique)
         self._drop_links_to_missing_nodes()
         return ConversionResult(self.prompt, self.warnings)
 

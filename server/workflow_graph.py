@@ -8,6 +8,7 @@ keeping ``links[]`` as the authority on a link's ends and skipping malformed ent
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +95,7 @@ def parse_links(raw: Any, label: str, warnings: list[str]) -> dict[Any, Link]:
             else:
                 raise ValueError("not a link")
         except (KeyError, ValueError, TypeError):
-            warnings.append(f"{label}: ignored malformed link {json.dumps(entry, default=str)[:80]}")
+            warnings.append(f"{label}: ignored malformed link {reprlib.repr(entry)}")
             continue
         existing = links.get(link.id)
         if existing is not None and existing != link:
@@ -121,8 +122,14 @@ def build_graph(raw: dict[str, Any], label: str, warnings: list[str]) -> Graph:
         nodes[node_id] = node
     ordered = sorted(nodes.items(), key=lambda item: order_key(item[1]))
     return Graph(label, dict(ordered), parse_links(raw.get("links"), label, warnings),
-                  [s for s in list_at(raw, "inputs") if isinstance(s, dict)],
-                  [s for s in list_at(raw, "outputs") if isinstance(s, dict)])
+                  _boundary_slots(raw, "inputs"), _boundary_slots(raw, "outputs"))
+
+
+def _boundary_slots(raw: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """A subgraph's input or output slots, with a text ``name`` and ``type`` each."""
+    return [dict(slot, name=slot.get("name") if isinstance(slot.get("name"), str) else "",
+                 type=type_text(slot.get("type")))
+            for slot in list_at(raw, key) if isinstance(slot, dict)]
 
 
 def order_key(node: dict[str, Any]) -> float:

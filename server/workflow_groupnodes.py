@@ -49,6 +49,8 @@ def group_node_graph(definition: dict[str, Any], instance: dict[str, Any], regis
         origin, origin_slot, target, target_slot = (slot_index(v) for v in entry[:4])
         if origin not in by_index or target not in by_index:
             raise ValueError(f"internal link {list(entry)} names an inner node that does not exist")
+        if origin_slot < 0 or target_slot < 0:
+            raise ValueError(f"internal link {list(entry)} has a negative slot")
         inputs = by_index[target]["inputs"]
         while len(inputs) <= target_slot:
             inputs.append({"name": f"input_{len(inputs)}", "type": "*", "link": None})
