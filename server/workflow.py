@@ -73,7 +73,13 @@ def to_api(workflow: "LoadedWorkflow | dict[str, Any]", registry: NodeRegistry) 
     """The API prompt for a loaded file or a parsed JSON document in either format."""
     if isinstance(workflow, LoadedWorkflow):
         if workflow.ui is not None:
-            return ui_to_api(workflow.ui, registry).prompt
+            try:
+                return ui_to_api(workflow.ui, registry).prompt
+            except WorkflowError:
+                # an image also carries the prompt that actually ran: it needs none of the editor-only
+                # nodes (custom reroutes, widgets...) that may have made the graph unconvertible here
+                if workflow.api is None:
+                    raise
         if workflow.api is not None:
             return copy.deepcopy(workflow.api)
         raise WorkflowError(f"{workflow.path or 'file'}: holds no workflow")
@@ -85,11 +91,23 @@ def to_api(workflow: "LoadedWorkflow | dict[str, Any]", registry: NodeRegistry) 
 
 
 def parse_workflow_json(document: Any, where: str = "JSON") -> LoadedWorkflow:
-    """Classify a parsed JSON document as a UI or API workflow, or raise "not a workflow"."""
+    """Classify a parsed JSON document as a UI or API workflow, or raise "not a workflow".
+
+    Also accepted: a saved ``POST /prompt`` body (``{"prompt": api, "extra_data": {"extra_pnginfo":
+    {"workflow": ui}}}``) and a ``{"workflow": ui}`` wrapper.
+    """
     if is_ui_format(document):
         return LoadedWorkflow(ui=document, api=None, source="json")
     if is_api_format(document):
         return LoadedWorkflow(ui=None, api=document, source="json")
+    if isinstance(document, dict):
+        extra = document.get("extra_data") if isinstance(document.get("extra_data"), dict) else {}
+        pnginfo = extra.get("extra_pnginfo") if isinstance(extra.get("extra_pnginfo"), dict) else {}
+        ui = document.get("workflow", pnginfo.get("workflow"))
+        api = document.get("prompt")
+        ui, api = (ui if is_ui_format(ui) else None), (api if is_api_format(api) else None)
+        if ui is not None or api is not None:
+            return LoadedWorkflow(ui=ui, api=api, source="json")
     raise WorkflowError(f"{where}: not a workflow: {_shape(document)}")
 
 

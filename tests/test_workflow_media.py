@@ -7,13 +7,13 @@ import struct
 import zlib
 
 import pytest
-
-try:  # tests/ on sys.path as a folder (no __init__.py) or as the package ``tests``
-    from fixtures_workflow import FIXTURES, core_registry, load_fixture
-except ModuleNotFoundError:
-    from tests.fixtures_workflow import FIXTURES, core_registry, load_fixture
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+try:  # tests/ on sys.path as a folder (no __init__.py) or as the package ``tests``
+    from fixtures_workflow import FIXTURES, core_registry, load_fixture, node
+except ModuleNotFoundError:
+    from tests.fixtures_workflow import FIXTURES, core_registry, load_fixture, node
 
 from server.workflow import (WorkflowError, embed_png_metadata, load_workflow_file, read_image_metadata, to_api)
 from server.workflow_media import read_exif_text
@@ -171,3 +171,23 @@ def test_hand_written_text_chunk_with_compression_bomb_is_refused(monkeypatch):
     chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
     data = _png()
     assert read_image_metadata(data[:33] + chunk + data[33:]) == {}
+
+
+def test_saved_prompt_request_body_and_workflow_wrapper(tmp_path):
+    body = tmp_path / "request.json"
+    body.write_text(json.dumps({"client_id": "abc", "prompt": API, "extra_data": {"extra_pnginfo": {"workflow": UI}}}))
+    loaded = load_workflow_file(body)
+    assert (loaded.ui, loaded.api) == (UI, API)
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"workflow": UI}))
+    assert load_workflow_file(wrapped).ui == UI
+
+
+def test_image_whose_graph_needs_editor_only_nodes_runs_its_prompt(tmp_path):
+    ui = json.loads(json.dumps(UI))
+    ui["nodes"].append(node(50, "Fast Muter (someone's pack)", widgets=[]))
+    path = tmp_path / "custom.png"
+    path.write_bytes(_png(embed_png_metadata({"prompt": API, "workflow": ui})))
+    assert to_api(load_workflow_file(path), core_registry()) == API
+    with pytest.raises(WorkflowError, match="Fast Muter"):
+        to_api(load_workflow_file(path).ui, core_registry())
