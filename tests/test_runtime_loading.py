@@ -1,6 +1,7 @@
 """Loading single-file checkpoints: family detection, exact weights, clear errors, the model cache."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -100,6 +101,19 @@ def test_prediction_override_wins(tiny_checkpoints):
     assert detected.prediction == "v" and detected.prediction_source == "override"
     with pytest.raises(ValueError, match="prediction"):
         checkpoint.inspect_checkpoint(tiny_checkpoints["sd1"], prediction="flow")
+
+
+def test_sdxl_marker_keys_set_v_prediction_and_zero_terminal_snr(tmp_path):
+    state = build_state_dict("sdxl")
+    state["v_pred"] = torch.tensor([])
+    state["ztsnr"] = torch.tensor([])
+    model = checkpoint.load_checkpoint(_save(tmp_path / "vpred.safetensors", state), use_cache=False)[0]
+    assert model.sampling.prediction == "v" and model.options["prediction_source"] == "marker key"
+    detected = checkpoint.inspect_checkpoint(tmp_path / "vpred.safetensors")
+    assert detected.zero_terminal_snr
+    plain = families.model_sampling(dataclasses.replace(detected, zero_terminal_snr=False))
+    torch.testing.assert_close(model.sampling.sigmas[0], plain.sigmas[0], rtol=2e-3, atol=0)
+    assert float(model.sampling.sigma_max) > 4000 > float(plain.sigma_max)  # zero terminal SNR: huge last sigma
 
 
 def _save(path: Path, state: dict) -> Path:

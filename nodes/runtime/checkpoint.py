@@ -28,7 +28,7 @@ import torch
 
 from nodes.runtime import devices, families, model_cache
 from nodes.runtime.families import Detected, TextEncoderSlot
-from nodes.runtime.model_types import DiffusionModel, ModelSampling, TextEncoderModel, VAEModel
+from nodes.runtime.model_types import DiffusionModel, TextEncoderModel, VAEModel
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +427,7 @@ def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, outp
         timings["unet"] = time.perf_counter() - t
         diffusion = DiffusionModel(
             unet=unet, family=family.name,
-            sampling=ModelSampling.scaled_linear(prediction=detected.prediction),
+            sampling=families.model_sampling(detected),
             latent_format=family.latent_format,
             options={"source": str(path), "prediction_source": detected.prediction_source,
                      "adm": family.adm, "unet_config": unet_cfg},

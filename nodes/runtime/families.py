@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from nodes.runtime.model_types import LatentFormat
+from nodes.runtime.model_types import LatentFormat, ModelSampling
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -79,6 +79,7 @@ class Detected:
     unet_prefix: str | None
     vae_prefix: str | None
     text_encoders: list[TextEncoderSlot] = field(default_factory=list)
+    zero_terminal_snr: bool = False    # a ``ztsnr`` marker key: sigmas rescaled to zero terminal SNR
 
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -151,7 +152,24 @@ def detect(shapes: Shapes, read: Callable[[str], Any] | None = None, *, predicti
     _check_context_dim(shapes, unet_prefix, family, encoders, source)
     chosen, why = _prediction(shapes, read, unet_prefix, family, prediction)
     return Detected(family=family, prediction=chosen, prediction_source=why, unet_prefix=unet_prefix,
-                    vae_prefix=vae_prefix, text_encoders=encoders)
+                    vae_prefix=vae_prefix, text_encoders=encoders, zero_terminal_snr="ztsnr" in shapes)
+
+
+def model_sampling(detected: Detected) -> ModelSampling:
+    """The noise schedule: SD's scaled-linear betas, rescaled to zero terminal SNR when the file says so."""
+    if not detected.zero_terminal_snr:
+        return ModelSampling.scaled_linear(prediction=detected.prediction)
+    import torch
+
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    alphas_bar = root ** 2
+    alphas_bar[-1] = 4.8973451890853435e-08  # ComfyUI's floor: keeps the last sigma finite
+    sigmas = ((1 - alphas_bar) / alphas_bar) ** 0.5
+    return ModelSampling(sigmas=sigmas.float(), prediction=detected.prediction)
 
 
 def _family_from_unet_shapes(shapes: Shapes, prefix: str) -> str | None:
