@@ -173,3 +173,12 @@ def test_widget_promoted_through_two_levels(registry):
     prompt = ui_to_api(ui, registry).prompt
     assert prompt["9:2:1"]["inputs"] == {"a": "hello", "b": "?", "separator": ""}
     assert prompt["10:2:1"]["inputs"] == {"a": "middle", "b": "?", "separator": ""}  # nothing saved on 10
+
+
+def test_flattened_subgraphs_run_headless(registry):
+    from server.executor import Executor
+    prompt = ui_to_api(load_fixture("subgraphs_nested.json"), registry).prompt
+    result = Executor(registry).execute(prompt, "subgraphs")
+    assert result.status == "success", result.error
+    assert {node_id: ui["text"] for node_id, ui in result.outputs.items()} == {
+        "20": ["105: first!"], "21": ["105: second!"], "22": ["105 / third!"], "23": ["100"]}
