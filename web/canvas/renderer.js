@@ -45,6 +45,7 @@ export class Renderer {
     ctx.translate(viewport.offset[0], viewport.offset[1]);
     const visible = viewport.visibleRect(width, height);
     this.#drawGrid(ctx, visible);
+    this.#drawGroups(ctx, visible, lowDetail);
     this.visibleNodes = this.view.graph.nodes.filter((node) => intersects(nodeBounds(node), visible));
     this.#drawLinks(ctx, visible, lowDetail);
     for (const node of this.visibleNodes) this.#drawNode(ctx, node, lowDetail);
@@ -85,6 +86,33 @@ export class Renderer {
     for (let gy = Math.floor(y / 100) * 100; gy < y + h; gy += 100) { ctx.moveTo(x, gy); ctx.lineTo(x + w, gy); }
     ctx.strokeStyle = GRID_MAJOR;
     ctx.stroke();
+  }
+
+  /** Groups of a loaded workflow: a tinted rectangle with its title (editing them comes with part 2). */
+  #drawGroups(ctx, visible, lowDetail) {
+    for (const group of this.view.graph.groups) {
+      const bounding = group.bounding;
+      if (!Array.isArray(bounding) || bounding.length < 4 || !intersects(bounding, visible)) continue;
+      const [x, y, w, h] = bounding;
+      const color = group.color || "#3f789e";
+      const fontSize = group.font_size || 24;
+      ctx.globalAlpha = 0.25;
+      ctx.fillStyle = color;
+      ctx.beginPath();
+      if (lowDetail) ctx.rect(x, y, w, h);
+      else ctx.roundRect(x, y, w, h, 6);
+      ctx.fill();
+      ctx.globalAlpha = 1;
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 1;
+      ctx.stroke();
+      if (lowDetail) continue;
+      ctx.font = `${fontSize}px Arial, sans-serif`;
+      ctx.textAlign = "left";
+      ctx.textBaseline = "top";
+      ctx.fillStyle = color;
+      ctx.fillText(fitText(group.title || "", ctx.font, w - 16), x + 8, y + 6);
+    }
   }
 
   #drawLinks(ctx, visible, lowDetail) {
