@@ -17,7 +17,7 @@ DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm"
 FIRST_ORDER = {"euler", "ddim", "heunpp2", "gradient_estimation"}
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
               "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "ddpm", "lcm", "res_multistep_ancestral", "er_sde", "seeds_2",
-              "seeds_3"]
+              "seeds_3", "sa_solver", "sa_solver_pece"]
 
 
 def _start(sigmas: torch.Tensor, seed: int = 0, shape=(1, 4, 8, 8)) -> torch.Tensor:

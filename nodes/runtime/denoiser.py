@@ -253,6 +253,7 @@ class GuidedDenoiser:
                  latent_shape: Sequence[int], *, disable_cfg1_optimization: bool = False,
                  keep_uncond: bool = False) -> None:
         self.model = model
+        self.sampling = model.sampling  # samplers may read the model's sigma table
         self.cfg = float(cfg)
         self.disable_cfg1_optimization = disable_cfg1_optimization
         self.keep_uncond = keep_uncond

@@ -932,6 +932,103 @@ def sample_seeds_3(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
 
 
 # --------------------------------------------------------------------------------------------
+# SA-Solver (Xue et al. 2023, arXiv 2309.05019): stochastic Adams predictor-corrector
+# --------------------------------------------------------------------------------------------
+
+def _exponential_coeffs(s: torch.Tensor, t: torch.Tensor, order: int, tau: float) -> torch.Tensor:
+    """(1 + tau^2) * integral_s^t exp((1 + tau^2) x) x^p dx for p < order, with exp((1 + tau^2) t) factored out."""
+    tau_mul = 1 + tau ** 2
+    h = t - s
+    p = torch.arange(order, dtype=s.dtype, device=s.device)
+    product_terms = t ** p - s ** p * (-tau_mul * h).exp()
+    depth = p.unsqueeze(1) - p.unsqueeze(0)
+    log_factorial = (p + 1).lgamma()
+    coeffs = log_factorial.unsqueeze(1) - log_factorial.unsqueeze(0)
+    if tau > 0:
+        coeffs = coeffs - depth * math.log(tau_mul)
+    signs = torch.where(depth % 2 == 0, 1.0, -1.0)
+    return (coeffs.exp() * signs).tril() @ product_terms
+
+
+def _adams_b_coeffs(sigma_next: torch.Tensor, lambdas: torch.Tensor, lambda_s: torch.Tensor,
+                    lambda_t: torch.Tensor, tau: float) -> torch.Tensor:
+    """The b_i weights of the Lagrange interpolation through ``lambdas`` (SA-Solver eqs. 15 and 18)."""
+    n = lambdas.shape[0]
+    integrals = torch.linalg.solve(torch.vander(lambdas, n, increasing=True).T,
+                                   _exponential_coeffs(lambda_s, lambda_t, n, tau))
+    return sigma_next * lambda_t.exp() * integrals
+
+
+@torch.no_grad()
+def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                     callback: Callback | None = None, s_noise: float = 1.0,
+                     noise_sampler: NoiseSampler | None = None, predictor_order: int = 3, corrector_order: int = 4,
+                     use_pece: bool = False) -> torch.Tensor:
+    """SA-Solver, stochastic (tau = 1) between 20 % and 80 % of the model's sigma range, as ComfyUI's default."""
+    if len(sigmas) <= 1:
+        return x
+    from nodes.runtime.model_types import ModelSampling
+
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    lambdas = _t_fn(sigmas)
+    table = getattr(model, "sampling", None) or ModelSampling.scaled_linear()  # the model's training sigmas
+    start_sigma = float(table.sigma(torch.tensor(0.8 * 999.0)))
+    end_sigma = float(table.sigma(torch.tensor(0.2 * 999.0)))
+
+    def tau_func(sigma: torch.Tensor) -> float:
+        return 1.0 if start_sigma >= float(sigma) >= end_sigma else 0.0
+
+    max_order = max(predictor_order, corrector_order)
+    x_pred = x
+    h: Any = 0.0
+    tau_t = 0.0
+    noise: Any = 0.0
+    preds: list[torch.Tensor] = []
+    lower_order_to_end = float(sigmas[-1]) == 0
+    for i in range(len(sigmas) - 1):
+        denoised = model(x_pred, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x_pred)
+        preds.append(denoised)
+        preds = preds[-max_order:]
+        p_order = min(predictor_order, len(preds))
+        c_order = 0 if i == 0 or (sigmas[i + 1] == 0 and not use_pece) else min(corrector_order, len(preds))
+        if lower_order_to_end:
+            p_order = min(p_order, len(sigmas) - 2 - i)
+            c_order = min(c_order, len(sigmas) - 1 - i)
+        if c_order == 0:
+            x = x_pred
+        else:
+            b = _adams_b_coeffs(sigmas[i], lambdas[i - c_order + 1:i + 1], lambdas[i - 1], lambdas[i], tau_t)
+            corr = torch.tensordot(torch.stack(preds[-c_order:], dim=1), b, dims=([1], [0]))
+            x = sigmas[i] / sigmas[i - 1] * (-(tau_t ** 2) * h).exp() * x + corr
+            if tau_t > 0 and s_noise > 0:
+                x = x + noise  # the predictor step's noise
+            if use_pece:
+                denoised = model(x, sigmas[i] * s_in)
+                preds[-1] = denoised
+        if sigmas[i + 1] == 0:
+            x_pred = denoised
+        else:
+            tau_t = tau_func(sigmas[i + 1])
+            b = _adams_b_coeffs(sigmas[i + 1], lambdas[i - p_order + 1:i + 1], lambdas[i], lambdas[i + 1], tau_t)
+            pred = torch.tensordot(torch.stack(preds[-p_order:], dim=1), b, dims=([1], [0]))
+            h = lambdas[i + 1] - lambdas[i]
+            x_pred = sigmas[i + 1] / sigmas[i] * (-(tau_t ** 2) * h).exp() * x + pred
+            if tau_t > 0 and s_noise > 0:
+                noise = noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * \
+                    (-2 * tau_t ** 2 * h).expm1().neg().sqrt() * s_noise
+                x_pred = x_pred + noise
+    return x_pred
+
+
+@torch.no_grad()
+def sample_sa_solver_pece(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """SA-Solver in predict-evaluate-correct-evaluate mode (one more evaluation per step)."""
+    return sample_sa_solver(model, x, sigmas, use_pece=True, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
 # CFG++ samplers (Chung et al. 2024): step along the unconditional prediction, re-add the guided one
 # --------------------------------------------------------------------------------------------
 # They read ``model.uncond_denoised`` after each call; the loop asks the denoiser to keep it (and to
@@ -1212,6 +1309,8 @@ SAMPLERS: dict[str, Sampler] = {
     "er_sde": sample_er_sde,
     "seeds_2": sample_seeds_2,
     "seeds_3": sample_seeds_3,
+    "sa_solver": sample_sa_solver,
+    "sa_solver_pece": sample_sa_solver_pece,
     "uni_pc": sample_uni_pc,
     "uni_pc_bh2": sample_uni_pc_bh2,
     "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (the same update for eps models), with random inpaint noise
