@@ -96,32 +96,38 @@ class StateDictFile:
                                   f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)}")
 
     def _open_safetensors(self) -> None:
-        # The header is parsed here and each tensor read with one positioned read into its own
-        # buffer: several times faster than page-faulting through a memory map, and a tensor
-        # whose dtype already fits is used as read, without a copy.
+        # The header is parsed here and tensors are read with positioned reads (see read_prefixed):
+        # several times faster than page-faulting through a memory map.
         try:
             self._file = open(self.path, "rb", buffering=0)
+            file_size = os.fstat(self._file.fileno()).st_size
             header_size = struct.unpack("<Q", self._file.read(8))[0]
-            if header_size > 100_000_000 or header_size > self.path.stat().st_size:
+            if header_size > min(100_000_000, file_size - 8):
                 raise ValueError(f"header length {header_size} is impossible")
             header = json.loads(self._file.read(header_size))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
         except (OSError, ValueError, struct.error) as exc:
+            self.close()
             raise CheckpointError(f"{self.path.name} is not a readable safetensors file "
                                   f"(truncated or corrupt?): {exc}") from exc
         self.metadata = dict(header.pop("__metadata__", None) or {})
         data_start = 8 + header_size
-        file_size = self.path.stat().st_size
-        self.shapes = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
         self._locations: dict[str, tuple[torch.dtype, int, int]] = {}
         for key, info in header.items():
             try:
                 dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-                begin, end = info["data_offsets"]
+                begin, end = (int(n) for n in info["data_offsets"])
                 shape = tuple(int(n) for n in info["shape"])
+                if end - begin != math.prod(shape) * dtype.itemsize or begin < 0:
+                    raise ValueError("the byte range does not fit the shape")
             except (KeyError, TypeError, ValueError) as exc:
+                self.close()
                 raise CheckpointError(f"{self.path.name}: tensor {key!r} has an unreadable header entry "
-                                      f"{info!r}") from exc
+                                      f"{info!r}: {exc}") from exc
             if data_start + end > file_size:
+                self.close()
                 raise CheckpointError(f"{self.path.name} is truncated: tensor {key!r} ends past the end of the file")
             self.shapes[key] = shape
             self._locations[key] = (dtype, data_start + begin, end - begin)
