@@ -182,3 +182,12 @@ def test_flattened_subgraphs_run_headless(registry):
     assert result.status == "success", result.error
     assert {node_id: ui["text"] for node_id, ui in result.outputs.items()} == {
         "20": ["105: first!"], "21": ["105: second!"], "22": ["105 / third!"], "23": ["100"]}
+
+
+def test_older_group_node_separator_and_mismatched_values():
+    ui = load_fixture("group_node_legacy.json")
+    ui["nodes"][0]["type"] = "workflow/ksampler_group"
+    assert ui_to_api(ui, core_registry()).prompt["10:3"]["inputs"]["seed"] == 42424242
+    ui["nodes"][0]["widgets_values"] = ui["nodes"][0]["widgets_values"][:-1]
+    with pytest.raises(WorkflowError, match="saves 9 widget values but its inner nodes hold 10"):
+        ui_to_api(ui, core_registry())
