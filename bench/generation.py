@@ -116,7 +116,7 @@ def main() -> int:
     if not first.ok:
         print(f"Loom run failed: {first.error}", file=sys.stderr)
         return 1
-    print(f"first run (load + encode + sample + decode): {time.perf_counter() - started:.1f} s")
+    print(f"first run (load + encode + sample + decode): {time.perf_counter() - started:.1f} s", flush=True)
 
     from nodes.runtime.checkpoint import load_checkpoint
     from nodes.runtime.text_encoding import encode_text
@@ -136,7 +136,8 @@ def main() -> int:
         started = time.perf_counter()
         bare_loop(model, vae, positive, negative, seed, args.steps, args.size)
         bare_times.append(time.perf_counter() - started)
-        print(f"run {repeat + 1}: loom {loom_times[-1]:.2f} s (ran nodes {sorted(ran)}), bare {bare_times[-1]:.2f} s")
+        print(f"run {repeat + 1}: loom {loom_times[-1]:.2f} s (ran nodes {sorted(ran)}), bare {bare_times[-1]:.2f} s",
+              flush=True)
 
     loom, bare = statistics.median(loom_times), statistics.median(bare_times)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
