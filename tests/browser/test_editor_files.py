@@ -203,3 +203,16 @@ def test_every_example_and_fixture_workflow_round_trips(editor):
         assert saved["version"] == 0.4
         assert saved["last_node_id"] >= max(n["id"] for n in original["nodes"] if isinstance(n["id"], int))
         assert _normalised(saved) == _normalised(original), path.name
+
+
+def test_groups_of_a_loaded_workflow_are_drawn_and_kept(editor):
+    group = {"id": 1, "title": "Inputs", "bounding": [0, 0, 400, 300], "color": "#b58b2a", "font_size": 24, "flags": {}}
+    workflow = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [group], "config": {},
+                "extra": {"ds": {"scale": 1, "offset": [50, 50]}}, "version": 0.4}
+    editor.js("(w) => loom.load(w)", workflow)
+    editor.frame()
+    x, y = editor.js("loom.toClient(200, 200)")
+    red, green, blue = editor.js("""([x, y]) => { const c = document.getElementById('graph'); const r = c.getBoundingClientRect();
+        const d = c.getContext('2d').getImageData(x - r.left, y - r.top, 1, 1).data; return [d[0], d[1], d[2]]; }""", [x, y])
+    assert red > green > blue and red - blue > 20  # tinted with the group's colour
+    assert editor.workflow()["groups"] == [group]
