@@ -18,7 +18,7 @@ from typing import Any
 
 from nodes.schema import NodeRegistry
 from server.workflow_convert import ConversionResult, Converter, WorkflowError
-from server.workflow_media import PNG_SIGNATURE, embed_png_metadata, read_image_metadata
+from server.workflow_media import PNG_SIGNATURE, embed_png_metadata, is_webp, read_image_metadata
 
 __all__ = [
     "ConversionResult", "LoadedWorkflow", "WorkflowError", "embed_png_metadata", "is_api_format",
@@ -28,7 +28,7 @@ __all__ = [
 
 @dataclass
 class LoadedWorkflow:
-    """What a workflow file held: the UI graph and/or the API prompt, and the kind of file (json/png/webp)."""
+    """What a workflow file held: the UI graph and/or the API prompt, and the kind of file (json/png/webp/image)."""
 
     ui: dict[str, Any] | None
     api: dict[str, Any] | None
@@ -112,25 +112,27 @@ def parse_workflow_json(document: Any, where: str = "JSON") -> LoadedWorkflow:
 
 
 def load_workflow_file(path: str | Path) -> LoadedWorkflow:
-    """Read a UI JSON, API JSON, or PNG/WebP with an embedded workflow (``workflow`` preferred to ``prompt``)."""
+    """Read a UI JSON, API JSON, or an image with an embedded workflow (``workflow`` preferred to ``prompt``)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as error:
         raise WorkflowError(f"{path}: cannot read: {error.strerror or error}") from None
-    if data.startswith(PNG_SIGNATURE) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+    if data.startswith(PNG_SIGNATURE) or is_webp(data):
         return _load_image(data, path)
     try:
         document = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as error:
-        raise WorkflowError(f"{path}: neither JSON nor a PNG/WebP image ({error})") from None
+        if read_image_metadata(data):  # an image of another kind with text metadata (JPEG, AVIF, ...)
+            return _load_image(data, path)
+        raise WorkflowError(f"{path}: neither JSON nor an image with a workflow ({error})") from None
     loaded = parse_workflow_json(document, str(path))
     loaded.path = str(path)
     return loaded
 
 
 def _load_image(data: bytes, path: Path) -> LoadedWorkflow:
-    kind = "png" if data.startswith(PNG_SIGNATURE) else "webp"
+    kind = "png" if data.startswith(PNG_SIGNATURE) else "webp" if is_webp(data) else "image"
     metadata = read_image_metadata(data)
     ui = _embedded_json(metadata.get("workflow"), is_ui_format)
     api = _embedded_json(metadata.get("prompt"), is_api_format)

@@ -21,12 +21,46 @@ _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8,
 
 
 def read_image_metadata(data: bytes) -> dict[str, str]:
-    """Text metadata of a PNG or WebP image as ``{key: text}``; ``{}`` when there is none or it is not one."""
+    """Text metadata of an image as ``{key: text}``; ``{}`` when there is none or it is not an image.
+
+    PNG and WebP are scanned here; other formats Pillow can open (JPEG, AVIF, TIFF...) give their EXIF
+    ``key:value`` strings and text info.
+    """
     if data.startswith(PNG_SIGNATURE):
         return read_png_text(data)
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    if is_webp(data):
         return read_webp_exif_text(data)
-    return {}
+    return _read_with_pillow(data)
+
+
+def is_webp(data: bytes) -> bool:
+    return len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def _read_with_pillow(data: bytes) -> dict[str, str]:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    found: dict[str, str] = {}
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            exif = image.getexif()
+            for value in exif.values():
+                if isinstance(value, bytes):
+                    value = value.rstrip(b"\0").decode("utf-8", errors="replace")
+                if isinstance(value, str):
+                    key, separator, rest = value.partition(":")
+                    if separator and key.strip() and key.strip().replace("_", "").isalnum():
+                        found.setdefault(key.strip().lower(), rest.lstrip())
+            for key, value in image.info.items():
+                if isinstance(key, str) and isinstance(value, str):
+                    found.setdefault(key, value)
+    except UnidentifiedImageError:
+        return {}
+    except Exception:  # Pillow raises many kinds of errors on damaged files; none of them is ours to show
+        return {}
+    return found
 
 
 def read_png_text(data: bytes) -> dict[str, str]:

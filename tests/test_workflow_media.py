@@ -149,7 +149,7 @@ def test_json_files_of_both_formats(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b'{"templates": [{"name": "default"}]}', "not a workflow"),
     (b"[1, 2, 3]", "not a workflow"),
-    (b"\x00\x01binary", "neither JSON nor a PNG/WebP image"),
+    (b"\x00\x01binary", "neither JSON nor an image with a workflow"),
 ])
 def test_files_that_are_not_workflows(tmp_path, content, message):
     path = tmp_path / "thing.json"
@@ -191,3 +191,15 @@ def test_image_whose_graph_needs_editor_only_nodes_runs_its_prompt(tmp_path):
     assert to_api(load_workflow_file(path), core_registry()) == API
     with pytest.raises(WorkflowError, match="Fast Muter"):
         to_api(load_workflow_file(path).ui, core_registry())
+
+
+def test_jpeg_with_exif_workflow_is_read_through_pillow(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "JPEG", exif=_comfy_exif().tobytes())
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(buffer.getvalue())
+    loaded = load_workflow_file(path)
+    assert (loaded.ui, loaded.api, loaded.source) == (UI, API, "image")
+    plain = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(plain, "JPEG")
+    assert read_image_metadata(plain.getvalue()) == {}
