@@ -184,9 +184,10 @@ def test_unimplemented_sampler_is_a_validation_error_naming_it():
     from nodes.sampling import KSampler, KSamplerAdvanced
 
     assert KSampler.validate_inputs(sampler_name="euler") is True
-    message = KSampler.validate_inputs(sampler_name="deis")
-    assert "deis" in message and "does not implement" in message and "euler" in message
-    assert "deis" in KSamplerAdvanced.validate_inputs(sampler_name="deis")
+    message = KSampler.validate_inputs(sampler_name="dpmpp_2s_ancestral_cfg_pp")
+    assert "dpmpp_2s_ancestral_cfg_pp" in message and "does not implement" in message and "euler" in message
+    missing = "dpmpp_2s_ancestral_cfg_pp"
+    assert missing in KSamplerAdvanced.validate_inputs(sampler_name=missing)
 
 
 def test_ksampler_nodes_keep_the_latent_dict(tiny_model, tiny_conds):
@@ -200,8 +201,9 @@ def test_ksampler_nodes_keep_the_latent_dict(tiny_model, tiny_conds):
     (adv,) = KSamplerAdvanced.execute(tiny_model, "enable", 9, 2, 4.0, "dpmpp_2m", "karras", positive, negative,
                                       latent, 0, 10000, "disable")
     assert torch.equal(adv["samples"], out["samples"])
-    with pytest.raises(ValueError, match="KSampler: input 'sampler_name': sampler 'deis'"):
-        KSampler.execute(tiny_model, 9, 2, 4.0, "deis", "karras", positive, negative, latent, 1.0)
+    with pytest.raises(ValueError, match="KSampler: input 'sampler_name': sampler 'dpmpp_2s_ancestral_cfg_pp'"):
+        KSampler.execute(tiny_model, 9, 2, 4.0, "dpmpp_2s_ancestral_cfg_pp", "karras", positive, negative,
+                         latent, 1.0)
     with pytest.raises(ValueError, match="KSampler: input 'latent_image' is not a LATENT"):
         KSampler.execute(tiny_model, 9, 2, 4.0, "euler", "karras", positive, negative, "nope", 1.0)
 
@@ -212,7 +214,7 @@ class _RecordingControl:
     def __init__(self) -> None:
         self.calls = []
 
-    def residuals(self, x, sigma, timestep, context, added):
+    def residuals(self, x, sigma, timestep, context, added, model=None):
         self.calls.append((x.shape[0], float(sigma[0]), float(timestep[0]), context.shape[0]))
         return None
 

@@ -13,7 +13,7 @@ from tests.fixtures_sampling import GaussianDenoiser
 SD = ModelSampling.scaled_linear()
 
 DETERMINISTIC = ["euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "res_multistep",
-                 "gradient_estimation", "ddim", "uni_pc", "uni_pc_bh2"]
+                 "gradient_estimation", "ddim", "uni_pc", "uni_pc_bh2", "deis"]
 FIRST_ORDER = {"euler", "ddim", "heunpp2", "gradient_estimation"}
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
               "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "ddpm", "lcm", "res_multistep_ancestral", "er_sde", "seeds_2",
