@@ -115,10 +115,18 @@ def test_unknown_nodes_and_fields_survive_a_round_trip(editor):
                               "outputs": [{"name": "MASK", "type": "MASK", "links": None}],
                               "properties": {"cnr_id": "some-pack", "ver": "1.2.3"},
                               "widgets_values": {"threshold": 0.5, "mode": "soft"}, "shape": 1})
+    workflow["nodes"].append({"id": 51, "type": "Note", "pos": [0, 1100], "size": [300, 120], "flags": {}, "order": 8,
+                              "mode": 0, "properties": {"text": ""}, "widgets_values": ["remember the seed"],
+                              "color": "#432", "bgcolor": "#653"})
     workflow["nodes"][0]["some_extension_field"] = {"x": 1}
     workflow["models"] = [{"name": "v1-5-pruned-emaonly.safetensors", "directory": "checkpoints"}]
     editor.js("(w) => loom.load(w)", workflow)
     saved = editor.workflow()
+    warnings = editor.js("(w) => loom.load(w)", workflow)
+    assert warnings == ["unknown node types kept as they are: SomeCustomPackNode"]  # a Note is not unknown
+    saved = editor.workflow()
+    note = {k: v for k, v in [n for n in saved["nodes"] if n["id"] == 51][0].items() if k != "order"}
+    assert note == {k: v for k, v in workflow["nodes"][-1].items() if k != "order"}
     custom = [n for n in saved["nodes"] if n["id"] == 50][0]
     assert custom["widgets_values"] == {"threshold": 0.5, "mode": "soft"}
     assert custom["properties"] == {"cnr_id": "some-pack", "ver": "1.2.3"} and custom["shape"] == 1

@@ -227,6 +227,7 @@ export class Renderer {
     }
     if (!collapsed) {
       this.#drawSlots(ctx, node);
+      if (node.raw) this.#drawSavedValues(ctx, node);
       this.#drawWidgets(ctx, node);
       this.#drawImages(ctx, node);
       this.#drawResizeHandle(ctx, node);
@@ -294,6 +295,32 @@ export class Renderer {
       ctx.fillStyle = SLOT_LABEL;
       ctx.fillText(fitText(output.label || output.name, SLOT_FONT, node.size[0] / 2 - 20), pos[0] - 12, pos[1] + 1);
     });
+  }
+
+  /** A node the server does not define (a note, a primitive, a missing type): its saved values as text. */
+  #drawSavedValues(ctx, node) {
+    const values = node.raw.widgets_values;
+    const list = Array.isArray(values) ? values : values && typeof values === "object" ? Object.values(values) : [];
+    const texts = list.filter((v) => v !== null && typeof v !== "object").map(String);
+    if (!texts.length) return;
+    const rows = Math.max(visibleInputs(node).length, node.outputs.length);
+    const top = node.pos[1] + rows * 20 + 10;
+    const room = node.pos[1] + node.size[1] - top - 4;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(node.pos[0] + 6, top - 2, node.size[0] - 12, Math.max(0, room));
+    ctx.clip();
+    ctx.font = WIDGET_FONT;
+    ctx.textAlign = "left";
+    ctx.textBaseline = "top";
+    ctx.fillStyle = node.container === "note" ? "#DDD" : "#AAA";
+    let y = top;
+    for (const line of texts.join("\n").split("\n")) {
+      if (y > top + room) break;
+      ctx.fillText(fitText(line, WIDGET_FONT, node.size[0] - 20), node.pos[0] + 10, y);
+      y += 15;
+    }
+    ctx.restore();
   }
 
   #drawCollapsedSlots(ctx, node) {

@@ -34,6 +34,9 @@ function decimalsOf(step) {
   return text.includes(".") ? text.split(".")[1].length : 0;
 }
 
+/** Node types that live only in the editor (never sent to the server), by the badge they get. */
+const FRONTEND_NODE_TYPES = { Reroute: "reroute", PrimitiveNode: "primitive", Note: "note", MarkdownNote: "note" };
+
 const EMPTY_LINKS = Symbol("empty links form");
 
 /** Remember whether a saved output wrote "no links" as `[]` or `null`, to write it back the same way. */
@@ -431,6 +434,8 @@ export class Graph {
         } else if (groupName !== null && groupName in groupNodes) {
           node.container = "group node";
           if (saved.title === undefined) node.title = node.rawTitle = groupName;
+        } else if (FRONTEND_NODE_TYPES[saved.type]) {
+          node.container = FRONTEND_NODE_TYPES[saved.type];
         } else {
           missing.add(saved.type);
         }
