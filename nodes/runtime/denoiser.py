@@ -16,7 +16,7 @@ It does what ComfyUI's CFG guider does around a discrete-time eps/v model:
   ``width``/``height``/``crop_*``/``target_*`` or the latent size, ``aesthetic_score`` for the refiner);
 * **noise mask** (inpainting, SetLatentNoiseMask): outside the mask the latent is held at the input image,
   re-noised to the current sigma before each call and restored after it;
-* **ControlNet hook:** an options entry ``control`` with ``residuals(x, sigma, timestep, context, added)``
+* **ControlNet hook:** an options entry ``control`` with ``residuals(x, sigma, timestep, context, added, model=)``
   returning ``(down_block_residuals, mid_block_residual)`` or ``None`` is called for the batch it belongs to.
 """
 from __future__ import annotations
@@ -283,7 +283,7 @@ class GuidedDenoiser:
         if added:
             kwargs["added_cond_kwargs"] = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
         if control is not None:
-            residuals = control.residuals(xc, sigma, timestep, context, added)
+            residuals = control.residuals(xc, sigma, timestep, context, added, model=self.model)
             if residuals is not None:
                 down, mid = residuals
                 kwargs["down_block_additional_residuals"] = down

@@ -1,0 +1,161 @@
+"""ComfyUI's ControlNet nodes: ControlNetLoader, ControlNetApply (old), ControlNetApplyAdvanced, and Canny.
+
+Applying a ControlNet runs nothing: it stores a :class:`nodes.runtime.controlnet.ControlApplication`
+(hint image, strength, start/end percent, the ControlNet already on that entry) under ``control`` in a
+copy of each conditioning entry's options; the denoiser asks it for residuals at every model call.
+Like ComfyUI, ControlNetApplyAdvanced gives the positive and negative entries that had the same previous
+ControlNet one shared application, so they still run as one batch; strength 0 returns the inputs as they were.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from nodes.loaders import _file_fingerprint, _resolve
+from nodes.schema import Combo, Float, Node, Output, Schema, Socket, register
+
+
+def _check_conditioning(node: str, name: str, value: Any) -> list:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in value):
+        raise ValueError(f"{node}: input '{name}' is not a CONDITIONING (a list of [tensor, options] pairs)")
+    return list(value)
+
+
+def _check_control_net(node: str, value: Any) -> Any:
+    from nodes.runtime.controlnet import ControlNet
+
+    if not isinstance(value, ControlNet):
+        raise ValueError(f"{node}: input 'control_net' is not a CONTROL_NET (got {type(value).__name__}); "
+                         "connect a Load ControlNet Model node")
+    return value
+
+
+def _check_image(node: str, value: Any) -> Any:
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.ndim != 4 or value.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{node}: input 'image' is not an IMAGE ([batch, height, width, channels])")
+    return value[..., :3] if value.shape[-1] == 4 else value
+
+
+def _hint(image: Any) -> Any:
+    hint = image.movedim(-1, 1)
+    return hint.repeat(1, 3, 1, 1) if hint.shape[1] == 1 else hint
+
+
+@register
+class ControlNetLoader(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "ControlNetLoader", display_name="Load ControlNet Model", category="loaders",
+            inputs=[Combo("control_net_name", folder="controlnet")],
+            outputs=[Output("CONTROL_NET")])
+
+    @classmethod
+    def fingerprint(cls, control_net_name: str = "", **_: Any) -> Any:
+        return _file_fingerprint("controlnet", control_net_name)
+
+    @classmethod
+    def execute(cls, control_net_name: str) -> tuple:
+        from nodes.runtime.controlnet import ControlNetError, load_controlnet
+
+        path = _resolve("ControlNetLoader", "control_net_name", "controlnet", control_net_name)
+        try:
+            return (load_controlnet(path),)
+        except ControlNetError as exc:
+            raise ValueError(f"ControlNetLoader: input 'control_net_name': could not load "
+                             f"'{control_net_name}': {exc}") from None
+
+
+@register
+class ControlNetApply(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "ControlNetApply", display_name="Apply ControlNet (OLD)", category="conditioning/controlnet",
+            deprecated=True,
+            inputs=[Socket("conditioning", "CONDITIONING"), Socket("control_net", "CONTROL_NET"),
+                    Socket("image", "IMAGE"),
+                    Float("strength", default=1.0, min=0.0, max=10.0, step=0.01)],
+            outputs=[Output("CONDITIONING")])
+
+    @classmethod
+    def execute(cls, conditioning: Any, control_net: Any, image: Any, strength: float) -> tuple:
+        from nodes.runtime.controlnet import ControlApplication
+
+        conditioning = _check_conditioning("ControlNetApply", "conditioning", conditioning)
+        control_net = _check_control_net("ControlNetApply", control_net)
+        image = _check_image("ControlNetApply", image)
+        if strength == 0:
+            return (conditioning,)
+        hint = _hint(image)
+        out = []
+        for cond, options in conditioning:
+            applied = ControlApplication(control_net, hint, strength, previous=options.get("control"))
+            out.append([cond, {**options, "control": applied, "control_apply_to_uncond": True}])
+        return (out,)
+
+
+@register
+class ControlNetApplyAdvanced(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "ControlNetApplyAdvanced", display_name="Apply ControlNet", category="conditioning/controlnet",
+            inputs=[Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+                    Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"),
+                    Float("strength", default=1.0, min=0.0, max=10.0, step=0.01),
+                    Float("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
+                    Float("end_percent", default=1.0, min=0.0, max=1.0, step=0.001),
+                    Socket("vae", "VAE", optional=True)],
+            outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative")])
+
+    @classmethod
+    def execute(cls, positive: Any, negative: Any, control_net: Any, image: Any, strength: float,
+                start_percent: float, end_percent: float, vae: Any = None) -> tuple:
+        from nodes.runtime.controlnet import ControlApplication
+
+        node = "ControlNetApplyAdvanced"
+        positive = _check_conditioning(node, "positive", positive)
+        negative = _check_conditioning(node, "negative", negative)
+        control_net = _check_control_net(node, control_net)
+        image = _check_image(node, image)
+        if strength == 0:
+            return (positive, negative)
+        hint = _hint(image)
+        shared: dict[int, ControlApplication] = {}  # one application per previous ControlNet
+
+        def apply(conditioning: list) -> list:
+            out = []
+            for cond, options in conditioning:
+                previous = options.get("control")
+                if id(previous) not in shared:
+                    shared[id(previous)] = ControlApplication(control_net, hint, strength, start_percent,
+                                                              end_percent, previous=previous)
+                out.append([cond, {**options, "control": shared[id(previous)], "control_apply_to_uncond": False}])
+            return out
+
+        return (apply(positive), apply(negative))
+
+
+@register
+class Canny(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "Canny", display_name="Canny", category="image/preprocessors",
+            inputs=[Socket("image", "IMAGE"),
+                    Float("low_threshold", default=0.4, min=0.01, max=0.99, step=0.01),
+                    Float("high_threshold", default=0.8, min=0.01, max=0.99, step=0.01)],
+            outputs=[Output("IMAGE")])
+
+    @classmethod
+    def execute(cls, image: Any, low_threshold: float, high_threshold: float) -> tuple:
+        from nodes.runtime.canny import canny
+
+        image = _check_image("Canny", image)
+        if low_threshold > high_threshold:
+            raise ValueError(f"Canny: input 'low_threshold' ({low_threshold}) is above 'high_threshold' "
+                             f"({high_threshold})")
+        edges = canny(image.movedim(-1, 1).float(), low_threshold, high_threshold)
+        return (edges.repeat(1, 3, 1, 1).movedim(1, -1),)
