@@ -1,0 +1,164 @@
+"""Load benchmark of the server: many concurrent clients, each with its own WebSocket, queueing prompts.
+
+Starts ``loom serve`` in a subprocess (temp base dir, the test node pack), then N clients each open
+``/ws?clientId=...`` and queue M prompts (``TestConstInt -> [TestSleep] -> TestOutput`` with values
+unique per prompt, so nothing is a cache hit). Prints p50/p95/p99 enqueue latency (``POST /prompt``),
+completion throughput, event lag (server timestamp of ``execution_success`` to receipt), checks that
+every client saw only its own prompts' events and exactly one terminal event per prompt, and prints
+the server's RSS before and after.
+
+    python bench/server.py                 # 50 clients x 20 prompts
+    python bench/server.py --clients 10 --prompts 5 --sleep 0.03
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+NODEPACK = REPO / "tests" / "nodepack"
+TERMINAL = ("execution_success", "execution_error", "execution_interrupted")
+
+
+def start_server(base_dir: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--base-dir", str(base_dir),
+                             "--nodes", str(NODEPACK), "--port", "0", "--no-browser"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"Loom is running at (http://[^/\s]+)", line)
+        if match:
+            import threading
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, match.group(1)
+    raise RuntimeError("loom serve did not start")
+
+
+def prompt_for(value: int, sleep: float) -> dict:
+    prompt = {"1": {"class_type": "TestConstInt", "inputs": {"value": value}}}
+    source = ["1", 0]
+    if sleep > 0:
+        prompt["2"] = {"class_type": "TestSleep", "inputs": {"value": source, "seconds": sleep, "steps": 2}}
+        source = ["2", 0]
+    prompt["9"] = {"class_type": "TestOutput", "inputs": {"value": source}}
+    return prompt
+
+
+async def client(index: int, url: str, prompts: int, sleep: float, results: dict) -> None:
+    client_id = f"bench-{index}"
+    latencies: list[float] = []
+    lags: list[float] = []
+    mine: set[str] = set()
+    foreign: list[dict] = []
+    terminal: dict[str, int] = {}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
+            await ws.receive_json()
+
+            async def read() -> None:
+                while len(terminal) < prompts or any(v == 0 for v in terminal.values()):
+                    message = await ws.receive(timeout=300)
+                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                        aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+                        raise RuntimeError(f"{client_id}: socket closed ({message.type.name} {message.data} "
+                                           f"{message.extra})")
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    data = json.loads(message.data)
+                    payload = data.get("data") or {}
+                    if data["type"] == "status":
+                        continue
+                    prompt_id = payload.get("prompt_id")
+                    if prompt_id not in mine:
+                        # an event may arrive before POST /prompt returned its id: check at the end
+                        foreign.append(data)
+                    if data["type"] in TERMINAL:
+                        terminal[prompt_id] = terminal.get(prompt_id, 0) + 1
+                        if "timestamp" in payload:
+                            lags.append(time.time() - payload["timestamp"] / 1000)
+
+            reader = asyncio.create_task(read())
+            try:
+                for number in range(prompts):
+                    body = {"prompt": prompt_for(index * 1000 + number % 1000, sleep), "client_id": client_id}
+                    started = time.perf_counter()
+                    async with session.post(f"{url}/prompt", json=body) as response:
+                        answer = await response.json()
+                        if response.status != 200:
+                            raise RuntimeError(f"{client_id}: POST /prompt answered {response.status}: {answer}")
+                    latencies.append(time.perf_counter() - started)
+                    mine.add(answer["prompt_id"])
+            except BaseException:
+                reader.cancel()
+                raise
+            await reader
+    cross_talk = [m for m in foreign if (m.get("data") or {}).get("prompt_id") not in mine]
+    results[client_id] = {"latencies": latencies, "lags": lags, "cross_talk": len(cross_talk),
+                          "terminal_ok": sorted(terminal) == sorted(mine) and all(v == 1 for v in terminal.values()),
+                          "finished": time.perf_counter()}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+async def run(url: str, clients: int, prompts: int, sleep: float) -> dict:
+    results: dict = {}
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i, url, prompts, sleep, results) for i in range(clients)))
+    elapsed = max(r["finished"] for r in results.values()) - started
+    return {"results": results, "elapsed": elapsed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--prompts", type=int, default=20, help="prompts per client")
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds each prompt sleeps in TestSleep")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as base:
+        proc, url = start_server(Path(base))
+        try:
+            server = psutil.Process(proc.pid)
+            time.sleep(0.5)
+            rss_before = server.memory_info().rss
+            outcome = asyncio.run(run(url, args.clients, args.prompts, args.sleep))
+            rss_after = server.memory_info().rss
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    results = outcome["results"]
+    latencies = [x for r in results.values() for x in r["latencies"]]
+    lags = [x for r in results.values() for x in r["lags"]]
+    total = args.clients * args.prompts
+    cross_talk = sum(r["cross_talk"] for r in results.values())
+    terminal_ok = all(r["terminal_ok"] for r in results.values())
+    print(f"clients {args.clients} x prompts {args.prompts} = {total} prompts (TestSleep {args.sleep} s)")
+    print(f"enqueue latency  p50 {percentile(latencies, 0.5) * 1000:.1f} ms  "
+          f"p95 {percentile(latencies, 0.95) * 1000:.1f} ms  p99 {percentile(latencies, 0.99) * 1000:.1f} ms  "
+          f"mean {statistics.mean(latencies) * 1000:.1f} ms")
+    print(f"completion       {total} prompts in {outcome['elapsed']:.2f} s = "
+          f"{total / outcome['elapsed']:.1f} prompts/s")
+    if lags:
+        print(f"event lag        p50 {percentile(lags, 0.5) * 1000:.1f} ms  p95 {percentile(lags, 0.95) * 1000:.1f} ms "
+              "(execution_success timestamp -> received)")
+    print(f"cross-talk       {cross_talk} foreign events; one terminal event per prompt: {terminal_ok}")
+    print(f"server RSS       before {rss_before / 2**20:.1f} MiB  after {rss_after / 2**20:.1f} MiB  "
+          f"(+{(rss_after - rss_before) / 2**20:.1f} MiB)")
+    return 0 if cross_talk == 0 and terminal_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
