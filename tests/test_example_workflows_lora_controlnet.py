@@ -1,0 +1,67 @@
+"""The LoRA and ControlNet example workflows: well-formed, valid, and runnable on tiny generated models.
+
+The shared checks come from ``tests/test_example_workflows.py``; the runs use the tiny SD1 checkpoint
+with a tiny kohya LoRA / a tiny ControlNet in the original layout, at 64×64 pixels and 2 steps.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tests.test_example_workflows as examples
+
+NAMES = ("lora", "controlnet-canny")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_is_well_formed_and_its_widgets_match(name, registry):
+    examples.test_workflow_is_well_formed_litegraph_0_4(name)
+    examples.test_widget_values_match_the_node_schemas(name, registry)
+
+
+@pytest.fixture
+def models(base_dir):
+    """The example's model file names in base_dir/models, backed by tiny generated models."""
+    from tests.fixtures_checkpoints import write_checkpoint
+    from tests.fixtures_controlnet import write_controlnet
+    from tests.fixtures_lora import write_lora
+
+    write_checkpoint("sd1", base_dir / "models" / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
+    write_lora("kohya_sd1", base_dir / "models" / "loras" / "example-lora.safetensors")
+    write_controlnet("sd1", base_dir / "models" / "controlnet" / "control_v11p_sd15_canny.safetensors")
+    Image.open(examples.WORKFLOWS / "example.png").resize((64, 64), Image.Resampling.LANCZOS).save(
+        base_dir / "input" / "small.png")
+    return base_dir
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_converts_validates_and_runs(name, models, registry):
+    from server.graph import validate_prompt
+    from server.workflow import ui_to_api
+
+    workflow = examples.load(name)
+    prompt = ui_to_api(workflow, registry).prompt
+    result = validate_prompt(prompt, registry)
+    assert result.ok, (result.error, result.node_errors)
+    by_type = {node["class_type"]: node for node in prompt.values()}
+    if name == "lora":
+        assert by_type["KSampler"]["inputs"]["model"] == [by_type_id(prompt, "LoraLoader"), 0]
+        assert by_type["LoraLoader"]["inputs"]["strength_clip"] == 1.0
+        overrides = ["--set", "10.strength_model=0.8"]
+    else:
+        assert by_type["ControlNetApplyAdvanced"]["inputs"]["image"] == [by_type_id(prompt, "Canny"), 0]
+        assert by_type["Canny"]["inputs"]["low_threshold"] == 0.4
+        overrides = ["--set", "10.image=small.png"]
+    size = ["--set", "5.width=64", "--set", "5.height=64", "--set", "3.steps=2"]
+    (saved,) = examples.loom_run(models, models / "models", name, *size, *overrides)
+    picture = Image.open(saved)
+    assert picture.size == (64, 64) and np.array(picture).std() > 0
+    assert json.loads(picture.text["workflow"])["nodes"] == workflow["nodes"]
+
+
+def by_type_id(prompt: dict, class_type: str) -> str:
+    (node_id,) = [i for i, node in prompt.items() if node["class_type"] == class_type]
+    return node_id
