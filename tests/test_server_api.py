@@ -539,3 +539,52 @@ def test_slow_reader_is_bounded(live):
             async with session.get(f"{live.url}/api/health") as response:
                 assert response.status == 200
     run(main())
+
+
+def test_client_recipe_tiny_checkpoint(live):
+    """§1.6 with a real (tiny, random-weight) SD1 checkpoint: txt2img -> SaveImage -> /view gives the PNG."""
+    import shutil
+
+    from nodes import folders
+    from tests.fixtures_checkpoints import checkpoint_path
+    target = folders.current().model_paths("checkpoints")[0] / "tiny-sd1.safetensors"
+    shutil.copyfile(checkpoint_path("sd1"), target)
+    prompt = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd1.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": 2, "cfg": 2.0, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
+                                                   "positive": ["6", 0], "negative": ["7", 0],
+                                                   "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "tiny", "images": ["8", 0]}},
+    }
+
+    async def main():
+        client_id = new_client_id()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{live.url}/object_info/CheckpointLoaderSimple") as response:
+                names = (await response.json())["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+            assert "tiny-sd1.safetensors" in names
+            async with session.ws_connect(f"{live.ws_url}?clientId={client_id}") as ws:
+                await ws.receive_json()
+                queued = await queue_prompt(session, live.url, prompt, client_id)
+                seen = await wait_done(ws, queued["prompt_id"], timeout=240)
+            types = [m["type"] for m in seen if isinstance(m, dict)]
+            assert "execution_success" in types, [m for m in seen if isinstance(m, dict)][-3:]
+            steps = [m["data"] for m in seen if isinstance(m, dict) and m["type"] == "progress"
+                     and m["data"]["node"] == "3"]
+            assert steps and steps[-1]["value"] == steps[-1]["max"] == 2
+            entry = await wait_history(session, live.url, queued["prompt_id"])
+            image = entry["outputs"]["9"]["images"][0]
+            async with session.get(f"{live.url}/view", params=image) as response:
+                assert response.status == 200 and response.headers["Content-Type"] == "image/png"
+                picture = Image.open(io.BytesIO(await response.read()))
+            assert picture.size == (64, 64)
+            assert json.loads(picture.info["prompt"])["3"]["inputs"]["seed"] == 7
+    try:
+        run(main())
+    finally:
+        target.unlink()
