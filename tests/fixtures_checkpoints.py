@@ -17,8 +17,10 @@ published checkpoints. The weights follow the head-count conventions the loader 
 Deterministic: the same family and seed give the same tensors. Files are cached under
 ``$LOOM_TEST_CACHE`` (default: a folder in the system temp dir) keyed by a format version.
 
-Pytest fixtures (import them into a test module to use): ``tiny_checkpoints`` (session; family →
-path) and ``tiny_models_dir`` (a base dir whose ``models/checkpoints`` holds all of them).
+Pytest fixtures (import them into a test module to use, ``from tests.fixtures_checkpoints import
+tiny_checkpoints``): ``tiny_checkpoints`` (session; family → path) and ``tiny_models_dir`` (the test
+base dir with all of them hard-linked into ``models/checkpoints`` under ``FILE_NAMES``). Change
+``FORMAT_VERSION`` whenever the builder changes, so stale cached files are not reused.
 """
 from __future__ import annotations
 
