@@ -69,6 +69,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     expose_tracebacks: bool = False
+    default_workflow: Path | None = None  # what the editor opens first (default workflows/txt2img.json)
     start_worker: bool = True
     executor: Any = None  # default server.executor.Executor(registry)
 
@@ -170,6 +171,7 @@ class LoomServer:
                               "to get a fresh one") from None
         except QueueStoreError as error:
             raise ClientError(503, "queue_unavailable", "The queue is not available", str(error)) from None
+        log.info("prompt %s queued (number %s)", prompt_id, _plain(number))
         return web.json_response({"prompt_id": prompt_id, "number": _plain(number),
                                   "node_errors": scrub_paths(validation.node_errors)})
 
@@ -197,6 +199,7 @@ class LoomServer:
         prompt_id = request.match_info["prompt_id"]
         for _ in range(100):
             if self.queue.cancel(prompt_id):
+                log.info("prompt %s cancelled", prompt_id)
                 return web.json_response({"prompt_id": prompt_id, "state": "cancelled"})
             if self.worker.interrupt(prompt_id):
                 return web.json_response({"prompt_id": prompt_id, "state": "interrupting"})
@@ -421,6 +424,19 @@ class LoomServer:
             prompt, warnings = result.prompt, result.warnings
         return web.json_response({"prompt": prompt, "warnings": [str(w) for w in warnings or []]})
 
+    async def get_default_workflow(self, request: web.Request) -> web.Response:
+        """Loom: the workflow the editor opens first (``loom serve --workflow``), UI format when it has one."""
+        path = self.config.default_workflow or REPO_ROOT / "workflows" / "txt2img.json"
+        if not Path(path).is_file():
+            raise ClientError(404, "not_found", "No default workflow")
+        from server import workflow
+        try:
+            loaded = await asyncio.to_thread(workflow.load_workflow_file, path)
+        except ValueError:
+            log.exception("cannot read the default workflow %s", path)
+            raise ClientError(404, "not_found", "The default workflow cannot be read") from None
+        return web.json_response(loaded.ui if loaded.ui is not None else loaded.api)
+
     async def get_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -570,6 +586,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
         ("GET", "/system_stats", server.get_system_stats),
         ("GET", "/features", server.get_features),
         ("POST", "/workflow/convert", server.post_workflow_convert),
+        ("GET", "/workflows/default", server.get_default_workflow),
         ("GET", "/health", server.get_health),
         ("GET", "/ready", server.get_ready),
         ("GET", "/settings", server.get_settings),

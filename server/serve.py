@@ -24,7 +24,8 @@ log = logging.getLogger("loom.server")
 def run_server(args: argparse.Namespace | None = None, registry: Any = None, **options: Any) -> int:
     """Serve until stopped; returns an exit code.
 
-    Reads ``host`` (default 127.0.0.1), ``port`` (8188), ``token``, ``no_browser`` from ``args`` (the
+    Reads ``host`` (default 127.0.0.1), ``port`` (8188), ``token``, ``no_browser``, ``workflow`` (the file the
+    editor opens first, served at ``/api/workflows/default``) from ``args`` (the
     ``loom serve`` namespace) or from keyword ``options`` (which win). The base/models directories
     must already be configured in :mod:`nodes.folders` (``loom serve`` does it). ``registry`` is the
     node registry (default: the built-in nodes).
@@ -36,7 +37,8 @@ def run_server(args: argparse.Namespace | None = None, registry: Any = None, **o
     port = int(option("port", 8188))
     open_browser = option("open_browser", not option("no_browser", False))
     config = ServerConfig(host=host, port=port, token=option("token", None), registry=registry,
-                          expose_tracebacks=bool(option("expose_tracebacks", False)))
+                          expose_tracebacks=bool(option("expose_tracebacks", False)),
+                          default_workflow=option("workflow", None))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

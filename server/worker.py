@@ -156,6 +156,7 @@ class Worker:
             self.hub.call(self.hub.send, event, data, client_id)
 
         started = time.monotonic()
+        log.info("prompt %s started", item.prompt_id)
         try:
             result = self.executor.execute(item.prompt, item.prompt_id, extra_data=item.extra_data,
                                            outputs=item.outputs or None, on_event=on_event, cancel=cancel)

@@ -176,6 +176,8 @@ def test_read_only_routes(live):
                     assert (await response.json())["supports_preview_metadata"] is True
             async with session.get(f"{live.url}/api/health") as response:
                 assert response.status == 200 and (await response.json())["status"] == "ok"
+            async with session.get(f"{live.url}/api/workflows/default") as response:
+                assert response.status == 200 and isinstance((await response.json())["nodes"], list)
             async with session.get(f"{live.url}/api/ready") as response:
                 assert response.status == 200 and (await response.json())["ready"] is True
     run(main())
