@@ -84,6 +84,8 @@ async def _serve(app: web.Application, host: str, port: int, open_browser: bool)
             url_with_token = f"{url}?token={token}"
         else:
             url_with_token = url
+        if shown != hosts[0]:
+            print(f"Listening on {', '.join(hosts)} port {bound}", flush=True)
         print(f"Loom is running at {url_with_token}", flush=True)
         if open_browser:
             threading.Thread(target=webbrowser.open, args=(url_with_token,), daemon=True).start()

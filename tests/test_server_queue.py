@@ -3,7 +3,6 @@ restarts of a real ``loom serve`` process (SIGKILL and SIGTERM with queued promp
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import aiohttp
