@@ -70,6 +70,7 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     expose_tracebacks: bool = False
     default_workflow: Path | None = None  # what the editor opens first (default workflows/txt2img.json)
+    stall_timeout_s: float = 900.0  # /api/ready turns 503 when a running prompt reports nothing for this long
     start_worker: bool = True
     executor: Any = None  # default server.executor.Executor(registry)
 
@@ -441,10 +442,13 @@ class LoomServer:
         return web.json_response({"status": "ok"})
 
     async def get_ready(self, request: web.Request) -> web.Response:
+        stalled = self.worker.current is not None and \
+            time.monotonic() - self.worker.heartbeat > self.config.stall_timeout_s
         checks = {
-            "queue": not self.queue._closed,
+            "queue": not self.queue.closed,
             "registry": len(self.registry.names()) > 0,
             "worker": self.worker.alive or not self.config.start_worker,
+            "worker_responsive": not stalled,
         }
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

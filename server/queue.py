@@ -158,6 +158,10 @@ class PromptQueue:
                            "message": "the server stopped while this prompt was running; re-queue it to run it"}))
             return [r[0] for r in rows]
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -132,6 +132,7 @@ class Worker:
             cancel = self._cancel
             self.current = item
             self.current_node = None
+        self.heartbeat = time.monotonic()
         client_id = item.client_id
         held: list[tuple[str, dict[str, Any]]] = []
         last_preview = [0.0]

@@ -483,6 +483,29 @@ def test_node_exception_fails_only_that_prompt(live):
     run(main())
 
 
+def test_readiness_follows_the_worker(live):
+    """H2/H3: /api/ready is 503 while a running prompt reports nothing for too long, 200 again after."""
+    config = live.server.config
+
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            config.stall_timeout_s = 0.3
+            try:
+                queued = await queue_prompt(session, live.url, add_prompt(81, sleep=1.2, steps=1))
+                await asyncio.sleep(0.8)
+                async with session.get(f"{live.url}/api/ready") as response:
+                    body = await response.json()
+                    assert response.status == 503 and body["checks"]["worker_responsive"] is False
+                async with session.get(f"{live.url}/api/health") as response:
+                    assert response.status == 200
+                await wait_history(session, live.url, queued["prompt_id"])
+                async with session.get(f"{live.url}/api/ready") as response:
+                    assert response.status == 200
+            finally:
+                config.stall_timeout_s = 900.0
+    run(main())
+
+
 def test_client_disconnect_mid_run_does_not_leak(live):
     """X5: the prompt completes, the socket map shrinks back, a reconnect gets the current state."""
     async def main():
