@@ -87,6 +87,39 @@ def conformance_env(tmp_path_factory, checkpoint):
     folders.configure(previous.base_dir, previous.models_dir, previous.extra_paths)
 
 
+# The LoRA and ControlNet files of the lora_*/controlnet_* cases, made by the README's commands and cached
+# next to the checkpoint: (models folder, file name, generator, manifest, arguments). Their tensors are
+# deterministic; the header's metadata order is not, so they are not checked by sha256.
+CASE_MODELS = [
+    ("loras", "sd15-conformance-lora-a.safetensors", "make_lora.py", "sd15-kohya-lora-modules.json", ["--seed", "1"]),
+    ("loras", "sd15-conformance-lora-b.safetensors", "make_lora.py", "sd15-kohya-lora-modules.json",
+     ["--seed", "2", "--rank", "8", "--alpha", "8"]),
+    ("controlnet", "sd15-conformance-controlnet.safetensors", "make_checkpoint.py", "sd15-controlnet-keys.json",
+     ["--seed", "3"]),
+]
+
+
+@pytest.fixture(scope="module")
+def case_models(conformance_env):
+    """The LoRA/ControlNet files in the conformance base directory's models/loras and models/controlnet."""
+    base = conformance_env[0]
+    for folder, name, script, manifest, arguments in CASE_MODELS:
+        path = _cache_dir() / name
+        if not path.is_file():
+            partial = path.with_name(name + ".partial")
+            subprocess.run([sys.executable, str(CONFORMANCE / script), str(CONFORMANCE / manifest), str(partial),
+                            *arguments], check=True, timeout=1200)
+            partial.replace(path)
+        target = base / "models" / folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy(path, target)
+    return base
+
+
 def _missing_nodes(prompt: dict, registry) -> list[str]:
     return sorted({node["class_type"] for node in prompt.values() if node["class_type"] not in registry})
 
@@ -134,5 +167,5 @@ def test_core_case_matches_comfyui(case, conformance_env, tmp_path):
 
 
 @pytest.mark.parametrize("case", OTHER_CASES)
-def test_lora_and_controlnet_cases_match_comfyui(case, conformance_env, tmp_path):
+def test_lora_and_controlnet_cases_match_comfyui(case, conformance_env, case_models, tmp_path):
     _run_case(case, conformance_env, tmp_path)
