@@ -5,7 +5,10 @@
 import { GraphCanvas } from "./canvas/canvas.js";
 import { Interaction, firstCompatibleSlot } from "./canvas/interaction.js";
 import { fitNodeSize, minimumSize, widgetRect, IMAGE_MIN_HEIGHT } from "./canvas/layout.js";
-import { Graph } from "./graph/model.js";
+import { Graph, MODE_ALWAYS } from "./graph/model.js";
+import { History } from "./graph/history.js";
+import { copyPayload, pastePayload, readClipboard, writeClipboard } from "./graph/clipboard.js";
+import { alignNodes, distributeNodes } from "./graph/arrange.js";
 import { NODE_COLORS } from "./graph/types.js";
 import { DEFAULT_WORKFLOW } from "./graph/default-workflow.js";
 import { graphFromPrompt } from "./graph/from-api.js";
@@ -46,9 +49,11 @@ export class Editor {
     this.search = new NodeSearch(defs);
     this.execution = new Execution(api, this.graph, this.canvas, (m, l) => this.notify(m, l));
     this.autosaveTimer = null;
+    this.history = new History(this.graph, (data) => this.restoreSnapshot(data), () => this.interaction.drag !== null);
     this.graph.onChange((reason) => {
       this.canvas.setDirty();
       if (reason !== "clear") this.scheduleAutosave();
+      if (reason !== "load") this.history.schedule();
     });
   }
 
@@ -90,7 +95,36 @@ export class Editor {
     for (const warning of warnings) this.notify(warning, "warn");
     this.canvas.setDirty();
     this.saveToStorage();
+    this.history.reset();
     return warnings;
+  }
+
+  /** Put an undo/redo snapshot back, keeping the view, the selection and what nodes show from runs. */
+  restoreSnapshot(data) {
+    closeOverlay(false);
+    closeMenus();
+    const runtimes = new Map(this.graph.nodes.map((n) => [n.id, n.runtime]));
+    const selectedIds = new Set([...this.canvas.selected].map((n) => n.id));
+    this.graph.configure(data);
+    for (const node of this.graph.nodes) {
+      if (runtimes.has(node.id)) node.runtime = runtimes.get(node.id);
+      if (node.widgets.some((w) => w.kind === "upload")) this.refreshInputPreview(node);
+    }
+    this.canvas.selected = new Set(this.graph.nodes.filter((n) => selectedIds.has(n.id)));
+    this.canvas.setDirty();
+  }
+
+  undo() {
+    if (!this.history.undo()) this.notify("Nothing to undo");
+  }
+
+  redo() {
+    if (!this.history.redo()) this.notify("Nothing to redo");
+  }
+
+  /** A pointer gesture ended: its edits become one undo step. */
+  gestureEnded() {
+    this.history.schedule();
   }
 
   async newWorkflow() {
@@ -263,6 +297,45 @@ export class Editor {
     const copies = this.duplicateNodes([...this.canvas.selected].filter((n) => !n.missing));
     this.canvas.selected = new Set(copies);
     this.canvas.setDirty();
+  }
+
+  // ---------------------------------------------------------------- clipboard and arrangement
+
+  copySelection() {
+    const nodes = [...this.canvas.selected];
+    if (!nodes.length) return false;
+    writeClipboard(copyPayload(this.graph, nodes));
+    return true;
+  }
+
+  /** Paste the copied nodes at the pointer; `keepInputLinks` (Ctrl+Shift+V) also keeps links into them. */
+  paste({ keepInputLinks = false, at = null } = {}) {
+    const payload = readClipboard();
+    if (!payload) { this.notify("Nothing to paste"); return []; }
+    const point = at || this.canvas.viewport.toGraph(...this.interaction.lastPointer);
+    const copies = pastePayload(this.graph, payload, point, { keepInputLinks, prepare: (n) => this.refreshInputPreview(n) });
+    this.canvas.selected = new Set(copies);
+    this.canvas.setDirty();
+    return copies;
+  }
+
+  alignSelection(edge) {
+    alignNodes([...this.canvas.selected], edge);
+    this.graph.changed("move");
+  }
+
+  distributeSelection(axis) {
+    distributeNodes([...this.canvas.selected], axis);
+    this.graph.changed("move");
+  }
+
+  /** Ctrl+B / Ctrl+M: set the selection to bypass (or mute), or back to always when all already are. */
+  toggleSelectionMode(mode) {
+    const nodes = [...this.canvas.selected];
+    if (!nodes.length) return;
+    const next = nodes.every((n) => n.mode === mode) ? MODE_ALWAYS : mode;
+    for (const node of nodes) node.mode = next;
+    this.graph.changed("mode");
   }
 
   toggleCollapse(node) {

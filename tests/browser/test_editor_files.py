@@ -157,7 +157,8 @@ def test_save_and_export_api_download_json(editor):
     prompt = json.loads(Path(exported.value.path()).read_text())
     assert exported.value.suggested_filename == "workflow_api.json"
     assert prompt["3"]["class_type"] == "KSampler" and prompt["3"]["inputs"]["model"] == ["4", 0]
-    assert prompt["3"]["inputs"]["seed"] == workflow["nodes"][4]["widgets_values"][0]
+    sampler = next(n for n in workflow["nodes"] if n["id"] == 3)
+    assert prompt["3"]["inputs"]["seed"] == sampler["widgets_values"][0]
     assert "control_after_generate" not in prompt["3"]["inputs"]
 
 

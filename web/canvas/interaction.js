@@ -7,6 +7,7 @@
  * editors, node creation.
  */
 import { isValidConnection } from "../graph/types.js";
+import { MODE_BYPASS, MODE_NEVER } from "../graph/model.js";
 import { nodeBounds, minimumSize, visibleInputs } from "./layout.js";
 import { widgetImpl } from "../widgets/index.js";
 
@@ -245,6 +246,7 @@ export class Interaction {
         drag.handler.up?.({ x: point[0], y: point[1], event });
         break;
     }
+    this.editor.gestureEnded();
   }
 
   #dropLink(point, screen) {
@@ -333,6 +335,20 @@ export class Interaction {
       this.canvas.setDirty();
       return;
     }
+    const key = event.key.toLowerCase();
+    if (ctrl && key === "z") {
+      event.preventDefault();
+      if (event.shiftKey) editor.redo(); else editor.undo();
+      return;
+    }
+    if (ctrl && key === "y") { event.preventDefault(); editor.redo(); return; }
+    if (ctrl && key === "c" && !event.altKey) {
+      if (editor.copySelection()) event.preventDefault();
+      return;
+    }
+    if (ctrl && key === "v") { event.preventDefault(); editor.paste({ keepInputLinks: event.shiftKey }); return; }
+    if (ctrl && key === "b") { event.preventDefault(); editor.toggleSelectionMode(MODE_BYPASS); return; }
+    if (ctrl && key === "m") { event.preventDefault(); editor.toggleSelectionMode(MODE_NEVER); return; }
     if (ctrl && (event.key === "d" || event.key === "D")) {
       event.preventDefault();
       editor.duplicateSelection();

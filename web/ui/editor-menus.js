@@ -23,6 +23,10 @@ export function showCanvasMenu(editor, graphPoint, event) {
   };
   const screen = editor.canvas.eventPoint(event);
   showMenu([
+    { label: "Undo", disabled: !editor.history.canUndo, action: () => editor.undo() },
+    { label: "Redo", disabled: !editor.history.canRedo, action: () => editor.redo() },
+    { label: "Paste", action: () => editor.paste({ at: graphPoint }) },
+    null,
     { label: "Add Node", submenu: categories },
     { label: "Search…", action: () => editor.openSearch(graphPoint, screen) },
     null,
@@ -64,13 +68,24 @@ export function showNodeMenu(editor, node, event) {
       checked: node.color === NODE_COLORS[name].color }))];
   const modes = [["Always", 0], ["Never (mute)", 2], ["Bypass", 4]]
     .map(([label, mode]) => ({ label, checked: node.mode === mode, action: () => editor.setMode(node, mode) }));
+  const many = editor.canvas.selected.size;
+  const arrange = [
+    ...[["Left", "left"], ["Right", "right"], ["Top", "top"], ["Bottom", "bottom"], ["Centre (vertical line)", "center"],
+      ["Middle (horizontal line)", "middle"]].map(([label, edge]) => ({ label: `Align ${label.toLowerCase()}`,
+      action: () => editor.alignSelection(edge) })),
+    null,
+    { label: "Distribute horizontally", disabled: many < 3, action: () => editor.distributeSelection("horizontal") },
+    { label: "Distribute vertically", disabled: many < 3, action: () => editor.distributeSelection("vertical") },
+  ];
   showMenu([
     { label: "Title…", action: () => editor.editTitle(node) },
+    ...(many > 1 ? [{ label: "Arrange selected", submenu: arrange }] : []),
     { label: node.flags.collapsed ? "Expand" : "Collapse", action: () => editor.toggleCollapse(node) },
     { label: "Colours", submenu: colors },
     { label: "Mode", submenu: modes },
     { label: "Fit size to content", action: () => { node.size = minimumSize(node); editor.graph.changed("resize"); } },
     null,
+    { label: "Copy", action: () => editor.copySelection() },
     { label: "Clone", disabled: node.missing, action: () => editor.duplicateSelection() },
     { label: "Remove", action: () => editor.deleteSelection() },
   ], event.clientX, event.clientY, { title: node.type });
