@@ -112,6 +112,9 @@ class LoomServer:
             self.worker.start()
 
     async def on_shutdown(self, app: web.Application) -> None:
+        # stop taking prompts first, so none starts (and is interrupted) while the server winds down
+        await asyncio.to_thread(self.worker.stop)
+        await asyncio.sleep(0)  # let the interrupted prompt's final events reach its client
         await self.hub.close_all()
 
     async def on_cleanup(self, app: web.Application) -> None:

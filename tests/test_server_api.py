@@ -537,6 +537,32 @@ def test_client_disconnect_mid_run_does_not_leak(live):
     run(main())
 
 
+def test_socket_churn_leaves_nothing_behind(live):
+    """L5 (scaled down): 200 connect/disconnect cycles; clients and server tasks return to their baseline."""
+    hub = live.server.hub
+
+    async def server_tasks() -> int:
+        async def count():
+            return len(asyncio.all_tasks())
+        return asyncio.run_coroutine_threadsafe(count(), live.loop).result(5)
+
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            await asyncio.sleep(0.1)
+            clients_before, tasks_before = len(hub.clients), await server_tasks()
+            for index in range(200):
+                ws = await session.ws_connect(f"{live.ws_url}?clientId=churn-{index % 7}")
+                await ws.receive_json()
+                await ws.close()
+            for _ in range(100):
+                if len(hub.clients) == clients_before and await server_tasks() <= tasks_before:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(hub.clients) == clients_before
+            assert await server_tasks() <= tasks_before
+    run(main())
+
+
 def test_slow_reader_is_bounded(live):
     """A socket whose outbox is full loses progress messages first, then is closed; others are unaffected."""
     hub = live.server.hub
