@@ -161,8 +161,9 @@ class ClientHub:
         if client is not None:
             self.send("status", {"status": status, "sid": client.client_id}, client.client_id)
             return
+        message = json.dumps({"type": "status", "data": {"status": status}}, separators=(",", ":"))
         for each in list(self.clients.values()):
-            self.send("status", {"status": status}, each.client_id)
+            self._enqueue(each, message, droppable=False)
 
     def status_changed(self) -> None:
         """Schedule one ``status`` broadcast (many queue changes in a burst coalesce into one)."""
