@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -87,12 +88,19 @@ async def _serve(app: web.Application, host: str, port: int, open_browser: bool)
         if shown != hosts[0]:
             print(f"Listening on {', '.join(hosts)} port {bound}", flush=True)
         print(f"Loom is running at {url_with_token}", flush=True)
-        if open_browser:
+        if open_browser and _has_desktop():
             threading.Thread(target=webbrowser.open, args=(url_with_token,), daemon=True).start()
         await stop.wait()
         print("Loom is stopping: pending prompts stay queued for the next start", flush=True)
     finally:
         await runner.cleanup()
+
+
+def _has_desktop() -> bool:
+    """False on a headless Linux box, where ``webbrowser`` would start a text browser in this terminal."""
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:
