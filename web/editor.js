@@ -9,6 +9,7 @@ import { Graph, MODE_ALWAYS } from "./graph/model.js";
 import { History } from "./graph/history.js";
 import { copyPayload, pastePayload, readClipboard, writeClipboard } from "./graph/clipboard.js";
 import { alignNodes, distributeNodes } from "./graph/arrange.js";
+import { groupAround } from "./graph/groups.js";
 import { NODE_COLORS } from "./graph/types.js";
 import { DEFAULT_WORKFLOW } from "./graph/default-workflow.js";
 import { graphFromPrompt } from "./graph/from-api.js";
@@ -16,7 +17,7 @@ import { Execution } from "./execution.js";
 import { readPngWorkflow } from "./png.js";
 import { NodeSearch } from "./ui/search.js";
 import { closeMenus, showMenu } from "./ui/menus.js";
-import { showCanvasMenu, showNodeMenu, showSlotMenu } from "./ui/editor-menus.js";
+import { showCanvasMenu, showGroupMenu, showNodeMenu, showSlotMenu } from "./ui/editor-menus.js";
 import { closeOverlay, editText } from "./ui/overlays.js";
 import { notify } from "./ui/notify.js";
 
@@ -336,6 +337,46 @@ export class Editor {
     const next = nodes.every((n) => n.mode === mode) ? MODE_ALWAYS : mode;
     for (const node of nodes) node.mode = next;
     this.graph.changed("mode");
+  }
+
+  // ---------------------------------------------------------------- groups
+
+  /** Ctrl+G: a new group around the selected nodes. */
+  groupSelection() {
+    const nodes = [...this.canvas.selected];
+    if (!nodes.length) return null;
+    const id = Math.max(0, ...this.graph.groups.map((g) => Number(g.id) || 0)) + 1;
+    const group = groupAround(nodes, id);
+    this.graph.groups.push(group);
+    this.graph.changed("group");
+    return group;
+  }
+
+  editGroupTitle(group) {
+    const [x, y, w] = group.bounding;
+    const size = group.font_size || 24;
+    const [cx, cy] = this.canvas.clientPoint(x + 4, y + 4);
+    const scale = this.canvas.viewport.scale;
+    editText([cx, cy, Math.max(120, w - 8) * scale, size * 1.2 * scale], group.title || "", { fontSize: size * scale })
+      .then((text) => {
+        if (text === null) return;
+        group.title = text;
+        this.graph.changed("group");
+      });
+  }
+
+  setGroupColor(group, color) {
+    group.color = color;
+    this.graph.changed("group");
+  }
+
+  removeGroup(group) {
+    this.graph.groups = this.graph.groups.filter((g) => g !== group);
+    this.graph.changed("group");
+  }
+
+  groupMenu(group, event) {
+    showGroupMenu(this, group, event);
   }
 
   toggleCollapse(node) {

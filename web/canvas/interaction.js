@@ -8,6 +8,7 @@
  */
 import { isValidConnection } from "../graph/types.js";
 import { MODE_BYPASS, MODE_NEVER } from "../graph/model.js";
+import { groupHandleAt, nodesInGroup } from "../graph/groups.js";
 import { nodeBounds, minimumSize, visibleInputs } from "./layout.js";
 import { widgetImpl } from "../widgets/index.js";
 
@@ -83,6 +84,18 @@ export class Interaction {
       return;
     }
     const node = canvas.nodeAt(...point);
+    const handle = !node && groupHandleAt(graph.groups, ...point);
+    if (handle && !(event.ctrlKey || event.shiftKey || event.metaKey)) {
+      const { group, part } = handle;
+      if (part === "resize") {
+        this.drag = { kind: "group-resize", group, start: point, size: group.bounding.slice(2, 4), moved: false };
+      } else {
+        const nodes = nodesInGroup(group, graph.nodes);
+        this.drag = { kind: "group-move", group, nodes, start: point, origin: group.bounding.slice(0, 2),
+          origins: nodes.map((n) => n.pos.slice()), moved: false };
+      }
+      return;
+    }
     if (!node) {
       if (event.ctrlKey || event.shiftKey || event.metaKey) {
         canvas.rubberBand = { from: point, to: point };
@@ -180,6 +193,22 @@ export class Interaction {
         canvas.setDirty();
         break;
       }
+      case "group-move": {
+        const dx = point[0] - drag.start[0];
+        const dy = point[1] - drag.start[1];
+        drag.moved = true;
+        drag.group.bounding[0] = drag.origin[0] + dx;
+        drag.group.bounding[1] = drag.origin[1] + dy;
+        drag.nodes.forEach((node, i) => { node.pos = [drag.origins[i][0] + dx, drag.origins[i][1] + dy]; });
+        canvas.setDirty();
+        break;
+      }
+      case "group-resize":
+        drag.moved = true;
+        drag.group.bounding[2] = Math.max(80, drag.size[0] + point[0] - drag.start[0]);
+        drag.group.bounding[3] = Math.max(60, drag.size[1] + point[1] - drag.start[1]);
+        canvas.setDirty();
+        break;
       case "resize": {
         const [minW, minH] = minimumSize(drag.node);
         drag.node.size = [Math.max(minW, drag.size[0] + point[0] - drag.start[0]),
@@ -224,7 +253,11 @@ export class Interaction {
         else if (drag.plainClick && canvas.selected.size > 1) canvas.select(drag.node); // click one of many: just it
         break;
       case "resize":
+      case "group-resize":
         if (drag.moved) graph.changed("resize");
+        break;
+      case "group-move":
+        if (drag.moved) graph.changed("move");
         break;
       case "link":
         this.#dropLink(point, screen);
@@ -288,6 +321,8 @@ export class Interaction {
   #doubleClick(event) {
     const point = this.#graphPoint(event);
     const node = this.canvas.nodeAt(...point);
+    const handle = !node && groupHandleAt(this.canvas.graph.groups, ...point);
+    if (handle?.part === "title") { this.editor.editGroupTitle(handle.group); return; }
     if (!node) {
       this.editor.openSearch(point, this.canvas.eventPoint(event));
       return;
@@ -306,6 +341,8 @@ export class Interaction {
       if (!this.canvas.selected.has(node)) this.canvas.select(node);
       return this.editor.nodeMenu(node, event);
     }
+    const handle = groupHandleAt(this.canvas.graph.groups, ...point);
+    if (handle) return this.editor.groupMenu(handle.group, event);
     this.editor.canvasMenu(point, event);
   }
 
@@ -348,6 +385,7 @@ export class Interaction {
     }
     if (ctrl && key === "v") { event.preventDefault(); editor.paste({ keepInputLinks: event.shiftKey }); return; }
     if (ctrl && key === "b") { event.preventDefault(); editor.toggleSelectionMode(MODE_BYPASS); return; }
+    if (ctrl && key === "g") { event.preventDefault(); editor.groupSelection(); return; }
     if (ctrl && key === "m") { event.preventDefault(); editor.toggleSelectionMode(MODE_NEVER); return; }
     if (ctrl && (event.key === "d" || event.key === "D")) {
       event.preventDefault();

@@ -88,7 +88,7 @@ export class Renderer {
     ctx.stroke();
   }
 
-  /** Groups of a loaded workflow: a tinted rectangle with its title (editing them comes with part 2). */
+  /** Groups: a tinted rectangle with its title and a resize corner (editing in graph/groups.js). */
   #drawGroups(ctx, visible, lowDetail) {
     for (const group of this.view.graph.groups) {
       const bounding = group.bounding;
@@ -112,6 +112,11 @@ export class Renderer {
       ctx.textBaseline = "top";
       ctx.fillStyle = color;
       ctx.fillText(fitText(group.title || "", ctx.font, w - 16), x + 8, y + 6);
+      ctx.beginPath(); // the resize corner
+      ctx.moveTo(x + w - 2, y + h - 12);
+      ctx.lineTo(x + w - 2, y + h - 2);
+      ctx.lineTo(x + w - 12, y + h - 2);
+      ctx.fill();
     }
   }
 

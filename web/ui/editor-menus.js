@@ -5,6 +5,7 @@
  */
 import { minimumSize } from "../canvas/layout.js";
 import { NODE_COLORS } from "../graph/types.js";
+import { GROUP_COLORS, nodesInGroup } from "../graph/groups.js";
 import { showMenu } from "./menus.js";
 
 export function showCanvasMenu(editor, graphPoint, event) {
@@ -86,6 +87,7 @@ export function showNodeMenu(editor, node, event) {
     { label: "Fit size to content", action: () => { node.size = minimumSize(node); editor.graph.changed("resize"); } },
     null,
     { label: "Copy", action: () => editor.copySelection() },
+    { label: "Group selected (Ctrl+G)", action: () => editor.groupSelection() },
     { label: "Clone", disabled: node.missing, action: () => editor.duplicateSelection() },
     { label: "Remove", action: () => editor.deleteSelection() },
   ], event.clientX, event.clientY, { title: node.type });
@@ -104,4 +106,19 @@ export function showSlotMenu(editor, { node, slot, isOutput }, event) {
   } });
   const name = isOutput ? node.outputs[slot].name : node.inputs[slot].name;
   showMenu(items, event.clientX, event.clientY, { title: `${name} (${type})` });
+}
+
+export function showGroupMenu(editor, group, event) {
+  const colors = Object.entries(GROUP_COLORS).map(([name, color]) => ({ label: name.replace("_", " "),
+    checked: group.color === color, action: () => editor.setGroupColor(group, color) }));
+  showMenu([
+    { label: "Edit title…", action: () => editor.editGroupTitle(group) },
+    { label: "Colour", submenu: colors },
+    { label: "Select nodes", action: () => {
+      editor.canvas.selected = new Set(nodesInGroup(group, editor.graph.nodes));
+      editor.canvas.setDirty();
+    } },
+    null,
+    { label: "Remove group", action: () => editor.removeGroup(group) },
+  ], event.clientX, event.clientY, { title: group.title || "Group" });
 }
