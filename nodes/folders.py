@@ -34,6 +34,9 @@ MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pt
 
 DATA_DIRS = ("input", "output", "temp")
 
+EXAMPLE_INPUTS_DIR = Path(__file__).resolve().parents[1] / "workflows"
+"""Pictures the example workflows load; used when the input directory lacks a file of that name."""
+
 
 @dataclass
 class Folders:
@@ -205,3 +208,16 @@ def load_extra_model_paths(yaml_path: str | Path) -> dict[str, list[Path]]:
         for path in paths:
             add_model_path(folder, path)
     return found
+
+
+def example_inputs(extensions: tuple[str, ...]) -> list[str]:
+    """Names of the shipped example input files with one of ``extensions``."""
+    if not EXAMPLE_INPUTS_DIR.is_dir():
+        return []
+    return sorted(path.name for path in EXAMPLE_INPUTS_DIR.iterdir()
+                  if path.is_file() and path.name.lower().endswith(extensions))
+
+
+def example_input(name: str, extensions: tuple[str, ...]) -> Path | None:
+    """The shipped example input ``name`` (a bare file name), or None."""
+    return EXAMPLE_INPUTS_DIR / name if name in example_inputs(extensions) else None

@@ -34,9 +34,6 @@ from nodes.output_files import metadata_texts, next_counter, save_target
 from nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
                           NodeOutput, Output, Schema, Socket, String, register)
 
-EXAMPLE_INPUTS_DIR = Path(__file__).resolve().parents[1] / "workflows"
-"""Images the example workflows use; read when the input directory lacks a file of that name."""
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".apng", ".avif")
 
 _ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
@@ -55,13 +52,6 @@ def _is_image_name(name: str) -> bool:
     return bool(mime and mime.startswith("image/"))
 
 
-def _example_files(extensions: tuple[str, ...]) -> list[str]:
-    if not EXAMPLE_INPUTS_DIR.is_dir():
-        return []
-    return sorted(path.name for path in EXAMPLE_INPUTS_DIR.iterdir()
-                  if path.is_file() and path.name.lower().endswith(extensions))
-
-
 def list_input_images() -> list[str]:
     """The image files at the top of the input directory, plus the shipped examples, sorted."""
     root = folders.input_dir()
@@ -69,7 +59,7 @@ def list_input_images() -> list[str]:
     if root.is_dir():
         names.update(entry.name for entry in os.scandir(root)
                      if entry.is_file() and not entry.name.startswith(".") and _is_image_name(entry.name))
-    names.update(_example_files(IMAGE_EXTENSIONS))
+    names.update(folders.example_inputs(IMAGE_EXTENSIONS))
     return sorted(names)
 
 
@@ -94,9 +84,10 @@ def resolve_input_file(name: str) -> Path:
     path = folders.resolve_data(kind, plain)
     if path.is_file():
         return path
-    if kind == "input" and plain in _example_files(IMAGE_EXTENSIONS):
-        return EXAMPLE_INPUTS_DIR / plain
-    raise FileNotFoundError(f"{plain!r} is not in the {kind} directory ({folders.current().data_dir(kind)})")
+    example = folders.example_input(plain, IMAGE_EXTENSIONS) if kind == "input" else None
+    if example is not None:
+        return example
+    raise FileNotFoundError(f"{plain!r} is not in the {kind} directory")
 
 
 def file_sha256(path: Path) -> str:

@@ -37,6 +37,7 @@ log = logging.getLogger("loom.server")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VERSION = "0.1.0"
 PROMPT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+VIEWABLE_EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # shipped example inputs /view may show
 
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -302,6 +303,8 @@ class LoomServer:
         filename, annotated = split_annotation(query.get("filename", ""))
         kind = query.get("type") or annotated or "output"
         path = data_path(kind, filename, query.get("subfolder", ""))
+        if not path.is_file() and kind == "input" and not query.get("subfolder"):
+            path = folders.example_input(filename, VIEWABLE_EXAMPLE_EXTENSIONS) or path
         if not path.is_file():
             raise ClientError(404, "not_found", "File not found")
         real = Path(os.path.realpath(path))
@@ -418,9 +421,11 @@ class LoomServer:
         try:
             result = await asyncio.to_thread(workflow.ui_to_api, body, self.registry)
         except ValueError as error:
-            problems = [str(p) for p in getattr(error, "problems", None) or [str(error)]]
+            problems = [p if isinstance(p, dict) else {"message": str(p)}
+                        for p in getattr(error, "problems", None) or [str(error)]]
+            details = "; ".join(_describe_problem(p) for p in problems)
             return web.json_response({"error": {"type": "invalid_workflow", "message": "Cannot convert workflow",
-                                                "details": "; ".join(problems), "extra_info": {}},
+                                                "details": details, "extra_info": {}},
                                       "problems": problems}, status=400)
         if isinstance(result, tuple):
             prompt, warnings = result
@@ -619,6 +624,12 @@ def server_of(app: web.Application) -> LoomServer:
 
 def _plain(number: float) -> int | float:
     return int(number) if float(number).is_integer() else number
+
+
+def _describe_problem(problem: dict[str, Any]) -> str:
+    node = problem.get("node_id")
+    where = f"node {node} ({problem.get('class_type')}): " if node is not None else ""
+    return where + str(problem.get("message", ""))
 
 
 def _looks_like_ui_workflow(value: Any) -> bool:

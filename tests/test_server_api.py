@@ -420,8 +420,23 @@ def test_settings_and_workflow_convert(live):
             broken = {"nodes": [{"id": 1, "type": "NoSuchNodeType", "widgets_values": []}], "links": []}
             async with session.post(f"{live.url}/api/workflow/convert", json=broken) as response:
                 body = await response.json()
-                assert response.status in (200, 400)
+                assert response.status == 400
                 assert "Traceback" not in json.dumps(body)
+                # problems name the node at fault, so the editor can mark it
+                assert body["problems"][0]["node_id"] == "1"
+                assert body["problems"][0]["class_type"] == "NoSuchNodeType"
+                assert "node 1 (NoSuchNodeType)" in body["error"]["details"]
+    run(main())
+
+
+def test_view_serves_shipped_example_inputs(live):
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{live.url}/view", params={"filename": "example.png", "type": "input"}) as r:
+                assert r.status == 200 and r.content_type == "image/png"
+                Image.open(io.BytesIO(await r.read())).verify()
+            async with session.get(f"{live.url}/view", params={"filename": "txt2img.json", "type": "input"}) as r:
+                assert r.status == 404
     run(main())
 
 
