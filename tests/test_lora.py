@@ -198,12 +198,14 @@ def test_text_encoder_lora_equals_encoding_with_merged_weights(sd1):
         for (_name, path) in te_updates:
             module = merged_encoder.get_submodule(path)
             name = "lora_te_" + ("text_model." + path).replace("text_model.text_model.", "text_model.").replace(".", "_")
-            module.weight += (0.6 * manual_delta(state, name, module.weight.shape)).float()
+            merged_weight = module.weight.double() + 0.6 * manual_delta(state, name, module.weight.shape)
+            module.weight.copy_(merged_weight.half().float())  # ComfyUI stores text encoders in float16
     merged = clip.replace(encoders={"l": (clip.encoders["l"][0], merged_encoder)})
     got = encode_text(patched, "a (red:1.2) fox")[0]
     want = encode_text(merged, "a (red:1.2) fox")[0]
-    assert torch.allclose(got[0], want[0], atol=1e-5)
-    assert torch.allclose(got[1]["pooled_output"], want[1]["pooled_output"], atol=1e-5)
+    # a weight may round to the other neighbouring float16 when the delta is summed in another precision
+    assert torch.allclose(got[0], want[0], atol=2e-4)
+    assert torch.allclose(got[1]["pooled_output"], want[1]["pooled_output"], atol=2e-4)
     assert not torch.allclose(got[0], encode_text(clip, "a (red:1.2) fox")[0][0], atol=1e-4)
 
 
