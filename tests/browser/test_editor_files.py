@@ -59,8 +59,9 @@ def test_dropping_an_image_on_load_image_uploads_and_previews_it(editor, loom_se
     png = (REPO / "workflows" / "example.png").read_bytes()
     at = editor.point("bodyPoint", 1)
     editor.drop_file("dropped-photo.png", png, "image/png", at=at)
-    editor.page.wait_for_function("loom.nodeState(1).inputImage && loom.nodeState(1).inputImage.loaded", timeout=15000)
-    assert editor.js("loom.node(1)")["widgets"]["image"] == "dropped-photo.png"
+    # the node may first preview an image already in the input folder: wait for the upload's
+    editor.page.wait_for_function("loom.node(1).widgets.image === 'dropped-photo.png' && loom.nodeState(1).inputImage"
+                                  " && loom.nodeState(1).inputImage.loaded", timeout=15000)
     from PIL import Image
     with Image.open(loom_server.base_dir / "input" / "dropped-photo.png") as uploaded, \
             Image.open(REPO / "workflows" / "example.png") as original:

@@ -4,7 +4,8 @@
  *     screen = (graph + offset) * scale
  */
 
-export const MIN_SCALE = 0.1;
+// lower than litegraph's 0.1 so that fit-to-view shows all of a graph of thousands of nodes
+export const MIN_SCALE = 0.02;
 export const MAX_SCALE = 10;
 
 export class Viewport {
