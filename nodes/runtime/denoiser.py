@@ -267,6 +267,7 @@ class GuidedDenoiser:
         for c in list(self.negative):
             add_matching_areas(self.positive, c)
         share_control_with_negative(self.positive, self.negative)
+        self._batch_cache: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self.unet_calls = 0
 
     # -- one UNet call --------------------------------------------------------------------------
@@ -341,8 +342,12 @@ class GuidedDenoiser:
             return False
         return set(a.entry.added) == set(b.entry.added)
 
-    def _run_batch(self, runs: list[_Run], sigma: torch.Tensor) -> list[torch.Tensor]:
-        batch = runs[0].x.shape[0]
+    def _batch_conditioning(self, runs: list[_Run], batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The context and added conditioning of a batch of runs, built once per batch composition."""
+        key = (batch,) + tuple(id(r.entry) for r in runs)
+        cached = self._batch_cache.get(key)
+        if cached is not None:
+            return cached
         tokens = 1
         for r in runs:
             tokens = math.lcm(tokens, r.entry.context.shape[1])
@@ -354,9 +359,14 @@ class GuidedDenoiser:
             contexts.append(c)
         added = {k: torch.cat([repeat_to_batch_size(r.entry.added[k], batch) for r in runs])
                  for k in runs[0].entry.added}
+        self._batch_cache[key] = (torch.cat(contexts), added)
+        return self._batch_cache[key]
+
+    def _run_batch(self, runs: list[_Run], sigma: torch.Tensor) -> list[torch.Tensor]:
+        context, added = self._batch_conditioning(runs, runs[0].x.shape[0])
         x_in = torch.cat([r.x for r in runs])
         sigma_in = sigma.repeat(len(runs))  # one sigma per latent of each run
-        output = self.apply_model(x_in, sigma_in, torch.cat(contexts), added or None, runs[0].entry.control)
+        output = self.apply_model(x_in, sigma_in, context, added or None, runs[0].entry.control)
         return list(output.chunk(len(runs)))
 
     def calc_cond_batch(self, conds: Sequence[list[CondEntry] | None], x: torch.Tensor,
