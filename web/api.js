@@ -83,6 +83,41 @@ export class Api extends EventTarget {
     return this.postJson("/interrupt", {});
   }
 
+  /** `{ queue_running, queue_pending }`, each a list of `[number, prompt_id, prompt, extra_data, outputs]`. */
+  getQueue() {
+    return this.request("/queue");
+  }
+
+  clearQueue() {
+    return this.postJson("/queue", { clear: true });
+  }
+
+  /** Cancel one prompt: taken off the queue when pending, interrupted when running. */
+  cancelPrompt(promptId) {
+    return this.postJson(`/queue/${encodeURIComponent(promptId)}/cancel`, {});
+  }
+
+  /** Finished prompts, newest last: `{ prompt_id: { prompt, outputs, status } }`. */
+  getHistory(maxItems = 64) {
+    return this.request(`/history?max_items=${maxItems}`);
+  }
+
+  clearHistory() {
+    return this.postJson("/history", { clear: true });
+  }
+
+  async getSettings() {
+    try {
+      return (await this.request("/settings")) || {};
+    } catch {
+      return {};
+    }
+  }
+
+  setSetting(id, value) {
+    return this.postJson(`/settings/${encodeURIComponent(id)}`, value);
+  }
+
   async uploadImage(file, { overwrite = false } = {}) {
     const form = new FormData();
     form.append("image", file, file.name);

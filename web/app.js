@@ -17,6 +17,7 @@ function wireToolbar(editor) {
   on("btn-save", () => editor.saveFile());
   on("btn-export-api", () => editor.exportApi());
   on("btn-fit", () => { editor.canvas.fitView(); editor.viewChanged(); });
+  on("btn-panel", () => editor.toggleSidebar());
   const queueLabel = document.getElementById("queue-size");
   editor.execution.addEventListener("status", (e) => {
     if (queueLabel) queueLabel.textContent = e.detail.queueRemaining ? `${e.detail.queueRemaining} queued` : "idle";
@@ -142,6 +143,8 @@ async function start() {
   const editor = new Editor({ api, defs: new NodeDefs(objectInfo), canvasElement: document.getElementById("graph") });
   wireToolbar(editor);
   wireDrop(editor);
+  await editor.settings.load();
+  editor.applySettings();
   if (!editor.restoreFromStorage()) await editor.newWorkflow();
   window.addEventListener("pagehide", () => editor.saveToStorage());
   api.connect();

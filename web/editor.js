@@ -10,6 +10,9 @@ import { History } from "./graph/history.js";
 import { copyPayload, pastePayload, readClipboard, writeClipboard } from "./graph/clipboard.js";
 import { alignNodes, distributeNodes } from "./graph/arrange.js";
 import { groupAround } from "./graph/groups.js";
+import { Minimap } from "./canvas/minimap.js";
+import { Settings } from "./settings.js";
+import { SETTINGS, Sidebar } from "./ui/sidebar.js";
 import { NODE_COLORS } from "./graph/types.js";
 import { DEFAULT_WORKFLOW } from "./graph/default-workflow.js";
 import { graphFromPrompt } from "./graph/from-api.js";
@@ -50,6 +53,13 @@ export class Editor {
     this.search = new NodeSearch(defs);
     this.execution = new Execution(api, this.graph, this.canvas, (m, l) => this.notify(m, l));
     this.autosaveTimer = null;
+    this.settings = new Settings(api, SETTINGS);
+    const stage = canvasElement.parentElement;
+    this.minimap = new Minimap(this.canvas, stage);
+    this.minimap.onViewChanged = () => this.viewChanged();
+    this.canvas.afterDraw = () => this.minimap.draw();
+    this.sidebar = new Sidebar(this);
+    this.settings.addEventListener("change", () => this.applySettings());
     this.history = new History(this.graph, (data) => this.restoreSnapshot(data), () => this.interaction.drag !== null);
     this.graph.onChange((reason) => {
       this.canvas.setDirty();
@@ -60,6 +70,21 @@ export class Editor {
 
   notify(message, level = "info") {
     notify(message, level);
+  }
+
+  /** Settings take effect (after loading them from the server, and on every change). */
+  applySettings() {
+    this.minimap.setVisible(Boolean(this.settings.get("Loom.Minimap.Visible")));
+    this.zoomSpeed = Number(this.settings.get("Loom.Canvas.ZoomSpeed")) || 1;
+  }
+
+  /** Alt+Shift+M: show or hide the minimap (a setting, so it is remembered). */
+  toggleMinimap() {
+    this.settings.set("Loom.Minimap.Visible", !this.minimap.visible);
+  }
+
+  toggleSidebar(tab) {
+    return this.sidebar.toggle(tab);
   }
 
   // ---------------------------------------------------------------- workflows

@@ -24,6 +24,7 @@ export class GraphCanvas {
     this.rubberBand = null;
     this.editingWidget = null;
     this.frames = 0;
+    this.afterDraw = null; // e.g. the minimap, drawn after each frame
     this.width = 0;
     this.height = 0;
     this.scheduled = false;
@@ -54,6 +55,7 @@ export class GraphCanvas {
     const ratio = window.devicePixelRatio || 1;
     this.ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     this.renderer.draw(this.ctx, this.width, this.height);
+    this.afterDraw?.();
     this.frames++;
     const waiters = this.frameWaiters;
     this.frameWaiters = [];

@@ -350,7 +350,7 @@ export class Interaction {
     event.preventDefault();
     this.editor.commitEditing(); // a text field over the canvas would no longer sit on its widget
     const [sx, sy] = this.canvas.eventPoint(event);
-    const speed = event.ctrlKey ? 0.01 : 0.0015; // ctrl+wheel is how browsers report a trackpad pinch
+    const speed = (event.ctrlKey ? 0.01 : 0.0015) * (this.editor.zoomSpeed || 1); // ctrl+wheel: a trackpad pinch
     const delta = event.deltaMode === 1 ? event.deltaY * 16 : event.deltaY;
     this.canvas.viewport.zoomAt(Math.exp(-delta * speed), sx, sy);
     this.canvas.setDirty();
@@ -385,6 +385,8 @@ export class Interaction {
     }
     if (ctrl && key === "v") { event.preventDefault(); editor.paste({ keepInputLinks: event.shiftKey }); return; }
     if (ctrl && key === "b") { event.preventDefault(); editor.toggleSelectionMode(MODE_BYPASS); return; }
+    if (event.altKey && event.shiftKey && event.code === "KeyM") { event.preventDefault(); editor.toggleMinimap(); return; }
+    if (!ctrl && !event.altKey && key === "q") { editor.toggleSidebar("queue"); return; }
     if (ctrl && key === "g") { event.preventDefault(); editor.groupSelection(); return; }
     if (ctrl && key === "m") { event.preventDefault(); editor.toggleSelectionMode(MODE_NEVER); return; }
     if (ctrl && (event.key === "d" || event.key === "D")) {
