@@ -5,12 +5,15 @@
 import { GraphCanvas } from "./canvas/canvas.js";
 import { Interaction, firstCompatibleSlot } from "./canvas/interaction.js";
 import { fitNodeSize, minimumSize, widgetRect, IMAGE_MIN_HEIGHT } from "./canvas/layout.js";
-import { Graph, MODE_ALWAYS } from "./graph/model.js";
+import { CONVERTED_WIDGET, Graph, MODE_ALWAYS } from "./graph/model.js";
 import { History } from "./graph/history.js";
 import { copyPayload, pastePayload, readClipboard, writeClipboard } from "./graph/clipboard.js";
 import { alignNodes, distributeNodes } from "./graph/arrange.js";
 import { groupAround } from "./graph/groups.js";
 import { Minimap } from "./canvas/minimap.js";
+import { createPrimitive, createReroute } from "./graph/frontend-nodes.js";
+import { nodeBounds } from "./canvas/layout.js";
+import { isValidConnection } from "./graph/types.js";
 import { Settings } from "./settings.js";
 import { SETTINGS, Sidebar } from "./ui/sidebar.js";
 import { NODE_COLORS } from "./graph/types.js";
@@ -20,7 +23,7 @@ import { Execution } from "./execution.js";
 import { readPngWorkflow } from "./png.js";
 import { NodeSearch } from "./ui/search.js";
 import { closeMenus, showMenu } from "./ui/menus.js";
-import { showCanvasMenu, showGroupMenu, showNodeMenu, showSlotMenu } from "./ui/editor-menus.js";
+import { showCanvasMenu, showGroupMenu, showLinkMenu, showNodeMenu, showSlotMenu } from "./ui/editor-menus.js";
 import { closeOverlay, editText } from "./ui/overlays.js";
 import { notify } from "./ui/notify.js";
 
@@ -362,6 +365,85 @@ export class Editor {
     const next = nodes.every((n) => n.mode === mode) ? MODE_ALWAYS : mode;
     for (const node of nodes) node.mode = next;
     this.graph.changed("mode");
+  }
+
+  // ---------------------------------------------------------------- links: reroutes, inserting nodes
+
+  linkMenu(link, event) {
+    showLinkMenu(this, link, event);
+  }
+
+  /** Put a Reroute at the link's centre: origin -> reroute -> target. */
+  addRerouteOnLink(link) {
+    const origin = this.graph.getNode(link.origin_id);
+    const target = this.graph.getNode(link.target_id);
+    const reroute = this.graph.addNode(createReroute(this.canvas.linkCenter(link), link.type), false);
+    const { origin_slot: outSlot, target_slot: inSlot } = link;
+    this.graph.connect(origin, outSlot, reroute, 0, false);
+    this.graph.connect(reroute, 0, target, inSlot, false);
+    this.graph.changed("connect");
+    return reroute;
+  }
+
+  /** Splice `node` into `link`: origin -> node (first input of the type) -> target (first output of it). */
+  insertNodeOnLink(node, link) {
+    const inSlot = node.inputs.findIndex((i) => i.link == null && isValidConnection(link.type, i.type));
+    const outSlot = node.outputs.findIndex((o) => isValidConnection(o.type, link.type));
+    if (inSlot < 0 || outSlot < 0) return false;
+    const origin = this.graph.getNode(link.origin_id);
+    const target = this.graph.getNode(link.target_id);
+    const targetSlot = link.target_slot;
+    if (!this.graph.connect(origin, link.origin_slot, node, inSlot, false)) return false;
+    this.graph.connect(node, outSlot, target, targetSlot, false);
+    this.graph.changed("connect");
+    return true;
+  }
+
+  /** After a node without links is dropped: if a link's centre lies under it, splice it in. */
+  dropNodeOnLink(node) {
+    if (node.inputs.some((i) => i.link != null) || node.outputs.some((o) => o.links?.length)) return false;
+    const [x, y, w, h] = nodeBounds(node);
+    for (const link of this.graph.links.values()) {
+      const center = this.canvas.linkCenter(link);
+      if (center && center[0] >= x && center[0] <= x + w && center[1] >= y && center[1] <= y + h) {
+        return this.insertNodeOnLink(node, link);
+      }
+    }
+    return false;
+  }
+
+  // ---------------------------------------------------------------- widgets as inputs, primitives
+
+  /** Give a widget a socket (ComfyUI's "convert widget to input"); its value is kept for converting back. */
+  convertWidgetToInput(node, widget) {
+    if (node.inputs.some((i) => i.widget?.name === widget.name)) return;
+    node.inputs.push({ name: widget.name, type: widget.inputType === "COMBO" || widget.kind === "combo" ? "COMBO" : widget.inputType,
+      widget: { name: widget.name }, link: null, [CONVERTED_WIDGET]: true });
+    this.graph.changed("convert");
+  }
+
+  convertInputToWidget(node, widget) {
+    const index = node.inputs.findIndex((i) => i.widget?.name === widget.name);
+    if (index < 0) return;
+    this.graph.disconnectInput(node, index, false);
+    // links point at input slots by index: renumber the ones after the removed input
+    for (let i = index + 1; i < node.inputs.length; i++) {
+      const link = this.graph.inputLink(node, i);
+      if (link) link.target_slot = i - 1;
+    }
+    node.inputs.splice(index, 1);
+    this.graph.changed("convert");
+  }
+
+  /** A PrimitiveNode left of `node` feeding the widget (converted to an input first when needed). */
+  addPrimitiveFor(node, widget) {
+    this.convertWidgetToInput(node, widget);
+    const index = node.inputs.findIndex((i) => i.widget?.name === widget.name);
+    const input = node.inputs[index];
+    const primitive = this.graph.addNode(createPrimitive([node.pos[0] - 260, node.pos[1] + 20 * index], input, widget.value), false);
+    this.graph.connect(primitive, 0, node, index, false);
+    this.graph.changed("connect");
+    return primitive;
   }
 
   // ---------------------------------------------------------------- groups

@@ -118,6 +118,26 @@ export class GraphCanvas {
     return null;
   }
 
+  /** The link whose centre marker is under a graph point, or null. */
+  linkCenterAt(gx, gy, radius = 9) {
+    const r2 = (radius / Math.min(1, this.viewport.scale)) ** 2;
+    for (const link of this.graph.links.values()) {
+      const center = this.linkCenter(link);
+      if (center && (gx - center[0]) ** 2 + (gy - center[1]) ** 2 <= r2) return link;
+    }
+    return null;
+  }
+
+  /** Midpoint of a link's spline (its control points are symmetric, so it is the chord's midpoint). */
+  linkCenter(link) {
+    const origin = this.graph.getNode(link.origin_id);
+    const target = this.graph.getNode(link.target_id);
+    if (!origin || !target) return null;
+    const a = outputSlotPos(origin, link.origin_slot);
+    const b = inputSlotPos(target, link.target_slot);
+    return [(a[0] + b[0]) / 2, (a[1] + b[1]) / 2];
+  }
+
   /** Which part of `node` a graph point is on: "collapse", "title", "resize", a widget, or "body". */
   partAt(node, gx, gy) {
     const [x, y] = node.pos;

@@ -84,6 +84,11 @@ export class Interaction {
       return;
     }
     const node = canvas.nodeAt(...point);
+    const linkCenter = !node && canvas.viewport.scale >= 0.5 && canvas.linkCenterAt(...point);
+    if (linkCenter) {
+      this.drag = { kind: "link-center", link: linkCenter }; // its menu opens on release (pointerdown closes menus)
+      return;
+    }
     const handle = !node && groupHandleAt(graph.groups, ...point);
     if (handle && !(event.ctrlKey || event.shiftKey || event.metaKey)) {
       const { group, part } = handle;
@@ -249,6 +254,7 @@ export class Interaction {
         else this.editor.viewChanged();
         break;
       case "move":
+        if (drag.moved && drag.nodes.length === 1) this.editor.dropNodeOnLink(drag.nodes[0]);
         if (drag.moved) graph.changed("move");
         else if (drag.plainClick && canvas.selected.size > 1) canvas.select(drag.node); // click one of many: just it
         break;
@@ -261,6 +267,9 @@ export class Interaction {
         break;
       case "link":
         this.#dropLink(point, screen);
+        break;
+      case "link-center":
+        this.editor.linkMenu(drag.link, event);
         break;
       case "band": {
         const band = canvas.rubberBand;

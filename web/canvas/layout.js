@@ -6,6 +6,7 @@
  * so they always agree on where things are.
  */
 
+import { CONVERTED_WIDGET } from "../graph/model.js";
 export const TITLE_HEIGHT = 30;
 export const SLOT_HEIGHT = 20;
 export const WIDGET_HEIGHT = 20;
@@ -55,14 +56,17 @@ export function fitText(text, font, maxWidth) {
 export function visibleInputs(node) {
   const shown = [];
   node.inputs.forEach((input, index) => {
-    if (!(input.widget && input.link == null && node.widget(input.widget.name))) shown.push({ input, index });
+    if (input[CONVERTED_WIDGET] || !(input.widget && input.link == null && node.widget(input.widget.name))) {
+      shown.push({ input, index });
+    }
   });
   return shown;
 }
 
 /** Widgets drawn in the body (those replaced by a linked socket are hidden). */
 export function visibleWidgets(node) {
-  return node.widgets.filter((w) => !node.isWidgetLinked(w));
+  return node.widgets.filter((w) => !node.isWidgetLinked(w)
+    && !node.inputs.some((i) => i[CONVERTED_WIDGET] && i.widget?.name === w.name));
 }
 
 function hasImageArea(node) {

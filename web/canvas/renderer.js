@@ -140,7 +140,13 @@ export class Renderer {
       if (!path) byColor.set(color, (path = new Path2D()));
       path.moveTo(a[0], a[1]);
       if (lowDetail) path.lineTo(b[0], b[1]);
-      else path.bezierCurveTo(a[0] + bend, a[1], b[0] - bend, b[1], b[0], b[1]);
+      else {
+        path.bezierCurveTo(a[0] + bend, a[1], b[0] - bend, b[1], b[0], b[1]);
+        const cx = (a[0] + b[0]) / 2, cy = (a[1] + b[1]) / 2; // the centre marker: click for the link menu
+        path.moveTo(cx + 4, cy);
+        path.arc(cx, cy, 4, 0, Math.PI * 2);
+        path.moveTo(b[0], b[1]);
+      }
       drawn++;
     }
     ctx.lineWidth = lowDetail ? 2 / Math.max(this.view.viewport.scale, 0.2) : 3;

@@ -34,6 +34,12 @@ function decimalsOf(step) {
   return text.includes(".") ? text.split(".")[1].length : 0;
 }
 
+/**
+ * Marks an input made by "convert widget to input" in this session: its socket shows even while
+ * unlinked (a symbol key, so it is never written to the saved JSON).
+ */
+export const CONVERTED_WIDGET = Symbol("converted widget input");
+
 /** Node types that live only in the editor (never sent to the server), by the badge they get. */
 const FRONTEND_NODE_TYPES = { Reroute: "reroute", PrimitiveNode: "primitive", Note: "note", MarkdownNote: "note" };
 

@@ -84,6 +84,7 @@ export function showNodeMenu(editor, node, event) {
     { label: node.flags.collapsed ? "Expand" : "Collapse", action: () => editor.toggleCollapse(node) },
     { label: "Colours", submenu: colors },
     { label: "Mode", submenu: modes },
+    ...widgetConversionItems(editor, node),
     { label: "Fit size to content", action: () => { node.size = minimumSize(node); editor.graph.changed("resize"); } },
     null,
     { label: "Copy", action: () => editor.copySelection() },
@@ -121,4 +122,31 @@ export function showGroupMenu(editor, group, event) {
     null,
     { label: "Remove group", action: () => editor.removeGroup(group) },
   ], event.clientX, event.clientY, { title: group.title || "Group" });
+}
+
+function widgetConversionItems(editor, node) {
+  if (!node.widgets.length) return [];
+  const converted = (widget) => node.inputs.some((i) => i.widget?.name === widget.name);
+  const convertible = node.widgets.filter((w) => w.kind !== "upload" && w.kind !== "control");
+  const toInput = convertible.filter((w) => !converted(w));
+  const toWidget = convertible.filter(converted);
+  const items = [];
+  if (toInput.length) {
+    items.push({ label: "Convert widget to input", submenu: toInput.map((w) => ({ label: w.name,
+      action: () => editor.convertWidgetToInput(node, w) })) });
+    items.push({ label: "Add primitive for", submenu: toInput.map((w) => ({ label: w.name,
+      action: () => editor.addPrimitiveFor(node, w) })) });
+  }
+  if (toWidget.length) {
+    items.push({ label: "Convert input to widget", submenu: toWidget.map((w) => ({ label: w.name,
+      action: () => editor.convertInputToWidget(node, w) })) });
+  }
+  return items;
+}
+
+export function showLinkMenu(editor, link, event) {
+  showMenu([
+    { label: "Add reroute", action: () => editor.addRerouteOnLink(link) },
+    { label: "Delete link", action: () => editor.graph.removeLink(link.id) },
+  ], event.clientX, event.clientY, { title: link.type });
 }
