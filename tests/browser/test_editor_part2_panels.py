@@ -16,6 +16,11 @@ def test_queue_history_gallery_and_shortcuts(editor):
     editor.js(f"() => {{ loom.graph.getNode({image}).widget('color').value = 12345; }}")
     first = editor.js("loom.queue()")["prompt_id"]
     editor.page.wait_for_function(f"loom.nodeState({save}).images.length > 0", timeout=20000)
+    # the output image is drawn from a bitmap decoded and scaled once, not from the full image each frame
+    editor.page.wait_for_function("loom.renderStats().bitmapsMade > 0", timeout=10000)
+    editor.js("() => { loom.canvas.viewport.panBy(5, 0); loom.canvas.setDirty(); }")
+    editor.frame()
+    assert editor.js("loom.renderStats().bitmapHits") > 0
 
     sleep_graph = """const a = add('TestConstInt', 50, 100); const b = add('TestSleep', 400, 100);
         const c = add('TestOutput', 800, 100); link(a, 0, b, 0); link(b, 0, c, 0);

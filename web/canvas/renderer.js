@@ -9,6 +9,7 @@ import {
 } from "./layout.js";
 import { isValidConnection, typeColor } from "../graph/types.js";
 import { widgetImpl } from "../widgets/index.js";
+import { BitmapCache } from "./bitmaps.js";
 
 export const LOW_DETAIL_SCALE = 0.55;
 
@@ -31,6 +32,7 @@ export class Renderer {
   constructor(view) {
     this.view = view; // the GraphCanvas: graph, viewport, selection, drag state
     this.visibleNodes = [];
+    this.bitmaps = new BitmapCache(() => this.view.setDirty());
     this.stats = { nodes: 0, links: 0, ms: 0 };
   }
 
@@ -57,7 +59,8 @@ export class Renderer {
     this.#drawDragLink(ctx);
     this.#drawRubberBand(ctx);
     ctx.restore();
-    this.stats = { nodes: this.visibleNodes.length, links: this.stats.links, lowDetail, ms: performance.now() - started };
+    this.stats = { nodes: this.visibleNodes.length, links: this.stats.links, lowDetail, ms: performance.now() - started,
+      bitmapsMade: this.bitmaps.made, bitmapHits: this.bitmaps.hits };
   }
 
   #drawGrid(ctx, [x, y, w, h]) {
@@ -385,7 +388,8 @@ export class Renderer {
       const h = img.height * scale;
       const cx = area[0] + (i % columns) * cellW + (cellW - w) / 2;
       const cy = area[1] + Math.floor(i / columns) * cellH + (cellH - h) / 2;
-      ctx.drawImage(img, cx, cy, w, h);
+      const pixels = w * this.view.viewport.scale * (window.devicePixelRatio || 1);
+      ctx.drawImage(this.bitmaps.source(img, pixels), cx, cy, w, h);
     });
     if (caption) {
       ctx.font = "11px Arial, sans-serif";
