@@ -126,6 +126,7 @@ function exposeHook(editor) {
       return null;
     },
     lastQueueResult: () => editor.execution.lastResult,
+    subgraphPath: () => editor.subgraphPath,
     renderStats: () => ({ ...canvas.renderer.stats, frames: canvas.frames }),
   };
 }

@@ -11,6 +11,7 @@ import { copyPayload, pastePayload, readClipboard, writeClipboard } from "./grap
 import { alignNodes, distributeNodes } from "./graph/arrange.js";
 import { groupAround } from "./graph/groups.js";
 import { Minimap } from "./canvas/minimap.js";
+import { enterSubgraph, writeBack } from "./graph/subgraphs.js";
 import { createPrimitive, createReroute } from "./graph/frontend-nodes.js";
 import { nodeBounds } from "./canvas/layout.js";
 import { isValidConnection } from "./graph/types.js";
@@ -56,6 +57,7 @@ export class Editor {
     this.search = new NodeSearch(defs);
     this.execution = new Execution(api, this.graph, this.canvas, (m, l) => this.notify(m, l));
     this.autosaveTimer = null;
+    this.subgraphStack = []; // entries of the subgraphs opened, outermost first
     this.settings = new Settings(api, SETTINGS);
     const stage = canvasElement.parentElement;
     this.minimap = new Minimap(this.canvas, stage);
@@ -95,11 +97,61 @@ export class Editor {
   /** The UI workflow as saved: the graph plus the current view in `extra.ds`. */
   serializeWorkflow() {
     this.graph.extra.ds = this.canvas.viewport.serialize();
-    return this.graph.serialize();
+    let data = this.graph.serialize();
+    // inside a subgraph: the whole workflow, with the open definitions written back
+    for (let i = this.subgraphStack.length - 1; i >= 0; i--) data = writeBack(this.subgraphStack[i], data);
+    return data;
+  }
+
+  // ---------------------------------------------------------------- subgraphs
+
+  /** Show the inside of a subgraph instance as the graph (double-click on its body, or its menu). */
+  openSubgraph(node) {
+    this.history.commit();
+    this.graph.extra.ds = this.canvas.viewport.serialize();
+    const { workflow, entry } = enterSubgraph(this.graph.serialize(), node.type);
+    this.subgraphStack.push(entry);
+    this.loadWorkflow(workflow, { fit: true, keepStack: true });
+    this.#showSubgraphPath();
+  }
+
+  /** Back to the graph around the open subgraph (Escape), with the edits written into its definition. */
+  closeSubgraph() {
+    const entry = this.subgraphStack.pop();
+    if (!entry) return false;
+    const parent = writeBack(entry, this.graph.serialize());
+    this.loadWorkflow(parent, { keepStack: true });
+    this.#showSubgraphPath();
+    return true;
+  }
+
+  get subgraphPath() {
+    return this.subgraphStack.map((e) => e.name);
+  }
+
+  #showSubgraphPath() {
+    let bar = document.getElementById("subgraph-path");
+    if (!bar) {
+      bar = document.createElement("div");
+      bar.id = "subgraph-path";
+      bar.className = "subgraph-path";
+      this.canvas.element.parentElement.appendChild(bar);
+    }
+    bar.hidden = !this.subgraphStack.length;
+    bar.replaceChildren();
+    const root = document.createElement("button");
+    root.textContent = "Workflow";
+    root.addEventListener("click", () => { while (this.closeSubgraph()) { /* up one level at a time */ } });
+    bar.append(root, ...this.subgraphPath.map((name) => Object.assign(document.createElement("span"), { textContent: ` › ${name}` })));
+    bar.append(Object.assign(document.createElement("span"), { className: "muted", textContent: "  (Escape to leave)" }));
   }
 
   /** Load a UI workflow (0.4 or schema 1) or an API prompt. */
-  loadWorkflow(data, { fit = false } = {}) {
+  loadWorkflow(data, { fit = false, keepStack = false } = {}) {
+    if (!keepStack && this.subgraphStack.length) {
+      this.subgraphStack = [];
+      this.#showSubgraphPath();
+    }
     closeOverlay(false);
     closeMenus();
     this.search.close();

@@ -337,6 +337,7 @@ export class Interaction {
       return;
     }
     if (this.canvas.partAt(node, ...point).part === "title") this.editor.editTitle(node);
+    else if (node.container === "subgraph") this.editor.openSubgraph(node);
   }
 
   #contextMenu(event) {
@@ -421,6 +422,7 @@ export class Interaction {
       return;
     }
     if (event.key === "." && !ctrl) { this.canvas.fitView(); editor.viewChanged(); return; }
+    if (event.key === "Escape" && editor.subgraphStack.length && !this.canvas.dragLink) { editor.closePopups(); editor.closeSubgraph(); return; }
     if (event.key === "Escape") { editor.closePopups(); this.canvas.dragLink = null; this.canvas.setDirty(); }
   }
 }

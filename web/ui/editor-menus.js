@@ -80,6 +80,7 @@ export function showNodeMenu(editor, node, event) {
   ];
   showMenu([
     { label: "Title…", action: () => editor.editTitle(node) },
+    ...(node.container === "subgraph" ? [{ label: "Open subgraph", action: () => editor.openSubgraph(node) }] : []),
     ...(many > 1 ? [{ label: "Arrange selected", submenu: arrange }] : []),
     { label: node.flags.collapsed ? "Expand" : "Collapse", action: () => editor.toggleCollapse(node) },
     { label: "Colours", submenu: colors },
