@@ -205,7 +205,7 @@ export class Editor {
 
   /** A pointer gesture ended: its edits become one undo step. */
   gestureEnded() {
-    this.history.schedule();
+    this.history.flush();
   }
 
   async newWorkflow() {

@@ -8,6 +8,7 @@
  */
 
 const DEFAULT_LIMIT = 100;
+const MAX_KEPT_CHARS = 40_000_000; // about 80 MB of snapshots: big graphs keep fewer steps
 
 /**
  * The graph as a comparable snapshot string, view excluded. Nodes are sorted by id: bringing a node to
@@ -35,11 +36,13 @@ export class History {
     this.redoStack = [];
     this.current = null;
     this.pending = false;
+    this.changed = false;
   }
 
   /** Forget all steps and take the graph as it is now as the starting point (after loading a workflow). */
   reset() {
     this.pending = false;
+    this.changed = false;
     this.undoStack = [];
     this.redoStack = [];
     this.current = snapshotOf(this.graph);
@@ -50,6 +53,7 @@ export class History {
    * microtask, so two quick key presses stay two steps) and any pointer gesture has ended.
    */
   schedule() {
+    this.changed = true;
     if (this.pending) return;
     this.pending = true;
     queueMicrotask(() => {
@@ -59,14 +63,23 @@ export class History {
     });
   }
 
+  /** A gesture ended: record its edits, if it made any (a pan makes none and costs no snapshot). */
+  flush() {
+    if (this.changed) this.commit();
+  }
+
   /** Record the graph as a step if it differs from the last one. */
   commit() {
     this.pending = false;
+    this.changed = false;
     const snapshot = snapshotOf(this.graph);
     if (this.current === null) { this.current = snapshot; return; }
     if (snapshot === this.current) return;
     this.undoStack.push(this.current);
-    if (this.undoStack.length > this.limit) this.undoStack.shift();
+    let kept = this.undoStack.reduce((sum, step) => sum + step.length, 0);
+    while (this.undoStack.length > 1 && (this.undoStack.length > this.limit || kept > MAX_KEPT_CHARS)) {
+      kept -= this.undoStack.shift().length;
+    }
     this.redoStack = [];
     this.current = snapshot;
   }
@@ -99,5 +112,6 @@ export class History {
     this.current = snapshot;
     this.restore(JSON.parse(snapshot));
     this.pending = false; // the restore itself is no new step
+    this.changed = false;
   }
 }
