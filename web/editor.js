@@ -538,6 +538,18 @@ export class Editor {
     showGroupMenu(this, group, event);
   }
 
+  /** P: pin the selection (pinned nodes cannot be moved or resized), or unpin it when all are pinned. */
+  togglePinSelection() {
+    const nodes = [...this.canvas.selected];
+    if (!nodes.length) return;
+    const pin = !nodes.every((n) => n.flags.pinned);
+    for (const node of nodes) {
+      if (pin) node.flags.pinned = true;
+      else delete node.flags.pinned;
+    }
+    this.graph.changed("pin");
+  }
+
   toggleCollapse(node) {
     node.flags.collapsed = !node.flags.collapsed;
     if (!node.flags.collapsed) delete node.flags.collapsed;

@@ -139,3 +139,10 @@ def test_align_distribute_bypass_and_mute(editor):
     assert next(n for n in editor.workflow()["nodes"] if n["id"] == 1)["mode"] == 4
     editor.keyboard.press("Control+z")
     assert editor.js("loom.node(1)")["mode"] == 0
+
+    # P pins: a pinned node does not move when dragged, and is saved with flags.pinned
+    editor.keyboard.press("p")
+    pos = editor.js("loom.node(1)")["pos"]
+    editor.drag(editor.point("titlePoint", 1), (600, 650))
+    assert editor.js("loom.node(1)")["pos"] == pos
+    assert next(n for n in editor.workflow()["nodes"] if n["id"] == 1)["flags"] == {"pinned": True}

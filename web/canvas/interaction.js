@@ -116,7 +116,7 @@ export class Interaction {
       editor.toggleCollapse(node);
       return;
     }
-    if (part === "resize") {
+    if (part === "resize" && !node.flags.pinned) {
       canvas.select(node, canvas.selected.has(node));
       this.drag = { kind: "resize", node, start: point, size: node.size.slice(), moved: false };
       return;
@@ -134,7 +134,7 @@ export class Interaction {
     } else if (!canvas.selected.has(node)) {
       canvas.select(node, false);
     }
-    let moving = [...canvas.selected];
+    let moving = [...canvas.selected].filter((n) => !n.flags.pinned); // pinned nodes stay put
     if (event.altKey) {
       moving = editor.duplicateNodes(moving, [0, 0]);
       canvas.selected = new Set(moving);
@@ -397,6 +397,7 @@ export class Interaction {
     if (ctrl && key === "b") { event.preventDefault(); editor.toggleSelectionMode(MODE_BYPASS); return; }
     if (event.altKey && event.shiftKey && event.code === "KeyM") { event.preventDefault(); editor.toggleMinimap(); return; }
     if (!ctrl && !event.altKey && key === "q") { editor.toggleSidebar("queue"); return; }
+    if (!ctrl && !event.altKey && key === "p") { editor.togglePinSelection(); return; }
     if (ctrl && key === "g") { event.preventDefault(); editor.groupSelection(); return; }
     if (ctrl && key === "m") { event.preventDefault(); editor.toggleSelectionMode(MODE_NEVER); return; }
     if (ctrl && (event.key === "d" || event.key === "D")) {

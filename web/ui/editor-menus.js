@@ -88,6 +88,7 @@ export function showNodeMenu(editor, node, event) {
     ...widgetConversionItems(editor, node),
     { label: "Fit size to content", action: () => { node.size = minimumSize(node); editor.graph.changed("resize"); } },
     null,
+    { label: node.flags.pinned ? "Unpin (P)" : "Pin (P)", action: () => editor.togglePinSelection() },
     { label: "Copy", action: () => editor.copySelection() },
     { label: "Group selected (Ctrl+G)", action: () => editor.groupSelection() },
     { label: "Clone", disabled: node.missing, action: () => editor.duplicateSelection() },

@@ -15,6 +15,7 @@ export const SHORTCUTS = [
   ["Ctrl+B", "Bypass the selection (toggle)"],
   ["Ctrl+M", "Mute the selection (toggle)"],
   ["Alt+C", "Collapse the selection (toggle)"],
+  ["P", "Pin the selection: no moving or resizing (toggle)"],
   [".", "Fit the view to the selection or the graph"],
   ["Alt+= / Alt+-", "Zoom in / out"],
   ["Alt+Shift+M", "Show or hide the minimap"],
