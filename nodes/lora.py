@@ -78,7 +78,8 @@ class LoraLoader(Node):
     @classmethod
     def execute(cls, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float) -> tuple:
         model = _check_handle("LoraLoader", "model", model, "MODEL")
-        clip = _check_handle("LoraLoader", "clip", clip, "CLIP")
+        if clip is not None:  # a checkpoint without a text encoder gives None; the model still gets the LoRA
+            clip = _check_handle("LoraLoader", "clip", clip, "CLIP")
         if strength_model == 0 and strength_clip == 0:
             return (model, clip)
         return apply_lora("LoraLoader", lora_name, model, clip, strength_model, strength_clip)
