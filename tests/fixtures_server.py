@@ -25,6 +25,28 @@ REPO = Path(__file__).resolve().parents[1]
 NODEPACK = REPO / "tests" / "nodepack"
 
 
+def run_async(coro: Any) -> Any:
+    """Run a client coroutine to completion on a fresh event loop in its own thread.
+
+    The calling thread may already have a running loop (Playwright's sync API leaves one in the
+    browser tests' session), where ``asyncio.run`` refuses to start.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(coro)
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name="test-client")
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 class LiveServer:
     """An in-process server on 127.0.0.1:<ephemeral>; ``url`` is its base address."""
 

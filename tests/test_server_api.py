@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tests.fixtures_server import LiveServer, add_prompt, new_client_id, queue_prompt, wait_done, wait_history
+from tests.fixtures_server import (LiveServer, add_prompt, new_client_id, queue_prompt, run_async, wait_done,
+                                   wait_history)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def _small_upload_limits():
 
 
 def run(coro):
-    return asyncio.run(coro)
+    return run_async(coro)
 
 
 def png_bytes(size=(16, 12), color=(200, 30, 60, 255), text: dict | None = None) -> bytes:

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from server.queue import Outcome, PromptQueue, QueueStoreError
-from tests.fixtures_server import ServerProcess, add_prompt, queue_prompt, wait_history
+from tests.fixtures_server import ServerProcess, add_prompt, queue_prompt, run_async, wait_history
 
 
 def put(queue: PromptQueue, prompt_id: str, **kwargs) -> float:
@@ -158,7 +158,7 @@ def test_restart_keeps_queued_prompts(tmp_path, stop):
         listening = [c.laddr for c in psutil.Process(first.proc.pid).net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN]
         assert listening and all(address.ip == "127.0.0.1" for address in listening)  # A1
-        running_id, ids = asyncio.run(_queue_five(first.url))
+        running_id, ids = run_async(_queue_five(first.url))
         if stop == "SIGKILL":
             first.kill()
         else:
@@ -168,7 +168,7 @@ def test_restart_keeps_queued_prompts(tmp_path, stop):
             first.proc.kill()
     second = ServerProcess(tmp_path)
     try:
-        asyncio.run(_all_finish(second.url, running_id, ids))
+        run_async(_all_finish(second.url, running_id, ids))
         output = "".join(second.lines)
         if stop == "SIGKILL":
             assert "were running when Loom last stopped" in output

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from tests.fixtures_server import LiveServer, add_prompt, queue_prompt, wait_history
+from tests.fixtures_server import LiveServer, add_prompt, queue_prompt, run_async, wait_history
 
 TOKEN = "test-token-0123456789"
 
@@ -53,7 +53,7 @@ def locked(servers):
 
 
 def run(coro):
-    return asyncio.run(coro)
+    return run_async(coro)
 
 
 def assert_clean_error(status: int, body: str, expected: tuple[int, ...]) -> None:
