@@ -169,6 +169,11 @@ export class Api extends EventTarget {
     }
     let message;
     try { message = JSON.parse(data); } catch { return; }
+    if (message?.type === "status" && message.data?.sid && message.data.sid !== this.clientId) {
+      // a duplicated tab shares our session storage: the server gave it its own id, use that one
+      this.clientId = message.data.sid;
+      sessionStorage.setItem("loom.clientId", this.clientId);
+    }
     if (message?.type) this.dispatchEvent(new CustomEvent(message.type, { detail: message.data }));
   }
 }
