@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-browser", action="store_true", help="do not open the editor in a browser")
     serve.add_argument("--workflow", type=Path, default=None,
                        help="workflow the editor opens first (default: workflows/txt2img.json)")
+    serve.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="HOST",
+                       help="extra Host name to answer to, e.g. behind a reverse proxy (repeatable)")
+    serve.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=[],
+                       metavar="ORIGIN", help="extra Origin allowed to call the API, e.g. https://x.example")
+    serve.add_argument("--expose-tracebacks", action="store_true",
+                       help="include tracebacks in execution errors sent to clients (debugging only)")
 
     run = commands.add_parser("run", parents=[common], help="run a workflow headless")
     run.add_argument("workflow", type=Path, help="UI or API workflow JSON, or a PNG/WebP with one embedded")

@@ -39,7 +39,9 @@ def run_server(args: argparse.Namespace | None = None, registry: Any = None, **o
     open_browser = option("open_browser", not option("no_browser", False))
     config = ServerConfig(host=host, port=port, token=option("token", None), registry=registry,
                           expose_tracebacks=bool(option("expose_tracebacks", False)),
-                          default_workflow=option("workflow", None))
+                          default_workflow=option("workflow", None),
+                          allowed_hosts=tuple(option("allowed_hosts", ()) or ()),
+                          allowed_origins=tuple(option("allowed_origins", ()) or ()))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -11,13 +11,15 @@ import json
 import os
 import struct
 import time
+import urllib.error
+import urllib.request
 import zlib
 
 import aiohttp
 import pytest
 from PIL import Image
 
-from tests.fixtures_server import LiveServer, add_prompt, queue_prompt, run_async, wait_history
+from tests.fixtures_server import LiveServer, ServerProcess, add_prompt, queue_prompt, run_async, wait_history
 
 TOKEN = "test-token-0123456789"
 
@@ -509,3 +511,24 @@ def test_errors_carry_no_paths_or_tracebacks(live):
                 text = await response.text()
             assert "/tmp/" not in text and "/work/" not in text
     run(main())
+
+
+def test_loom_serve_allowed_host_and_origin_flags(tmp_path):
+    """Behind a reverse proxy: `--allowed-host` / `--allowed-origin` widen the checks, nothing else does."""
+    def status(url: str, **headers: str) -> int:
+        request = urllib.request.Request(url + "/api/health", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    server = ServerProcess(tmp_path, "--allowed-host", "loom.proxy.example",
+                           "--allowed-origin", "https://loom.proxy.example")
+    try:
+        assert status(server.url, Host="loom.proxy.example") == 200
+        assert status(server.url, Host="loom.proxy.example", Origin="https://loom.proxy.example") == 200
+        assert status(server.url, Host="evil.example") == 403
+        assert status(server.url, Host="loom.proxy.example", Origin="https://evil.example") == 403
+    finally:
+        server.terminate()
