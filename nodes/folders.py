@@ -11,6 +11,7 @@ paths per folder can be added (ComfyUI's ``extra_model_paths.yaml``). Every name
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -221,3 +222,12 @@ def example_inputs(extensions: tuple[str, ...]) -> list[str]:
 def example_input(name: str, extensions: tuple[str, ...]) -> Path | None:
     """The shipped example input ``name`` (a bare file name), or None."""
     return EXAMPLE_INPUTS_DIR / name if name in example_inputs(extensions) else None
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB blocks (the fingerprint of files nodes read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

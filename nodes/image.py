@@ -16,7 +16,6 @@ writes into the temp directory with a random suffix and fast compression.
 """
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import os
 import random
@@ -88,14 +87,6 @@ def resolve_input_file(name: str) -> Path:
     if example is not None:
         return example
     raise FileNotFoundError(f"{plain!r} is not in the {kind} directory")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_input_file(name: Any, what: str = "image") -> bool | str:
@@ -210,7 +201,7 @@ class LoadImage(Node):
     @classmethod
     def fingerprint(cls, image: str) -> Any:
         try:
-            return file_sha256(resolve_input_file(image))
+            return folders.file_sha256(resolve_input_file(image))
         except (OSError, PermissionError):
             return None  # validation reports the missing file
 
@@ -250,7 +241,7 @@ class LoadImageMask(Node):
     @classmethod
     def fingerprint(cls, image: str) -> Any:
         try:
-            return file_sha256(resolve_input_file(image))
+            return folders.file_sha256(resolve_input_file(image))
         except (OSError, PermissionError):
             return None
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from nodes import folders
-from nodes.image import check_input_file, file_sha256, resolve_input_file
+from nodes.image import check_input_file, resolve_input_file
 from nodes.image_ops import CROP_METHODS, LATENT_UPSCALE_METHODS, common_upscale
 from nodes.output_files import metadata_texts, save_target
 from nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
@@ -368,7 +368,7 @@ class LoadLatent(Node):
     @classmethod
     def fingerprint(cls, latent: str) -> Any:
         try:
-            return file_sha256(resolve_input_file(latent))
+            return folders.file_sha256(resolve_input_file(latent))
         except (OSError, PermissionError):
             return None
 

@@ -390,7 +390,7 @@ class LoomServer:
         if not overwrite:
             stem, counter = name[: -len(suffix)], 1
             while target.exists():
-                if target.is_file() and _sha256_file(target) == hashlib.sha256(data).hexdigest():
+                if target.is_file() and folders.file_sha256(target) == hashlib.sha256(data).hexdigest():
                     break  # the same image is already there: reuse it
                 name = f"{stem} ({counter}){suffix}"
                 target = data_path(kind, name, subfolder)
@@ -820,11 +820,3 @@ def _transform_image(path: Path, preview: str | None, channel: str) -> tuple[byt
             return buffer.getvalue(), "image/webp", ".webp"
         image.save(buffer, format="PNG")
         return buffer.getvalue(), "image/png", ".png"
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

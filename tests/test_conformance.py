@@ -9,7 +9,6 @@ error <= 1e-3). Cases that need nodes Loom does not have yet are skipped, naming
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from nodes.folders import file_sha256
 
 pytestmark = pytest.mark.conformance
 
@@ -37,14 +38,6 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("LOOM_CONFORMANCE_CACHE") or Path.home() / ".cache" / "loom-conformance")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def checkpoint() -> Path:
     """The conformance checkpoint, built on first use and verified against the README's sha256."""
@@ -56,7 +49,7 @@ def checkpoint() -> Path:
         subprocess.run([sys.executable, str(CONFORMANCE / "make_checkpoint.py"), str(CONFORMANCE / "sd15-keys.json"),
                         str(partial), "--seed", "0"], check=True, timeout=1200)
         partial.replace(path)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     assert digest == README_SHA256, (f"{path} has sha256 {digest}, not the README's {README_SHA256}: "
                                      "delete it to rebuild (the header bytes depend on the safetensors version)")
     return path
