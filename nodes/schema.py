@@ -19,8 +19,10 @@ The one schema produces the ``/object_info`` entry (ComfyUI's exact shape), the 
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
 import threading
@@ -472,6 +474,25 @@ class Node:
         if schema.experimental:
             info["experimental"] = True
         return info
+
+
+def literal_kwargs(method: Callable[..., Any], literals: dict[str, Any]) -> dict[str, Any] | None:
+    """The literal inputs a node classmethod (``fingerprint``, ``validate_inputs``) takes by name.
+
+    ``None`` when the method needs an input that has no literal value (it arrives through a link).
+    """
+    names, required, takes_any = _parameters(getattr(method, "__func__", method))
+    if not required <= literals.keys():
+        return None
+    return {k: v for k, v in literals.items() if takes_any or k in names}
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(function: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str], bool]:
+    parameters = list(inspect.signature(function).parameters.values())[1:]  # drop cls
+    named = [p for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return (frozenset(p.name for p in named), frozenset(p.name for p in named if p.default is p.empty),
+            any(p.kind is p.VAR_KEYWORD for p in parameters))
 
 
 def types_compatible(output_type: str, input_type: str) -> bool:

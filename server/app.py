@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from aiohttp import web
 
@@ -190,14 +190,7 @@ class LoomServer:
 
     async def post_queue(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
-        cleared = self.queue.clear_pending() if body.get("clear") else 0
-        deleted = 0
-        if "delete" in body:
-            ids = body["delete"]
-            if not isinstance(ids, list):
-                raise ClientError(400, "invalid_request", "delete must be a list of prompt ids")
-            deleted = self.queue.delete_pending(str(i) for i in ids)
-        return web.json_response({"cleared": cleared, "deleted": deleted})
+        return web.json_response(_clear_and_delete(body, self.queue.clear_pending, self.queue.delete_pending))
 
     async def cancel_prompt(self, request: web.Request) -> web.Response:
         """Loom: cancel a queued prompt, or interrupt it when it is running."""
@@ -257,14 +250,7 @@ class LoomServer:
 
     async def post_history(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
-        cleared = self.queue.clear_history() if body.get("clear") else 0
-        deleted = 0
-        if "delete" in body:
-            ids = body["delete"]
-            if not isinstance(ids, list):
-                raise ClientError(400, "invalid_request", "delete must be a list of prompt ids")
-            deleted = self.queue.delete_history(str(i) for i in ids)
-        return web.json_response({"cleared": cleared, "deleted": deleted})
+        return web.json_response(_clear_and_delete(body, self.queue.clear_history, self.queue.delete_history))
 
     # -- nodes and models ----------------------------------------------------------------------
 
@@ -624,6 +610,19 @@ def server_of(app: web.Application) -> LoomServer:
 
 def _plain(number: float) -> int | float:
     return int(number) if float(number).is_integer() else number
+
+
+def _clear_and_delete(body: dict[str, Any], clear: Callable[[], int],
+                      delete: Callable[[Iterable[str]], int]) -> dict[str, int]:
+    """ComfyUI's ``POST /queue`` and ``POST /history`` body: ``{"clear": true, "delete": [ids]}``."""
+    cleared = clear() if body.get("clear") else 0
+    deleted = 0
+    if "delete" in body:
+        ids = body["delete"]
+        if not isinstance(ids, list):
+            raise ClientError(400, "invalid_request", "delete must be a list of prompt ids")
+        deleted = delete(str(i) for i in ids)
+    return {"cleared": cleared, "deleted": deleted}
 
 
 def _describe_problem(problem: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from nodes.progress import ExecutionContext, Interrupted, running_node
-from nodes.schema import Node, NodeOutput, NodeRegistry
+from nodes.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
 
 from server.cache import OutputCache, cache_key
 from server.graph import ValidationResult, is_link, validate_prompt
@@ -238,9 +238,6 @@ class _Run:
             raise NodeExecutionError(node_id, class_type, exc) from exc
         self.result.timings[node_id] = time.perf_counter() - started
         self.result.executed.append(node_id)
-        if len(values) != len(schema.outputs):
-            raise NodeExecutionError(node_id, class_type, TypeError(
-                f"returned {len(values)} outputs, its schema declares {len(schema.outputs)}"))
         self.values[node_id] = values
         self.cache.put(keys[node_id], values, ui, protected=protected)
         if ui is not None or node_id in outputs:
@@ -305,10 +302,9 @@ class _Interrupt(Exception):
 
 
 def _fingerprint(node_class: type[Node], literals: dict[str, Any]) -> Any:
-    import inspect
-    parameters = inspect.signature(node_class.fingerprint).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    kwargs = {k: v for k, v in literals.items() if takes_any or k in parameters}
+    kwargs = literal_kwargs(node_class.fingerprint, literals)
+    if kwargs is None:
+        return float("nan")  # it depends on a linked value: always re-run
     try:
         return node_class.fingerprint(**kwargs)
     except Exception:

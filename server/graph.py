@@ -7,13 +7,12 @@ validates without touching the recursion limit.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import networkx as nx
 
-from nodes.schema import InputSpec, InputValueError, Node, NodeRegistry, types_compatible
+from nodes.schema import InputSpec, InputValueError, Node, NodeRegistry, literal_kwargs, types_compatible
 
 
 @dataclass
@@ -221,14 +220,9 @@ def _check_link(prompt: dict, registry: NodeRegistry, node_id: str, spec: InputS
 def _custom_validation(node_id: str, node_class: type[Node], literals: dict, inputs: dict, add) -> None:
     if node_class.validate_inputs.__func__ is Node.validate_inputs.__func__:  # type: ignore[attr-defined]
         return
-    parameters = inspect.signature(node_class.validate_inputs).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    wanted = {name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-    required = {name for name, p in parameters.items()
-                if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD}
-    if not required <= set(literals):
+    kwargs = literal_kwargs(node_class.validate_inputs, literals)
+    if kwargs is None:
         return  # it needs a value that only arrives through a link: checked when the node runs
-    kwargs = {k: v for k, v in literals.items() if takes_any or k in wanted}
     try:
         verdict = node_class.validate_inputs(**kwargs)
     except Exception as exc:  # a node's validator must not take the server down
