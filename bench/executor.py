@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nodes.schema import default_registry  # noqa: E402
-from server.executor import Executor  # noqa: E402
-from server.graph import validate_prompt  # noqa: E402
+from loom.nodes.schema import default_registry  # noqa: E402
+from loom.server.executor import Executor  # noqa: E402
+from loom.server.graph import validate_prompt  # noqa: E402
 
 NODEPACK = Path(__file__).resolve().parents[1] / "tests" / "nodepack"
 

@@ -54,7 +54,7 @@ def bare_loop(model, vae, positive, negative, seed: int, steps: int, size: int):
     """The same generation written directly against the diffusers modules."""
     import torch
 
-    from nodes.runtime.schedules import calculate_sigmas
+    from loom.nodes.runtime.schedules import calculate_sigmas
 
     unet = model.unet
     sampling = model.sampling
@@ -81,7 +81,7 @@ def loop_overhead_per_step(model, positive, negative, steps: int, size: int, rep
     returns zeros at once, so only the bookkeeping (guidance, batching, timesteps, progress) is timed."""
     import torch
 
-    from nodes.runtime.sampling import sample
+    from loom.nodes.runtime.sampling import sample
 
     class NoOpUNet(torch.nn.Module):
         def __init__(self, config) -> None:
@@ -138,9 +138,9 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from nodes import folders
-    from nodes.schema import default_registry
-    from server.executor import Executor
+    from loom.nodes import folders
+    from loom.nodes.schema import default_registry
+    from loom.server.executor import Executor
 
     base = Path(tempfile.mkdtemp(prefix="loom-bench-"))
     (base / "models" / "checkpoints").mkdir(parents=True)
@@ -160,8 +160,8 @@ def main() -> int:
         return 1
     print(f"first run (load + encode + sample + decode): {time.perf_counter() - started:.1f} s", flush=True)
 
-    from nodes.runtime.checkpoint import load_checkpoint
-    from nodes.runtime.text_encoding import encode_text
+    from loom.nodes.runtime.checkpoint import load_checkpoint
+    from loom.nodes.runtime.text_encoding import encode_text
 
     # the same path the loader node resolved, so the model cache hands back the modules the executor used
     model, clip, vae = load_checkpoint(base / "models" / "checkpoints" / checkpoint.name)

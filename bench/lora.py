@@ -59,10 +59,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from nodes.runtime.checkpoint import load_checkpoint
-    from nodes.runtime.lora import LoraPatch, load_lora_file, with_lora
-    from nodes.runtime.sampling import sample
-    from nodes.runtime.text_encoding import encode_text
+    from loom.nodes.runtime.checkpoint import load_checkpoint
+    from loom.nodes.runtime.lora import LoraPatch, load_lora_file, with_lora
+    from loom.nodes.runtime.sampling import sample
+    from loom.nodes.runtime.text_encoding import encode_text
 
     checkpoint = args.checkpoint or find("sd15-conformance-s0.safetensors")
     lora_path = args.lora or find("sd15-conformance-lora-a.safetensors")

@@ -32,7 +32,7 @@ TERMINAL = ("execution_success", "execution_error", "execution_interrupted")
 
 
 def start_server(base_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--base-dir", str(base_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "loom.server.cli", "serve", "--base-dir", str(base_dir),
                              "--nodes", str(NODEPACK), "--port", "0", "--no-browser"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None

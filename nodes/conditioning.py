@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodes.schema import MAX_RESOLUTION, Float, Int, Node, Output, Schema, Socket, String, register
+from loom.nodes.schema import MAX_RESOLUTION, Float, Int, Node, Output, Schema, Socket, String, register
 
 
 def _check_conditioning(node: str, name: str, value: Any) -> list:
@@ -18,7 +18,7 @@ def _check_conditioning(node: str, name: str, value: Any) -> list:
 
 
 def _check_clip(node: str, clip: Any) -> Any:
-    from nodes.runtime.model_types import TextEncoderModel
+    from loom.nodes.runtime.model_types import TextEncoderModel
 
     if clip is None:
         raise ValueError(f"{node}: input 'clip' is invalid: None. If the clip is from a checkpoint loader node, "
@@ -64,7 +64,7 @@ class CLIPTextEncode(Node):
 
     @classmethod
     def execute(cls, text: str, clip: Any) -> tuple:
-        from nodes.runtime.text_encoding import encode_text
+        from loom.nodes.runtime.text_encoding import encode_text
 
         clip = _check_clip("CLIPTextEncode", clip)
         return (encode_text(clip, text),)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodes.loaders import _file_fingerprint, _resolve
-from nodes.schema import Combo, Float, Node, Output, Schema, Socket, register
+from loom.nodes.loaders import _file_fingerprint, _resolve
+from loom.nodes.schema import Combo, Float, Node, Output, Schema, Socket, register
 
 
 def _check_conditioning(node: str, name: str, value: Any) -> list:
@@ -21,7 +21,7 @@ def _check_conditioning(node: str, name: str, value: Any) -> list:
 
 
 def _check_control_net(node: str, value: Any) -> Any:
-    from nodes.runtime.controlnet import ControlNet
+    from loom.nodes.runtime.controlnet import ControlNet
 
     if not isinstance(value, ControlNet):
         raise ValueError(f"{node}: input 'control_net' is not a CONTROL_NET (got {type(value).__name__}); "
@@ -57,7 +57,7 @@ class ControlNetLoader(Node):
 
     @classmethod
     def execute(cls, control_net_name: str) -> tuple:
-        from nodes.runtime.controlnet import ControlNetError, load_controlnet
+        from loom.nodes.runtime.controlnet import ControlNetError, load_controlnet
 
         path = _resolve("ControlNetLoader", "control_net_name", "controlnet", control_net_name)
         try:
@@ -81,7 +81,7 @@ class ControlNetApply(Node):
 
     @classmethod
     def execute(cls, conditioning: Any, control_net: Any, image: Any, strength: float) -> tuple:
-        from nodes.runtime.controlnet import ControlApplication
+        from loom.nodes.runtime.controlnet import ControlApplication
 
         conditioning = _check_conditioning("ControlNetApply", "conditioning", conditioning)
         control_net = _check_control_net("ControlNetApply", control_net)
@@ -113,7 +113,7 @@ class ControlNetApplyAdvanced(Node):
     @classmethod
     def execute(cls, positive: Any, negative: Any, control_net: Any, image: Any, strength: float,
                 start_percent: float, end_percent: float, vae: Any = None) -> tuple:
-        from nodes.runtime.controlnet import ControlApplication
+        from loom.nodes.runtime.controlnet import ControlApplication
 
         node = "ControlNetApplyAdvanced"
         positive = _check_conditioning(node, "positive", positive)
@@ -151,7 +151,7 @@ class Canny(Node):
 
     @classmethod
     def execute(cls, image: Any, low_threshold: float, high_threshold: float) -> tuple:
-        from nodes.runtime.canny import canny
+        from loom.nodes.runtime.canny import canny
 
         image = _check_image("Canny", image)
         if low_threshold > high_threshold:

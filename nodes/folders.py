@@ -35,7 +35,21 @@ MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pt
 
 DATA_DIRS = ("input", "output", "temp")
 
-EXAMPLE_INPUTS_DIR = Path(__file__).resolve().parents[1] / "workflows"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+"""The folder holding nodes/, server/, web/ and workflows/: the checkout in an editable install,
+``site-packages/loom`` in a regular one (pyproject.toml maps both layouts onto the ``loom`` package)."""
+
+WEB_DIR = PACKAGE_ROOT / "web"
+"""The browser editor's files."""
+
+EXAMPLE_WORKFLOWS_DIR = PACKAGE_ROOT / "workflows"
+"""The example workflows; ``txt2img.json`` is the one the editor opens first."""
+
+BUILTIN_MODELS_DIR = Path(__file__).resolve().parent / "builtin_models"
+"""Models that ship with Loom (the demo checkpoint), one sub-folder per model folder; searched after
+the user's own folders, so a file of the same name in ``models/`` wins."""
+
+EXAMPLE_INPUTS_DIR = EXAMPLE_WORKFLOWS_DIR
 """Pictures the example workflows load; used when the input directory lacks a file of that name."""
 
 
@@ -50,7 +64,8 @@ class Folders:
         if folder not in MODEL_FOLDERS:
             raise KeyError(f"unknown model folder {folder!r}; known: {', '.join(MODEL_FOLDERS)}")
         paths = [self.models_dir / sub for sub in MODEL_FOLDERS[folder]]
-        return paths + [p for p in self.extra_paths.get(folder, []) if p not in paths]
+        paths += [p for p in self.extra_paths.get(folder, []) if p not in paths]
+        return paths + [BUILTIN_MODELS_DIR / folder]
 
     def data_dir(self, kind: str) -> Path:
         if kind not in DATA_DIRS:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from nodes import folders
-from nodes.schema import Combo, Node, Output, Schema, register
+from loom.nodes import folders
+from loom.nodes.schema import Combo, Node, Output, Schema, register
 
 
 def _resolve(node: str, input_name: str, folder: str, name: str):
@@ -52,8 +52,8 @@ class CheckpointLoaderSimple(Node):
 
     @classmethod
     def execute(cls, ckpt_name: str) -> tuple:
-        from nodes.runtime.checkpoint import CheckpointError, load_checkpoint
-        from nodes.runtime.families import UnknownModelError
+        from loom.nodes.runtime.checkpoint import CheckpointError, load_checkpoint
+        from loom.nodes.runtime.families import UnknownModelError
 
         path = _resolve("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name)
         try:
@@ -78,7 +78,7 @@ class VAELoader(Node):
 
     @classmethod
     def execute(cls, vae_name: str) -> tuple:
-        from nodes.runtime.checkpoint import CheckpointError, load_vae
+        from loom.nodes.runtime.checkpoint import CheckpointError, load_vae
 
         path = _resolve("VAELoader", "vae_name", "vae", vae_name)
         try:

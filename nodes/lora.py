@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodes.loaders import _file_fingerprint, _resolve
-from nodes.schema import Combo, Float, Node, Output, Schema, Socket, register
+from loom.nodes.loaders import _file_fingerprint, _resolve
+from loom.nodes.schema import Combo, Float, Node, Output, Schema, Socket, register
 
 _STRENGTH = dict(default=1.0, min=-100.0, max=100.0, step=0.01)
 
 
 def _check_handle(node: str, name: str, value: Any, kind: str) -> Any:
-    from nodes.runtime.model_types import DiffusionModel, TextEncoderModel
+    from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel
 
     expected = DiffusionModel if kind == "MODEL" else TextEncoderModel
     if value is None:
@@ -26,7 +26,7 @@ def _check_handle(node: str, name: str, value: Any, kind: str) -> Any:
 
 
 def _load(node: str, lora_name: str):
-    from nodes.runtime.lora import LoraError, load_lora_file
+    from loom.nodes.runtime.lora import LoraError, load_lora_file
 
     path = _resolve(node, "lora_name", "loras", lora_name)
     try:
@@ -38,7 +38,7 @@ def _load(node: str, lora_name: str):
 def apply_lora(node: str, lora_name: str, model: Any, clip: Any | None, strength_model: float,
                strength_clip: float) -> tuple[Any, Any]:
     """``(model, clip)`` handles with the LoRA file ``lora_name`` added at the given strengths."""
-    from nodes.runtime.lora import LoraError, LoraPatch, with_lora
+    from loom.nodes.runtime.lora import LoraError, LoraPatch, with_lora
 
     lora = _load(node, lora_name)
     try:

@@ -1,7 +1,7 @@
 """ComfyUI's backend primitive nodes: a constant of each widget type."""
 from __future__ import annotations
 
-from nodes.schema import SEED_MAX, Boolean, Float, Int, Node, Output, Schema, String, register
+from loom.nodes.schema import SEED_MAX, Boolean, Float, Int, Node, Output, Schema, String, register
 
 
 @register

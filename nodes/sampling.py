@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodes.runtime.samplers import SAMPLER_NAMES, unimplemented_reason
-from nodes.runtime.schedules import SCHEDULER_NAMES
-from nodes.schema import SEED_MAX, Combo, Float, Int, Node, Output, Schema, Socket, register
+from loom.nodes.runtime.samplers import SAMPLER_NAMES, unimplemented_reason
+from loom.nodes.runtime.schedules import SCHEDULER_NAMES
+from loom.nodes.schema import SEED_MAX, Combo, Float, Int, Node, Output, Schema, Socket, register
 
 
 def _check_sampler(node: str, sampler_name: str) -> None:
@@ -71,7 +71,7 @@ class KSampler(Node):
     @classmethod
     def execute(cls, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                 positive: Any, negative: Any, latent_image: dict, denoise: float = 1.0) -> tuple:
-        from nodes.runtime.sampling import sample
+        from loom.nodes.runtime.sampling import sample
 
         _check_sampler("KSampler", sampler_name)
         _check_latent("KSampler", latent_image)
@@ -108,7 +108,7 @@ class KSamplerAdvanced(Node):
     def execute(cls, model: Any, add_noise: str, noise_seed: int, steps: int, cfg: float, sampler_name: str,
                 scheduler: str, positive: Any, negative: Any, latent_image: dict, start_at_step: int,
                 end_at_step: int, return_with_leftover_noise: str) -> tuple:
-        from nodes.runtime.sampling import sample
+        from loom.nodes.runtime.sampling import sample
 
         _check_sampler("KSamplerAdvanced", sampler_name)
         _check_latent("KSamplerAdvanced", latent_image)

@@ -278,7 +278,7 @@ class Combo(InputSpec):
 
     def choices(self) -> list[str]:
         if self.folder is not None:
-            from nodes import folders
+            from loom.nodes import folders
             return folders.list_files(self.folder)
         source = self.options_source
         return list(source() if callable(source) else source)
@@ -514,19 +514,19 @@ def types_compatible(output_type: str, input_type: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 BUILTIN_NODE_MODULES: tuple[str, ...] = (
-    "nodes.primitives",
+    "loom.nodes.primitives",
 )
 """The node modules that ship with Loom, imported by :func:`default_registry`."""
 
 OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
-    "nodes.loaders",
-    "nodes.conditioning",
-    "nodes.latent",
-    "nodes.sampling",
-    "nodes.image",
-    "nodes.vae",
-    "nodes.lora",
-    "nodes.controlnet",
+    "loom.nodes.loaders",
+    "loom.nodes.conditioning",
+    "loom.nodes.latent",
+    "loom.nodes.sampling",
+    "loom.nodes.image",
+    "loom.nodes.vae",
+    "loom.nodes.lora",
+    "loom.nodes.controlnet",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nodes.schema import Int, Node, Output, Schema, Socket, register
+from loom.nodes.schema import Int, Node, Output, Schema, Socket, register
 
 
 def _check_vae(node: str, vae: Any) -> Any:
-    from nodes.runtime.model_types import VAEModel
+    from loom.nodes.runtime.model_types import VAEModel
 
     if vae is None:
         raise ValueError(f"{node}: input 'vae' is invalid: None. If the VAE is from a checkpoint loader node, "
@@ -54,7 +54,7 @@ class VAEDecode(Node):
     @classmethod
     def execute(cls, samples: Any, vae: Any) -> tuple:
         import torch
-        from nodes.runtime import vae as vae_runtime
+        from loom.nodes.runtime import vae as vae_runtime
 
         vae = _check_vae("VAEDecode", vae)
         if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
@@ -73,7 +73,7 @@ class VAEEncode(Node):
 
     @classmethod
     def execute(cls, pixels: Any, vae: Any) -> tuple:
-        from nodes.runtime import vae as vae_runtime
+        from loom.nodes.runtime import vae as vae_runtime
 
         vae = _check_vae("VAEEncode", vae)
         pixels = _check_image("VAEEncode", "pixels", pixels)
@@ -94,7 +94,7 @@ class VAEEncodeForInpaint(Node):
     def execute(cls, pixels: Any, vae: Any, mask: Any, grow_mask_by: int = 6) -> tuple:
         import torch
         import torch.nn.functional as F
-        from nodes.runtime import vae as vae_runtime
+        from loom.nodes.runtime import vae as vae_runtime
 
         node = "VAEEncodeForInpaint"
         vae = _check_vae(node, vae)

@@ -23,18 +23,17 @@ from typing import Any, Callable, Iterable, Sequence
 
 from aiohttp import web
 
-from nodes import folders
-from nodes.schema import NodeRegistry
-from server.clients import SERVER_FEATURES, ClientHub
-from server.queue import PromptQueue, QueueStoreError
-from server.security import (ClientError, SecurityConfig, UploadLimits, content_disposition, data_path,
+from loom.nodes import folders
+from loom.nodes.schema import NodeRegistry
+from loom.server.clients import SERVER_FEATURES, ClientHub
+from loom.server.queue import PromptQueue, QueueStoreError
+from loom.server.security import (ClientError, SecurityConfig, UploadLimits, content_disposition, data_path,
                              error_middleware, headers_middleware, json_error, read_json, sanitize_upload_name,
                              scrub_paths, security_middleware, split_annotation, view_content_type)
-from server.worker import Worker
+from loom.server.worker import Worker
 
 log = logging.getLogger("loom.server")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 VERSION = "0.1.0"
 PROMPT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 VIEWABLE_EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # shipped example inputs /view may show
@@ -62,7 +61,7 @@ class ServerConfig:
     extra_node_packs: Sequence[str | Path] = ()
     db_path: Path | None = None  # default <base>/user/loom.sqlite3
     user_dir: Path | None = None  # default <base>/user
-    web_root: Path = REPO_ROOT / "web"
+    web_root: Path = folders.WEB_DIR
     max_prompt_bytes: int = 20 * 1024 * 1024
     upload: UploadLimits = field(default_factory=UploadLimits)
     history_max_items: int = 10_000
@@ -84,7 +83,7 @@ class LoomServer:
         self.security = SecurityConfig.for_bind(config.host, config.token, allowed_hosts=config.allowed_hosts,
                                                 allowed_origins=config.allowed_origins)
         if config.registry is None:
-            from nodes.schema import default_registry
+            from loom.nodes.schema import default_registry
             config.registry = default_registry(config.extra_node_packs)
         self.registry: NodeRegistry = config.registry
         base = folders.base_dir()
@@ -94,7 +93,7 @@ class LoomServer:
                                  max_history_items=config.history_max_items,
                                  max_history_age_s=config.history_max_age_s)
         if config.executor is None:
-            from server.executor import Executor
+            from loom.server.executor import Executor
             config.executor = Executor(self.registry)
         self.executor = config.executor
         self.pending_at_start = self.queue.counts()[0]
@@ -162,7 +161,7 @@ class LoomServer:
 
     async def _enqueue(self, prompt: dict, prompt_id: str | None, extra_data: dict, number: float | None,
                        front: bool, targets: list[str] | None) -> web.Response:
-        from server.graph import validate_prompt
+        from loom.server.graph import validate_prompt
         validation = await asyncio.to_thread(validate_prompt, prompt, self.registry, targets)
         if not validation.ok:
             return web.json_response(scrub_paths({"error": validation.error,
@@ -397,7 +396,7 @@ class LoomServer:
     async def post_workflow_convert(self, request: web.Request) -> web.Response:
         body = await read_json(request, self.config.max_prompt_bytes)
         try:
-            from server import workflow
+            from loom.server import workflow
         except ImportError:
             raise ClientError(501, "not_available", "Workflow conversion is not installed") from None
         if isinstance(body, dict) and isinstance(body.get("workflow"), dict) and "nodes" not in body:
@@ -421,10 +420,10 @@ class LoomServer:
 
     async def get_default_workflow(self, request: web.Request) -> web.Response:
         """Loom: the workflow the editor opens first (``loom serve --workflow``), UI format when it has one."""
-        path = self.config.default_workflow or REPO_ROOT / "workflows" / "txt2img.json"
+        path = self.config.default_workflow or folders.EXAMPLE_WORKFLOWS_DIR / "txt2img.json"
         if not Path(path).is_file():
             raise ClientError(404, "not_found", "No default workflow")
-        from server import workflow
+        from loom.server import workflow
         try:
             loaded = await asyncio.to_thread(workflow.load_workflow_file, path)
         except ValueError:

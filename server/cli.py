@@ -95,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def configure(args: argparse.Namespace, output_dir: Path | None = None):
     """Folders, model paths, pickle policy and node packs; returns the registry."""
-    from nodes import folders
-    from nodes.schema import default_registry
+    from loom.nodes import folders
+    from loom.nodes.schema import default_registry
 
     data_dirs = {"output": output_dir} if output_dir else None
     folders.configure(args.base_dir, args.models_dir, data_dirs=data_dirs)
@@ -106,7 +106,7 @@ def configure(args: argparse.Namespace, output_dir: Path | None = None):
             raise UsageError("--extra-model-paths needs the model runtime, which is not installed")
         load_extra(yaml_path)
     if args.allow_pickle:
-        from nodes.runtime import checkpoint
+        from loom.nodes.runtime import checkpoint
         checkpoint.set_allow_pickle(True)
     for pack in args.nodes:
         if not pack.exists():
@@ -119,7 +119,7 @@ def configure(args: argparse.Namespace, output_dir: Path | None = None):
 
 def load_prompt(path: Path, registry) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The API prompt of a workflow file, and its UI form when it has one."""
-    from server import workflow
+    from loom.server import workflow
 
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
@@ -210,7 +210,7 @@ def apply_seed(prompt: dict[str, Any], seed: int, registry) -> int:
 # --------------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from server.graph import validate_prompt
+    from loom.server.graph import validate_prompt
 
     registry = configure(args, output_dir=args.output_dir)
     try:
@@ -226,8 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in validation.messages():
         print(f"warning: skipped output: {line}", file=sys.stderr)
 
-    from server.executor import Executor
-    from server.progress_view import ProgressView
+    from loom.server.executor import Executor
+    from loom.server.progress_view import ProgressView
 
     view = ProgressView(prompt, validation.order, stream=sys.stderr, enabled=not args.quiet)
     executor = Executor(registry)
@@ -252,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_outputs(outputs: dict[str, dict[str, Any]]) -> None:
-    from nodes import folders
+    from loom.nodes import folders
 
     for node_id, ui in outputs.items():
         for image in (ui or {}).get("images", []):
@@ -266,7 +266,7 @@ def print_outputs(outputs: dict[str, dict[str, Any]]) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from server.graph import validate_prompt
+    from loom.server.graph import validate_prompt
 
     registry = configure(args)
     try:
@@ -340,7 +340,7 @@ def describe_node(node_class) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     registry = configure(args)
-    from server.serve import run_server
+    from loom.server.serve import run_server
 
     return run_server(args, registry) or EXIT_OK
 

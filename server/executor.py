@@ -14,11 +14,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from nodes.progress import ExecutionContext, Interrupted, running_node
-from nodes.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
+from loom.nodes.progress import ExecutionContext, Interrupted, running_node
+from loom.nodes.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
 
-from server.cache import OutputCache, cache_key
-from server.graph import ValidationResult, is_link, validate_prompt
+from loom.server.cache import OutputCache, cache_key
+from loom.server.graph import ValidationResult, is_link, validate_prompt
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
@@ -82,7 +82,7 @@ class Executor:
             self.cache.clear()
         if unload_models or free_memory:
             try:
-                from nodes.runtime import model_cache  # part of the model runtime, when installed
+                from loom.nodes.runtime import model_cache  # part of the model runtime, when installed
             except ImportError:
                 return
             unload = getattr(model_cache, "free", None)

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import networkx as nx
 
-from nodes.schema import InputSpec, InputValueError, Node, NodeRegistry, literal_kwargs, types_compatible
+from loom.nodes.schema import InputSpec, InputValueError, Node, NodeRegistry, literal_kwargs, types_compatible
 
 
 @dataclass

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from nodes import folders
+from loom.nodes import folders
 
 log = logging.getLogger("loom.server")
 
@@ -274,7 +274,7 @@ def scrub_paths(value: Any) -> Any:
     roots = {str(current.data_dir(kind)): f"<{kind}>" for kind in folders.DATA_DIRS}
     roots[str(current.models_dir)] = "<models>"
     roots[str(current.base_dir)] = "<base>"
-    roots[str(Path(__file__).resolve().parents[1])] = "<loom>"
+    roots[str(folders.PACKAGE_ROOT)] = "<loom>"
     text = json.dumps(value)
     if not any(json.dumps(root)[1:-1] in text for root in roots):
         return value

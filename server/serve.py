@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import ServerConfig, create_app, server_of
+from loom.server.app import ServerConfig, create_app, server_of
 
 log = logging.getLogger("loom.server")
 

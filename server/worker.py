@@ -17,9 +17,9 @@ import threading
 import time
 from typing import Any
 
-from server.clients import ClientHub
-from server.queue import Outcome, PromptQueue, QueueItem
-from server.security import scrub_paths
+from loom.server.clients import ClientHub
+from loom.server.queue import Outcome, PromptQueue, QueueItem
+from loom.server.security import scrub_paths
 
 log = logging.getLogger("loom.server")
 

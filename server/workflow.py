@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nodes.schema import NodeRegistry
-from server.workflow_convert import ConversionResult, Converter, WorkflowError
-from server.workflow_media import PNG_SIGNATURE, embed_png_metadata, is_webp, read_image_metadata
+from loom.nodes.schema import NodeRegistry
+from loom.server.workflow_convert import ConversionResult, Converter, WorkflowError
+from loom.server.workflow_media import PNG_SIGNATURE, embed_png_metadata, is_webp, read_image_metadata
 
 __all__ = [
     "ConversionResult", "LoadedWorkflow", "WorkflowError", "embed_png_metadata", "is_api_format",

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from nodes.schema import NodeRegistry, Schema
-from server.workflow_graph import (MODE_BYPASS, MODE_MUTED, SUBGRAPH_INPUT_NODE, Graph, bypass_input_index,
+from loom.nodes.schema import NodeRegistry, Schema
+from loom.server.workflow_graph import (MODE_BYPASS, MODE_MUTED, SUBGRAPH_INPUT_NODE, Graph, bypass_input_index,
                                    build_graph, link_key, list_at, node_inputs, node_mode, node_properties, output_link,
                                    proxy_widgets, type_text, widget_name)
-from server.workflow_widgets import FILENAME_PREFIX_NODES, apply_text_replacements, assign_widget_values
+from loom.server.workflow_widgets import FILENAME_PREFIX_NODES, apply_text_replacements, assign_widget_values
 
 MAX_SUBGRAPH_DEPTH = 64
 
@@ -492,7 +492,7 @@ class Converter:
     # ---- legacy group nodes ------------------------------------------------------------------
 
     def _group_node_graph(self, parent: _Scope, node_id: str, node: dict[str, Any]) -> Graph | None:
-        from server.workflow_groupnodes import group_node_graph
+        from loom.server.workflow_groupnodes import group_node_graph
 
         type_name = node["type"]
         name = type_name.split(">", 1)[1] if ">" in type_name else type_name.split("/", 1)[1]

@@ -29,14 +29,14 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def registry():
     """The default registry (built-in nodes) plus the test node pack."""
-    from nodes.schema import default_registry
+    from loom.nodes.schema import default_registry
     return default_registry([NODEPACK])
 
 
 @pytest.fixture
 def base_dir(tmp_path, monkeypatch):
     """A fresh base directory with models/, input/, output/, temp/ configured for the node library."""
-    from nodes import folders
+    from loom.nodes import folders
     previous = folders.current()
     folders.configure(tmp_path)
     yield tmp_path

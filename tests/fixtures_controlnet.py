@@ -26,7 +26,7 @@ def build_controlnet(family: str = "sd1", seed: int = 3) -> dict[str, torch.Tens
     """The diffusers-layout state dict of a tiny ControlNet for the tiny ``family`` checkpoint."""
     from diffusers import ControlNetModel
 
-    from nodes.runtime.checkpoint import load_checkpoint
+    from loom.nodes.runtime.checkpoint import load_checkpoint
 
     model, _clip, _vae = load_checkpoint(checkpoint_path(family), device="cpu")
     torch.manual_seed(seed)
@@ -68,7 +68,7 @@ def write_controlnet(family: str, path: str | Path, *, layout: str = "ldm", seed
         raise ValueError(f"unknown layout {layout!r}; known: {LAYOUTS}")
     state = build_controlnet(family, seed)
     if layout != "diffusers":
-        from nodes.runtime.checkpoint import load_checkpoint
+        from loom.nodes.runtime.checkpoint import load_checkpoint
 
         model, _clip, _vae = load_checkpoint(checkpoint_path(family), device="cpu")
         state = controlnet_to_ldm(state, model.unet.config.layers_per_block)

@@ -64,7 +64,7 @@ def _low_rank(name: str, shape: torch.Size, generator: torch.Generator, *, tucke
 
 def build_lora(kind: str, seed: int = 1) -> dict[str, torch.Tensor]:
     """The state dict of a tiny LoRA of ``kind`` (float32, before saving)."""
-    from nodes.runtime.checkpoint import load_checkpoint
+    from loom.nodes.runtime.checkpoint import load_checkpoint
 
     if kind not in KINDS:
         raise ValueError(f"unknown tiny LoRA kind {kind!r}; known: {KINDS}")

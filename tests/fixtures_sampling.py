@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
+from loom.nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
 
 
 def tiny_unet(cross_attention_dim: int = 32, seed: int = 0, **extra):

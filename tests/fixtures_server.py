@@ -1,7 +1,7 @@
 """A real Loom server for tests: in a background thread on an ephemeral loopback port, or as a process.
 
 ``LiveServer`` runs :func:`server.app.create_app` on its own event loop in a thread, so tests talk to it
-with plain aiohttp clients over real sockets. ``ServerProcess`` runs ``python -m server.cli serve`` for
+with plain aiohttp clients over real sockets. ``ServerProcess`` runs ``python -m loom.server.cli serve`` for
 the tests that kill the process.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class LiveServer:
     def __init__(self, config: Any) -> None:
         from aiohttp import web
 
-        from server.app import create_app, server_of
+        from loom.server.app import create_app, server_of
         self.app = create_app(config)
         self.server = server_of(self.app)
         self.loop = asyncio.new_event_loop()
@@ -100,7 +100,7 @@ class ServerProcess:
     def __init__(self, base_dir: Path, *extra: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--base-dir", str(base_dir), "--nodes", str(NODEPACK),
+            [sys.executable, "-m", "loom.server.cli", "serve", "--base-dir", str(base_dir), "--nodes", str(NODEPACK),
              "--port", "0", "--no-browser", *extra],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from server.cli import main
+from loom.server.cli import main
 from tests.conftest import NODEPACK
 
 UI_WORKFLOW = {
@@ -163,7 +163,7 @@ def test_nodes_lists_and_describes(capsys, base_dir):
 
 
 def test_output_dir_option(capsys, base_dir, tmp_path):
-    from nodes import folders
+    from loom.nodes import folders
     out_dir = tmp_path / "elsewhere"
     prompt = {"1": {"class_type": "TestConstInt", "inputs": {"value": 4}},
               "2": {"class_type": "TestOutput", "inputs": {"value": ["1", 0]}}}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.folders import file_sha256
+from loom.nodes.folders import file_sha256
 
 pytestmark = pytest.mark.conformance
 
@@ -58,7 +58,7 @@ def checkpoint() -> Path:
 @pytest.fixture(scope="module")
 def conformance_env(tmp_path_factory, checkpoint):
     """A base directory with the checkpoint in models/checkpoints and the shared inputs in input/."""
-    from nodes import folders
+    from loom.nodes import folders
 
     base = tmp_path_factory.mktemp("conformance-base")
     (base / "models" / "checkpoints").mkdir(parents=True)
@@ -72,8 +72,8 @@ def conformance_env(tmp_path_factory, checkpoint):
         shutil.copy(item, base / "input" / item.name)
     previous = folders.current()
     folders.configure(base)
-    from nodes.schema import default_registry
-    from server.executor import Executor
+    from loom.nodes.schema import default_registry
+    from loom.server.executor import Executor
 
     registry = default_registry()
     yield base, registry, Executor(registry)
@@ -118,7 +118,7 @@ def _missing_nodes(prompt: dict, registry) -> list[str]:
 
 
 def _run_case(case: str, env, tmp_path: Path) -> str:
-    from server.graph import validate_prompt
+    from loom.server.graph import validate_prompt
 
     base, registry, executor = env
     prompt = json.loads((CONFORMANCE / "cases" / f"{case}.json").read_text())

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.runtime.checkpoint import load_checkpoint
-from nodes.runtime.sampling import sample
-from nodes.runtime.text_encoding import encode_text
+from loom.nodes.runtime.checkpoint import load_checkpoint
+from loom.nodes.runtime.sampling import sample
+from loom.nodes.runtime.text_encoding import encode_text
 from tests.fixtures_checkpoints import checkpoint_path
 from tests.fixtures_controlnet import LAYOUTS, write_controlnet
 
@@ -48,14 +48,14 @@ def _sample(model, positive, negative, steps: int = 4, seed: int = 2):
 
 
 def _apply(control_net, conds, strength=1.0, start=0.0, end=1.0, image=None):
-    from nodes.controlnet import ControlNetApplyAdvanced
+    from loom.nodes.controlnet import ControlNetApplyAdvanced
 
     image = _hint_image() if image is None else image
     return ControlNetApplyAdvanced.execute(conds[0], conds[1], control_net, image, strength, start, end)
 
 
 def test_the_three_layouts_load_the_same_weights(controlnet_dir):
-    from nodes.controlnet import ControlNetLoader
+    from loom.nodes.controlnet import ControlNetLoader
 
     loaded = {layout: ControlNetLoader.execute(f"cn-{layout}.safetensors")[0] for layout in LAYOUTS}
     reference = loaded["diffusers"].model.state_dict()
@@ -67,7 +67,7 @@ def test_the_three_layouts_load_the_same_weights(controlnet_dir):
 
 
 def test_strength_zero_is_no_controlnet_and_strength_changes_the_result(controlnet_dir, sd1):
-    from nodes.controlnet import ControlNetLoader
+    from loom.nodes.controlnet import ControlNetLoader
 
     model, conds = sd1
     (control_net,) = ControlNetLoader.execute("cn-ldm.safetensors")
@@ -84,9 +84,9 @@ def test_strength_zero_is_no_controlnet_and_strength_changes_the_result(controln
 
 
 def test_start_and_end_percent_choose_the_steps_by_noise_level(controlnet_dir, sd1):
-    from nodes.controlnet import ControlNetLoader
-    from nodes.runtime.denoiser import percent_to_sigma
-    from nodes.runtime.schedules import sampling_sigmas
+    from loom.nodes.controlnet import ControlNetLoader
+    from loom.nodes.runtime.denoiser import percent_to_sigma
+    from loom.nodes.runtime.schedules import sampling_sigmas
 
     model, conds = sd1
     (control_net,) = ControlNetLoader.execute("cn-ldm.safetensors")
@@ -109,7 +109,7 @@ def test_start_and_end_percent_choose_the_steps_by_noise_level(controlnet_dir, s
 
 
 def test_chained_controlnets_add_their_residuals(controlnet_dir, sd1):
-    from nodes.controlnet import ControlNetApply, ControlNetLoader
+    from loom.nodes.controlnet import ControlNetApply, ControlNetLoader
 
     model, conds = sd1
     (first,) = ControlNetLoader.execute("cn-ldm.safetensors")
@@ -135,7 +135,7 @@ def test_chained_controlnets_add_their_residuals(controlnet_dir, sd1):
 
 
 def test_sdxl_controlnet_runs_with_the_sdxl_added_conditioning(controlnet_dir):
-    from nodes.controlnet import ControlNetLoader
+    from loom.nodes.controlnet import ControlNetLoader
 
     model, clip, _vae = load_checkpoint(checkpoint_path("sdxl"), device="cpu")
     conds = (encode_text(clip, "a house"), encode_text(clip, ""))
@@ -148,7 +148,7 @@ def test_sdxl_controlnet_runs_with_the_sdxl_added_conditioning(controlnet_dir):
 def test_files_that_are_not_controlnets_are_clear_errors(controlnet_dir):
     from safetensors.torch import save_file
 
-    from nodes.controlnet import ControlNetLoader
+    from loom.nodes.controlnet import ControlNetLoader
 
     save_file({"lora_unet_conv_in.lora_down.weight": torch.zeros(2, 2)}, str(controlnet_dir / "lora.safetensors"))
     with pytest.raises(ValueError, match=r"ControlNetLoader: input 'control_net_name': could not load "
@@ -160,7 +160,7 @@ def test_files_that_are_not_controlnets_are_clear_errors(controlnet_dir):
 
 
 def test_canny_finds_the_outline_of_a_square():
-    from nodes.controlnet import Canny
+    from loom.nodes.controlnet import Canny
 
     image = torch.zeros(1, 32, 32, 3)
     image[:, 8:24, 8:24] = 1.0

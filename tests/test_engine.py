@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from nodes.schema import Combo, Int, Node, NodeRegistry, Output, Schema, Socket, String, types_compatible
-from server.cache import OutputCache, estimate_bytes
-from server.executor import Executor
-from server.graph import validate_prompt
+from loom.nodes.schema import Combo, Int, Node, NodeRegistry, Output, Schema, Socket, String, types_compatible
+from loom.server.cache import OutputCache, estimate_bytes
+from loom.server.executor import Executor
+from loom.server.graph import validate_prompt
 
 
 def chain_prompt(value: int = 3, b: int = 4) -> dict:
@@ -308,7 +308,7 @@ def test_output_lists_fan_out_downstream():
 
         @classmethod
         def execute(cls, text):
-            from nodes.schema import NodeOutput
+            from loom.nodes.schema import NodeOutput
             return NodeOutput(ui={"text": [text]})
 
     for node_class in (Split, Upper, Show):

@@ -103,8 +103,8 @@ def example_models(base_dir):
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_workflow_converts_and_validates(name, registry, example_models):
-    workflow_module = pytest.importorskip("server.workflow")
-    graph = pytest.importorskip("server.graph")
+    workflow_module = pytest.importorskip("loom.server.workflow")
+    graph = pytest.importorskip("loom.server.graph")
     workflow = load(name)
     require_node_types(registry, workflow)
     converted = workflow_module.ui_to_api(workflow, registry)
@@ -163,7 +163,7 @@ def small_inputs(base_dir) -> Path:
 
 def loom_run(base_dir: Path, models: Path, name: str, *arguments: str) -> list[Path]:
     """``loom run workflows/NAME.json ...`` in-process; returns the images it saved."""
-    cli = pytest.importorskip("server.cli")
+    cli = pytest.importorskip("loom.server.cli")
     before = set((base_dir / "output").rglob("*.png"))
     code = cli.main(["run", str(WORKFLOWS / f"{name}.json"), "--base-dir", str(base_dir),
                      "--models-dir", str(models), "--quiet", *arguments])

@@ -39,8 +39,8 @@ def models(base_dir):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_example_converts_validates_and_runs(name, models, registry):
-    from server.graph import validate_prompt
-    from server.workflow import ui_to_api
+    from loom.server.graph import validate_prompt
+    from loom.server.workflow import ui_to_api
 
     workflow = examples.load(name)
     prompt = ui_to_api(workflow, registry).prompt

@@ -12,12 +12,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from nodes import image_ops
-from nodes.image import (EmptyImage, ImageBatch, ImageInvert, ImagePadForOutpaint, ImageScale, ImageScaleBy,
+from loom.nodes import image_ops
+from loom.nodes.image import (EmptyImage, ImageBatch, ImageInvert, ImagePadForOutpaint, ImageScale, ImageScaleBy,
                          LoadImage, LoadImageMask, PreviewImage, SaveImage)
-from nodes.latent import (EmptyLatentImage, LatentComposite, LatentCrop, LatentFromBatch, LatentUpscale,
+from loom.nodes.latent import (EmptyLatentImage, LatentComposite, LatentCrop, LatentFromBatch, LatentUpscale,
                           LatentUpscaleBy, LoadLatent, RepeatLatentBatch, SaveLatent, SetLatentNoiseMask)
-from nodes.output_files import expand_prefix_variables, save_target
+from loom.nodes.output_files import expand_prefix_variables, save_target
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 
@@ -206,7 +206,7 @@ def test_example_image_is_found_without_copying(base_dir):
 
 
 def test_conformance_input_loads_as_rgb():
-    from nodes.image import load_image_file
+    from loom.nodes.image import load_image_file
 
     image, mask = load_image_file(CONFORMANCE / "inputs" / "conformance-input.png")
     assert image.shape == (1, 64, 64, 3) and mask.shape == (1, 64, 64)
@@ -347,7 +347,7 @@ def test_saved_latent_has_the_layout_of_comfyui_references(base_dir):
 
 
 def test_engine_fills_prompt_and_workflow_into_saved_png(base_dir, registry):
-    executor_module = pytest.importorskip("server.executor")
+    executor_module = pytest.importorskip("loom.server.executor")
     write_png(base_dir / "input" / "in.png", np.full((8, 8, 3), 40, dtype=np.uint8))
     prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
               "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
@@ -369,7 +369,7 @@ def test_engine_fills_prompt_and_workflow_into_saved_png(base_dir, registry):
 
 
 def test_validation_names_the_missing_image(base_dir, registry):
-    graph = pytest.importorskip("server.graph")
+    graph = pytest.importorskip("loom.server.graph")
     prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "nope.png"}},
               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     result = graph.validate_prompt(prompt, registry)

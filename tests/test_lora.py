@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from nodes.runtime.checkpoint import load_checkpoint
-from nodes.runtime.sampling import sample
-from nodes.runtime.text_encoding import encode_text
+from loom.nodes.runtime.checkpoint import load_checkpoint
+from loom.nodes.runtime.sampling import sample
+from loom.nodes.runtime.text_encoding import encode_text
 from tests.conftest import SHARED
 from tests.fixtures_checkpoints import checkpoint_path
 from tests.fixtures_lora import KINDS, build_lora, manual_delta, write_lora
@@ -54,7 +54,7 @@ def _unchanged(module: torch.nn.Module, snapshot) -> bool:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_format_maps_every_module_onto_the_model(kind):
-    from nodes.runtime.lora import parse_lora
+    from loom.nodes.runtime.lora import parse_lora
 
     family = "sdxl" if kind == "kohya_sdxl" else "sd1"
     model, clip, _vae = load_checkpoint(checkpoint_path(family), device="cpu")
@@ -68,7 +68,7 @@ def test_each_format_maps_every_module_onto_the_model(kind):
 
 
 def test_diffusers_and_ldm_module_names_reach_the_same_weights(sd1):
-    from nodes.runtime.lora import parse_lora
+    from loom.nodes.runtime.lora import parse_lora
 
     model, clip = sd1
     by_diffusers = parse_lora(build_lora("kohya_sd1"), "a").for_models(model, clip)
@@ -82,8 +82,8 @@ def test_ldm_names_agree_with_diffusers_converter_on_full_size_sd15():
     """The runtime's diffusers→LDM module names invert diffusers' own LDM→diffusers UNet converter."""
     from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 
-    from nodes.runtime import families
-    from nodes.runtime.lora import unet_module_to_ldm
+    from loom.nodes.runtime import families
+    from loom.nodes.runtime.lora import unet_module_to_ldm
 
     manifest = SHARED / "conformance" / "sd15-keys.json"
     if not manifest.is_file():
@@ -107,7 +107,7 @@ def test_ldm_names_agree_with_diffusers_converter_on_full_size_sd15():
 
 
 def test_strength_matches_manual_merge_and_weights_are_restored_exactly(sd1):
-    from nodes.runtime.lora import LoraPatch, parse_lora, with_lora
+    from loom.nodes.runtime.lora import LoraPatch, parse_lora, with_lora
 
     model, clip = sd1
     state = build_lora("kohya_sd1")
@@ -127,14 +127,14 @@ def test_strength_matches_manual_merge_and_weights_are_restored_exactly(sd1):
 
 
 def lora_targets(lora, model) -> dict[str, tuple[str, str]]:
-    from nodes.runtime.lora import unet_key_map
+    from loom.nodes.runtime.lora import unet_key_map
 
     key_map = unet_key_map(model.unet)
     return {name: key_map[name] for name in lora.modules if name in key_map}
 
 
 def test_strength_zero_is_bit_identical_and_model_only_loader(loras_dir, sd1):
-    from nodes.lora import LoraLoader, LoraLoaderModelOnly
+    from loom.nodes.lora import LoraLoader, LoraLoaderModelOnly
 
     model, clip = sd1
     assert LoraLoader.execute(model, clip, "kohya_sd1.safetensors", 0.0, 0.0) == (model, clip)
@@ -152,8 +152,8 @@ def test_strength_zero_is_bit_identical_and_model_only_loader(loras_dir, sd1):
 def test_two_loras_chain_and_the_base_model_stays_untouched(loras_dir, lora_files, sd1):
     from safetensors.torch import load_file
 
-    from nodes.lora import LoraLoader
-    from nodes.runtime.lora import lora_names, parse_lora
+    from loom.nodes.lora import LoraLoader
+    from loom.nodes.runtime.lora import lora_names, parse_lora
 
     model, clip = sd1
     conds = (encode_text(clip, "a red fox"), encode_text(clip, ""))
@@ -186,7 +186,7 @@ def test_two_loras_chain_and_the_base_model_stays_untouched(loras_dir, lora_file
 def test_text_encoder_lora_equals_encoding_with_merged_weights(sd1):
     import copy
 
-    from nodes.runtime.lora import LoraPatch, parse_lora, with_lora
+    from loom.nodes.runtime.lora import LoraPatch, parse_lora, with_lora
 
     _model, clip = sd1
     state = build_lora("kohya_sd1")
@@ -210,8 +210,8 @@ def test_text_encoder_lora_equals_encoding_with_merged_weights(sd1):
 
 
 def test_sdxl_lora_through_the_executor_leaves_the_plain_branch_as_it_was(base_dir, lora_files):
-    from nodes.schema import default_registry
-    from server.executor import Executor
+    from loom.nodes.schema import default_registry
+    from loom.server.executor import Executor
 
     (base_dir / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
     (base_dir / "models" / "checkpoints" / "xl.safetensors").write_bytes(checkpoint_path("sdxl").read_bytes())
@@ -238,7 +238,7 @@ def test_sdxl_lora_through_the_executor_leaves_the_plain_branch_as_it_was(base_d
     executor = Executor(default_registry())
     with_lora = executor.execute({**common, **lora, **branch("lora", ["l", 0], ["l", 1])}, "p1")
     after = executor.execute({**common, **branch("plain", ["c", 0], ["c", 1])}, "p2")  # the same loaded model
-    from nodes.runtime import model_cache
+    from loom.nodes.runtime import model_cache
     model_cache.free()
     fresh = Executor(default_registry()).execute({**common, **branch("fresh", ["c", 0], ["c", 1])}, "p3")
     assert with_lora.status == after.status == fresh.status == "success", (with_lora.error, after.error, fresh.error)
@@ -251,7 +251,7 @@ def test_sdxl_lora_through_the_executor_leaves_the_plain_branch_as_it_was(base_d
 
 
 def test_a_lora_for_another_model_is_a_clear_error(loras_dir, sd1, tmp_path):
-    from nodes.lora import LoraLoader
+    from loom.nodes.lora import LoraLoader
 
     model, clip = sd1
     with pytest.raises(ValueError) as caught:

@@ -37,8 +37,8 @@ def _path() -> Path:
 
 
 def test_conformance_checkpoint_builds_the_standard_sd15_parts():
-    from nodes.runtime import checkpoint
-    from nodes.runtime.text_encoding import encode_text
+    from loom.nodes.runtime import checkpoint
+    from loom.nodes.runtime.text_encoding import encode_text
 
     path = _path()
     started = time.perf_counter()

@@ -11,7 +11,7 @@ import torch
 
 from tests.fixtures_checkpoints import FAMILIES, build_state_dict, tiny_checkpoints, tiny_models_dir  # noqa: F401
 
-from nodes.runtime import checkpoint, families, model_cache
+from loom.nodes.runtime import checkpoint, families, model_cache
 
 EXPECTED = {  # family → (detected family, prediction, text encoders, context width)
     "sd1": ("sd1", "eps", ["l"], 32),

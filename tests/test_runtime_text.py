@@ -6,9 +6,9 @@ import torch
 
 from tests.fixtures_checkpoints import tiny_checkpoints  # noqa: F401
 
-from nodes.runtime import checkpoint, text_encoding
-from nodes.runtime.text_encoding import encode_text, parse_prompt_weights, run_clip
-from nodes.runtime.tokenizer import BOS_TOKEN, EOS_TOKEN, tokenize_words
+from loom.nodes.runtime import checkpoint, text_encoding
+from loom.nodes.runtime.text_encoding import encode_text, parse_prompt_weights, run_clip
+from loom.nodes.runtime.tokenizer import BOS_TOKEN, EOS_TOKEN, tokenize_words
 
 
 @pytest.fixture(scope="module")

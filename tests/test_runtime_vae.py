@@ -6,8 +6,8 @@ import torch
 
 from tests.fixtures_checkpoints import tiny_checkpoints  # noqa: F401
 
-from nodes.runtime import checkpoint
-from nodes.runtime import vae as vae_runtime
+from loom.nodes.runtime import checkpoint
+from loom.nodes.runtime import vae as vae_runtime
 
 
 @pytest.fixture(scope="module")

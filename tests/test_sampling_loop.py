@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes import progress
-from nodes.runtime.denoiser import GuidedDenoiser, calculate_denoised, percent_to_sigma
-from nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
-from nodes.runtime.sampling import sample
+from loom.nodes import progress
+from loom.nodes.runtime.denoiser import GuidedDenoiser, calculate_denoised, percent_to_sigma
+from loom.nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
+from loom.nodes.runtime.sampling import sample
 from tests.fixtures_sampling import tiny_conds, tiny_model, tiny_unet  # noqa: F401 (fixtures)
 
 SD = ModelSampling.scaled_linear()
@@ -158,7 +158,7 @@ def test_interruption_stops_between_steps(tiny_model, tiny_conds):
 # -- the nodes ---------------------------------------------------------------------------------
 
 def test_ksampler_schema_matches_comfyui():
-    from nodes.sampling import KSampler, KSamplerAdvanced
+    from loom.nodes.sampling import KSampler, KSamplerAdvanced
 
     info = KSampler.object_info()
     assert info["input_order"]["required"] == ["model", "seed", "steps", "cfg", "sampler_name", "scheduler",
@@ -181,7 +181,7 @@ def test_ksampler_schema_matches_comfyui():
 
 
 def test_unimplemented_sampler_is_a_validation_error_naming_it():
-    from nodes.sampling import KSampler, KSamplerAdvanced
+    from loom.nodes.sampling import KSampler, KSamplerAdvanced
 
     assert KSampler.validate_inputs(sampler_name="euler") is True
     message = KSampler.validate_inputs(sampler_name="dpmpp_2s_ancestral_cfg_pp")
@@ -191,7 +191,7 @@ def test_unimplemented_sampler_is_a_validation_error_naming_it():
 
 
 def test_ksampler_nodes_keep_the_latent_dict(tiny_model, tiny_conds):
-    from nodes.sampling import KSampler, KSamplerAdvanced
+    from loom.nodes.sampling import KSampler, KSamplerAdvanced
 
     positive, negative = tiny_conds
     latent = {"samples": torch.zeros(2, 4, 8, 8), "batch_index": [3, 5]}

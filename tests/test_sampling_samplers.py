@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.runtime import samplers
-from nodes.runtime.model_types import ModelSampling
-from nodes.runtime.noise import SeededNoise, initial_noise
-from nodes.runtime.schedules import calculate_sigmas
+from loom.nodes.runtime import samplers
+from loom.nodes.runtime.model_types import ModelSampling
+from loom.nodes.runtime.noise import SeededNoise, initial_noise
+from loom.nodes.runtime.schedules import calculate_sigmas
 from tests.fixtures_sampling import GaussianDenoiser
 
 SD = ModelSampling.scaled_linear()

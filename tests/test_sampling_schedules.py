@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from nodes.runtime.model_types import ModelSampling
-from nodes.runtime.schedules import (SCHEDULER_NAMES, calculate_sigmas, ddim_uniform, sampling_sigmas)
+from loom.nodes.runtime.model_types import ModelSampling
+from loom.nodes.runtime.schedules import (SCHEDULER_NAMES, calculate_sigmas, ddim_uniform, sampling_sigmas)
 
 SD = ModelSampling.scaled_linear()
 

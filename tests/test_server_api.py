@@ -21,8 +21,8 @@ from tests.fixtures_server import (LiveServer, add_prompt, new_client_id, queue_
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, registry):
-    from nodes import folders
-    from server.app import ServerConfig
+    from loom.nodes import folders
+    from loom.server.app import ServerConfig
 
     previous = folders.current()
     base = tmp_path_factory.mktemp("server_base")
@@ -34,7 +34,7 @@ def live(tmp_path_factory, registry):
 
 
 def _small_upload_limits():
-    from server.security import UploadLimits
+    from loom.server.security import UploadLimits
     return UploadLimits(max_bytes=2 * 1024 * 1024, max_pixels=4096 * 4096)
 
 
@@ -185,7 +185,7 @@ def test_read_only_routes(live):
 
 
 def test_models_listing_shows_files(live):
-    from nodes import folders
+    from loom.nodes import folders
     checkpoint = folders.current().model_paths("checkpoints")[0] / "sub" / "tiny.safetensors"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_bytes(b"x")
@@ -328,7 +328,7 @@ def test_two_clients_see_only_their_own_events(live):
 
 def test_preview_frames_legacy_and_with_metadata(live):
     """A node reporting a preview image reaches only its client, as type 1 or type 4 frames."""
-    from server.clients import preview_frame
+    from loom.server.clients import preview_frame
     jpeg = b"\xff\xd8fakejpeg"
     legacy = preview_frame(jpeg, None)
     assert legacy[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x01" and legacy[8:] == jpeg
@@ -612,7 +612,7 @@ def test_client_recipe_tiny_checkpoint(live):
     """§1.6 with a real (tiny, random-weight) SD1 checkpoint: txt2img -> SaveImage -> /view gives the PNG."""
     import shutil
 
-    from nodes import folders
+    from loom.nodes import folders
     from tests.fixtures_checkpoints import checkpoint_path
     target = folders.current().model_paths("checkpoints")[0] / "tiny-sd1.safetensors"
     shutil.copyfile(checkpoint_path("sd1"), target)

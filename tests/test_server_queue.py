@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from server.queue import Outcome, PromptQueue, QueueStoreError
+from loom.server.queue import Outcome, PromptQueue, QueueStoreError
 from tests.fixtures_server import ServerProcess, add_prompt, queue_prompt, run_async, wait_history
 
 

@@ -27,9 +27,9 @@ TOKEN = "test-token-0123456789"
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, registry):
     """An open server (loopback, no token) with small limits, and one that requires a token."""
-    from nodes import folders
-    from server.app import ServerConfig
-    from server.security import UploadLimits
+    from loom.nodes import folders
+    from loom.server.app import ServerConfig
+    from loom.server.security import UploadLimits
 
     previous = folders.current()
     base = tmp_path_factory.mktemp("security_base")
@@ -79,7 +79,7 @@ async def pending_count(session, base: str) -> int:
 # -------------------------------------------------------------------------------------------------
 
 def test_names_and_paths_helpers(base_dir):
-    from server.security import (ClientError, check_name, check_subfolder, content_disposition, data_path,
+    from loom.server.security import (ClientError, check_name, check_subfolder, content_disposition, data_path,
                                  sanitize_upload_name)
     for bad in ("../x.png", "a/b.png", "..\\win.ini", "C:\\x", "x\x00.png", "..", "a\r\nb.png", "x" * 300):
         with pytest.raises(ClientError):
@@ -105,8 +105,8 @@ def test_names_and_paths_helpers(base_dir):
 
 
 def test_bind_and_token_defaults():
-    from server.app import ServerConfig
-    from server.security import SecurityConfig, is_loopback
+    from loom.server.app import ServerConfig
+    from loom.server.security import SecurityConfig, is_loopback
     assert ServerConfig().host == "127.0.0.1"  # A1
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
@@ -280,7 +280,7 @@ def test_partial_execution_targets(live):
 
 def test_view_refuses_traversal(live):
     """F1, F2, F3, F6, F7."""
-    from nodes import folders
+    from loom.nodes import folders
     link = folders.input_dir() / "link"
     if not link.exists():
         link.symlink_to("/etc")
@@ -314,7 +314,7 @@ def test_view_refuses_traversal(live):
 
 def test_view_serves_legit_names_safely(live):
     """F4 no over-blocking; F6 header encoding; F9 nosniff/CSP/attachment for non-raster files."""
-    from nodes import folders
+    from loom.nodes import folders
     out = folders.output_dir()
     Image.new("RGB", (4, 4)).save(out / "test..png")
     Image.new("RGB", (4, 4)).save(out / "ünïcode name.png")
@@ -350,7 +350,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 def test_upload_refuses_non_images_and_bombs(live):
     """F7 names, F8 non-images, F10 size limit without partial files, F11 decompression bombs."""
-    from nodes import folders
+    from loom.nodes import folders
     hostile = {
         "page.html": b"<html><script>alert(1)</script></html>",
         "pic.svg": b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
@@ -397,8 +397,8 @@ def test_upload_refuses_non_images_and_bombs(live):
 
 def test_every_route_requires_the_token(locked):
     """A3 (route inventory), A9 (no state change through GET)."""
-    from server.app import server_of
-    from server.security import PUBLIC_PATHS
+    from loom.server.app import server_of
+    from loom.server.security import PUBLIC_PATHS
     read_only = ("get_", "websocket", "static_file")
     routes = []
     for route in locked.app.router.routes():

@@ -8,7 +8,7 @@ try:  # tests/ on sys.path as a folder (no __init__.py) or as the package ``test
 except ModuleNotFoundError:
     from tests.fixtures_workflow import core_registry, inp, load_fixture, node, out, workflow
 
-from server.workflow import WorkflowError, ui_to_api
+from loom.server.workflow import WorkflowError, ui_to_api
 
 
 def _seeded_consumer(link_id):
@@ -136,7 +136,7 @@ def test_randomly_damaged_workflows_never_crash(registry):
     import copy
     import random
 
-    from nodes.schema import NodeRegistry
+    from loom.nodes.schema import NodeRegistry
     merged = NodeRegistry()
     for _, node_class in [*core_registry().items(), *registry.items()]:
         if node_class.schema().name not in merged:

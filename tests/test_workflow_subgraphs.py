@@ -8,7 +8,7 @@ try:  # tests/ on sys.path as a folder (no __init__.py) or as the package ``test
 except ModuleNotFoundError:
     from tests.fixtures_workflow import core_registry, inp, load_fixture, node, out, workflow
 
-from server.workflow import WorkflowError, ui_to_api
+from loom.server.workflow import WorkflowError, ui_to_api
 
 
 def _entry(class_type: str, inputs: dict, title: str | None = None) -> dict:
@@ -176,7 +176,7 @@ def test_widget_promoted_through_two_levels(registry):
 
 
 def test_flattened_subgraphs_run_headless(registry):
-    from server.executor import Executor
+    from loom.server.executor import Executor
     prompt = ui_to_api(load_fixture("subgraphs_nested.json"), registry).prompt
     result = Executor(registry).execute(prompt, "subgraphs")
     assert result.status == "success", result.error

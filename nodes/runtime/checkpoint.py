@@ -26,9 +26,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from nodes.runtime import devices, families, model_cache
-from nodes.runtime.families import Detected, TextEncoderSlot
-from nodes.runtime.model_types import DiffusionModel, TextEncoderModel, VAEModel
+from loom.nodes.runtime import devices, families, model_cache
+from loom.nodes.runtime.families import Detected, TextEncoderSlot
+from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel, VAEModel
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def _expected_bytes(path: str | Path, device: torch.device) -> int:
 
 def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, output_vae: bool,
                      device: torch.device) -> tuple[DiffusionModel, TextEncoderModel | None, VAEModel | None]:
-    from nodes.runtime import tokenizer
+    from loom.nodes.runtime import tokenizer
 
     started = time.perf_counter()
     with StateDictFile(path) as file:

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import torch
 
-from nodes.runtime import devices, model_cache
+from loom.nodes.runtime import devices, model_cache
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def load_controlnet(path: str | Path, *, device: torch.device | str | None = Non
 def _load(path: Path, device: torch.device) -> ControlNet:
     from diffusers import ControlNetModel
 
-    from nodes.runtime import checkpoint
+    from loom.nodes.runtime import checkpoint
 
     started = time.perf_counter()
     dtype = devices.diffusion_dtype(device)
@@ -228,12 +228,12 @@ class ControlApplication:
         return out[::-1]
 
     def _active(self, sigma: float, sampling: Any) -> bool:
-        from nodes.runtime.denoiser import percent_to_sigma
+        from loom.nodes.runtime.denoiser import percent_to_sigma
 
         return percent_to_sigma(sampling, self.end_percent) <= sigma <= percent_to_sigma(sampling, self.start_percent)
 
     def _hint_for(self, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        from nodes.image_ops import common_upscale
+        from loom.nodes.image_ops import common_upscale
 
         size = (int(x.shape[2]) * 8, int(x.shape[3]) * 8)
         if self._resized is None or self._resized[0] != size:

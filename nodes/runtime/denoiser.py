@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from nodes.runtime.model_types import DiffusionModel, ModelSampling
+from loom.nodes.runtime.model_types import DiffusionModel, ModelSampling
 
 FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz")
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from nodes.runtime.model_types import LatentFormat, ModelSampling
+from loom.nodes.runtime.model_types import LatentFormat, ModelSampling
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")

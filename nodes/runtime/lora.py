@@ -235,7 +235,7 @@ def parse_lora(state: Mapping[str, torch.Tensor], name: str = "LoRA") -> LoraFil
 
 def load_lora_file(path: str | Path) -> LoraFile:
     """Read and parse a LoRA file (safetensors; pickles only with ``--allow-pickle``)."""
-    from nodes.runtime import checkpoint
+    from loom.nodes.runtime import checkpoint
 
     path = Path(path)
     try:

@@ -126,7 +126,7 @@ class ModelCache:
 
     def make_room(self, nbytes: int, device: torch.device | None = None) -> None:
         """Evict least-recently-used entries until ``nbytes`` more fit the budget and the device."""
-        from nodes.runtime import devices
+        from loom.nodes.runtime import devices
 
         with self._lock:
             if self.budget_bytes is not None:
@@ -166,7 +166,7 @@ class ModelCache:
 
 def _collect() -> None:
     gc.collect()
-    from nodes.runtime import devices
+    from loom.nodes.runtime import devices
     devices.empty_cache()
 
 

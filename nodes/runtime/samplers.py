@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from nodes.runtime.noise import BrownianNoise, SeededNoise
+from loom.nodes.runtime.noise import BrownianNoise, SeededNoise
 
 
 class Denoiser(Protocol):
@@ -1026,7 +1026,7 @@ def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
     """SA-Solver, stochastic (tau = 1) between 20 % and 80 % of the model's sigma range, as ComfyUI's default."""
     if len(sigmas) <= 1:
         return x
-    from nodes.runtime.model_types import ModelSampling
+    from loom.nodes.runtime.model_types import ModelSampling
 
     noise_sampler = noise_sampler or SeededNoise(x, seed)
     s_in = _ones(x)

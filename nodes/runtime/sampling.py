@@ -21,13 +21,13 @@ from typing import Any, Sequence
 
 import torch
 
-from nodes import progress
-from nodes.runtime.denoiser import GuidedDenoiser, MaskedDenoiser, prepare_noise_mask
-from nodes.runtime.model_types import DiffusionModel
-from nodes.runtime.noise import initial_noise
-from nodes.runtime.preview import latent_preview
-from nodes.runtime.samplers import CFG_PP_SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
-from nodes.runtime.schedules import sampling_sigmas
+from loom.nodes import progress
+from loom.nodes.runtime.denoiser import GuidedDenoiser, MaskedDenoiser, prepare_noise_mask
+from loom.nodes.runtime.model_types import DiffusionModel
+from loom.nodes.runtime.noise import initial_noise
+from loom.nodes.runtime.preview import latent_preview
+from loom.nodes.runtime.samplers import CFG_PP_SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
+from loom.nodes.runtime.schedules import sampling_sigmas
 
 
 def cut_sigmas(sigmas: torch.Tensor, start_step: int | None, last_step: int | None,

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from nodes.runtime.model_types import ModelSampling
+from loom.nodes.runtime.model_types import ModelSampling
 
 SCHEDULER_NAMES: tuple[str, ...] = ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta",
                                     "normal", "linear_quadratic", "kl_optimal")

@@ -36,9 +36,9 @@ from typing import Any, Iterator, Sequence, Union
 
 import torch
 
-from nodes.runtime import devices
-from nodes.runtime.model_types import TextEncoderModel
-from nodes.runtime.tokenizer import BOS_TOKEN, EOS_TOKEN, tokenize_words
+from loom.nodes.runtime import devices
+from loom.nodes.runtime.model_types import TextEncoderModel
+from loom.nodes.runtime.tokenizer import BOS_TOKEN, EOS_TOKEN, tokenize_words
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,13 @@ def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
 # ---------------------------------------------------------------------------------------------
 
 def _embedding_dirs() -> list[Path]:
-    from nodes import folders
+    from loom.nodes import folders
     return [p for p in folders.current().model_paths("embeddings") if p.is_dir()]
 
 
 def find_embedding_file(name: str, directories: Sequence[Path]) -> Path | None:
     """The file ``name`` (or ``name`` + a known extension) in the embeddings folders, never outside them."""
-    from nodes import folders
+    from loom.nodes import folders
 
     for root in directories:
         for sub in [root] + sorted(p for p in root.rglob("*") if p.is_dir()):
@@ -162,7 +162,7 @@ def find_embedding_file(name: str, directories: Sequence[Path]) -> Path | None:
 
 def load_embedding(name: str, size: int, key: str, directories: Sequence[Path] | None = None) -> torch.Tensor | None:
     """The ``[n, size]`` vectors of textual inversion ``name``, or ``None`` (with a warning) if unusable."""
-    from nodes.runtime import checkpoint
+    from loom.nodes.runtime import checkpoint
 
     directories = _embedding_dirs() if directories is None else directories
     path = find_embedding_file(name, directories)
@@ -187,7 +187,7 @@ def load_embedding(name: str, size: int, key: str, directories: Sequence[Path] |
 
 
 def _read_pickled_embedding(path: Path) -> Any:
-    from nodes.runtime import checkpoint
+    from loom.nodes.runtime import checkpoint
     if not checkpoint.ALLOW_PICKLE:
         raise checkpoint.CheckpointError(f"{path.name} is pickled; start Loom with --allow-pickle to use it")
     return torch.load(str(path), map_location="cpu", weights_only=True)

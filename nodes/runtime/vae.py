@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from nodes.progress import ProgressBar, check_interrupted
-from nodes.runtime import devices
-from nodes.runtime.model_types import VAEModel
+from loom.nodes.progress import ProgressBar, check_interrupted
+from loom.nodes.runtime import devices
+from loom.nodes.runtime.model_types import VAEModel
 
 
 def crop_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import time
 
-from nodes import folders
-from nodes.progress import ProgressBar
-from nodes.schema import (HIDDEN_UNIQUE_ID, SEED_MAX, Combo, Float, Int, Node, NodeOutput, Output, Schema,
+from loom.nodes import folders
+from loom.nodes.progress import ProgressBar
+from loom.nodes.schema import (HIDDEN_UNIQUE_ID, SEED_MAX, Combo, Float, Int, Node, NodeOutput, Output, Schema,
                           Socket, String, register)
 
 
