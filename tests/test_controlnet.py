@@ -159,19 +159,77 @@ def test_files_that_are_not_controlnets_are_clear_errors(controlnet_dir):
         ControlNetLoader.execute("control-lora.safetensors")
 
 
-def test_canny_finds_the_outline_of_a_square():
-    from loom.nodes.controlnet import Canny
+# The edge map of a 10×10 white square on black, exact: each side is a step whose two pixels tie after the blur,
+# and the tie keeps the left or upper one, so the edge runs outside the square on the left and top, inside on the
+# right and bottom.
+SQUARE_EDGES = """
+....................
+....................
+....................
+....................
+........####........
+.....###....###.....
+.....#........#.....
+.....#........#.....
+....#.........#.....
+....#.........#.....
+....#.........#.....
+....#.........#.....
+.....#........#.....
+.....#........#.....
+.....##########.....
+....................
+....................
+....................
+....................
+....................
+"""
 
-    image = torch.zeros(1, 32, 32, 3)
-    image[:, 8:24, 8:24] = 1.0
+
+def _edge_map(text: str) -> torch.Tensor:
+    return torch.tensor([[float(c == "#") for c in line] for line in text.split()])
+
+
+def test_canny_finds_the_outline_of_a_square_exactly():
+    from loom.nodes.controlnet import Canny
+    from loom.nodes.runtime.canny import canny
+
+    image = torch.zeros(1, 20, 20, 3)
+    image[:, 5:15, 5:15] = 1.0
     (edges,) = Canny.execute(image, 0.4, 0.8)
-    assert edges.shape == (1, 32, 32, 3) and set(edges.unique().tolist()) <= {0.0, 1.0}
-    mask = edges[0, :, :, 0]
-    assert torch.equal(edges[..., 0], edges[..., 2])
-    assert mask[:4].sum() == 0 and mask[12:20, 12:20].sum() == 0  # nothing far from the square's border
-    assert mask[6:10, 12:20].any(dim=0).all() and mask[12:20, 6:10].any(dim=1).all()  # the sides are found
-    assert mask.sum() <= 4 * 16 * 2  # thin: at most two pixels wide
-    (none,) = Canny.execute(torch.full((1, 32, 32, 3), 0.5), 0.4, 0.8)
+    assert edges.shape == (1, 20, 20, 3) and torch.equal(edges[..., 0], edges[..., 2])
+    expected = _edge_map(SQUARE_EDGES)
+    assert torch.equal(edges[0, :, :, 0], expected)
+    # the same map for the other polarity and in double precision (other rounding), transposed for the transpose
+    assert torch.equal(Canny.execute(1.0 - image, 0.4, 0.8)[0][0, :, :, 0], expected)
+    assert torch.equal(canny(image.movedim(-1, 1).double(), 0.4, 0.8)[0, 0], expected.double())
+    assert torch.equal(Canny.execute(image.transpose(1, 2), 0.4, 0.8)[0][0, :, :, 0], expected.t())
+    (none,) = Canny.execute(torch.full((1, 20, 20, 3), 0.5), 0.4, 0.8)
     assert none.sum() == 0
     with pytest.raises(ValueError, match="Canny: input 'low_threshold'"):
         Canny.execute(image, 0.9, 0.2)
+
+
+@pytest.mark.parametrize("rounding", [-1e-7, 0.0, 1e-7])
+def test_canny_tie_keeps_the_left_or_upper_pixel_whatever_the_rounding(rounding):
+    """A step's two tied magnitudes, one of them off by a float step either way: the left (upper) one is kept."""
+    from loom.nodes.runtime.canny import non_maximum_suppression, tie_tolerance
+
+    row = torch.tensor([0.0, 1.0, 2.0, 2.0 + rounding, 1.0, 0.0])
+    tolerance = tie_tolerance(torch.ones(1, 1, 1, 1))
+    across = non_maximum_suppression(row.view(1, 1, 1, 6), torch.zeros(1, 1, 1, 6), tolerance)
+    assert across[0, 0, 0].tolist() == [False, False, True, False, False, False]
+    down = non_maximum_suppression(row.view(1, 1, 6, 1), torch.full((1, 1, 6, 1), 2.0), tolerance)
+    assert down[0, 0, :, 0].tolist() == [False, False, True, False, False, False]
+    # either polarity of the gradient (180°, 270°) compares the same two neighbours
+    assert torch.equal(non_maximum_suppression(row.view(1, 1, 1, 6), torch.full((1, 1, 1, 6), 4.0), tolerance),
+                       across)
+    # along a diagonal both comparisons are strict: a tie keeps neither pixel
+    diagonal = torch.zeros(1, 1, 4, 4)
+    diagonal[0, 0, 1, 1], diagonal[0, 0, 2, 2] = 2.0, 2.0 + rounding
+    kept = non_maximum_suppression(diagonal, torch.ones(1, 1, 4, 4), tolerance)
+    assert not kept[0, 0, 1, 1] and not kept[0, 0, 2, 2]
+    # a real difference, far above the tolerance, still decides
+    row[3] = 2.01
+    assert non_maximum_suppression(row.view(1, 1, 1, 6), torch.zeros(1, 1, 1, 6),
+                                   tolerance)[0, 0, 0].tolist() == [False, False, False, True, False, False]

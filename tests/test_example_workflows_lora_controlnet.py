@@ -53,13 +53,29 @@ def test_example_converts_validates_and_runs(name, models, registry):
         overrides = ["--set", "10.strength_model=0.8"]
     else:
         assert by_type["ControlNetApplyAdvanced"]["inputs"]["image"] == [by_type_id(prompt, "Canny"), 0]
-        assert by_type["Canny"]["inputs"]["low_threshold"] == 0.4
+        assert by_type["Canny"]["inputs"]["low_threshold"] == 0.05
         overrides = ["--set", "10.image=small.png"]
     size = ["--set", "5.width=64", "--set", "5.height=64", "--set", "3.steps=2"]
     (saved,) = examples.loom_run(models, models / "models", name, *size, *overrides)
     picture = Image.open(saved)
     assert picture.size == (64, 64) and np.array(picture).std() > 0
     assert json.loads(picture.text["workflow"])["nodes"] == workflow["nodes"]
+
+
+def test_canny_example_thresholds_find_the_outlines_of_its_own_picture():
+    """The example's thresholds draw the sun, the hills and the tree of example.png (0.4/0.8 drew nothing)."""
+    from loom.nodes.controlnet import Canny
+    from loom.nodes.image import load_image_file
+
+    (canny,) = [node for node in examples.load("controlnet-canny")["nodes"] if node["type"] == "Canny"]
+    low, high = canny["widgets_values"]
+    image, _ = load_image_file(examples.WORKFLOWS / "example.png")
+    (edges,) = Canny.execute(image, low, high)
+    mask = edges[0, :, :, 0]
+    assert 0.005 < float(mask.mean()) < 0.05  # outlines, not noise
+    assert mask[60:180, 320:440].sum() > 200  # the sun, a circle about 100 px across
+    assert mask[230:380, 40:130].sum() > 200  # the tree
+    assert mask[240:340].any(dim=0).float().mean() > 0.95  # the hills' line crosses the whole picture
 
 
 def by_type_id(prompt: dict, class_type: str) -> str:

@@ -3,7 +3,13 @@
 1. RGB → gray (0.299, 0.587, 0.114);
 2. a 5×5 Gaussian blur, sigma 1, separable, reflected borders;
 3. unnormalised Sobel gradients with replicated borders; magnitude ``sqrt(gx² + gy² + 1e-6)``;
-4. non-maximum suppression along the gradient direction rounded to 45°;
+4. non-maximum suppression along the gradient direction rounded to 45°, with OpenCV's tie rule: a pixel
+   must be strictly above its left and upper neighbours but only at least equal to its right and lower
+   ones, and strictly above both neighbours along a diagonal. Released kornia is strict on every side, so
+   of the two pixels that tie across a sharp step it drops both, and whether they tie at all depends on how
+   the CPU's convolution kernels round (on some CPUs a white square on black has no edges). Here exactly
+   one of the pair, the left or upper one, is kept, and differences within a few float steps
+   (:func:`tie_tolerance`) count as ties, so rounding cannot decide which;
 5. double threshold (weak > low, strong > high) and hysteresis: weak pixels touching strong ones become
    strong, repeated until nothing changes; what is left weak is dropped.
 
@@ -16,6 +22,11 @@ import torch.nn.functional as F
 
 # neighbour offsets (dy, dx) for the gradient directions 0°, 45°, ..., 315° (y pointing down)
 _DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
+# whether a pixel must be strictly above that neighbour to be a maximum: not for the right (0) and lower (2)
+# neighbours, where a tie keeps the pixel; always along the diagonals
+_STRICT = (False, True, False, True, True, True, True, True)
+# magnitude differences up to this many float steps (machine epsilons of the image's scale) are ties
+_TIE_STEPS = 64
 
 
 def _gaussian_kernel(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -44,13 +55,42 @@ def sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gradients[:, 0:1], gradients[:, 1:2]
 
 
-def _neighbour_kernels(center: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Eight 3×3 kernels: ``center`` at the middle and 1 (hysteresis) or -1 (suppression) at one neighbour."""
+def _neighbour_kernels(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Eight 3×3 kernels, each 1 at one neighbour (for hysteresis)."""
     kernels = torch.zeros(len(_DIRECTIONS), 1, 3, 3, dtype=dtype, device=device)
     for index, (dy, dx) in enumerate(_DIRECTIONS):
-        kernels[index, 0, 1, 1] = center
-        kernels[index, 0, 1 + dy, 1 + dx] = -1.0 if center else 1.0
+        kernels[index, 0, 1 + dy, 1 + dx] = 1.0
     return kernels
+
+
+def tie_tolerance(image: torch.Tensor) -> float:
+    """The largest magnitude difference that :func:`non_maximum_suppression` treats as a tie for ``image``.
+
+    ``_TIE_STEPS`` machine epsilons of the image's scale (its largest absolute value, at least 1): far above the
+    rounding of the blur and Sobel sums (a few epsilons), far below any difference an 8-bit picture makes.
+    """
+    scale = max(1.0, float(image.detach().abs().max())) if image.numel() else 1.0
+    return _TIE_STEPS * torch.finfo(image.dtype).eps * scale
+
+
+def non_maximum_suppression(magnitude: torch.Tensor, direction: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Where ``magnitude`` (``[B, 1, H, W]``) is a maximum along its gradient, as a bool map of the same shape.
+
+    ``direction`` holds the gradient direction in steps of 45° (any integer; taken modulo 8, 0 pointing right,
+    2 down). A pixel is compared with its neighbour along the gradient and the one opposite; outside the image
+    the magnitude is 0 (as in kornia). It must be above a neighbour by more than ``tolerance``, except its right
+    and lower neighbours, which it may trail by up to ``tolerance`` (a tie keeps the left or upper pixel).
+    """
+    height, width = magnitude.shape[-2:]
+    padded = F.pad(magnitude, (1, 1, 1, 1))
+    differences = torch.cat([magnitude - padded[..., 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+                             for dy, dx in _DIRECTIONS], dim=1)
+    strict = torch.tensor(_STRICT, device=magnitude.device)
+    is_max = torch.ones_like(magnitude, dtype=torch.bool)
+    for index in (direction.long() % 8, (direction.long() + 4) % 8):
+        difference = differences.gather(1, index)
+        is_max &= torch.where(strict[index], difference > tolerance, difference >= -tolerance)
+    return is_max
 
 
 def canny(image: torch.Tensor, low_threshold: float, high_threshold: float) -> torch.Tensor:
@@ -66,16 +106,11 @@ def canny(image: torch.Tensor, low_threshold: float, high_threshold: float) -> t
 
     gx, gy = sobel(gaussian_blur(image))
     magnitude = torch.sqrt(gx * gx + gy * gy + 1e-6)
-    angle = torch.round(torch.rad2deg(torch.atan2(gy, gx)) / 45) * 45
-
-    differences = F.conv2d(magnitude, _neighbour_kernels(1.0, dtype, device), padding=1)  # mag - neighbour
-    forward = ((angle / 45) % 8).long()
-    backward = ((angle / 45 + 4) % 8).long()
-    is_max = torch.minimum(differences.gather(1, forward), differences.gather(1, backward)) > 0.0
-    magnitude = magnitude * is_max
+    direction = torch.round(torch.rad2deg(torch.atan2(gy, gx)) / 45)
+    magnitude = magnitude * non_maximum_suppression(magnitude, direction, tie_tolerance(image))
 
     edges = ((magnitude > low_threshold) * 0.5 + (magnitude > high_threshold) * 0.5).to(dtype)
-    neighbours = _neighbour_kernels(0.0, dtype, device)
+    neighbours = _neighbour_kernels(dtype, device)
     while True:
         weak = (edges == 0.5).to(dtype)
         strong = (edges == 1).to(dtype)
