@@ -26,6 +26,7 @@ from aiohttp import web
 from loom.nodes import folders
 from loom.nodes.schema import NodeRegistry
 from loom.server.clients import SERVER_FEATURES, ClientHub
+from loom.server.notices import startup_notices
 from loom.server.queue import PromptQueue, QueueStoreError
 from loom.server.security import (ClientError, SecurityConfig, UploadLimits, content_disposition, data_path,
                              error_middleware, headers_middleware, json_error, read_json, sanitize_upload_name,
@@ -431,6 +432,10 @@ class LoomServer:
             raise ClientError(404, "not_found", "The default workflow cannot be read") from None
         return web.json_response(loaded.ui if loaded.ui is not None else loaded.api)
 
+    async def get_notices(self, request: web.Request) -> web.Response:
+        """Loom: what the editor shows a new user once (e.g. where checkpoints go); see server.notices."""
+        return web.json_response(await asyncio.to_thread(startup_notices))
+
     async def get_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -584,6 +589,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
         ("GET", "/features", server.get_features),
         ("POST", "/workflow/convert", server.post_workflow_convert),
         ("GET", "/workflows/default", server.get_default_workflow),
+        ("GET", "/notices", server.get_notices),
         ("GET", "/health", server.get_health),
         ("GET", "/ready", server.get_ready),
         ("GET", "/settings", server.get_settings),

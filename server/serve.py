@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from loom.server.app import ServerConfig, create_app, server_of
+from loom.server.notices import startup_notices
 
 log = logging.getLogger("loom.server")
 
@@ -87,6 +88,8 @@ async def _serve(app: web.Application, host: str, port: int, open_browser: bool)
             url_with_token = f"{url}?token={token}"
         else:
             url_with_token = url
+        for notice in startup_notices():
+            print(notice["text"], flush=True)
         if shown != hosts[0]:
             print(f"Listening on {', '.join(hosts)} port {bound}", flush=True)
         print(f"Loom is running at {url_with_token}", flush=True)

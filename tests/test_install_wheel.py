@@ -160,6 +160,11 @@ def test_installed_loom_serves_the_editor_and_its_default_workflow(installed: Sc
             match = re.search(r"Loom is running at (http://[^/\s]+)", line)
             url = match.group(1) if match else ""
         assert url, "the installed `loom serve` did not start:\n" + "".join(lines)
+        printed = "".join(lines)
+        # a fresh base dir holds no checkpoint: the terminal says where they go (server/notices.py)
+        assert "You have no checkpoint of your own yet" in printed, printed
+        assert str(base.resolve() / "models" / "checkpoints") in printed and "--models-dir" in printed, printed
+        assert "extra_model_paths.yaml" in printed and "loom-demo.safetensors" in printed, printed
 
         status, _, body = _get(url + "/api/health")
         assert status == 200 and json.loads(body) == {"status": "ok"}
