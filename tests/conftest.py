@@ -14,7 +14,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NODEPACK = REPO / "tests" / "nodepack"
-SHARED = REPO.parent / "shared"
+# the project's shared read-only folder (ComfyUI's conformance cases and references), next to the checkout;
+# LOOM_SHARED_DIR points elsewhere. A clone without it skips the tests that read it, unless LOOM_REQUIRE_SHARED
+# is set (CI sets it, so they cannot pass by skipping there)
+SHARED = Path(os.environ.get("LOOM_SHARED_DIR") or REPO.parent / "shared")
+CONFORMANCE = SHARED / "conformance"
+
+
+def require_shared(path: Path) -> Path:
+    """``path`` (a file or folder under :data:`SHARED`) if it exists; else skip the test or module.
+
+    Fails instead of skipping when ``$LOOM_REQUIRE_SHARED`` is set to anything but "" or "0".
+    """
+    if path.exists():
+        return path
+    message = (f"{path} is missing: this test needs the shared conformance material "
+               f"(../shared next to the checkout, or $LOOM_SHARED_DIR)")
+    if os.environ.get("LOOM_REQUIRE_SHARED", "") not in ("", "0"):
+        pytest.fail(message + ", and $LOOM_REQUIRE_SHARED is set", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,6 +49,12 @@ def registry():
     """The default registry (built-in nodes) plus the test node pack."""
     from loom.nodes.schema import default_registry
     return default_registry([NODEPACK])
+
+
+@pytest.fixture
+def conformance_dir() -> Path:
+    """``shared/conformance``, or a skip (see :func:`require_shared`)."""
+    return require_shared(CONFORMANCE)
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from loom.nodes.folders import file_sha256
+from tests.conftest import CONFORMANCE, require_shared
 
 pytestmark = pytest.mark.conformance
 
-CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 CHECKPOINT = "sd15-conformance-s0.safetensors"
 README_SHA256 = "1bd515784807d187fd125e04163cba97ceea48a31e4705e250c4b0623bb945e6"
 CORE_CASES = ["txt2img_euler_normal", "txt2img_dpmpp2m_karras_clipskip_batch2", "img2img_ddim"]
@@ -30,8 +30,7 @@ OTHER_CASES = ["lora_kohya_single", "controlnet_advanced"]
 NODES_FROM_ISSUE = {"LoraLoader": "issue 4 (LoRA and ControlNet)", "ControlNetLoader": "issue 4 (LoRA and ControlNet)",
                     "ControlNetApplyAdvanced": "issue 4 (LoRA and ControlNet)"}
 
-if not (CONFORMANCE / "compare.py").is_file():
-    pytest.skip(f"shared conformance material not found at {CONFORMANCE}", allow_module_level=True)
+require_shared(CONFORMANCE / "compare.py")
 
 
 def _cache_dir() -> Path:

@@ -19,8 +19,6 @@ from loom.nodes.latent import (EmptyLatentImage, LatentComposite, LatentCrop, La
                           LatentUpscaleBy, LoadLatent, RepeatLatentBatch, SaveLatent, SetLatentNoiseMask)
 from loom.nodes.output_files import expand_prefix_variables, save_target
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
-
 
 def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
     Image.fromarray(array, mode).save(path)
@@ -205,10 +203,10 @@ def test_example_image_is_found_without_copying(base_dir):
     assert LoadImage.execute("example.png")[0].shape == (1, 2, 2, 3)
 
 
-def test_conformance_input_loads_as_rgb():
+def test_conformance_input_loads_as_rgb(conformance_dir):
     from loom.nodes.image import load_image_file
 
-    image, mask = load_image_file(CONFORMANCE / "inputs" / "conformance-input.png")
+    image, mask = load_image_file(conformance_dir / "inputs" / "conformance-input.png")
     assert image.shape == (1, 64, 64, 3) and mask.shape == (1, 64, 64)
 
 
@@ -332,8 +330,8 @@ def test_save_and_load_latent_round_trip(base_dir):
     assert torch.allclose(legacy["samples"], samples / 0.18215)
 
 
-def test_saved_latent_has_the_layout_of_comfyui_references(base_dir):
-    reference = CONFORMANCE / "refs" / "img2img_ddim.latent"
+def test_saved_latent_has_the_layout_of_comfyui_references(base_dir, conformance_dir):
+    reference = conformance_dir / "refs" / "img2img_ddim.latent"
     SaveLatent.execute({"samples": torch.zeros(1, 4, 8, 8)}, "latents/conf", prompt={"1": {}})
     with safe_open(str(reference), "pt") as ref, \
             safe_open(str(base_dir / "output" / "latents" / "conf_00001_.latent"), "pt") as ours:

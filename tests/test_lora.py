@@ -9,7 +9,7 @@ import torch
 from loom.nodes.runtime.checkpoint import load_checkpoint
 from loom.nodes.runtime.sampling import sample
 from loom.nodes.runtime.text_encoding import encode_text
-from tests.conftest import SHARED
+from tests.conftest import CONFORMANCE, require_shared
 from tests.fixtures_checkpoints import checkpoint_path
 from tests.fixtures_lora import KINDS, build_lora, manual_delta, write_lora
 
@@ -85,9 +85,7 @@ def test_ldm_names_agree_with_diffusers_converter_on_full_size_sd15():
     from loom.nodes.runtime import families
     from loom.nodes.runtime.lora import unet_module_to_ldm
 
-    manifest = SHARED / "conformance" / "sd15-keys.json"
-    if not manifest.is_file():
-        pytest.skip("shared conformance manifest not available")
+    manifest = require_shared(CONFORMANCE / "sd15-keys.json")
     shapes = {k: tuple(v) for k, v in json.loads(manifest.read_text())["tensors"].items()}
     config = families.unet_config(shapes, LDM_UNET_KEY, families.FAMILIES["sd1"])
     fake = {k.removeprefix(LDM_UNET_KEY): torch.empty(0) for k in shapes if k.startswith(LDM_UNET_KEY)}
