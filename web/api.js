@@ -66,6 +66,16 @@ export class Api extends EventTarget {
     }
   }
 
+  /** What the server asks the editor to show once (`[{ id, level, text }]`); [] when it cannot say. */
+  async notices() {
+    try {
+      const notices = await this.request("/notices");
+      return Array.isArray(notices) ? notices : [];
+    } catch {
+      return [];
+    }
+  }
+
   /** UI workflow -> API prompt, converted by the server (the one implementation of the conversion). */
   async convert(workflow) {
     const result = await this.postJson("/workflow/convert", { workflow });

@@ -6,7 +6,7 @@ import { Api } from "./api.js";
 import { Editor } from "./editor.js";
 import { NodeDefs } from "./graph/definitions.js";
 import { inputSlotPos, nodeBounds, outputSlotPos, widgetRect } from "./canvas/layout.js";
-import { notify } from "./ui/notify.js";
+import { notice, notify } from "./ui/notify.js";
 
 function wireToolbar(editor) {
   const on = (id, handler) => document.getElementById(id)?.addEventListener("click", handler);
@@ -151,6 +151,11 @@ async function start() {
   api.connect();
   exposeHook(editor);
   editor.canvas.setDirty();
+  // the server's notices (e.g. where checkpoints go), each shown until dismissed; `loom.notices` lists
+  // the ones on screen once they are known
+  const shown = [];
+  for (const { id, level, text } of await api.notices()) if (notice(id, text, level)) shown.push(id);
+  window.loom.notices = shown;
 }
 
 start();
