@@ -1,16 +1,24 @@
 """The ``loom`` command: serve | run | validate | convert | nodes.
 
-Exit codes: 0 ok, 2 invalid workflow (one error per line), 1 run failed.
+Exit codes: 0 ok, 2 invalid workflow (one error per line; also when only some outputs are invalid: the
+server would run the others, but a command line run that cannot make everything it was asked for makes
+nothing), 1 run failed. Output piped into a program that stops reading (``loom convert x | head``) ends
+quietly.
 Heavy libraries (torch, diffusers) load only when a command needs them, so ``loom --help`` is instant.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from loom.server.graph import ValidationResult
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,13 +88,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"serve": cmd_serve, "run": cmd_run, "validate": cmd_validate, "convert": cmd_convert,
                 "nodes": cmd_nodes}
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_FAILED
     except UsageError as problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _drop_stdout() -> None:
+    """The reader of stdout went away (``loom convert x | head``): send what is left to /dev/null.
+
+    As Python's documentation of SIGPIPE recommends, so that the interpreter's last flush at exit does not
+    raise a second BrokenPipeError.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # stdout is no file (tests capture it)
+        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,8 +153,13 @@ def load_prompt(path: Path, registry) -> tuple[dict[str, Any], dict[str, Any] | 
         loaded = workflow.load_workflow_file(path)
         prompt = workflow.to_api(loaded, registry)
     except workflow.WorkflowError as problem:
-        lines = [f"{path}: {problem}"]
-        for item in getattr(problem, "problems", []) or []:
+        problems = getattr(problem, "problems", None) or []
+        # the message lists the problems too: say them once, one line each
+        message = "the workflow cannot be converted" if problems else str(problem)
+        if not message.startswith(f"{path}:"):  # most load errors name the file already
+            message = f"{path}: {message}"
+        lines = [message]
+        for item in problems:
             lines.append(f"node {item.get('node_id')} ({item.get('class_type')}): {item.get('message')}")
         raise InvalidWorkflow(lines) from problem
     return prompt, loaded.ui
@@ -144,6 +175,27 @@ def print_invalid(lines: list[str]) -> int:
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
     return EXIT_INVALID
+
+
+def skipped_outputs(validation: "ValidationResult") -> dict[str, list[str]]:
+    """The outputs a valid-in-part prompt would skip, each with the nodes whose errors stop it."""
+    causes: dict[str, list[str]] = {}
+    for node_id, entry in validation.node_errors.items():
+        for output in entry.get("dependent_outputs") or []:
+            causes.setdefault(output, []).append(node_id)
+    return dict(sorted(causes.items(), key=lambda item: (len(item[0]), item[0])))
+
+
+def skipped_output_lines(prompt: dict[str, Any], validation: "ValidationResult") -> list[str]:
+    """Each validation problem (node, input, what is wrong), then each output it stops and why."""
+    def name(node_id: str) -> str:
+        return f"node {node_id} ({prompt.get(node_id, {}).get('class_type', '?')})"
+
+    lines = validation.messages()
+    for output, causes in skipped_outputs(validation).items():
+        because = ", ".join(name(n) for n in causes if n != output)
+        lines.append(f"output {name(output)} cannot run" + (f": it needs {because}" if because else ""))
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,8 +275,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     validation = validate_prompt(prompt, registry)
     if not validation.ok:
         return print_invalid(validation.messages())
-    for line in validation.messages():
-        print(f"warning: skipped output: {line}", file=sys.stderr)
+    if validation.node_errors:
+        invalid = len(skipped_outputs(validation))
+        total = len(validation.outputs) + invalid
+        return print_invalid(skipped_output_lines(prompt, validation)
+                             + [f"nothing was run: {invalid} of {total} outputs cannot run"])
 
     from loom.server.executor import Executor
     from loom.server.progress_view import ProgressView
@@ -276,8 +331,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     validation = validate_prompt(prompt, registry)
     if not validation.ok:
         return print_invalid(validation.messages())
-    for line in validation.messages():
-        print(f"warning: skipped output: {line}", file=sys.stderr)
+    if validation.node_errors:
+        return print_invalid(skipped_output_lines(prompt, validation))
     print(f"ok: {len(validation.order)} nodes to run for outputs {', '.join(validation.outputs)}")
     return EXIT_OK
 

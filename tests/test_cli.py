@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -107,8 +110,31 @@ def test_unknown_node_type_is_reported_by_name(capsys, base_dir, tmp_path):
     workflow["nodes"][1]["type"] = "FancyCustomNode"
     path = tmp_path / "custom.json"
     path.write_text(json.dumps(workflow))
-    code, _, err = loom(capsys, "run", str(path), *common(base_dir))
-    assert code == 2 and "FancyCustomNode" in err
+    for command in ("run", "validate"):
+        code, _, err = loom(capsys, command, str(path), *common(base_dir))
+        assert code == 2
+        assert [line for line in err.splitlines() if "FancyCustomNode" in line] == [
+            "error: node 2 (FancyCustomNode): unknown node type 'FancyCustomNode' (is its node pack installed?)"]
+        assert err.splitlines()[0] == f"error: {path}: the workflow cannot be converted"
+
+
+def test_an_output_that_fails_validation_stops_the_run_with_exit_2(capsys, base_dir, tmp_path):
+    """ComfyUI's server runs the valid outputs and skips the others; ``loom run`` says why and runs nothing."""
+    prompt = {"1": {"class_type": "TestConstInt", "inputs": {"value": 4}},
+              "2": {"class_type": "TestOutput", "inputs": {"value": ["1", 0]}},
+              "3": {"class_type": "TestAdd", "inputs": {"a": ["1", 0], "b": "many"}},
+              "4": {"class_type": "TestOutput", "inputs": {"value": ["3", 0]}}}
+    path = tmp_path / "api.json"
+    path.write_text(json.dumps(prompt))
+    code, out, err = loom(capsys, "run", str(path), *common(base_dir))
+    assert code == 2 and out == ""  # node 2 did not run either
+    lines = err.splitlines()
+    assert lines[0].startswith("error: node 3 (TestAdd) input 'b': ") and "many" in lines[0]
+    assert lines[1:] == ["error: output node 4 (TestOutput) cannot run: it needs node 3 (TestAdd)",
+                         "error: nothing was run: 1 of 2 outputs cannot run"]
+    code, out, err = loom(capsys, "validate", str(path), *common(base_dir))
+    assert code == 2 and out == "" and "warning" not in err
+    assert err.splitlines() == lines[:2]
 
 
 def test_missing_file_and_non_workflow_json(capsys, base_dir, tmp_path):
@@ -127,6 +153,20 @@ def test_convert_prints_api_json(capsys, base_dir, workflow_file):
     assert prompt["1"]["inputs"] == {"seed": 5, "steps": 3}
     assert prompt["3"]["inputs"]["b"] == ["2", 0]
     assert prompt["1"]["_meta"]["title"] == "Seed source"
+
+
+def test_convert_into_a_closed_pipe_ends_quietly(base_dir, workflow_file):
+    """``loom convert x | head``: the reader is gone before loom writes; no BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run([sys.executable, "-m", "loom.server.cli", "convert", str(workflow_file),
+                              *common(base_dir)], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                             timeout=300)
+    finally:
+        os.close(write_end)
+    assert run.returncode == 1
+    assert run.stderr == ""
 
 
 def test_run_and_convert_png_with_embedded_workflow(capsys, base_dir, tmp_path):
@@ -148,7 +188,7 @@ def test_run_and_convert_png_with_embedded_workflow(capsys, base_dir, tmp_path):
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     code, _, err = loom(capsys, "run", str(plain), *common(base_dir))
-    assert code == 2 and "workflow" in err.lower()
+    assert code == 2 and err == f"error: {plain}: no workflow in this image\n"  # the path once
 
 
 def test_nodes_lists_and_describes(capsys, base_dir):

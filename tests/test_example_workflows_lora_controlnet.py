@@ -62,6 +62,23 @@ def test_example_converts_validates_and_runs(name, models, registry):
     assert json.loads(picture.text["workflow"])["nodes"] == workflow["nodes"]
 
 
+def test_controlnet_example_without_its_controlnet_exits_2_naming_the_input(models, capsys):
+    """The Canny preview alone could run, but a command line run that skips the SaveImage output is an error."""
+    from loom.server.cli import main
+
+    (models / "models" / "controlnet" / "control_v11p_sd15_canny.safetensors").unlink()
+    code = main(["run", str(examples.WORKFLOWS / "controlnet-canny.json"), "--base-dir", str(models), "--quiet",
+                 "--set", "10.image=small.png"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("error: node 12 (ControlNetLoader) input 'control_net_name': ")
+    assert "control_v11p_sd15_canny.safetensors" in lines[0]
+    assert lines[1:] == ["error: output node 9 (SaveImage) cannot run: it needs node 12 (ControlNetLoader)",
+                         "error: nothing was run: 1 of 2 outputs cannot run"]
+    assert not list((models / "output").rglob("*.png")) and not list((models / "temp").rglob("*.png"))
+
+
 def test_canny_example_thresholds_find_the_outlines_of_its_own_picture():
     """The example's thresholds draw the sun, the hills and the tree of example.png (0.4/0.8 drew nothing)."""
     from loom.nodes.controlnet import Canny
