@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import tomllib
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "server", "nodes", "web", "workflows")
-"""What ``pip install .`` reads from the checkout."""
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+SOURCES = ("pyproject.toml", PYPROJECT["project"]["readme"],
+           *sorted({folder.split("/")[0] for folder in PYPROJECT["tool"]["setuptools"]["package-dir"].values()}))
+"""What ``pip install .`` reads from the checkout: pyproject.toml, the readme, the package folders."""
 DEMO_CHECKPOINT = REPO / "nodes" / "builtin_models" / "checkpoints" / "loom-demo.safetensors"
 START_TIMEOUT_S = 90
 
