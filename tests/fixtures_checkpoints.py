@@ -9,9 +9,9 @@ epsilon), ``sdxl`` (``conditioner.embedders.0.transformer.*`` + ``conditioner.em
 and ``sdxl_refiner`` (``conditioner.embedders.0.model.*``). Each is built with diffusers/transformers
 at small width (UNet levels of 32 and 64 channels, one block per level; text encoders 32 wide with
 3 layers, but the real 49,408-token vocabulary and 77 positions so the real tokenizer works; a
-VAE with four 32-channel levels, so the real 8x downscale), converted to the LDM layout by the
-converters below (diffusers has none that handle reduced sizes) and stored as float16, like most
-published checkpoints. The weights follow the head-count conventions the loader assumes (SD1 UNet
+VAE with four 32-channel levels, so the real 8x downscale), converted to the LDM layout by
+``loom.nodes.runtime.ldm_layout`` (diffusers has no converters back that handle reduced sizes) and
+stored as float16, like most published checkpoints. The weights follow the head-count conventions the loader assumes (SD1 UNet
 8 heads, others 64 channels per head, at least one), so nothing in the loader is test-specific.
 
 Deterministic: the same family and seed give the same tensors. Files are cached under
@@ -32,6 +32,8 @@ from typing import Any
 import pytest
 import torch
 
+from loom.nodes.runtime.ldm_layout import clip_to_hf_ldm, clip_to_openclip, unet_to_ldm, vae_to_ldm
+
 FORMAT_VERSION = 1
 FAMILIES = ("sd1", "sd2", "sd2_v", "sdxl", "sdxl_refiner")
 FILE_NAMES = {
@@ -45,139 +47,6 @@ FILE_NAMES = {
 CLIP_WIDTH = 32
 CLIP_LAYERS = 3
 SDXL_TIME_EMBED_DIM = 8
-
-
-# ---------------------------------------------------------------------------------------------
-# diffusers → LDM key conversion (generic over levels and blocks per level)
-# ---------------------------------------------------------------------------------------------
-
-_RESNET_TO_LDM = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-                  ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
-
-
-def _resnet_to_ldm(rest: str) -> str:
-    for old, new in _RESNET_TO_LDM:
-        if rest.startswith(old + "."):
-            return new + rest[len(old):]
-    raise KeyError(rest)
-
-
-def unet_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    """A diffusers ``UNet2DConditionModel`` state dict in the original ``model.diffusion_model`` layout."""
-    per_level = config.layers_per_block
-    has_attention_up = ["CrossAttn" in t for t in config.up_block_types]
-    fixed = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-             "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
-             "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
-    out = {}
-    for key, tensor in state.items():
-        parts = key.split(".")
-        module, leaf = ".".join(parts[:-1]), parts[-1]
-        if module in fixed:
-            new = f"{fixed[module]}.{leaf}"
-        elif parts[0] == "down_blocks":
-            level, kind, index = int(parts[1]), parts[2], int(parts[3])
-            rest = ".".join(parts[4:])
-            block = 1 + level * (per_level + 1) + index
-            if kind == "resnets":
-                new = f"input_blocks.{block}.0.{_resnet_to_ldm(rest)}"
-            elif kind == "attentions":
-                new = f"input_blocks.{block}.1.{rest}"
-            else:  # downsamplers.0.conv
-                new = f"input_blocks.{(level + 1) * (per_level + 1)}.0.op.{parts[-1]}"
-        elif parts[0] == "mid_block":
-            kind, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
-            new = (f"middle_block.{2 * index}.{_resnet_to_ldm(rest)}" if kind == "resnets"
-                   else f"middle_block.1.{rest}")
-        elif parts[0] == "up_blocks":
-            level, kind, index = int(parts[1]), parts[2], int(parts[3])
-            rest = ".".join(parts[4:])
-            block = level * (per_level + 1) + index
-            if kind == "resnets":
-                new = f"output_blocks.{block}.0.{_resnet_to_ldm(rest)}"
-            elif kind == "attentions":
-                new = f"output_blocks.{block}.1.{rest}"
-            else:  # upsamplers.0.conv sits after the last resnet (and its attention, if any)
-                last = level * (per_level + 1) + per_level
-                new = f"output_blocks.{last}.{2 if has_attention_up[level] else 1}.conv.{parts[-1]}"
-        else:
-            raise KeyError(f"no LDM name for UNet key {key}")
-        out["model.diffusion_model." + new] = tensor
-    return out
-
-
-def vae_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    """A diffusers ``AutoencoderKL`` state dict in the original ``first_stage_model`` layout."""
-    levels = len(config.block_out_channels)
-    attention_names = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-    out = {}
-    for key, tensor in state.items():
-        parts = key.split(".")
-        side = parts[0]
-        rest = parts[1:]
-        name = ".".join(rest)
-        if rest[0] in ("conv_in", "conv_out"):
-            new = f"{side}.{name}"
-        elif rest[0] == "conv_norm_out":
-            new = f"{side}.norm_out.{rest[-1]}"
-        elif side in ("quant_conv", "post_quant_conv"):
-            new = key
-        elif rest[0] in ("down_blocks", "up_blocks"):
-            level = int(rest[1])
-            ldm_level = level if rest[0] == "down_blocks" else levels - 1 - level
-            group = "down" if rest[0] == "down_blocks" else "up"
-            if rest[2] == "resnets":
-                inner = ".".join(rest[4:]).replace("conv_shortcut", "nin_shortcut")
-                new = f"{side}.{group}.{ldm_level}.block.{rest[3]}.{inner}"
-            else:  # downsamplers / upsamplers
-                sampler = "downsample" if group == "down" else "upsample"
-                new = f"{side}.{group}.{ldm_level}.{sampler}.conv.{rest[-1]}"
-        elif rest[0] == "mid_block" and rest[1] == "resnets":
-            inner = ".".join(rest[3:]).replace("conv_shortcut", "nin_shortcut")
-            new = f"{side}.mid.block_{int(rest[2]) + 1}.{inner}"
-        elif rest[0] == "mid_block" and rest[1] == "attentions":
-            module = ".".join(rest[3:-1])
-            new = f"{side}.mid.attn_1.{attention_names[module]}.{rest[-1]}"
-            if tensor.ndim == 2:  # the original stores these as 1x1 convolutions
-                tensor = tensor[:, :, None, None]
-        else:
-            raise KeyError(f"no LDM name for VAE key {key}")
-        out["first_stage_model." + new] = tensor
-    return out
-
-
-def clip_to_hf_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """A transformers ``CLIPTextModel`` under ``prefix`` + ``text_model.`` (the SD1/SDXL CLIP-L layout)."""
-    return {prefix + "text_model." + key.removeprefix("text_model."): tensor for key, tensor in state.items()
-            if not key.endswith("position_ids")}
-
-
-def clip_to_openclip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """A transformers ``CLIPTextModelWithProjection`` in OpenCLIP's layout under ``prefix``."""
-    state = {key.removeprefix("text_model."): tensor for key, tensor in state.items()}
-    out = {
-        prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
-        prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
-        prefix + "ln_final.weight": state.pop("final_layer_norm.weight"),
-        prefix + "ln_final.bias": state.pop("final_layer_norm.bias"),
-        prefix + "text_projection": state.pop("text_projection.weight").T.contiguous(),
-        prefix + "logit_scale": torch.tensor(4.6052),
-    }
-    state.pop("embeddings.position_ids", None)
-    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
-    renames = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
-               "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
-    for i in range(len(layers)):
-        source = f"encoder.layers.{i}."
-        target = f"{prefix}transformer.resblocks.{i}."
-        for kind in ("weight", "bias"):
-            out[target + f"attn.in_proj_{kind}"] = torch.cat(
-                [state.pop(source + f"self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")])
-            for old, new in renames.items():
-                out[target + f"{new}.{kind}"] = state.pop(source + f"{old}.{kind}")
-    if state:
-        raise KeyError(f"CLIP keys left unconverted: {sorted(state)[:5]}")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
