@@ -85,3 +85,55 @@ def test_settings_are_kept_on_the_server_and_the_minimap_moves_the_view(editor):
     editor.page.wait_for_function("!document.querySelector('canvas.minimap').hidden")
     settings = json.loads(editor.page.request.get(editor.url + "/api/settings").text())
     assert settings["Loom.Minimap.Visible"] is True
+
+
+def test_history_shows_the_failing_node_and_its_message(editor):
+    """A failed prompt's history entry names the node (id, type and title) and the exception's message."""
+    const, boom, out = build(editor, """const a = add('TestConstInt', 50, 100); const b = add('TestRaise', 400, 100);
+        const c = add('TestOutput', 800, 100); link(a, 0, b, 0); link(b, 0, c, 0);
+        b.title = 'Exploder'; b.widget('message').value = 'the node went boom';""")
+    failed = editor.js("loom.queue()")["prompt_id"]
+    editor.page.wait_for_function(f"loom.nodeState({boom}).error !== null", timeout=20000)
+    build(editor, """const a = add('TestConstInt', 50, 100); const c = add('TestOutput', 500, 100); link(a, 0, c, 0);
+        a.widget('value').value = 31337;""")
+    succeeded = editor.js("loom.queue()")["prompt_id"]
+
+    editor.click(editor.js("loom.emptyPoint()"))
+    editor.keyboard.press("q")
+    editor.page.locator('.sidebar button[data-tab="history"]').click()
+    entry = editor.page.locator(f'.history-item[data-prompt-id="{failed}"]')
+    entry.wait_for()
+    assert entry.locator(".history-label").inner_text() == f"{failed[:8]} error"
+    assert entry.locator(".history-failure").inner_text() == \
+        f'node {boom} (TestRaise "Exploder"): the node went boom'
+    done = editor.page.locator(f'.history-item[data-prompt-id="{succeeded}"]')
+    done.wait_for(timeout=20000)
+    assert done.locator(".history-label").inner_text() == f"{succeeded[:8]} success"
+    assert done.locator(".history-failure").count() == 0
+
+
+def test_history_failure_text_for_each_kind_of_entry(editor):
+    """The one-line reason from ComfyUI's history shape: node errors, prompt-level errors, interrupts."""
+    entries = {
+        "node": {"status": {"status_str": "error", "messages": [
+            ["execution_start", {"prompt_id": "p"}],
+            ["execution_error", {"node_id": "7", "node_type": "KSampler", "exception_message": "out of memory\n",
+                                 "exception_type": "torch.OutOfMemoryError"}]]},
+                 "prompt": [0, "p", {"7": {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "KSampler"}}},
+                            {}, []]},
+        "prompt": {"status": {"status_str": "error", "messages": [
+            ["execution_error", {"node_id": None, "node_type": None, "exception_type": "prompt_invalid",
+                                 "exception_message": "node 3 (LoadImage) input 'image': gone.png is missing"}]]}},
+        "interrupted": {"status": {"status_str": "error", "messages": [
+            ["execution_interrupted", {"node_id": "4", "node_type": "TestSleep", "executed": []}]]}},
+        "success": {"status": {"status_str": "success", "completed": True, "messages": [
+            ["execution_success", {"prompt_id": "p"}]]}},
+        "old": {"status": None},
+    }
+    texts = editor.js("""async (entries) => {
+        const m = await import('/ui/sidebar.js');
+        return Object.fromEntries(Object.entries(entries).map(([k, e]) => [k, m.failureText(e)]));
+    }""", entries)
+    assert texts == {"node": "node 7 (KSampler): out of memory",
+                     "prompt": "node 3 (LoadImage) input 'image': gone.png is missing",
+                     "interrupted": "node 4 (TestSleep): interrupted", "success": None, "old": None}

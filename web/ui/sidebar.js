@@ -34,6 +34,28 @@ function imagesOf(entry) {
   return images;
 }
 
+/**
+ * Why a history entry did not finish: its last `execution_error` (or `execution_interrupted`) status
+ * message, as one line: `node 7 (KSampler "Base pass"): the message`. Null for a run that succeeded.
+ */
+export function failureText(entry) {
+  const messages = Array.isArray(entry?.status?.messages) ? entry.status.messages : [];
+  const last = (type) => messages.filter((m) => Array.isArray(m) && m[0] === type && m[1] && typeof m[1] === "object").pop()?.[1];
+  const error = last("execution_error");
+  const interrupted = !error && entry?.status?.status_str !== "success" ? last("execution_interrupted") : null;
+  const data = error || interrupted;
+  if (!data) return null;
+  let where = "";
+  if (data.node_id != null) {
+    const title = entry.prompt?.[2]?.[data.node_id]?._meta?.title;
+    const type = data.node_type || entry.prompt?.[2]?.[data.node_id]?.class_type || "";
+    const name = [type, title && title !== type ? `"${title}"` : ""].filter(Boolean).join(" ");
+    where = `node ${data.node_id}${name ? ` (${name})` : ""}`;
+  }
+  const message = error ? String(data.exception_message ?? "").trim() || data.exception_type || "failed" : "interrupted";
+  return where ? `${where}: ${message}` : message;
+}
+
 export class Sidebar {
   constructor(editor) {
     this.editor = editor;
@@ -137,6 +159,7 @@ export class Sidebar {
         const images = imagesOf(entry);
         const workflow = entry.prompt?.[3]?.extra_pnginfo?.workflow;
         const status = entry.status?.status_str || (entry.status?.completed ? "success" : "");
+        const failure = failureText(entry);
         return element("li", { className: "history-item", dataset: { promptId }, title: workflow ? "Load this workflow" : "",
           onclick: () => {
             if (!workflow) { this.editor.notify("This prompt was queued without its workflow", "warn"); return; }
@@ -145,6 +168,7 @@ export class Sidebar {
           } }, [
           ...images.slice(0, 4).map((image) => element("img", { className: "thumb", src: this.api.viewUrl(image), loading: "lazy" })),
           element("span", { className: `history-label ${status}`, textContent: `${promptId.slice(0, 8)} ${status}` }),
+          ...(failure ? [element("span", { className: "history-failure", textContent: failure })] : []),
         ]);
       })),
     ]);
