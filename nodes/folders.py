@@ -49,6 +49,9 @@ BUILTIN_MODELS_DIR = Path(__file__).resolve().parent / "builtin_models"
 """Models that ship with Loom (the demo checkpoint), one sub-folder per model folder; searched after
 the user's own folders, so a file of the same name in ``models/`` wins."""
 
+DEMO_CHECKPOINT = "loom-demo.safetensors"
+"""The demo model Loom ships (trained by ``tools/train_demo_model.py``); the default workflow uses it."""
+
 EXAMPLE_INPUTS_DIR = EXAMPLE_WORKFLOWS_DIR
 """Pictures the example workflows load; used when the input directory lacks a file of that name."""
 

@@ -12,8 +12,7 @@ from typing import TypedDict
 
 from loom.nodes import folders
 
-DEMO_CHECKPOINT = "loom-demo.safetensors"
-"""The built-in demo model's file name (under ``nodes/builtin_models/checkpoints/``)."""
+DEMO_CHECKPOINT = folders.DEMO_CHECKPOINT
 
 
 class Notice(TypedDict):
