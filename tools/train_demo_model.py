@@ -1,6 +1,6 @@
 """Train ``loom-demo``: the small text-to-image model that ships with Loom, from nothing, on 2 CPU cores.
 
-    python tools/train_demo_model.py                        # about an hour on 2 cores; writes the file below
+    python tools/train_demo_model.py                        # ~1.5 hours on 2 cores; writes the file below
     python tools/train_demo_model.py --unet-steps 300 --vae-steps 100 --out /tmp/quick.safetensors
 
 What it makes: a latent diffusion model in the SD1 single-file layout (``model.diffusion_model.*``,
@@ -19,6 +19,8 @@ classifier-free guidance, an exponential moving average of the weights is what g
 encoder runs through Loom's own ``run_clip`` with Loom's tokenizer, so training sees exactly the
 conditioning that inference computes. Every few hundred steps the current average is written out, so an
 interrupted run still leaves a usable file. Seeded: the same seed and thread count give the same file.
+Status and what the first run found: docs/demo-model.md (the defaults do not yet give a model that
+follows its captions).
 """
 from __future__ import annotations
 
@@ -180,6 +182,23 @@ def reconstruction_report(vae, pixels: torch.Tensor, count: int = 256) -> str:
 
 
 @torch.no_grad()
+def round_trip_report(vae, pixels: torch.Tensor, count: int = 40) -> str:
+    """The share of scenes whose autoencoded picture the caption checker still accepts: the ceiling of
+    the whole model's adherence."""
+    from PIL import Image
+
+    training, _ = demo_scenes.split_scenes()
+    rng = random.Random(12345)
+    accepted = 0
+    for scene in rng.sample(training, count):
+        original = torch.from_numpy(np.array(demo_scenes.render(scene, rng))).permute(2, 0, 1)[None]
+        decoded = vae.decode(vae.encode(to_signed(original)).latent_dist.mean).sample
+        picture = ((decoded[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        accepted += demo_scenes.check(Image.fromarray(picture), demo_scenes.caption_of(scene)).ok
+    return f"checker accepts {accepted}/{count} autoencoded scenes"
+
+
+@torch.no_grad()
 def encode_all(vae, pixels: torch.Tensor, batch: int = 64) -> torch.Tensor:
     return torch.cat([vae.encode(to_signed(pixels[i:i + batch])).latent_dist.mean
                       for i in range(0, pixels.shape[0], batch)])
@@ -237,7 +256,10 @@ class Average:
 
 
 def train_diffusion(unet, text_encoder, vae, latents: torch.Tensor, ids: torch.Tensor, steps: int, seed: int,
-                    out: Path, batch: int = 64, lr: float = 6e-4, save_every: int = 500) -> None:
+                    out: Path, batch: int = 64, lr: float = 6e-4, save_every: int = 500,
+                    stop_after: int | None = None) -> None:
+    """Train on a cosine schedule of ``steps``; every ``save_every`` steps (and at the end) write the averaged
+    weights with the VAE to ``out``."""
     from loom.nodes.runtime.model_types import ModelSampling
 
     sigmas = ModelSampling.scaled_linear().sigmas  # SD1's, one per training timestep
@@ -247,7 +269,8 @@ def train_diffusion(unet, text_encoder, vae, latents: torch.Tensor, ids: torch.T
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     average = Average([unet, text_encoder], decay=0.999)
     started = time.time()
-    for step in range(steps):
+    last = min(steps, stop_after or steps)
+    for step in range(last):
         warm = min(1.0, (step + 1) / 200)
         for group in optimizer.param_groups:
             group["lr"] = lr * warm * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.97 + 0.03)
@@ -273,9 +296,10 @@ def train_diffusion(unet, text_encoder, vae, latents: torch.Tensor, ids: torch.T
             elapsed = time.time() - started
             log(f"diffusion step {step}/{steps} loss {loss.item():.4f} ({elapsed:.0f} s, "
                 f"{elapsed / (step + 1):.2f} s/step)")
-        if (step + 1) % save_every == 0 or step == steps - 1:
+        if (step + 1) % save_every == 0 or step == last - 1:
             unet_state, text_state = average.state_dicts()
-            export(unet_state, unet.config, vae, text_state, out, {"trained_steps": str(step + 1)})
+            export(unet_state, unet.config, vae, text_state, out,
+                   {"trained_steps": str(step + 1), "schedule_steps": str(steps)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=24_000, help="training pictures rendered")
     parser.add_argument("--vae-steps", type=int, default=900)
-    parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument("--unet-steps", type=int, default=3000, help="the length of the learning-rate schedule")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end the UNet phase after this many steps (the schedule still spans --unet-steps)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -322,13 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M")
     train_vae(vae, pixels, args.vae_steps, args.seed + 1)
     vae.eval().requires_grad_(False)
-    log(f"autoencoder: {reconstruction_report(vae, pixels)}")
+    log(f"autoencoder: {reconstruction_report(vae, pixels)}; {round_trip_report(vae, pixels)}")
     latents = normalise_latents(vae, encode_all(vae, pixels)) * LATENT_SCALE
     log(f"latents {tuple(latents.shape)}, spread {latents.std():.3f}")
     ids = token_ids(captions)
     del pixels
     train_diffusion(unet, text_encoder, vae, latents, ids, args.unet_steps, args.seed + 2, args.out,
-                    batch=args.batch)
+                    batch=args.batch, stop_after=args.stop_after)
     return 0
 
 
