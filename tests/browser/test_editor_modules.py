@@ -96,3 +96,25 @@ def test_slider_widget_sets_the_value_from_the_pointer(editor):
     assert 0.6 < value < 0.85
     editor.drag((x, y), (x - 50, y), steps=3)
     assert editor.js("loom.node(1)")["widgets"]["strength"] == 0
+
+
+def test_built_in_default_workflow_matches_workflows_txt2img(editor):
+    """The editor's fallback "new workflow" and workflows/txt2img.json say the same: same node types, same
+    widget values, except the seed and the file name prefix, which are the editor's own."""
+    from pathlib import Path
+
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "txt2img.json").read_text())
+    built_in = module_call(editor, "graph/default-workflow.js", "return m.DEFAULT_WORKFLOW;")
+
+    def values(workflow):
+        by_type = {}
+        for node in workflow["nodes"]:
+            widgets = list(node.get("widgets_values") or [])
+            if node["type"] == "KSampler":
+                widgets = widgets[1:]  # the seed
+            if node["type"] == "SaveImage":
+                widgets = []  # the file name prefix is the editor's own
+            by_type.setdefault(node["type"], []).append(widgets)
+        return {t: sorted(v, key=json.dumps) for t, v in by_type.items()}
+
+    assert values(built_in) == values(shipped)

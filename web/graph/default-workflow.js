@@ -1,6 +1,7 @@
 /**
  * The built-in "new workflow": the familiar text-to-image graph (checkpoint -> two prompts and an
- * empty latent -> KSampler -> VAE decode -> save). Used when the server offers no default of its own.
+ * empty latent -> KSampler -> VAE decode -> save), with the same widget values as workflows/txt2img.json
+ * (a browser test keeps the two equal). Used when the server offers no default of its own.
  */
 export const DEFAULT_WORKFLOW = {
   last_node_id: 9,
@@ -21,12 +22,12 @@ export const DEFAULT_WORKFLOW = {
       inputs: [{ name: "clip", type: "CLIP", link: 3 }],
       outputs: [{ name: "CONDITIONING", type: "CONDITIONING", links: [4], slot_index: 0 }],
       properties: { "Node name for S&R": "CLIPTextEncode" },
-      widgets_values: ["beautiful scenery nature glass bottle landscape, purple galaxy bottle"] },
+      widgets_values: ["a glass bottle holding a tiny galaxy, standing on a mossy rock in a misty forest, volumetric light, highly detailed"] },
     { id: 7, type: "CLIPTextEncode", pos: [413, 389], size: [425, 180], flags: {}, order: 3, mode: 0,
       inputs: [{ name: "clip", type: "CLIP", link: 5 }],
       outputs: [{ name: "CONDITIONING", type: "CONDITIONING", links: [6], slot_index: 0 }],
       properties: { "Node name for S&R": "CLIPTextEncode" },
-      widgets_values: ["text, watermark"] },
+      widgets_values: ["text, watermark, blurry, lowres"] },
     { id: 3, type: "KSampler", pos: [863, 186], size: [315, 262], flags: {}, order: 4, mode: 0,
       inputs: [
         { name: "model", type: "MODEL", link: 1 },
