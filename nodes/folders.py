@@ -16,6 +16,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("checkpoints",),
@@ -124,19 +125,22 @@ def temp_dir() -> Path:
     return _folders.data_dir("temp")
 
 
-def list_files(folder: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
-    """Relative names (``/``-separated) of the files in a model folder, sorted, first path wins."""
-    found: dict[str, None] = {}
-    for root in _folders.model_paths(folder):
+def files_under(roots: Iterable[Path], extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> Iterator[str]:
+    """Relative names (``/``-separated) of the model files under each root in turn, sub-folders included;
+    hidden files and folders are skipped, a root that is no folder yields nothing."""
+    for root in roots:
         if not root.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.lower().endswith(extensions) and not name.startswith("."):
-                    rel = Path(dirpath, name).relative_to(root).as_posix()
-                    found.setdefault(rel, None)
-    return sorted(found)
+                    yield Path(dirpath, name).relative_to(root).as_posix()
+
+
+def list_files(folder: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Relative names (``/``-separated) of the files in a model folder, sorted, first path wins."""
+    return sorted(dict.fromkeys(files_under(_folders.model_paths(folder), extensions)))
 
 
 def inside(root: Path, candidate: Path) -> bool:

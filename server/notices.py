@@ -30,15 +30,7 @@ def user_checkpoint_folders(state: folders.Folders | None = None) -> list[Path]:
 
 def has_user_checkpoint(state: folders.Folders | None = None) -> bool:
     """True when any of the user's checkpoint folders holds a model file (sub-folders included)."""
-    for root in user_checkpoint_folders(state):
-        if not root.is_dir():
-            continue
-        for _dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            if any(name.lower().endswith(folders.MODEL_EXTENSIONS) and not name.startswith(".")
-                   for name in filenames):
-                return True
-    return False
+    return next(folders.files_under(user_checkpoint_folders(state)), None) is not None
 
 
 def demo_checkpoint() -> Path | None:

@@ -165,14 +165,19 @@ def train_vae(vae, pixels: torch.Tensor, steps: int, seed: int, batch: int = 16,
 
 
 @torch.no_grad()
+def autoencode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """``[n, 3, h, w]`` uint8 pictures through the autoencoder and back, as uint8."""
+    decoded = vae.decode(vae.encode(to_signed(pixels)).latent_dist.mean).sample
+    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def reconstruction_report(vae, pixels: torch.Tensor, count: int = 256) -> str:
     """How well the autoencoder keeps the scenes: mean error in 0..255 and the share of pixels whose
     nearest named colour survives the round trip (what the caption checker looks at)."""
     from PIL import Image
 
     originals = pixels[:count]
-    decoded = vae.decode(vae.encode(to_signed(originals)).latent_dist.mean).sample
-    restored = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    restored = autoencode(vae, originals)
     error = (restored.float() - originals.float()).abs().mean().item()
     kept = []
     for before, after in zip(originals, restored):
@@ -181,8 +186,7 @@ def reconstruction_report(vae, pixels: torch.Tensor, count: int = 256) -> str:
     return f"mean error {error:.2f}/255, named colour kept at {100 * float(np.mean(kept)):.2f} % of pixels"
 
 
-@torch.no_grad()
-def round_trip_report(vae, pixels: torch.Tensor, count: int = 40) -> str:
+def round_trip_report(vae, count: int = 40) -> str:
     """The share of scenes whose autoencoded picture the caption checker still accepts: the ceiling of
     the whole model's adherence."""
     from PIL import Image
@@ -192,8 +196,7 @@ def round_trip_report(vae, pixels: torch.Tensor, count: int = 40) -> str:
     accepted = 0
     for scene in rng.sample(training, count):
         original = torch.from_numpy(np.array(demo_scenes.render(scene, rng))).permute(2, 0, 1)[None]
-        decoded = vae.decode(vae.encode(to_signed(original)).latent_dist.mean).sample
-        picture = ((decoded[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        picture = autoencode(vae, original)[0].permute(1, 2, 0).numpy()
         accepted += demo_scenes.check(Image.fromarray(picture), demo_scenes.caption_of(scene)).ok
     return f"checker accepts {accepted}/{count} autoencoded scenes"
 
@@ -348,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M")
     train_vae(vae, pixels, args.vae_steps, args.seed + 1)
     vae.eval().requires_grad_(False)
-    log(f"autoencoder: {reconstruction_report(vae, pixels)}; {round_trip_report(vae, pixels)}")
+    log(f"autoencoder: {reconstruction_report(vae, pixels)}; {round_trip_report(vae)}")
     latents = normalise_latents(vae, encode_all(vae, pixels)) * LATENT_SCALE
     log(f"latents {tuple(latents.shape)}, spread {latents.std():.3f}")
     ids = token_ids(captions)
