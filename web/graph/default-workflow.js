@@ -1,7 +1,8 @@
 /**
  * The built-in "new workflow": the familiar text-to-image graph (checkpoint -> two prompts and an
- * empty latent -> KSampler -> VAE decode -> save), with the same widget values as workflows/txt2img.json
- * (a browser test keeps the two equal). Used when the server offers no default of its own.
+ * empty latent -> KSampler -> VAE decode -> save) on the demo model Loom ships, with one of its captions at
+ * the size it was trained for: the same widget values as workflows/txt2img.json (a browser test keeps the
+ * two equal). Used when the server offers no default of its own.
  */
 export const DEFAULT_WORKFLOW = {
   last_node_id: 9,
@@ -13,21 +14,21 @@ export const DEFAULT_WORKFLOW = {
         { name: "CLIP", type: "CLIP", links: [3, 5], slot_index: 1 },
         { name: "VAE", type: "VAE", links: [8], slot_index: 2 }],
       properties: { "Node name for S&R": "CheckpointLoaderSimple" },
-      widgets_values: ["v1-5-pruned-emaonly.safetensors"] },
+      widgets_values: ["loom-demo.safetensors"] },
     { id: 5, type: "EmptyLatentImage", pos: [473, 609], size: [315, 106], flags: {}, order: 1, mode: 0,
       outputs: [{ name: "LATENT", type: "LATENT", links: [2], slot_index: 0 }],
       properties: { "Node name for S&R": "EmptyLatentImage" },
-      widgets_values: [512, 512, 1] },
+      widgets_values: [128, 128, 1] },
     { id: 6, type: "CLIPTextEncode", pos: [415, 186], size: [422, 164], flags: {}, order: 2, mode: 0,
       inputs: [{ name: "clip", type: "CLIP", link: 3 }],
       outputs: [{ name: "CONDITIONING", type: "CONDITIONING", links: [4], slot_index: 0 }],
       properties: { "Node name for S&R": "CLIPTextEncode" },
-      widgets_values: ["a glass bottle holding a tiny galaxy, standing on a mossy rock in a misty forest, volumetric light, highly detailed"] },
+      widgets_values: ["a red circle on the left on a yellow background"] },
     { id: 7, type: "CLIPTextEncode", pos: [413, 389], size: [425, 180], flags: {}, order: 3, mode: 0,
       inputs: [{ name: "clip", type: "CLIP", link: 5 }],
       outputs: [{ name: "CONDITIONING", type: "CONDITIONING", links: [6], slot_index: 0 }],
       properties: { "Node name for S&R": "CLIPTextEncode" },
-      widgets_values: ["text, watermark, blurry, lowres"] },
+      widgets_values: [""] },
     { id: 3, type: "KSampler", pos: [863, 186], size: [315, 262], flags: {}, order: 4, mode: 0,
       inputs: [
         { name: "model", type: "MODEL", link: 1 },
@@ -36,7 +37,7 @@ export const DEFAULT_WORKFLOW = {
         { name: "latent_image", type: "LATENT", link: 2 }],
       outputs: [{ name: "LATENT", type: "LATENT", links: [7], slot_index: 0 }],
       properties: { "Node name for S&R": "KSampler" },
-      widgets_values: [156680208700286, "randomize", 20, 8, "euler", "normal", 1] },
+      widgets_values: [156680208700286, "randomize", 20, 5, "euler", "normal", 1] },
     { id: 8, type: "VAEDecode", pos: [1209, 188], size: [210, 46], flags: {}, order: 5, mode: 0,
       inputs: [{ name: "samples", type: "LATENT", link: 7 }, { name: "vae", type: "VAE", link: 8 }],
       outputs: [{ name: "IMAGE", type: "IMAGE", links: [9], slot_index: 0 }],
