@@ -347,5 +347,5 @@ def test_combo_from_model_folder_lists_files(base_dir):
     (base_dir / "models" / "checkpoints" / "sub" / "b.ckpt").write_bytes(b"x")
     (base_dir / "models" / "checkpoints" / "notes.txt").write_text("x")
     combo = Combo("ckpt_name", folder="checkpoints")
-    assert combo.choices() == ["a.safetensors", "sub/b.ckpt"]
+    assert combo.choices() == ["a.safetensors", "loom-demo.safetensors", "sub/b.ckpt"]  # with the built-in one
     assert combo.check_value("sub/b.ckpt") == "sub/b.ckpt"

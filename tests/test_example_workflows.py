@@ -14,7 +14,7 @@ from PIL import Image
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 EXAMPLES = ("txt2img", "img2img", "inpaint", "hires-fix", "sdxl-base-refiner")
-MODEL_FILES = ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors")
+MODEL_FILES = ("sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors")  # loom-demo is built in
 
 
 def load(name: str) -> dict:
@@ -81,15 +81,20 @@ def test_widget_values_match_the_node_schemas(name, registry):
         assert [o["type"] for o in node["outputs"]] == [o.type for o in node_class.schema().outputs]
 
 
-def test_default_graph_is_comfyuis():
+def test_default_graph_is_comfyuis_on_the_demo_model():
+    """ComfyUI's default graph, pointed at the demo model Loom ships, with one of its captions at its size."""
+    from tools import demo_scenes
+
     workflow = load("txt2img")
     by_type = {}
     for node in workflow["nodes"]:
         by_type.setdefault(node["type"], []).append(node)
-    assert by_type["CheckpointLoaderSimple"][0]["widgets_values"] == ["v1-5-pruned-emaonly.safetensors"]
-    assert len(by_type["CLIPTextEncode"]) == 2
-    assert by_type["EmptyLatentImage"][0]["widgets_values"] == [512, 512, 1]
-    assert by_type["KSampler"][0]["widgets_values"][1:] == ["randomize", 20, 8, "euler", "normal", 1]
+    assert by_type["CheckpointLoaderSimple"][0]["widgets_values"] == ["loom-demo.safetensors"]
+    positive, negative = sorted(by_type["CLIPTextEncode"], key=lambda node: node["id"])
+    demo_scenes.parse_caption(positive["widgets_values"][0])
+    assert negative["widgets_values"] == [""]  # the empty caption the model learned as "unconditional"
+    assert by_type["EmptyLatentImage"][0]["widgets_values"] == [demo_scenes.SIZE, demo_scenes.SIZE, 1]
+    assert by_type["KSampler"][0]["widgets_values"][1:] == ["randomize", 20, 5, "euler", "normal", 1]
     assert {"VAEDecode", "SaveImage"} <= set(by_type)
 
 

@@ -34,7 +34,7 @@ def test_extra_model_paths_yaml(base_dir, tmp_path, monkeypatch):
     found = folders.load_extra_model_paths(yaml_file)
     assert found["loras"] == [webui / "models/Lora", webui / "models/LyCORIS"]
     assert "configs" not in found
-    assert folders.list_files("checkpoints") == ["a1111.safetensors"]
+    assert folders.list_files("checkpoints") == ["a1111.safetensors", "loom-demo.safetensors"]  # + built-in
     assert folders.list_files("loras") == ["one.safetensors", "two.safetensors"]
     assert folders.list_files("diffusion_models") == ["flux.safetensors"]
     assert folders.resolve("loras", "two.safetensors") == (webui / "models/LyCORIS/two.safetensors").resolve()

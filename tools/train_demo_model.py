@@ -1,7 +1,8 @@
 """Train ``loom-demo``: the small text-to-image model that ships with Loom, from nothing, on 2 CPU cores.
 
-    python tools/train_demo_model.py                        # ~1.5 hours on 2 cores; writes the file below
-    python tools/train_demo_model.py --unet-steps 300 --vae-steps 100 --out /tmp/quick.safetensors
+    python tools/train_demo_model.py                        # ~1.5 hours on 2 cores; writes the shipped file
+    python tools/train_demo_model.py --cache /tmp/demo      # the same, keeping the autoencoder and latents
+    python tools/train_demo_model.py --unet-steps 300 --vae-steps 100 --detail-steps 0 --out /tmp/quick.safetensors
 
 What it makes: a latent diffusion model in the SD1 single-file layout (``model.diffusion_model.*``,
 ``first_stage_model.*``, ``cond_stage_model.transformer.*``), so it loads through CheckpointLoaderSimple
@@ -12,15 +13,17 @@ epsilon prediction) and latent scale 0.18215.
 
 How: pictures of simple scenes and their captions come from ``tools/demo_scenes.py`` (nothing is
 downloaded; the held-out tenth of the captions is never used). First the autoencoder learns to reproduce
-64-pixel crops of the scenes; its latents are then centred and scaled (exactly, through its first and last
-1x1 convolutions) so that latent × 0.18215 has unit spread, as SD1's format expects. Then the UNet and the
-text encoder learn together to predict the noise (min-SNR-5 weighting, 10 % empty captions for
-classifier-free guidance, an exponential moving average of the weights is what gets saved). The text
-encoder runs through Loom's own ``run_clip`` with Loom's tokenizer, so training sees exactly the
-conditioning that inference computes. Every few hundred steps the current average is written out, so an
-interrupted run still leaves a usable file. Seeded: the same seed and thread count give the same file.
-Status and what the first run found: docs/demo-model.md (the defaults do not yet give a model that
-follows its captions).
+64-pixel crops of the scenes (shape pixels weighted up, three latent channels anchored to the mean colour
+of each 8×8 cell); its latents are then centred and scaled (exactly, through its first and last 1x1
+convolutions) so that latent × 0.18215 has unit spread, as SD1's format expects. Then the UNet and the
+text encoder learn together to predict the noise, in two stages: composition (offset noise, the loss
+weighted by 1 + σ² so the high-noise steps where the caption matters count) and detail (the weight capped
+at 5, so edges and corners sharpen), with 10 % empty captions for classifier-free guidance; an
+exponential moving average of the weights is what gets saved. The text encoder runs through Loom's own
+``run_clip`` with Loom's tokenizer, so training sees exactly the conditioning that inference computes.
+Every 500 steps the current average is written out, so an interrupted run still leaves a usable file, and
+``--resume FILE`` starts the detail stage from such a file. Seeded: the same seed and thread count give
+the same file. Why each choice: docs/demo-model.md.
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from loom.nodes.folders import DEMO_CHECKPOINT
+from tools import demo_scenes
+
 pytestmark = pytest.mark.browser
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -75,22 +78,26 @@ def test_build_txt2img_with_the_mouse_and_run_it(editor, loom_server, tmp_path):
 
 
 def test_screenshot_of_the_default_workflow(editor, loom_server, tmp_path):
-    """New workflow = the default txt2img graph; it runs as it is (at a tiny size) and shows its image."""
-    if not loom_server.checkpoint:
-        pytest.fail("tests/fixtures_checkpoints.py is missing: the tiny checkpoint cannot be built")
+    """New workflow = the default txt2img graph on the demo model Loom ships; it runs exactly as it is and
+    shows a picture of its caption (the README's screenshot)."""
     editor.js("loom.newWorkflow()")
     editor.page.wait_for_function("loom.nodes().length === 7")
     nodes = editor.js("loom.nodes()")
     assert all(editor.js(f"loom.defs.get('{n['type']}') !== null") for n in nodes)
-    assert next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")["widgets"]["ckpt_name"] == loom_server.checkpoint
-    editor.js("""() => { const byType = (t) => loom.graph.nodes.find(n => n.type === t);
-        const latent = byType('EmptyLatentImage'); latent.widget('width').value = 64; latent.widget('height').value = 64;
-        const sampler = byType('KSampler'); sampler.widget('steps').value = 2; sampler.widget('seed').value = 7;
-        sampler.widget('control_after_generate').value = 'fixed'; }""")
+    assert next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")["widgets"]["ckpt_name"] == DEMO_CHECKPOINT
+    editor.js("""() => { const sampler = loom.graph.nodes.find(n => n.type === 'KSampler');
+        sampler.widget('seed').value = 7; sampler.widget('control_after_generate').value = 'fixed'; }""")
     save = next(n["id"] for n in nodes if n["type"] == "SaveImage")
     editor.page.click("#btn-queue")
     editor.page.wait_for_function(f"loom.nodeState({save}).images.length > 0 && loom.nodeState({save}).images[0].loaded",
                                   timeout=150000)
+    image = editor.js(f"loom.nodeState({save})")["images"][0]
+    caption = next(n for n in editor.js("loom.nodes()") if n["type"] == "CLIPTextEncode"
+                   and n["widgets"]["text"])["widgets"]["text"]
+    saved = sorted((loom_server.base_dir / "output").glob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
+    from PIL import Image as PILImage
+    assert (image["width"], image["height"]) == PILImage.open(saved).size == (demo_scenes.SIZE, demo_scenes.SIZE)
+    assert demo_scenes.check(PILImage.open(saved), caption).ok, caption
     editor.page.evaluate("document.querySelectorAll('.toast').forEach(t => t.remove())")
     editor.keyboard.press(".")
     editor.frame()
