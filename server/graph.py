@@ -93,10 +93,12 @@ def validate_prompt(prompt: Any, registry: NodeRegistry,
 
     graph, values = _check_nodes(prompt, registry, outputs, add)
 
-    cycle_nodes = _cycle_nodes(graph)
-    for node_id in cycle_nodes:
-        add(node_id, error("dependency_cycle", "Dependency cycle detected",
-                           f"node {node_id} is part of a cycle with nodes {', '.join(cycle_nodes)}"))
+    # one error per cycle, on its first node (everything on and after the cycle is invalid through it):
+    # an error on every member naming every member would grow with the square of the cycle's length
+    for members in _cycles(graph):
+        add(members[0], error("dependency_cycle", "Dependency cycle detected",
+                              f"node {members[0]} is part of a cycle of {len(members)} nodes: "
+                              f"{first_few(members)}"))
 
     # a node is invalid when it or anything upstream has an error; only root causes carry errors
     failed = set(node_errors)
@@ -111,7 +113,7 @@ def validate_prompt(prompt: Any, registry: NodeRegistry,
         node_errors[node_id]["dependent_outputs"] = [o for o in outputs if o in downstream]
 
     if not valid_outputs:
-        details = "; ".join(ValidationResult(False, node_errors=node_errors).messages())
+        details = first_few(ValidationResult(False, node_errors=node_errors).messages(), separator="; ")
         return ValidationResult(ok=False, node_errors=node_errors, error=error(
             "prompt_outputs_failed_validation", "Prompt outputs failed validation", details))
 
@@ -233,16 +235,28 @@ def _custom_validation(node_id: str, node_class: type[Node], literals: dict, inp
                            str(verdict), **({"input_name": input_name} if input_name else {})))
 
 
-def _cycle_nodes(graph: nx.DiGraph) -> list[str]:
-    """Nodes on a dependency cycle (linear time: strongly connected components)."""
+def _cycles(graph: nx.DiGraph) -> list[list[str]]:
+    """The dependency cycles, each as its nodes in id order (linear time: strongly connected components)."""
     if nx.is_directed_acyclic_graph(graph):
         return []
-    cyclic: list[str] = []
+    cycles = []
     for component in nx.strongly_connected_components(graph):
         node = next(iter(component))
         if len(component) > 1 or graph.has_edge(node, node):
-            cyclic.extend(sorted(component, key=_id_sort_key))
-    return cyclic
+            cycles.append(sorted(component, key=_id_sort_key))
+    return sorted(cycles, key=lambda members: _id_sort_key(members[0]))
+
+
+LISTED = 10
+"""How many items an error message names before it gives only the count of the rest."""
+
+
+def first_few(items: list[str], separator: str = ", ") -> str:
+    """``items`` joined, or the first :data:`LISTED` of them and how many more: an error stays small
+    however large the prompt that caused it."""
+    if len(items) <= LISTED:
+        return separator.join(items)
+    return separator.join(items[:LISTED]) + f"{separator}... and {len(items) - LISTED} more"
 
 
 def _short(value: Any, limit: int = 200) -> Any:

@@ -1,6 +1,7 @@
 """The engine: validation, the plan, the cache across runs, error isolation, interrupt, partial execution."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -349,3 +350,32 @@ def test_combo_from_model_folder_lists_files(base_dir):
     combo = Combo("ckpt_name", folder="checkpoints")
     assert combo.choices() == ["a.safetensors", "loom-demo.safetensors", "sub/b.ckpt"]  # with the built-in one
     assert combo.check_value("sub/b.ckpt") == "sub/b.ckpt"
+
+
+def test_a_long_cycle_is_reported_once_and_briefly(registry):
+    """Issue 13.1: a 2,000-node cycle gave an error naming every member once per member (44 MB)."""
+    count = 2000
+    prompt = {str(i): {"class_type": "TestAdd", "inputs": {"a": [str((i + 1) % count), 0], "b": 1}}
+              for i in range(count)}
+    prompt["out"] = {"class_type": "TestOutput", "inputs": {"value": ["5", 0]}}
+    result = validate_prompt(prompt, registry)
+    assert not result.ok
+    assert list(result.node_errors) == ["0"]  # the cycle's first node; the rest are invalid through it
+    (cycle_error,) = result.node_errors["0"]["errors"]
+    assert cycle_error["type"] == "dependency_cycle"
+    assert "a cycle of 2000 nodes: 0, 1, 2" in cycle_error["details"] and "and 1990 more" in cycle_error["details"]
+    assert result.node_errors["0"]["dependent_outputs"] == ["out"]
+    assert len(json.dumps({"error": result.error, "node_errors": result.node_errors})) < 4000
+
+
+def test_two_cycles_are_two_errors_and_a_long_error_list_is_capped(registry):
+    prompt = {"1": {"class_type": "TestAdd", "inputs": {"a": ["2", 0], "b": 1}},
+              "2": {"class_type": "TestAdd", "inputs": {"a": ["1", 0], "b": 1}},
+              "7": {"class_type": "TestAdd", "inputs": {"a": ["7", 0], "b": 1}}}
+    prompt.update({f"o{i}": {"class_type": "TestOutput", "inputs": {"value": ["1" if i % 2 else "7", 0]}}
+                   for i in range(4)})
+    prompt.update({f"m{i}": {"class_type": "TestOutput", "inputs": {"value": ["404", 0]}} for i in range(30)})
+    result = validate_prompt(prompt, registry)
+    assert {"1", "7"} <= set(result.node_errors) and "2" not in result.node_errors
+    assert result.error["type"] == "prompt_outputs_failed_validation"
+    assert result.error["details"].endswith("and 22 more")
