@@ -246,6 +246,33 @@ def example_input(name: str, extensions: tuple[str, ...]) -> Path | None:
     return EXAMPLE_INPUTS_DIR / name if name in example_inputs(extensions) else None
 
 
+def write_new(target: Path, data: bytes) -> bool:
+    """Write ``data`` as ``target`` only if no file has that name yet, in one atomic step; False if taken.
+
+    Choosing a free name and writing it must not be two steps: two writers that both see a name free would
+    both write it, and one file would silently replace the other. The bytes go to a private temporary file
+    that is then hard-linked to the name (the link fails if the name exists), so the name never shows a
+    half-written file either. Where hard links are not supported, an exclusive create of the name itself."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        partial.write_bytes(data)
+        try:
+            os.link(partial, target)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            try:
+                with open(target, "xb") as handle:
+                    handle.write(data)
+                return True
+            except FileExistsError:
+                return False
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def file_sha256(path: str | Path) -> str:
     """The sha256 of a file's content, read in 1 MiB blocks (the fingerprint of files nodes read)."""
     digest = hashlib.sha256()

@@ -16,6 +16,7 @@ writes into the temp directory with a random suffix and fast compression.
 """
 from __future__ import annotations
 
+import io
 import mimetypes
 import os
 import random
@@ -274,9 +275,14 @@ def save_images(images: torch.Tensor, filename_prefix: str, *, kind: str, compre
             info = PngInfo()
             for key, text in texts.items():
                 info.add_text(key, text)
-        name = target.name(counter, ".png", target.filename.replace("%batch_num%", str(batch_number)))
-        tensor_to_pil(image).save(target.folder / name, pnginfo=info, compress_level=compress_level)
-        results.append({"filename": name, "subfolder": target.subfolder, "type": kind})
+        encoded = io.BytesIO()
+        tensor_to_pil(image).save(encoded, format="PNG", pnginfo=info, compress_level=compress_level)
+        filename = target.filename.replace("%batch_num%", str(batch_number))
+        # another save may take a counter between choosing it and writing: claim the name atomically
+        while not folders.write_new(target.folder / target.name(counter, ".png", filename), encoded.getvalue()):
+            counter += 1
+        results.append({"filename": target.name(counter, ".png", filename), "subfolder": target.subfolder,
+                        "type": kind})
         counter += 1
     return results
 

@@ -330,15 +330,17 @@ class SaveLatent(Node):
     @classmethod
     def execute(cls, samples: dict, filename_prefix: str = "latents/ComfyUI", prompt: Any = None,
                 extra_pnginfo: dict[str, Any] | None = None) -> NodeOutput:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensor = _samples(samples, "SaveLatent")
         target = save_target(filename_prefix, "output")
         metadata = {"prompt": ""} | metadata_texts(prompt, extra_pnginfo)
-        name = target.name(target.counter, ".latent")
         tensors = {"latent_tensor": tensor.detach().cpu().contiguous(),
                    LATENT_VERSION_KEY: torch.tensor([])}
-        save_file(tensors, str(target.folder / name), metadata=metadata)
+        data, counter = save(tensors, metadata=metadata), target.counter
+        while not folders.write_new(target.folder / target.name(counter, ".latent"), data):
+            counter += 1  # another save took this counter meanwhile
+        name = target.name(counter, ".latent")
         return NodeOutput(ui={"latents": [{"filename": name, "subfolder": target.subfolder, "type": "output"}]})
 
 

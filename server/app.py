@@ -373,22 +373,23 @@ class LoomServer:
             data, suffix = _reencode(image)
         name = sanitize_upload_name(image_name, suffix)
         target = data_path(kind, name, subfolder)
-        if not overwrite:
+        if overwrite:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+            try:
+                partial.write_bytes(data)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
+        else:
+            # the next free "name (n).png", claimed and written in one step (concurrent uploads of one name)
             stem, counter = name[: -len(suffix)], 1
-            while target.exists():
+            while not folders.write_new(target, data):
                 if target.is_file() and folders.file_sha256(target) == hashlib.sha256(data).hexdigest():
                     break  # the same image is already there: reuse it
                 name = f"{stem} ({counter}){suffix}"
                 target = data_path(kind, name, subfolder)
                 counter += 1
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-        try:
-            partial.write_bytes(data)
-            os.replace(partial, target)
-        finally:
-            if partial.exists():
-                partial.unlink()
         return {"name": name, "subfolder": "/".join(p for p in subfolder.split("/") if p not in ("", ".")),
                 "type": kind}
 

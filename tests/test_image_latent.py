@@ -213,6 +213,28 @@ def test_conformance_input_loads_as_rgb(conformance_dir):
 # ---------------------------------------------------------------- saving
 
 
+def test_concurrent_saves_with_one_prefix_never_share_a_file(base_dir):
+    """Issue 13.2: two saves that pick the same counter at once each get their own file."""
+    import threading
+
+    barrier, results = threading.Barrier(6), []
+    pictures = [torch.full((1, 4, 4, 3), i / 10) for i in range(6)]
+
+    def save(picture):
+        barrier.wait()
+        results.append((picture, SaveImage.execute(picture, "race").ui["images"][0]["filename"]))
+
+    threads = [threading.Thread(target=save, args=(p,)) for p in pictures]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({name for _, name in results}) == 6
+    for picture, name in results:
+        expected = np.clip(255.0 * picture[0].numpy(), 0, 255).astype(np.uint8)
+        assert np.array_equal(np.array(Image.open(base_dir / "output" / name)), expected), name
+
+
 def test_save_image_counter_subfolders_and_metadata(base_dir):
     (base_dir / "output" / "ComfyUI_00007_.png").write_bytes(b"")
     (base_dir / "output" / "ComfyUI_notes.txt").write_bytes(b"")

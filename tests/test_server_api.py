@@ -392,6 +392,48 @@ def test_upload_routes(live):
     run(main())
 
 
+def test_concurrent_uploads_under_one_name_keep_every_image(live):
+    """Issue 13.2: 20 clients uploading different pictures as race.png at once each get their own name, and
+    each name holds that client's picture (choosing the name and writing it are one atomic step)."""
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            colours = [(10 * i, 200 - 5 * i, 7, 255) for i in range(20)]
+
+            async def one(colour):
+                async with await upload(session, live.url, png_bytes((6, 6), colour), "race.png") as response:
+                    assert response.status == 200
+                    return colour, (await response.json())["name"]
+
+            answers = await asyncio.gather(*(one(c) for c in colours))
+            assert len({name for _, name in answers}) == 20, answers
+            for colour, name in answers:
+                async with session.get(f"{live.url}/view", params={"filename": name, "type": "input"}) as r:
+                    assert Image.open(io.BytesIO(await r.read())).convert("RGBA").getpixel((0, 0)) == colour, name
+    run(main())
+
+
+def test_write_new_never_gives_one_name_twice(tmp_path):
+    import threading
+
+    from loom.nodes import folders
+
+    target, won = tmp_path / "x.png", []
+    barrier = threading.Barrier(8)
+
+    def claim(i):
+        barrier.wait()
+        if folders.write_new(target, bytes([i]) * 100):
+            won.append(i)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1 and target.read_bytes() == bytes(won) * 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # no temporary file left behind
+
+
 def test_settings_and_workflow_convert(live):
     async def main():
         async with aiohttp.ClientSession() as session:
