@@ -29,8 +29,8 @@ from loom.server.clients import SERVER_FEATURES, ClientHub
 from loom.server.notices import startup_notices
 from loom.server.queue import PromptQueue, QueueStoreError
 from loom.server.security import (ClientError, SecurityConfig, UploadLimits, content_disposition, data_path,
-                             error_middleware, headers_middleware, json_error, read_json, sanitize_upload_name,
-                             scrub_paths, security_middleware, split_annotation, view_content_type)
+                             error_middleware, headers_middleware, json_error, non_finite_error,
+                             non_finite_path, read_json, sanitize_upload_name, scrub_paths, security_middleware, split_annotation, view_content_type)
 from loom.server.worker import Worker
 
 log = logging.getLogger("loom.server")
@@ -125,7 +125,8 @@ class LoomServer:
     # -- prompts -------------------------------------------------------------------------------
 
     async def post_prompt(self, request: web.Request) -> web.Response:
-        body = await read_json(request, self.config.max_prompt_bytes)
+        # non-finite numbers inside the prompt are reported per node and input (after validation, below)
+        body = await read_json(request, self.config.max_prompt_bytes, finite=False)
         if not isinstance(body, dict):
             raise ClientError(400, "invalid_prompt", "Invalid request",
                               'the body must be a JSON object: {"prompt": {...}, "client_id": "..."}')
@@ -148,6 +149,8 @@ class LoomServer:
             if not isinstance(client_id, str) or len(client_id) > 128:
                 raise ClientError(400, "invalid_prompt", "Invalid client_id", "client_id must be a short string")
             extra_data = {**extra_data, "client_id": client_id}
+        if (path := non_finite_path({k: v for k, v in body.items() if k != "prompt"})) is not None:
+            raise non_finite_error(path)
         prompt_id = _check_prompt_id(body.get("prompt_id"))
         number = _check_number(body.get("number"))
         front = bool(body.get("front")) if body.get("front") is not None else False
@@ -167,6 +170,13 @@ class LoomServer:
         if not validation.ok:
             return web.json_response(scrub_paths({"error": validation.error,
                                                   "node_errors": validation.node_errors}), status=400)
+        if (path := await asyncio.to_thread(non_finite_path, prompt)) is not None:
+            # an input validation did not read (one the node does not have) can still hold 1e999
+            node_id, rest = path[0], path[1:]
+            where = f"input '{rest[1]}'" if len(rest) >= 2 and rest[0] == "inputs" else "/".join(rest)
+            raise ClientError(400, "invalid_prompt", "Invalid prompt",
+                              f"node {node_id} {where}: the number is too large to be finite (JSON has no "
+                              "Infinity)", node_id=node_id)
         prompt_id = prompt_id or str(uuid.uuid4())
         try:
             number = self.queue.put(prompt_id, prompt, extra_data, validation.outputs, number=number, front=front)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import math
 import logging
 import re
 import secrets
@@ -376,11 +377,33 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_json(request: web.Request, limit: int, *, required: bool = True) -> Any:
+def non_finite_path(value: Any) -> list[str] | None:
+    """Where ``value`` (parsed JSON) holds a number that is not finite (``1e999`` parses as infinity), as
+    the keys and indexes leading to it; None when every number is finite. Iterative: any depth is fine."""
+    stack: list[tuple[Any, list[str]]] = [(value, [])]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path
+        if isinstance(item, dict):
+            stack.extend((child, path + [str(key)]) for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, path + [str(index)]) for index, child in enumerate(item))
+    return None
+
+
+def non_finite_error(path: list[str]) -> ClientError:
+    where = "/".join(path) or "the body"
+    return ClientError(400, "invalid_json", "Invalid JSON",
+                       f"{where}: the number is too large to be finite (JSON has no Infinity or NaN)")
+
+
+async def read_json(request: web.Request, limit: int, *, required: bool = True, finite: bool = True) -> Any:
     """The request body parsed as JSON, read in bounded chunks; ClientError on anything else.
 
-    ``NaN``/``Infinity`` are refused, a byte-order mark is refused, and nesting deep enough to hit
-    Python's recursion limit is reported as invalid JSON instead of a traceback.
+    ``NaN``/``Infinity`` are refused, and so (unless ``finite`` is False, for a caller that reports them
+    itself) are numbers like ``1e999`` that parse as infinite; a byte-order mark is refused, and nesting deep
+    enough to hit Python's recursion limit is reported as invalid JSON instead of a traceback.
     """
     if request.content_length is not None and request.content_length > limit:
         raise ClientError(413, "too_large", "Request body too large",
@@ -401,13 +424,16 @@ async def read_json(request: web.Request, limit: int, *, required: bool = True) 
         text = raw.decode("utf-8")
         if text.startswith("\ufeff"):
             raise ValueError("a byte-order mark is not allowed")
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise ClientError(400, "invalid_json", "Invalid JSON", "the body is not UTF-8") from None
     except RecursionError:
         raise ClientError(400, "invalid_json", "Invalid JSON", "the JSON is nested too deeply") from None
     except ValueError as error:
         raise ClientError(400, "invalid_json", "Invalid JSON", str(error)[:200]) from None
+    if finite and (path := non_finite_path(value)) is not None:
+        raise non_finite_error(path)
+    return value
 
 
 @dataclass

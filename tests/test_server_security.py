@@ -532,3 +532,31 @@ def test_loom_serve_allowed_host_and_origin_flags(tmp_path):
         assert status(server.url, Host="loom.proxy.example", Origin="https://evil.example") == 403
     finally:
         server.terminate()
+
+
+def test_non_finite_numbers_are_refused_where_json_is_accepted(live):
+    """Issue 13.6/13.7: 1e999 parses as infinity. /settings must not store it (GET /settings would then send
+    JSON that browsers reject), and a prompt with it in extra_data or in an input its node does not read
+    must get a 400 that says where, not a 500; a used input keeps its per-node error."""
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            status, text, _ = await post_raw(session, f"{live.url}/settings/x", b"1e999")
+            assert_clean_error(status, text, (400,))
+            assert "finite" in text
+            async with session.get(f"{live.url}/settings") as response:
+                assert response.status == 200
+                assert "x" not in json.loads(await response.text(), parse_constant=lambda c: pytest.fail(c))
+            used = {"1": {"class_type": "TestAdd", "inputs": {"a": 1, "b": 1}},
+                    "9": {"class_type": "TestOutput", "inputs": {"value": ["1", 0]}}}
+            body = json.dumps({"prompt": used, "extra_data": {"n": 1}}).replace('"n": 1', '"n": 1e999')
+            status, text, _ = await post_raw(session, f"{live.url}/prompt", body.encode())
+            assert_clean_error(status, text, (400,))
+            assert "extra_data/n" in text
+            unused = json.loads(json.dumps(used))
+            unused["1"]["inputs"]["spare"] = 7
+            body = json.dumps({"prompt": unused}).replace('"spare": 7', '"spare": 1e999')
+            status, text, _ = await post_raw(session, f"{live.url}/prompt", body.encode())
+            assert_clean_error(status, text, (400,))
+            assert "node 1 input 'spare'" in text
+            assert await pending_count(session, live.url) == 0
+    run(main())
