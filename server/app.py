@@ -689,14 +689,21 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+QUERY_INT_BOUND = 2 ** 62
+"""Integer query parameters are clamped to ±this: Python's ints are unbounded, SQLite's are 64-bit."""
+
+
 def _query_int(request: web.Request, name: str) -> int | None:
     value = request.query.get(name)
     if value is None or value == "":
         return None
+    if len(value) > 40:
+        raise ClientError(400, "invalid_request", f"{name} must be an integer", "it is over 40 characters long")
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ClientError(400, "invalid_request", f"{name} must be an integer") from None
+    return max(-QUERY_INT_BOUND, min(QUERY_INT_BOUND, number))  # "more than there is" keeps its meaning
 
 
 def _object_info(registry: NodeRegistry, name: str | None) -> dict[str, Any]:

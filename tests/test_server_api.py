@@ -243,6 +243,14 @@ def test_queue_history_routes(live):
                 everything = list(await response.json())
             async with session.get(f"{live.url}/history", params={"offset": "1", "max_items": "1"}) as response:
                 assert list(await response.json()) == everything[1:2]
+            # issue 13.6: past SQLite's 64-bit integers a number still means "more than there is", not a 500
+            for params, expected in (({"max_items": "99999999999999999999"}, everything),
+                                     ({"offset": "99999999999999999999"}, []),
+                                     ({"max_items": "-99999999999999999999"}, [])):
+                async with session.get(f"{live.url}/history", params=params) as response:
+                    assert response.status == 200 and list(await response.json()) == expected, params
+            async with session.get(f"{live.url}/history", params={"max_items": "9" * 50}) as response:
+                assert response.status == 400 and "max_items" in (await response.json())["error"]["message"]
             async with session.post(f"{live.url}/history", json={"delete": [done[0]["prompt_id"]]}) as response:
                 assert response.status == 200
             async with session.get(f"{live.url}/history/{done[0]['prompt_id']}") as response:
