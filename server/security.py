@@ -161,7 +161,10 @@ def _origin_matches_host(origin: str, host_header: str, scheme: str) -> bool:
     default = {"http": 80, "https": 443}
     origin_port = origin_port or default.get(parts.scheme)
     host_port = host_port or default.get(scheme)
-    return origin_host.lower() == host_host.lower() and origin_port == host_port
+    # the scheme too: https://127.0.0.1:PORT is another origin than this http server (behind a TLS proxy,
+    # --allowed-origin names the public origin)
+    return (parts.scheme.lower() == scheme.lower() and origin_host.lower() == host_host.lower()
+            and origin_port == host_port)
 
 
 def presented_token(request: web.Request) -> tuple[str | None, str]:

@@ -464,6 +464,7 @@ def test_cross_site_requests_are_refused(live):
                 ({"Origin": "https://evil.example"}, 403),
                 ({"Origin": "null"}, 403),
                 ({"Origin": f"http://127.0.0.1:{live.port + 1}"}, 403),
+                ({"Origin": f"https://127.0.0.1:{live.port}"}, 403),  # issue 13.11: same host and port, not scheme
                 ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}, 403),
                 ({"Host": "attacker.example"}, 403),
                 ({"Host": f"attacker.example:{live.port}", "Origin": f"http://attacker.example:{live.port}"}, 403),
