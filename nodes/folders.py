@@ -246,6 +246,23 @@ def example_input(name: str, extensions: tuple[str, ...]) -> Path | None:
     return EXAMPLE_INPUTS_DIR / name if name in example_inputs(extensions) else None
 
 
+def _partial_for(target: Path) -> Path:
+    """A temporary name beside ``target``, private to this process and thread (hidden, ``.part``)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+
+
+def write_replacing(target: Path, data: bytes) -> None:
+    """Write ``data`` as ``target``, replacing any file of that name in one atomic step (readers see the
+    old file or the new one, never half of one)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_for(target)
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def write_new(target: Path, data: bytes) -> bool:
     """Write ``data`` as ``target`` only if no file has that name yet, in one atomic step; False if taken.
 
@@ -254,7 +271,7 @@ def write_new(target: Path, data: bytes) -> bool:
     that is then hard-linked to the name (the link fails if the name exists), so the name never shows a
     half-written file either. Where hard links are not supported, an exclusive create of the name itself."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+    partial = _partial_for(target)
     try:
         partial.write_bytes(data)
         try:

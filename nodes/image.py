@@ -277,12 +277,9 @@ def save_images(images: torch.Tensor, filename_prefix: str, *, kind: str, compre
                 info.add_text(key, text)
         encoded = io.BytesIO()
         tensor_to_pil(image).save(encoded, format="PNG", pnginfo=info, compress_level=compress_level)
-        filename = target.filename.replace("%batch_num%", str(batch_number))
-        # another save may take a counter between choosing it and writing: claim the name atomically
-        while not folders.write_new(target.folder / target.name(counter, ".png", filename), encoded.getvalue()):
-            counter += 1
-        results.append({"filename": target.name(counter, ".png", filename), "subfolder": target.subfolder,
-                        "type": kind})
+        name, counter = target.write_next(counter, ".png", encoded.getvalue(),
+                                          target.filename.replace("%batch_num%", str(batch_number)))
+        results.append({"filename": name, "subfolder": target.subfolder, "type": kind})
         counter += 1
     return results
 

@@ -337,10 +337,7 @@ class SaveLatent(Node):
         metadata = {"prompt": ""} | metadata_texts(prompt, extra_pnginfo)
         tensors = {"latent_tensor": tensor.detach().cpu().contiguous(),
                    LATENT_VERSION_KEY: torch.tensor([])}
-        data, counter = save(tensors, metadata=metadata), target.counter
-        while not folders.write_new(target.folder / target.name(counter, ".latent"), data):
-            counter += 1  # another save took this counter meanwhile
-        name = target.name(counter, ".latent")
+        name, _ = target.write_next(target.counter, ".latent", save(tensors, metadata=metadata))
         return NodeOutput(ui={"latents": [{"filename": name, "subfolder": target.subfolder, "type": "output"}]})
 
 

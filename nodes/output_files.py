@@ -36,6 +36,13 @@ class SaveTarget:
     def name(self, counter: int, extension: str, filename: str | None = None) -> str:
         return f"{filename if filename is not None else self.filename}_{counter:05}_{extension}"
 
+    def write_next(self, counter: int, extension: str, data: bytes, filename: str | None = None) -> tuple[str, int]:
+        """Write ``data`` under the first free name from ``counter`` on; the name and the counter it took.
+        Each name is claimed and written in one step, so a concurrent save never takes the same file."""
+        while not folders.write_new(self.folder / self.name(counter, extension, filename), data):
+            counter += 1
+        return self.name(counter, extension, filename), counter
+
 
 def _format_date(pattern: str, now: time.struct_time) -> str:
     values = {

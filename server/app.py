@@ -29,8 +29,9 @@ from loom.server.clients import SERVER_FEATURES, ClientHub
 from loom.server.notices import startup_notices
 from loom.server.queue import PromptQueue, QueueStoreError
 from loom.server.security import (ClientError, SecurityConfig, UploadLimits, content_disposition, data_path,
-                             error_middleware, headers_middleware, json_error, non_finite_error,
-                             non_finite_path, read_json, sanitize_upload_name, scrub_paths, security_middleware, split_annotation, view_content_type)
+                                  error_middleware, headers_middleware, json_error, non_finite_error,
+                                  non_finite_path, read_json, sanitize_upload_name, scrub_paths,
+                                  security_middleware, split_annotation, view_content_type)
 from loom.server.worker import Worker
 
 log = logging.getLogger("loom.server")
@@ -384,13 +385,7 @@ class LoomServer:
         name = sanitize_upload_name(image_name, suffix)
         target = data_path(kind, name, subfolder)
         if overwrite:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-            try:
-                partial.write_bytes(data)
-                os.replace(partial, target)
-            finally:
-                partial.unlink(missing_ok=True)
+            folders.write_replacing(target, data)
         else:
             # the next free "name (n).png", claimed and written in one step (concurrent uploads of one name)
             stem, counter = name[: -len(suffix)], 1
@@ -496,10 +491,7 @@ class LoomServer:
         return settings if isinstance(settings, dict) else {}
 
     def _store_settings(self, settings: dict[str, Any]) -> None:
-        path = self.user_dir / "settings.json"
-        partial = path.with_suffix(".json.part")
-        partial.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-        os.replace(partial, path)
+        folders.write_replacing(self.user_dir / "settings.json", json.dumps(settings, indent=2).encode("utf-8"))
 
     # -- WebSocket -----------------------------------------------------------------------------
 

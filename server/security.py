@@ -20,8 +20,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-import math
 import logging
+import math
 import re
 import secrets
 import unicodedata

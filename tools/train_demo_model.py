@@ -123,6 +123,11 @@ def to_signed(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
+def to_uint8(signed: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`to_signed`, clamped and rounded."""
+    return ((signed.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def token_ids(captions: list[str]) -> torch.Tensor:
     """Loom's SD1 token chunk (BOS, words, EOS, EOS padding; 77 long) of each caption."""
     from loom.nodes.runtime.text_encoding import convention, tokenize
@@ -174,9 +179,9 @@ def train_vae(vae, pixels: torch.Tensor, steps: int, seed: int, batch: int = 16,
         index = torch.randint(0, pixels.shape[0], (batch,), generator=generator)
         y0, x0 = (int(v) // 8 * 8 for v in torch.randint(0, limit + 1, (2,), generator=generator))
         chosen = pixels[index]
-        background = chosen[:, :, :1, :1].float()
-        images = to_signed(chosen[:, :, y0:y0 + crop, x0:x0 + crop])
-        foreground = (chosen[:, :, y0:y0 + crop, x0:x0 + crop].float() - background).abs().amax(1, keepdim=True) > 24
+        cropped = chosen[:, :, y0:y0 + crop, x0:x0 + crop]
+        images = to_signed(cropped)
+        foreground = (cropped.float() - chosen[:, :, :1, :1].float()).abs().amax(1, keepdim=True) > 24
         weight = 1.0 + shape_weight * foreground.float()
         latent = vae.encode(images).latent_dist.mean
         decoded = vae.decode(latent).sample
@@ -197,8 +202,7 @@ def train_vae(vae, pixels: torch.Tensor, steps: int, seed: int, batch: int = 16,
 @torch.no_grad()
 def autoencode(vae, pixels: torch.Tensor) -> torch.Tensor:
     """``[n, 3, h, w]`` uint8 pictures through the autoencoder and back, as uint8."""
-    decoded = vae.decode(vae.encode(to_signed(pixels)).latent_dist.mean).sample
-    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return to_uint8(vae.decode(vae.encode(to_signed(pixels)).latent_dist.mean).sample)
 
 
 def reconstruction_report(vae, pixels: torch.Tensor, count: int = 256) -> str:
@@ -307,7 +311,7 @@ def probe(unet, text_encoder, vae, sigmas: torch.Tensor) -> str:
     eps = unet(noise * sigma / (sigma ** 2 + 1).sqrt(), torch.full((len(PROBE_CAPTIONS),), len(sigmas) - 1),
                context).sample
     estimate = noise * sigma - sigma * eps
-    pictures = ((vae.decode(estimate / LATENT_SCALE).sample.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pictures = to_uint8(vae.decode(estimate / LATENT_SCALE).sample)
     words = []
     for caption, picture in zip(PROBE_CAPTIONS, pictures):
         colours = demo_scenes.colour_map(Image.fromarray(picture.permute(1, 2, 0).numpy()))
