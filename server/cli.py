@@ -63,11 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--expose-tracebacks", action="store_true",
                        help="include tracebacks in execution errors sent to clients (debugging only)")
 
-    run = commands.add_parser("run", parents=[common], help="run a workflow headless")
-    run.add_argument("workflow", type=Path, help="UI or API workflow JSON, or a PNG/WebP with one embedded")
+    run = commands.add_parser("run", parents=[common], help="run a workflow headless, or sweep its inputs",
+                              epilog="Sweeps: --seed 1-8 or 1,5,9 runs once per seed; --set NODE.INPUT=A,B,C once "
+                              "per value (a JSON list for texts); several --set lists run their product, or "
+                              "with --zip their pairs. Files are named by the swept values; a table of "
+                              "values, files and seconds ends the sweep.")
+    run.add_argument("workflow", type=Path, nargs="+",
+                     help="UI or API workflow JSON, or a PNG/WebP with one embedded (several: each is run)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                     help="change an input; NODE is a node id, or a title or type that is unique")
-    run.add_argument("--seed", type=int, default=None, help="set every seed input to this value")
+                     help="change an input; NODE is a node id, or a title or type that is unique; "
+                     "VALUE may be a list to sweep: 4,6,8 or a JSON list")
+    run.add_argument("--seed", default=None, metavar="SEEDS",
+                     help="set every seed input to this value; a range or list sweeps: 1-8, 1,5,9, 1-3,10")
+    run.add_argument("--zip", action="store_true",
+                     help="pair the swept lists (equal lengths) instead of running their product")
+    run.add_argument("--jobs", action="store_true",
+                     help="queue the runs on a running `loom serve` (see --server) instead of in this process")
+    run.add_argument("--server", default=None, metavar="URL",
+                     help="the `loom serve` to queue on (implies --jobs; default http://127.0.0.1:8188); "
+                     "its token is read from $LOOM_TOKEN")
+    run.add_argument("--contact-sheet", type=Path, default=None, metavar="PNG",
+                     help="save every image of the sweep in one grid, labelled by the swept values")
+    run.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
+                     help="write the sweep's runs (values, files, seconds, nodes run and cached) as JSON")
     run.add_argument("--output-dir", type=Path, default=None, help="where SaveImage writes (default output/)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -262,15 +280,30 @@ def apply_seed(prompt: dict[str, Any], seed: int, registry) -> int:
 # --------------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from loom.server import sweep
+
+    if sweep.wanted(args):
+        return sweep.cmd_sweep(args, load_prompt, configure, run_single, print_invalid)
+    return run_single(args)
+
+
+def run_single(args: argparse.Namespace) -> int:
+    """One workflow, run once (``loom run`` without sweep options)."""
     from loom.server.graph import validate_prompt
 
     registry = configure(args, output_dir=args.output_dir)
     try:
-        prompt, ui = load_prompt(args.workflow, registry)
+        prompt, ui = load_prompt(args.workflow[0], registry)
     except InvalidWorkflow as invalid:
         return print_invalid(invalid.lines)
     apply_overrides(prompt, args.overrides, registry)
-    if args.seed is not None and apply_seed(prompt, args.seed, registry) == 0:
+    seed = None
+    if args.seed is not None:
+        try:
+            seed = int(args.seed)
+        except ValueError:
+            raise UsageError(f"--seed {args.seed!r}: expected a seed, or a range or list like 1-8 or 1,5,9") from None
+    if seed is not None and apply_seed(prompt, seed, registry) == 0:
         print("warning: --seed given but the workflow has no seed input", file=sys.stderr)
     validation = validate_prompt(prompt, registry)
     if not validation.ok:
