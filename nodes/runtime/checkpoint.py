@@ -115,6 +115,7 @@ class StateDictFile:
         data_start = 8 + header_size
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._locations: dict[str, tuple[torch.dtype, int, int]] = {}
+        ranges: list[tuple[int, int, str]] = []
         for key, info in header.items():
             try:
                 dtype = _SAFETENSORS_DTYPES[info["dtype"]]
@@ -126,11 +127,41 @@ class StateDictFile:
                 self.close()
                 raise CheckpointError(f"{self.path.name}: tensor {key!r} has an unreadable header entry "
                                       f"{info!r}: {exc}") from exc
-            if data_start + end > file_size:
-                self.close()
-                raise CheckpointError(f"{self.path.name} is truncated: tensor {key!r} ends past the end of the file")
+            ranges.append((begin, end, key))
             self.shapes[key] = shape
             self._locations[key] = (dtype, data_start + begin, end - begin)
+        self._check_byte_ranges(ranges, file_size - data_start)
+
+    def _check_byte_ranges(self, ranges: list[tuple[int, int, str]], buffer_size: int) -> None:
+        """The tensors' byte ranges must tile the data buffer exactly, as the safetensors library requires.
+
+        Sorted by where they begin, each range starts where the one before it ended (the first at 0),
+        so no tensor reads another's bytes and no byte is unaccounted for; the last one ends exactly at
+        the end of the file.
+        """
+        expected = 0
+        for begin, end, key in sorted(ranges):
+            if begin != expected:
+                self.close()
+                if begin < expected:
+                    raise CheckpointError(
+                        f"{self.path.name}: tensor {key!r} overlaps the tensor before it (its bytes start at "
+                        f"offset {begin}, before the previous tensor ends at {expected}); a safetensors file's "
+                        "tensors must not share bytes")
+                raise CheckpointError(
+                    f"{self.path.name}: tensor {key!r} starts at offset {begin} but the tensor before it ends at "
+                    f"{expected}; a safetensors file's tensors must be contiguous, with no gap")
+            expected = end
+        if expected > buffer_size:
+            self.close()
+            last = max(ranges)[2]
+            raise CheckpointError(f"{self.path.name} is truncated: tensor {last!r} ends past the end of the file")
+        if expected < buffer_size:
+            self.close()
+            where = f"after tensor {max(ranges)[2]!r}" if ranges else "after the header, which names no tensor"
+            raise CheckpointError(
+                f"{self.path.name}: {buffer_size - expected} bytes {where} belong to no tensor; a "
+                "safetensors file's tensors must end exactly at the end of the file")
 
     def _open_pickle(self) -> None:
         try:

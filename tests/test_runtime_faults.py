@@ -1,0 +1,125 @@
+"""Faults and hostile files while models load and prompts run (issue 13: 13.5, 13.9, X9, X12, X13).
+
+Each test feeds the bad input or injects the fault and checks both the answer and that nothing was left
+behind: a .safetensors file whose tensors share bytes, files symlinked out of their folders, a node that
+runs out of memory, a full or read-only disk while saving, a model file deleted after validation.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from loom.nodes import folders
+from loom.nodes.runtime import checkpoint, model_cache
+from loom.nodes.schema import Node, NodeRegistry, Output, Schema, Socket, String
+from loom.server.cache import OutputCache
+from loom.server.executor import Executor
+from loom.server.graph import validate_prompt
+from tests.fixtures_checkpoints import FILE_NAMES, tiny_checkpoints, tiny_models_dir  # noqa: F401
+
+PAYLOAD_KEYS = {"prompt_id", "node_id", "node_type", "executed", "exception_message", "exception_type",
+                "traceback", "current_inputs", "current_outputs", "timestamp"}
+
+
+def run(executor: Executor, prompt: dict, prompt_id: str = "p", **kwargs):
+    events: list[tuple[str, dict]] = []
+    result = executor.execute(prompt, prompt_id, on_event=lambda e, d: events.append((e, d)), **kwargs)
+    return result, events
+
+
+def error_event(events: list[tuple[str, dict]]) -> dict:
+    errors = [data for event, data in events if event == "execution_error"]
+    assert len(errors) == 1, events
+    assert PAYLOAD_KEYS <= set(errors[0]), errors[0]
+    return errors[0]
+
+
+# ------------------------------------------------------------------ 13.5: safetensors byte ranges
+
+
+def write_safetensors(path: Path, entries: dict[str, tuple[str, list[int], int, int]], buffer: bytes) -> Path:
+    """A .safetensors file with exactly this header (name -> dtype, shape, begin, end) and byte buffer."""
+    header = {name: {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+              for name, (dtype, shape, begin, end) in entries.items()}
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + buffer)
+    return path
+
+
+def library_refuses(path: Path) -> bool:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                handle.get_tensor(key)
+    except Exception:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("entries, size, offender, words", [
+    # b reads the second half of a's bytes
+    ({"a": ("F32", [4], 0, 16), "b": ("F32", [4], 8, 24)}, 24, "b", "overlaps"),
+    # b is a's bytes again
+    ({"a": ("F32", [4], 0, 16), "b": ("F32", [4], 0, 16)}, 16, "b", "overlaps"),
+    # four bytes between a and b belong to nobody
+    ({"a": ("F32", [4], 0, 16), "b": ("F32", [4], 20, 36)}, 36, "b", "no gap"),
+    # the first tensor does not start at 0
+    ({"a": ("F32", [4], 4, 20)}, 20, "a", "no gap"),
+    # bytes after the last tensor
+    ({"a": ("F32", [4], 0, 16)}, 20, "a", "end exactly"),
+])
+def test_tensor_byte_ranges_must_tile_the_buffer_as_the_safetensors_library_requires(
+        tmp_path, entries, size, offender, words):
+    path = write_safetensors(tmp_path / "bad.safetensors", entries, bytes(range(size)))
+    assert library_refuses(path)
+    with pytest.raises(checkpoint.CheckpointError) as caught:
+        checkpoint.StateDictFile(path)
+    message = str(caught.value)
+    assert "bad.safetensors" in message and repr(offender) in message and words in message
+
+
+def test_valid_byte_ranges_still_load_in_any_header_order_and_with_empty_tensors(tmp_path):
+    data = torch.arange(8, dtype=torch.float32).numpy().tobytes()
+    path = write_safetensors(tmp_path / "good.safetensors",
+                             {"z_second": ("F32", [4], 16, 32), "empty": ("F32", [0], 16, 16),
+                              "a_first": ("F32", [2, 2], 0, 16)}, data)
+    assert not library_refuses(path)
+    with checkpoint.StateDictFile(path) as file:
+        assert file.read("a_first").flatten().tolist() == [0, 1, 2, 3]
+        assert file.read("z_second").tolist() == [4, 5, 6, 7]
+        assert file.read("empty").numel() == 0
+
+
+def test_a_checkpoint_whose_tensor_reads_anothers_bytes_is_refused(tmp_path, tiny_checkpoints):
+    """The probe's case: a real checkpoint with one tensor pointed at another's bytes (it used to load)."""
+    data = tiny_checkpoints["sd1"].read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    buffer = data[8 + size:]
+    by_shape: dict[tuple, str] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        shape = (info["dtype"], tuple(info["shape"]))
+        if shape in by_shape and by_shape[shape] != key:
+            first, second = by_shape[shape], key
+            break
+        by_shape[shape] = key
+    header[second]["data_offsets"] = list(header[first]["data_offsets"])
+    raw = json.dumps(header).encode()
+    path = tmp_path / "aliased.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + buffer)
+    assert library_refuses(path)
+    with pytest.raises(checkpoint.CheckpointError, match="aliased.safetensors") as caught:
+        checkpoint.load_checkpoint(path, use_cache=False)
+    assert repr(first) in str(caught.value) or repr(second) in str(caught.value)
+    # the untouched file still loads
+    model, clip, vae = checkpoint.load_checkpoint(tiny_checkpoints["sd1"], use_cache=False)
+    assert model.family == "sd1"
