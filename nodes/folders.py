@@ -125,17 +125,39 @@ def temp_dir() -> Path:
     return _folders.data_dir("temp")
 
 
+def inside(root: Path, candidate: Path) -> bool:
+    """True when ``candidate`` (after resolving symlinks) lies inside ``root``.
+
+    The one rule for what a folder holds: names are listed (:func:`files_under`, :func:`data_files`)
+    and resolved (:func:`resolve`, :func:`resolve_data`) by it, so a file that would be refused on
+    loading (a symlink out of its folder) is never offered either. A symlink whose target stays inside
+    the same root is fine."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(candidate)
+    return real == real_root or real.startswith(real_root + os.sep)
+
+
 def files_under(roots: Iterable[Path], extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> Iterator[str]:
     """Relative names (``/``-separated) of the model files under each root in turn, sub-folders included;
-    hidden files and folders are skipped, a root that is no folder yields nothing."""
+    hidden files and folders are skipped, a root that is no folder yields nothing, and so is anything
+    that resolves outside its root (see :func:`inside`)."""
     for root in roots:
         if not root.is_dir():
             continue
+        walked: dict[str, frozenset[str]] = {}  # each folder walked -> the real paths of it and its parents
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real_dir = os.path.realpath(dirpath)
+            parents = walked.get(os.path.dirname(dirpath), frozenset())
+            if real_dir in parents or not inside(root, Path(dirpath)):
+                dirnames[:] = []  # a linked folder outside the root, or a link back to a parent (a loop)
+                continue
+            walked[dirpath] = parents | {real_dir}
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.lower().endswith(extensions) and not name.startswith("."):
-                    yield Path(dirpath, name).relative_to(root).as_posix()
+                    path = Path(dirpath, name)
+                    if path.is_file() and inside(root, path):
+                        yield path.relative_to(root).as_posix()
 
 
 def list_files(folder: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
@@ -143,11 +165,14 @@ def list_files(folder: str, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> l
     return sorted(dict.fromkeys(files_under(_folders.model_paths(folder), extensions)))
 
 
-def inside(root: Path, candidate: Path) -> bool:
-    """True when ``candidate`` (after resolving symlinks) lies inside ``root``."""
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(candidate)
-    return real == real_root or real.startswith(real_root + os.sep)
+def data_files(kind: str) -> list[str]:
+    """Names of the files at the top of input/output/temp, sorted; hidden files and anything that
+    resolves outside the directory (see :func:`inside`) are left out."""
+    root = _folders.data_dir(kind)
+    if not root.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(root)
+                  if not entry.name.startswith(".") and entry.is_file() and inside(root, Path(entry.path)))
 
 
 def resolve(folder: str, name: str) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import mimetypes
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -54,11 +53,7 @@ def _is_image_name(name: str) -> bool:
 
 def list_input_images() -> list[str]:
     """The image files at the top of the input directory, plus the shipped examples, sorted."""
-    root = folders.input_dir()
-    names: set[str] = set()
-    if root.is_dir():
-        names.update(entry.name for entry in os.scandir(root)
-                     if entry.is_file() and not entry.name.startswith(".") and _is_image_name(entry.name))
+    names = {name for name in folders.data_files("input") if _is_image_name(name)}
     names.update(folders.example_inputs(IMAGE_EXTENSIONS))
     return sorted(names)
 

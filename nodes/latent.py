@@ -11,7 +11,6 @@ reads it back (files without the marker are pre-version-0 latents stored scaled 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -29,10 +28,7 @@ LEGACY_LATENT_SCALE = 0.18215
 
 def list_input_latents() -> list[str]:
     """The ``.latent`` files at the top of the input directory, sorted."""
-    root = folders.input_dir()
-    if not root.is_dir():
-        return []
-    return sorted(entry.name for entry in os.scandir(root) if entry.is_file() and entry.name.endswith(".latent"))
+    return [name for name in folders.data_files("input") if name.endswith(".latent")]
 
 
 def _samples(latent: Any, node: str, name: str = "samples") -> torch.Tensor:

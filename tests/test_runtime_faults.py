@@ -123,3 +123,49 @@ def test_a_checkpoint_whose_tensor_reads_anothers_bytes_is_refused(tmp_path, tin
     # the untouched file still loads
     model, clip, vae = checkpoint.load_checkpoint(tiny_checkpoints["sd1"], use_cache=False)
     assert model.family == "sd1"
+
+
+# ------------------------------------------------------------------ 13.9: listing follows the resolving rule
+
+
+def combo(registry, node: str, name: str) -> list[str]:
+    return registry.object_info(node)[node]["input"]["required"][name][0]
+
+
+def test_object_info_leaves_out_files_that_resolve_outside_their_folder(base_dir, registry):
+    elsewhere = base_dir / "elsewhere"
+    (elsewhere / "nested").mkdir(parents=True)
+    (elsewhere / "secret.safetensors").write_bytes(b"x")
+    (elsewhere / "nested" / "other.safetensors").write_bytes(b"x")
+    (elsewhere / "outside.png").write_bytes(b"x")
+    checkpoints = base_dir / "models" / "checkpoints"
+    (checkpoints / "inside.safetensors").write_bytes(b"x")
+    (checkpoints / "alias.safetensors").symlink_to("inside.safetensors")  # stays inside: fine
+    (checkpoints / "escape.safetensors").symlink_to(elsewhere / "secret.safetensors")
+    (checkpoints / "linked").symlink_to(elsewhere / "nested", target_is_directory=True)
+    (checkpoints / "sub").mkdir()
+    (checkpoints / "sub" / "deep.safetensors").write_bytes(b"x")
+    (checkpoints / "sub" / "loop").symlink_to("..", target_is_directory=True)  # a loop inside the root
+    inputs = base_dir / "input"
+    (inputs / "real.png").write_bytes(b"x")
+    (inputs / "alias.png").symlink_to("real.png")
+    (inputs / "escape.png").symlink_to(elsewhere / "outside.png")
+    (elsewhere / "outside.latent").write_bytes(b"x")
+    (inputs / "real.latent").write_bytes(b"x")
+    (inputs / "escape.latent").symlink_to(elsewhere / "outside.latent")
+
+    listed = combo(registry, "CheckpointLoaderSimple", "ckpt_name")
+    assert {"inside.safetensors", "alias.safetensors", "sub/deep.safetensors"} <= set(listed)
+    assert "escape.safetensors" not in listed and "linked/other.safetensors" not in listed
+    assert not any("loop" in name for name in listed)
+    for name in listed:  # everything offered loads; everything refused is not offered
+        folders.resolve("checkpoints", name)
+    for name in ("escape.safetensors", "linked/other.safetensors"):
+        with pytest.raises(PermissionError):
+            folders.resolve("checkpoints", name)
+
+    images = combo(registry, "LoadImage", "image")
+    assert "real.png" in images and "alias.png" in images
+    assert "escape.png" not in images
+    assert not folders.inside(inputs, inputs / "escape.png")
+    assert combo(registry, "LoadLatent", "latent") == ["real.latent"]
