@@ -5,9 +5,14 @@ Events use ComfyUI's WebSocket message types and payloads (``execution_start``, 
 ``execution_interrupted``) plus ``preview`` (``{"node", "prompt_id", "image": PIL.Image}``) for latent
 previews. A node's exception fails its prompt with the node id, type and message, and leaves the
 executor ready for the next prompt. Interruption is checked before every node and on every progress tick.
+
+An out-of-memory failure is named ``oom`` in ``exception_type`` instead of the exception's class (which
+then goes in ``exception_class``), also when the node wrapped it in an error of its own: every model is
+unloaded and the output cache emptied before the next prompt.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -21,6 +26,8 @@ from loom.server.cache import OutputCache, cache_key
 from loom.server.graph import ValidationResult, is_link, validate_prompt
 
 EventSink = Callable[[str, dict[str, Any]], None]
+
+log = logging.getLogger(__name__)
 
 # events recorded in ExecutionResult.messages (and so in history), as ComfyUI records them
 RECORDED_EVENTS = ("execution_start", "execution_cached", "execution_success", "execution_error",
@@ -96,11 +103,20 @@ class Executor:
             self._interrupt.clear()
             self.running_prompt_id = prompt_id
             try:
-                return _Run(self, prompt, prompt_id, extra_data or {}, outputs, on_event, cancel,
-                            validation).run()
+                result = _Run(self, prompt, prompt_id, extra_data or {}, outputs, on_event, cancel,
+                              validation).run()
             finally:
                 self.running_prompt_id = None
                 self._interrupt.clear()
+            if result.error is not None and result.error.get("exception_type") == "oom":
+                # the run (and the frames of its traceback) is gone now, so what it held can be freed
+                log.warning("prompt %s ran out of memory in node %s: unloading every model and emptying "
+                            "the output cache", prompt_id, result.error.get("node_id"))
+                try:
+                    self.free(unload_models=True, free_memory=True)
+                except Exception:
+                    log.exception("freeing memory after running out of it failed")
+            return result
 
 
 class _Run:
@@ -278,21 +294,84 @@ class _Run:
         cause = failure.cause
         self.result.status = "error"
         message = str(cause) or type(cause).__name__
+        exception_type = _qualified_name(type(cause))
+        kind, reason = classify_failure(cause)
+        extra: dict[str, Any] = {}
+        if kind is not None:
+            extra["exception_class"] = exception_type
+            exception_type = kind
+            message = _failure_message(failure.class_type, kind, reason)
         payload = {
             "prompt_id": self.prompt_id,
             "node_id": failure.node_id,
             "node_type": failure.class_type,
             "executed": list(self.result.executed),
             "exception_message": message,
-            "exception_type": f"{type(cause).__module__}.{type(cause).__qualname__}"
-            if type(cause).__module__ != "builtins" else type(cause).__qualname__,
+            "exception_type": exception_type,
             "traceback": traceback.format_exception(type(cause), cause, cause.__traceback__),
             "current_inputs": {},
             "current_outputs": list(self.values),
             "timestamp": now_ms(),
+            **extra,
         }
+        if kind == "oom":
+            # the frames of the traceback hold the tensors that filled the memory: let them go
+            _clear_frames(cause)
+            self.values.clear()
         self.result.error = payload
         self.emit("execution_error", payload)
+
+
+def _qualified_name(cls: type) -> str:
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 32 and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    # torch.OutOfMemoryError (torch.cuda.OutOfMemoryError is the same class), named so that the server
+    # need not import torch; older backends raise a RuntimeError that says so
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(error).__mro__):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def classify_failure(error: BaseException) -> tuple[str | None, BaseException | None]:
+    """``("oom", the exception that says so)`` for a node's failure, or ``(None, None)``.
+
+    The whole chain is searched, so a node that wraps an out-of-memory error in its own ``ValueError``
+    (a loader naming its input) is still an out-of-memory failure."""
+    for cause in _causes(error):
+        if _is_oom(cause):
+            return "oom", cause
+    return None, None
+
+
+def _failure_message(class_type: str, kind: str, reason: BaseException | None) -> str:
+    if kind == "oom":
+        detail = str(reason).strip().splitlines()[0] if reason is not None and str(reason).strip() else ""
+        name = _qualified_name(type(reason)) if reason is not None else "MemoryError"
+        return (f"{class_type}: out of memory ({name}{': ' + detail if detail else ''}). Every model was "
+                "unloaded and the cache emptied; try a smaller size or batch, or fewer models at once.")
+    return f"{class_type}: {reason}"
+
+
+def _clear_frames(error: BaseException) -> None:
+    for cause in _causes(error):
+        try:
+            traceback.clear_frames(cause.__traceback__)
+        except Exception:  # pragma: no cover - a frame that cannot be cleared is only memory kept
+            pass
 
 
 class _Interrupt(Exception):

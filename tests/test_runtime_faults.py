@@ -169,3 +169,95 @@ def test_object_info_leaves_out_files_that_resolve_outside_their_folder(base_dir
     assert "escape.png" not in images
     assert not folders.inside(inputs, inputs / "escape.png")
     assert combo(registry, "LoadLatent", "latent") == ["real.latent"]
+
+
+# ------------------------------------------------------------------ X9: out of memory
+
+
+class FaultOOM(Node):
+    """Raises an out-of-memory error: torch's, Python's, or torch's wrapped in a node's ValueError."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("FaultOOM", category="test",
+                      inputs=[Socket("value", "*"), String("kind", default="torch")],
+                      outputs=[Output("*", "value")])
+
+    @classmethod
+    def execute(cls, value, kind: str) -> tuple:
+        if kind == "memory":
+            raise MemoryError()
+        if kind == "wrapped":
+            try:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            except torch.OutOfMemoryError as error:
+                raise ValueError(f"FaultOOM: input 'value': could not load: {error}") from None
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 8.00 GiB total)")
+
+
+@pytest.fixture
+def fault_registry(registry) -> NodeRegistry:
+    """The test registry plus FaultOOM, in a registry of its own (the shared one stays as it is)."""
+    own = NodeRegistry()
+    for _, node_class in registry.items():
+        own.add(node_class)
+    own.add(FaultOOM)
+    return own
+
+
+def oom_prompt(kind: str = "torch") -> dict:
+    return {"1": {"class_type": "TestConstInt", "inputs": {"value": 7}},
+            "2": {"class_type": "FaultOOM", "inputs": {"value": ["1", 0], "kind": kind}},
+            "3": {"class_type": "TestOutput", "inputs": {"value": ["2", 0]}}}
+
+
+def good_prompt(value: int = 5) -> dict:
+    return {"1": {"class_type": "TestConstInt", "inputs": {"value": value}},
+            "2": {"class_type": "TestOutput", "inputs": {"value": ["1", 0]}}}
+
+
+def test_out_of_memory_fails_as_oom_unloads_models_and_the_next_prompt_runs(fault_registry, monkeypatch):
+    models = model_cache.ModelCache(budget_bytes=None)
+    monkeypatch.setattr(model_cache, "models", models)
+    models.put(("checkpoint", "resident"), torch.nn.Linear(4, 4))
+    executor = Executor(fault_registry, OutputCache())
+    assert run(executor, good_prompt(1), "warm")[0].ok
+    assert len(executor.cache) > 0
+
+    result, events = run(executor, oom_prompt(), "oom-1")
+    assert result.status == "error" and result.outputs == {}
+    error = error_event(events)
+    assert error is result.error or error == result.error
+    assert error["exception_type"] == "oom" and error["exception_class"] == "torch.OutOfMemoryError"
+    assert error["node_id"] == "2" and error["node_type"] == "FaultOOM"
+    assert error["exception_message"].startswith("FaultOOM: out of memory")
+    assert "Tried to allocate 20.00 GiB" in error["exception_message"]
+    assert error["traceback"]  # the full story is still there for the log
+    assert len(models) == 0, "the models stay loaded after running out of memory"
+    assert len(executor.cache) == 0, "the output cache still holds what filled the memory"
+
+    for n, kind in enumerate(("torch", "memory", "wrapped")):  # three in a row
+        models.put(("checkpoint", n), torch.nn.Linear(4, 4))
+        result, events = run(executor, oom_prompt(kind), f"oom-again-{n}")
+        assert result.status == "error" and error_event(events)["exception_type"] == "oom", kind
+        assert len(models) == 0
+    assert error_event(events)["exception_class"] == "ValueError"  # the wrapper; the cause was torch's OOM
+
+    result, events = run(executor, good_prompt(2), "after")
+    assert result.ok and result.outputs == {"2": {"text": ["2"]}}
+    assert executor.running_prompt_id is None and not executor._lock.locked()
+
+
+def test_other_failures_keep_their_exception_type_and_leave_models_loaded(fault_registry, monkeypatch):
+    models = model_cache.ModelCache(budget_bytes=None)
+    monkeypatch.setattr(model_cache, "models", models)
+    models.put(("checkpoint", "resident"), torch.nn.Linear(4, 4))
+    executor = Executor(fault_registry, OutputCache())
+    prompt = {"1": {"class_type": "TestConstInt", "inputs": {"value": 1}},
+              "2": {"class_type": "TestRaise", "inputs": {"value": ["1", 0], "message": "exploded"}},
+              "3": {"class_type": "TestOutput", "inputs": {"value": ["2", 0]}}}
+    result, events = run(executor, prompt)
+    error = error_event(events)
+    assert error["exception_type"] == "RuntimeError" and error["exception_message"] == "exploded"
+    assert "exception_class" not in error
+    assert len(models) == 1 and len(executor.cache) > 0
