@@ -11,6 +11,8 @@ paths per folder can be added (ComfyUI's ``extra_model_paths.yaml``). Every name
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -271,21 +273,97 @@ def example_input(name: str, extensions: tuple[str, ...]) -> Path | None:
     return EXAMPLE_INPUTS_DIR / name if name in example_inputs(extensions) else None
 
 
+STORAGE_ERRNOS = frozenset(code for code in (getattr(errno, name, None) for name in
+                                              ("ENOSPC", "EROFS", "EDQUOT", "EFBIG")) if code is not None)
+"""``errno`` values that mean the storage itself refused the write: full, read-only, over quota, too large."""
+
+
+class StorageError(OSError):
+    """A file could not be written because of the storage (disk full, read-only file system, quota);
+    ``str()`` names the file, the folder and the problem. ``errno`` is the original one."""
+
+    def __init__(self, code: int, message: str, filename: str | None = None) -> None:
+        super().__init__(code, message, filename)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _place(folder: Path) -> str:
+    """``the output folder`` / ``the output folder (latents/)``: where a file goes, without the server's path."""
+    for kind in DATA_DIRS:
+        root = _folders.data_dir(kind)
+        if inside(root, folder):
+            relative = Path(os.path.relpath(os.path.realpath(folder), os.path.realpath(root))).as_posix()
+            return f"the {kind} folder" + (f" ({relative}/)" if relative != "." else "")
+    return f"the folder {folder.name}/"
+
+
+def _storage_error(target: Path, error: OSError) -> StorageError:
+    reason = os.strerror(error.errno).lower() if error.errno is not None else str(error)
+    return StorageError(error.errno, f"could not save {target.name} in {_place(target.parent)}: {reason}",
+                        target.name)
+
+
+def make_dirs(folder: Path) -> None:
+    """``folder`` and its parents, created if missing; a full or read-only disk raises :class:`StorageError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in STORAGE_ERRNOS:
+            reason = os.strerror(error.errno).lower()
+            raise StorageError(error.errno, f"could not create the folder {folder.name}/ in "
+                                            f"{_place(folder.parent)}: {reason}", folder.name) from error
+        raise
+
+
+def _write_file(path: Path, data: bytes, *, exclusive: bool) -> None:
+    """Write ``data`` as ``path`` (a new name only, when ``exclusive``); a write that fails part-way
+    (a full disk) removes what it wrote, so no half-written file stays behind under that name."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC) | getattr(os, "O_BINARY", 0)
+    handle = os.open(path, flags, 0o666)
+    written = False
+    try:
+        view = memoryview(data)
+        while view:
+            count = os.write(handle, view)
+            if count <= 0:  # a regular file accepts nothing more: the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            view = view[count:]
+        written = True
+    finally:
+        os.close(handle)
+        if not written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def _partial_for(target: Path) -> Path:
     """A temporary name beside ``target``, private to this process and thread (hidden, ``.part``)."""
     return target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
 
 
+def _remove_partial(partial: Path) -> None:
+    with contextlib.suppress(OSError):
+        partial.unlink(missing_ok=True)
+
+
 def write_replacing(target: Path, data: bytes) -> None:
     """Write ``data`` as ``target``, replacing any file of that name in one atomic step (readers see the
-    old file or the new one, never half of one)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    old file or the new one, never half of one). A full or read-only disk raises :class:`StorageError`
+    and leaves neither a temporary file nor a changed ``target``."""
+    make_dirs(target.parent)
     partial = _partial_for(target)
     try:
-        partial.write_bytes(data)
+        _write_file(partial, data, exclusive=False)
         os.replace(partial, target)
+    except OSError as error:
+        if error.errno in STORAGE_ERRNOS:
+            raise _storage_error(target, error) from error
+        raise
     finally:
-        partial.unlink(missing_ok=True)
+        _remove_partial(partial)
 
 
 def write_new(target: Path, data: bytes) -> bool:
@@ -294,25 +372,32 @@ def write_new(target: Path, data: bytes) -> bool:
     Choosing a free name and writing it must not be two steps: two writers that both see a name free would
     both write it, and one file would silently replace the other. The bytes go to a private temporary file
     that is then hard-linked to the name (the link fails if the name exists), so the name never shows a
-    half-written file either. Where hard links are not supported, an exclusive create of the name itself."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    half-written file either. Where hard links are not supported, an exclusive create of the name itself
+    (removed again if the write fails part-way). A full or read-only disk raises :class:`StorageError`
+    and leaves no file behind."""
+    make_dirs(target.parent)
     partial = _partial_for(target)
     try:
-        partial.write_bytes(data)
+        _write_file(partial, data, exclusive=False)
         try:
             os.link(partial, target)
             return True
         except FileExistsError:
             return False
-        except OSError:  # no hard links here
-            try:
-                with open(target, "xb") as handle:
-                    handle.write(data)
-                return True
-            except FileExistsError:
-                return False
+        except OSError as error:
+            if error.errno in STORAGE_ERRNOS:
+                raise
+        try:  # no hard links here
+            _write_file(target, data, exclusive=True)
+            return True
+        except FileExistsError:
+            return False
+    except OSError as error:
+        if error.errno in STORAGE_ERRNOS:
+            raise _storage_error(target, error) from error
+        raise
     finally:
-        partial.unlink(missing_ok=True)
+        _remove_partial(partial)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -100,7 +100,7 @@ def save_target(filename_prefix: str, kind: str = "output", width: int = 0, heig
             or not folders.inside(root, folder):
         raise ValueError(f"filename_prefix {filename_prefix!r} points outside the {kind} directory; "
                          f"saving there is not allowed")
-    folder.mkdir(parents=True, exist_ok=True)
+    folders.make_dirs(folder)  # a full or read-only disk: folders.StorageError
     if not folders.inside(root, folder):  # a symlink created meanwhile
         raise ValueError(f"filename_prefix {filename_prefix!r} points outside the {kind} directory")
     return SaveTarget(folder=folder, filename=filename, counter=next_counter(folder, [filename]),

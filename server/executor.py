@@ -6,13 +6,16 @@ Events use ComfyUI's WebSocket message types and payloads (``execution_start``, 
 previews. A node's exception fails its prompt with the node id, type and message, and leaves the
 executor ready for the next prompt. Interruption is checked before every node and on every progress tick.
 
-An out-of-memory failure is named ``oom`` in ``exception_type`` instead of the exception's class (which
-then goes in ``exception_class``), also when the node wrapped it in an error of its own: every model is
-unloaded and the output cache emptied before the next prompt.
+Two kinds of failure are named in ``exception_type`` instead of the exception's class (which then goes
+in ``exception_class``): ``oom`` (an out-of-memory error, also one wrapped by the node: every model is
+unloaded and the output cache emptied before the next prompt) and ``storage_error`` (the disk is full,
+read-only or over quota).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 import time
 import traceback
@@ -322,6 +325,10 @@ class _Run:
         self.emit("execution_error", payload)
 
 
+_STORAGE_ERRNOS = frozenset(code for code in (getattr(errno, name, None) for name in
+                                               ("ENOSPC", "EROFS", "EDQUOT", "EFBIG")) if code is not None)
+
+
 def _qualified_name(cls: type) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
@@ -347,13 +354,16 @@ def _is_oom(error: BaseException) -> bool:
 
 
 def classify_failure(error: BaseException) -> tuple[str | None, BaseException | None]:
-    """``("oom", the exception that says so)`` for a node's failure, or ``(None, None)``.
+    """``("oom" | "storage_error", the exception that says so)`` for a node's failure, or ``(None, None)``.
 
     The whole chain is searched, so a node that wraps an out-of-memory error in its own ``ValueError``
     (a loader naming its input) is still an out-of-memory failure."""
     for cause in _causes(error):
         if _is_oom(cause):
             return "oom", cause
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and cause.errno in _STORAGE_ERRNOS:
+            return "storage_error", cause
     return None, None
 
 
@@ -363,7 +373,12 @@ def _failure_message(class_type: str, kind: str, reason: BaseException | None) -
         name = _qualified_name(type(reason)) if reason is not None else "MemoryError"
         return (f"{class_type}: out of memory ({name}{': ' + detail if detail else ''}). Every model was "
                 "unloaded and the cache emptied; try a smaller size or batch, or fewer models at once.")
-    return f"{class_type}: {reason}"
+    text = str(reason) if reason is not None else ""
+    if isinstance(reason, OSError) and (not text or text.startswith("[Errno")):
+        problem = (reason.strerror or "storage error").lower()
+        what = f" {os.path.basename(str(reason.filename))}" if reason.filename else " a file"
+        text = f"could not save{what}: {problem}"
+    return f"{class_type}: {text}"
 
 
 def _clear_frames(error: BaseException) -> None:

@@ -261,3 +261,111 @@ def test_other_failures_keep_their_exception_type_and_leave_models_loaded(fault_
     assert error["exception_type"] == "RuntimeError" and error["exception_message"] == "exploded"
     assert "exception_class" not in error
     assert len(models) == 1 and len(executor.cache) > 0
+
+
+# ------------------------------------------------------------------ X12: disk full / read-only while saving
+
+
+def files_in(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+
+
+def _under(path_or_fd, root: Path) -> bool:
+    if isinstance(path_or_fd, int):
+        try:
+            path_or_fd = os.readlink(f"/proc/self/fd/{path_or_fd}")
+        except OSError:
+            return False
+    return os.path.realpath(path_or_fd).startswith(os.path.realpath(root) + os.sep)
+
+
+def disk_full_after(monkeypatch, root: Path, keep: int = 100, hidden_too: bool = True) -> list[int]:
+    """``os.write`` to files under ``root`` writes ``keep`` bytes, then fails as a full disk would
+    (with ``hidden_too=False`` only for visible names: the temporary ``.part`` files are written)."""
+    real_write = os.write
+    attempts: list[int] = []
+
+    def write(fd, data):
+        if not _under(fd, root) or (not hidden_too and os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1]
+                                    .startswith(".")):
+            return real_write(fd, data)
+        attempts.append(len(data))
+        if len(attempts) == 1 and len(data) > keep:
+            return real_write(fd, bytes(data[:keep]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", write)
+    return attempts
+
+
+def image_save_prompt(prefix: str = "fault") -> dict:
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                          "color": 0x336699}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}}}
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_full_disk_while_saving_fails_as_storage_error_and_leaves_no_file(base_dir, registry, monkeypatch,
+                                                                             hard_links):
+    output = folders.output_dir()
+    if not hard_links:  # a file system without them: the name itself is created exclusively and written
+        monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EPERM, "no links")))
+    # without hard links, the temporary file is written and then the name itself: the name's write fails
+    attempts = disk_full_after(monkeypatch, output, hidden_too=hard_links)
+    executor = Executor(registry, OutputCache())
+    result, events = run(executor, image_save_prompt())
+    assert attempts, "the save never wrote"
+    assert result.status == "error" and result.outputs == {}
+    error = error_event(events)
+    assert error["exception_type"] == "storage_error" and error["node_type"] == "SaveImage"
+    message = error["exception_message"]
+    assert message.startswith("SaveImage: could not save fault_00001_.png in the output folder")
+    assert "no space left on device" in message and str(output) not in message
+    assert files_in(output) == [], "a half-written or temporary file stayed in output/"
+    assert not any(event == "executed" for event, _ in events)
+
+    monkeypatch.undo()  # space again: the same prompt saves
+    result, _ = run(executor, image_save_prompt())
+    assert result.ok and files_in(output) == ["fault_00001_.png"]
+
+
+def test_a_read_only_output_folder_fails_as_storage_error(base_dir, registry, monkeypatch):
+    output = folders.output_dir()
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(real):
+        def call(path, *args, **kwargs):
+            if _under(path, output):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", refuse(real_open))
+    monkeypatch.setattr(os, "mkdir", refuse(real_mkdir))
+    executor = Executor(registry, OutputCache())
+    latent = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+              "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0],
+                                                           "filename_prefix": "latents/ComfyUI"}}}
+    for prompt, node_type in ((image_save_prompt(), "SaveImage"), (latent, "SaveLatent")):
+        result, events = run(executor, prompt, node_type)
+        error = error_event(events)
+        assert error["exception_type"] == "storage_error" and error["node_type"] == node_type
+        assert error["exception_message"].startswith(f"{node_type}: could not ")
+        assert "the output folder" in error["exception_message"]
+        assert "read-only file system" in error["exception_message"]
+        assert str(output) not in error["exception_message"]
+        assert result.outputs == {}
+    assert files_in(output) == []
+
+
+def test_uploads_and_replacing_writes_leave_nothing_on_a_full_disk(base_dir, monkeypatch):
+    target = folders.input_dir() / "upload.png"
+    target.write_bytes(b"old picture")
+    disk_full_after(monkeypatch, folders.input_dir(), keep=3)
+    with pytest.raises(folders.StorageError, match="could not save upload.png in the input folder: no space"):
+        folders.write_replacing(target, b"new picture" * 100)
+    assert target.read_bytes() == b"old picture"  # the old file is untouched
+    with pytest.raises(folders.StorageError) as caught:
+        folders.write_new(folders.input_dir() / "fresh.png", b"x" * 1000)
+    assert caught.value.errno == errno.ENOSPC
+    assert files_in(folders.input_dir()) == ["upload.png"]
