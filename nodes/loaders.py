@@ -14,10 +14,19 @@ from loom.nodes import folders
 from loom.nodes.schema import Combo, Node, Output, Schema, register
 
 
+def _removed(node: str, input_name: str, folder: str, name: str) -> ValueError:
+    """The error for a model file that is not there when its node runs (validation found it: so it was
+    deleted or renamed since)."""
+    return ValueError(f"{node}: input '{input_name}': '{name}' is not in the {folder} folder: file not found "
+                      f"(was it removed or renamed after the prompt was queued?)")
+
+
 def _resolve(node: str, input_name: str, folder: str, name: str):
     try:
         return folders.resolve(folder, name)
-    except (FileNotFoundError, PermissionError) as exc:
+    except FileNotFoundError:
+        raise _removed(node, input_name, folder, name) from None
+    except PermissionError as exc:
         raise ValueError(f"{node}: input '{input_name}': {exc}") from None
 
 
@@ -58,7 +67,11 @@ class CheckpointLoaderSimple(Node):
         path = _resolve("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name)
         try:
             model, clip, vae = load_checkpoint(path)
-        except (CheckpointError, UnknownModelError) as exc:
+        except (FileNotFoundError, CheckpointError, UnknownModelError) as exc:
+            if not path.exists():  # removed between finding it and reading it
+                raise _removed("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name) from None
+            if isinstance(exc, FileNotFoundError):
+                raise
             raise _load_error("CheckpointLoaderSimple", "ckpt_name", ckpt_name, exc) from None
         return (model, clip, vae)
 
@@ -83,5 +96,9 @@ class VAELoader(Node):
         path = _resolve("VAELoader", "vae_name", "vae", vae_name)
         try:
             return (load_vae(path),)
-        except CheckpointError as exc:
+        except (FileNotFoundError, CheckpointError) as exc:
+            if not path.exists():  # removed between finding it and reading it
+                raise _removed("VAELoader", "vae_name", "vae", vae_name) from None
+            if isinstance(exc, FileNotFoundError):
+                raise
             raise _load_error("VAELoader", "vae_name", vae_name, exc) from None

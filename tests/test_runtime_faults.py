@@ -369,3 +369,51 @@ def test_uploads_and_replacing_writes_leave_nothing_on_a_full_disk(base_dir, mon
         folders.write_new(folders.input_dir() / "fresh.png", b"x" * 1000)
     assert caught.value.errno == errno.ENOSPC
     assert files_in(folders.input_dir()) == ["upload.png"]
+
+
+# ------------------------------------------------------------------ X13: model file removed after validation
+
+
+def load_prompt() -> dict:
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FILE_NAMES["sd1"]}},
+            "2": {"class_type": "TestOutput", "inputs": {"value": ["1", 2]}}}
+
+
+def test_a_model_file_removed_after_validation_fails_cleanly_and_the_next_prompt_runs(
+        tiny_models_dir, tiny_checkpoints, registry):
+    path = tiny_models_dir / "models" / "checkpoints" / FILE_NAMES["sd1"]
+    executor = Executor(registry, OutputCache())
+    validation = validate_prompt(load_prompt(), registry)
+    assert validation.ok
+    path.unlink()
+    result, events = run(executor, load_prompt(), "gone", validation=validation)
+    assert result.status == "error" and result.outputs == {}
+    error = error_event(events)
+    assert error["node_id"] == "1" and error["node_type"] == "CheckpointLoaderSimple"
+    message = error["exception_message"]
+    assert message.startswith(f"CheckpointLoaderSimple: input 'ckpt_name': '{FILE_NAMES['sd1']}' is not in the "
+                              "checkpoints folder: file not found")
+    assert "removed" in message
+    assert "Traceback" not in message and str(tiny_models_dir) not in message
+
+    os.link(tiny_checkpoints["sd1"], path)  # put back
+    result, _ = run(executor, load_prompt(), "back")
+    assert result.ok, result.error
+
+
+def test_a_model_file_removed_while_its_loader_runs_is_the_same_clear_error(
+        tiny_models_dir, registry, monkeypatch):
+    path = tiny_models_dir / "models" / "checkpoints" / FILE_NAMES["sd1"]
+    real_load = checkpoint.load_checkpoint
+
+    def load_after_removal(file, *args, **kwargs):
+        os.unlink(file)  # gone between finding the file and reading it
+        return real_load(file, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", load_after_removal)
+    result, events = run(Executor(registry, OutputCache()), load_prompt(), "racing")
+    error = error_event(events)
+    assert error["exception_message"].startswith("CheckpointLoaderSimple: input 'ckpt_name': ")
+    assert "file not found" in error["exception_message"]
+    assert error["exception_type"] == "ValueError"
+    assert not path.exists()
