@@ -328,6 +328,7 @@ class RunResult:
     cached: list[str] = field(default_factory=list)
     error: str = ""
     prompt_id: str = ""
+    texts: list[str] = field(default_factory=list)  # what text outputs showed ("node 4: ...")
 
 
 def build_dimensions(seed_text: str | None, set_items: list[str], first: Workflow,
@@ -577,6 +578,11 @@ def output_files(outputs: dict[str, dict[str, Any]]) -> list[Path]:
     return files
 
 
+def output_texts(outputs: dict[str, dict[str, Any]]) -> list[str]:
+    return [f"node {node_id}: {text}" for node_id, ui in sorted(outputs.items(), key=lambda item: _id_order(item[0]))
+            for text in (ui or {}).get("text", [])]
+
+
 def run_local(runs: list[Run], registry: Any, validations: dict[int, Any], progress: SweepProgress,
               on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Every run through one executor: its cache computes what the runs share once."""
@@ -596,7 +602,8 @@ def run_local(runs: list[Run], registry: Any, validations: dict[int, Any], progr
             executor.interrupt()
             raise
         result = RunResult(run, outcome.status, outcome.duration, output_files(outcome.outputs),
-                           list(outcome.executed), list(outcome.cached), prompt_id=prompt_id)
+                           list(outcome.executed), list(outcome.cached), prompt_id=prompt_id,
+                           texts=output_texts(outcome.outputs))
         if outcome.status == "error":
             error = outcome.error or {}
             result.error = (f"node {error.get('node_id')} ({error.get('node_type')}): "
@@ -644,7 +651,8 @@ async def fetch_definitions(session: Any, base: str) -> Definitions:
     async with session.get(f"{base}/object_info") as response:
         body = await _json(response)
         if response.status != 200 or not isinstance(body, dict):
-            raise ServerError(f"GET {base}/object_info: {_error_text(body, response.status)}")
+            hint = f" (set ${TOKEN_ENV} to the server's token)" if response.status in (401, 403) else ""
+            raise ServerError(f"GET {base}/object_info: {_error_text(body, response.status)}{hint}")
         return Definitions(body)
 
 
@@ -837,6 +845,7 @@ async def _collect(session: Any, base: str, run: Run, prompt_id: str, entry: dic
     if result.status not in ("success", "interrupted") and not result.error:
         error = status.get("error") or {}
         result.error = str(error.get("exception_message") or error.get("message") or "the run failed")
+    result.texts = output_texts(entry.get("outputs") or {})
     for _node_id, ui in sorted((entry.get("outputs") or {}).items(), key=lambda item: _id_order(item[0])):
         for image in (ui or {}).get("images", []):
             relative = _safe_relative(image.get("subfolder", ""), image.get("filename", ""))
@@ -879,7 +888,7 @@ def summary_lines(results: list[RunResult], dims: list[Dimension], several_workf
     header = ["#"] + (["workflow"] if several_workflows else []) + keys + ["seconds", "ran", "cached", "files"]
     rows = []
     for result in results:
-        files = ", ".join(_shown(f, cwd) for f in result.files) or "-"
+        files = ", ".join(_shown(f, cwd) for f in result.files) or "; ".join(result.texts) or "-"
         if result.status != "success":
             files = f"{result.status}: {result.error}" if result.error else result.status
         rows.append([str(result.run.index)] + ([result.run.workflow.path.name] if several_workflows else [])
@@ -905,7 +914,7 @@ def _shown(path: Path, cwd: Path | None) -> str:
 def summary_json(results: list[RunResult]) -> list[dict[str, Any]]:
     return [{"index": r.run.index, "workflow": str(r.run.workflow.path), "values": r.run.labels,
              "status": r.status, "error": r.error or None, "seconds": round(r.seconds, 4),
-             "files": [str(f) for f in r.files], "executed": r.executed, "cached": r.cached,
+             "files": [str(f) for f in r.files], "texts": r.texts, "executed": r.executed, "cached": r.cached,
              "prompt_id": r.prompt_id} for r in results]
 
 
