@@ -25,11 +25,12 @@ from aiohttp import web
 
 from loom.nodes import folders
 from loom.nodes.schema import NodeRegistry
+from loom.server import json_chunked
 from loom.server.clients import SERVER_FEATURES, ClientHub
 from loom.server.notices import startup_notices
 from loom.server.queue import PromptQueue, QueueStoreError
-from loom.server.security import (ClientError, SecurityConfig, UploadLimits, content_disposition, data_path,
-                                  error_middleware, headers_middleware, json_error, non_finite_error,
+from loom.server.security import (ClientError, SecurityConfig, UploadLimits, add_hardening_headers,
+                                  content_disposition, data_path, error_middleware, json_error, non_finite_error,
                                   non_finite_path, read_json, sanitize_upload_name, scrub_paths,
                                   security_middleware, split_annotation, view_content_type)
 from loom.server.worker import Worker
@@ -180,7 +181,8 @@ class LoomServer:
                               "Infinity)", node_id=node_id)
         prompt_id = prompt_id or str(uuid.uuid4())
         try:
-            number = self.queue.put(prompt_id, prompt, extra_data, validation.outputs, number=number, front=front)
+            number = await asyncio.to_thread(self.queue.put, prompt_id, prompt, extra_data, validation.outputs,
+                                             number=number, front=front)
         except KeyError:
             raise ClientError(400, "duplicate_prompt_id", "prompt_id already used",
                               "a queued, running or finished prompt has this id; leave prompt_id out "
@@ -196,8 +198,8 @@ class LoomServer:
 
     async def get_queue(self, request: web.Request) -> web.Response:
         running, pending = await asyncio.to_thread(lambda: (self.queue.running(), self.queue.pending()))
-        return web.json_response({"queue_running": [i.as_list() for i in running],
-                                  "queue_pending": [i.as_list() for i in pending]})
+        return await _json_off_loop({"queue_running": [i.as_list() for i in running],
+                                     "queue_pending": [i.as_list() for i in pending]}, depth=QUEUE_PROMPT_DEPTH)
 
     async def post_queue(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
@@ -252,12 +254,12 @@ class LoomServer:
         max_items = _query_int(request, "max_items")
         offset = _query_int(request, "offset")
         history = await asyncio.to_thread(self.queue.history, max_items, -1 if offset is None else offset)
-        return web.json_response(history)
+        return await _json_off_loop(history, depth=HISTORY_PROMPT_DEPTH)
 
     async def get_history_item(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]
         entry = await asyncio.to_thread(self.queue.history_item, prompt_id)
-        return web.json_response({prompt_id: entry} if entry is not None else {})
+        return await _json_off_loop({prompt_id: entry} if entry is not None else {}, depth=HISTORY_PROMPT_DEPTH)
 
     async def post_history(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
@@ -308,7 +310,7 @@ class LoomServer:
         content_type, inline = view_content_type(real)
         headers = {"Content-Security-Policy": "default-src 'none'; img-src 'self' data:; media-src 'self'; sandbox",
                    "Cache-Control": "no-cache"}
-        preview, channel = query.get("preview"), query.get("channel", "rgba")
+        preview, channel = _preview_format(query.get("preview")), query.get("channel", "rgba")
         if channel not in ("rgba", "rgb", "a"):
             raise ClientError(400, "invalid_request", "channel must be rgba, rgb or a")
         if content_type.startswith("image/") and (preview or channel != "rgba"):
@@ -530,12 +532,16 @@ class LoomServer:
         parts = [p for p in relative.split("/") if p]
         if any(p.startswith(".") or "\\" in p or "\x00" in p for p in parts):
             raise ClientError(404, "not_found", "Not found")
-        candidate = Path(os.path.realpath(root.joinpath(*parts))) if parts else root
+        try:
+            candidate = Path(os.path.realpath(root.joinpath(*parts))) if parts else root
+            if candidate.is_dir():
+                candidate = candidate / "index.html"
+            exists = candidate.is_file()
+        except OSError:  # e.g. a name longer than the file system allows
+            raise ClientError(404, "not_found", "Not found") from None
         if candidate != root and not str(candidate).startswith(str(root) + os.sep):
             raise ClientError(404, "not_found", "Not found")
-        if candidate.is_dir():
-            candidate = candidate / "index.html"
-        if not candidate.is_file():
+        if not exists:
             if not parts:
                 return web.Response(text="<!doctype html><title>Loom</title><p>The Loom editor is not "
                                          "installed (web/index.html is missing); the API is running.",
@@ -559,7 +565,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     """The aiohttp application for ``config``; the worker starts with the app."""
     config = config or ServerConfig()
     server = LoomServer(config)
-    app = web.Application(middlewares=[error_middleware, headers_middleware, security_middleware(server.security)],
+    app = web.Application(middlewares=[error_middleware, security_middleware(server.security)],
                           client_max_size=max(config.max_prompt_bytes, config.upload.max_bytes) + 1024 * 1024)
     app[SERVER_KEY] = server
     app.on_startup.append(server.on_startup)
@@ -569,6 +575,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     api_routes = [
         ("GET", "/ws", server.websocket),
         ("POST", "/prompt", server.post_prompt),
+    app.on_response_prepare.append(add_hardening_headers)
         ("GET", "/prompt", server.get_prompt),
         ("DELETE", "/prompt/{prompt_id}", server.cancel_prompt),
         ("GET", "/queue", server.get_queue),
@@ -624,6 +631,16 @@ def _clear_and_delete(body: dict[str, Any], clear: Callable[[], int],
                       delete: Callable[[Iterable[str]], int]) -> dict[str, int]:
     """ComfyUI's ``POST /queue`` and ``POST /history`` body: ``{"clear": true, "delete": [ids]}``."""
     cleared = clear() if body.get("clear") else 0
+HISTORY_PROMPT_DEPTH = 5  # {id: {"prompt": [number, id, {node_id: node}, ...]}}: one node per encode call
+QUEUE_PROMPT_DEPTH = 4  # {"queue_pending": [[number, id, {node_id: node}, ...]]}
+
+
+async def _json_off_loop(value: Any, depth: int) -> web.Response:
+    """A JSON response encoded in a thread, in small steps: what holds whole prompts can be megabytes."""
+    text = await asyncio.to_thread(json_chunked.dumps, value, depth=depth, separators=(", ", ": "))
+    return web.Response(text=text, content_type="application/json")
+
+
     deleted = 0
     if "delete" in body:
         ids = body["delete"]
@@ -778,8 +795,7 @@ def _reencode(image: Any) -> tuple[bytes, str]:
             text = image.info.get(key)
             if isinstance(text, str):
                 info.add_text(key, text)
-        frame = image if image.mode in ("RGB", "RGBA", "L", "LA", "I", "I;16", "P") else image.convert("RGBA")
-        frame.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+        _png_frame(image).save(buffer, format="PNG", pnginfo=info, compress_level=4)
     elif target == "JPEG":
         image.convert("RGB").save(buffer, format="JPEG", quality=95)
     else:
@@ -800,37 +816,66 @@ def _apply_mask(original_path: Path, mask: Any, max_pixels: int) -> tuple[bytes,
     if alpha.size != original.size:
         alpha = alpha.resize(original.size, Image.LANCZOS)
     result = original.convert("RGBA")
+def _png_frame(image: Any) -> Any:
+    """``image`` in a mode PNG can hold, keeping what LoadImage reads from it: deep greyscale (32-bit integer,
+    16-bit of either byte order) becomes 16-bit, clipped to its range; 32-bit float becomes 8-bit greyscale,
+    as Pillow converts it for display (and LoadImage would)."""
+    if image.mode in ("RGB", "RGBA", "L", "LA", "P", "I;16"):
+        return image
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return image.convert("I").convert("I;16")  # Pillow clips to 0..65535
+    if image.mode == "F":
+        return image.convert("L")
+    return image.convert("RGBA")
+
+
     result.putalpha(alpha)
     buffer = io.BytesIO()
     result.save(buffer, format="PNG", pnginfo=info, compress_level=4)
     return buffer.getvalue(), ".png"
 
 
-def _transform_image(path: Path, preview: str | None, channel: str) -> tuple[bytes, str, str]:
-    """``/view``'s ``channel`` and ``preview=format;quality`` options."""
+def _preview_format(preview: str | None) -> tuple[str, int] | None:
+    """``/view``'s ``preview=format;quality`` (ComfyUI: webp or jpeg, quality 1-100, default 90)."""
+    if not preview:
+        return None
+    fmt, _, quality = preview.partition(";")
+    fmt = fmt.strip().lower()
+    if fmt not in ("webp", "jpeg"):
+        raise ClientError(400, "invalid_request", "preview must be webp or jpeg", "e.g. preview=webp;90")
+    try:
+        return fmt, max(1, min(100, int(quality))) if quality else 90
+    except ValueError:
+        raise ClientError(400, "invalid_request", "preview quality must be a number", "e.g. preview=webp;90") from None
+
+
+def _transform_image(path: Path, preview: tuple[str, int] | None, channel: str) -> tuple[bytes, str, str]:
+    """``/view``'s ``channel`` and ``preview`` options applied to the image at ``path``."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _converted(image, preview, channel)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise ClientError(415, "not_an_image", "The file is not an image that can be converted",
+                          "preview and channel apply to raster images only") from None
+
+
+def _converted(image: Any, preview: tuple[str, int] | None, channel: str) -> tuple[bytes, str, str]:
     from PIL import Image
-    with Image.open(path) as image:
-        image.load()
-        if channel == "rgb":
-            image = image.convert("RGB")
-        elif channel == "a":
-            alpha = image.convert("RGBA").getchannel("A")
-            image = Image.new("RGBA", image.size)
-            image.putalpha(alpha)
-        buffer = io.BytesIO()
-        if preview:
-            fmt, _, quality = preview.partition(";")
-            fmt = fmt.strip().lower()
-            try:
-                quality_value = max(1, min(100, int(quality))) if quality else 90
-            except ValueError:
-                raise ClientError(400, "invalid_request", "preview quality must be a number") from None
-            if fmt not in ("webp", "jpeg"):
-                raise ClientError(400, "invalid_request", "preview must be webp or jpeg")
-            if fmt == "jpeg":
-                image.convert("RGB").save(buffer, format="JPEG", quality=quality_value)
-                return buffer.getvalue(), "image/jpeg", ".jpg"
-            image.save(buffer, format="WEBP", quality=quality_value)
-            return buffer.getvalue(), "image/webp", ".webp"
-        image.save(buffer, format="PNG")
+    if channel == "rgb":
+        image = image.convert("RGB")
+    elif channel == "a":
+        alpha = image.convert("RGBA").getchannel("A")
+        image = Image.new("RGBA", image.size)
+        image.putalpha(alpha)
+    buffer = io.BytesIO()
+    if preview is None:
+        _png_frame(image).save(buffer, format="PNG")
         return buffer.getvalue(), "image/png", ".png"
+    fmt, quality = preview
+    if fmt == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+        return buffer.getvalue(), "image/jpeg", ".jpg"
+    image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, format="WEBP", quality=quality)
+    return buffer.getvalue(), "image/webp", ".webp"

@@ -717,7 +717,8 @@ async def run_remote(base: str, token: str | None, runs: list[Run], progress: Sw
                     raise ServerError(f"POST {base}/prompt: {_error_text(answer, response.status)} (set "
                                       f"${TOKEN_ENV} to the server's token)")
                 if response.status != 200 or not isinstance(answer, dict) or "prompt_id" not in answer:
-                    raise ServerError("the server refused a prompt", invalid=_prompt_errors(answer, response.status, run))
+                    raise ServerError("the server refused a prompt",
+                                      invalid=_prompt_errors(answer, response.status, run))
                 if answer.get("node_errors"):
                     order.append(answer["prompt_id"])
                     raise ServerError("the server would skip outputs",
@@ -1041,7 +1042,7 @@ def cmd_sweep(args: argparse.Namespace, load_local: Callable[[Path, Any], tuple[
               configure: Callable[..., Any], run_single: Callable[[argparse.Namespace], int],
               print_invalid: Callable[[list[str]], int]) -> int:
     """``loom run`` with sweep options. The CLI passes in its loader, set-up and plain run."""
-    from loom.server.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, InvalidWorkflow
+    from loom.server.cli import EXIT_FAILED, EXIT_OK, InvalidWorkflow
 
     remote = args.jobs or args.server is not None
     try:

@@ -115,6 +115,20 @@ def test_two_bars_on_a_terminal():
     assert "\x1b[1A" in text  # the two lines are redrawn in place
 
 
+def test_seed_targets_are_sampler_seeds_and_what_feeds_them(registry):
+    # RandomNoise (ComfyUI's custom-sampler seed) as /object_info describes it
+    random_noise = {"input": {"required": {"noise_seed": ["INT", {"default": 0, "min": 0,
+                                                                   "control_after_generate": True}]}}}
+    definitions = sweep.Definitions({**registry.object_info(), "RandomNoise": random_noise})
+    prompt = {"1": {"class_type": "KSamplerAdvanced", "inputs": {"noise_seed": 0}},
+              "2": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
+              "3": {"class_type": "PrimitiveInt", "inputs": {"value": 0}},
+              "4": {"class_type": "KSampler", "inputs": {"seed": ["3", 0]}},
+              "5": {"class_type": "PrimitiveInt", "inputs": {"value": 512}}}  # a width, say: not a seed
+    found = [(node_id, info.name) for node_id, info in sweep.seed_targets(prompt, definitions)]
+    assert found == [("1", "noise_seed"), ("2", "noise_seed"), ("3", "value")]
+
+
 # ------------------------------------------------------------------------------------ runs in-process
 
 def test_seed_range_runs_once_per_seed_with_names_and_a_summary(capsys, base_dir, models):
@@ -275,6 +289,21 @@ def test_values_sweep_on_the_test_pack_text_outputs(capsys, base_dir, tmp_path):
     first, second = out.splitlines()[1:3]
     assert first.split()[:2] == ["1", "alpha"] and first.endswith("node 2: alpha")
     assert second.split()[:2] == ["2", "gamma"] and second.endswith("node 2: gamma")
+
+
+def test_a_failing_run_does_not_stop_the_sweep_and_exits_1(capsys, base_dir, tmp_path):
+    prompt = {"1": {"class_type": "TestConstInt", "inputs": {"value": 1}},
+              "2": {"class_type": "TestRaise", "inputs": {"value": ["1", 0], "message": "kaput"}},
+              "3": {"class_type": "TestOutput", "inputs": {"value": ["2", 0]}}}
+    path = tmp_path / "fails.json"
+    path.write_text(json.dumps(prompt))
+    code = main(["run", str(path), "--base-dir", str(base_dir), "--nodes", str(NODEPACK),
+                 "--set", "TestConstInt.value=1,2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    rows = out.splitlines()[1:3]
+    assert all(row.endswith("error: node 2 (TestRaise): kaput") for row in rows), out
+    assert out.splitlines()[-1].endswith("2 failed") and err.count("error in") == 2
 
 
 # ------------------------------------------------------------------------------------ on a `loom serve`
