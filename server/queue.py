@@ -14,13 +14,14 @@ few and small, so this is not a bottleneck at the scale of one executor.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from loom.server import json_chunked
 
 SECRET_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 """Keys of ``extra_data`` never written to disk or shown in history (ComfyUI strips the same ones)."""
@@ -107,7 +108,11 @@ def _plain_number(number: float) -> int | float:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return json_chunked.dumps(value)
+
+
+def _loads(text: str) -> Any:
+    return json_chunked.loads(text)
 
 
 class PromptQueue:
@@ -196,7 +201,8 @@ class PromptQueue:
     def put(self, prompt_id: str, prompt: dict[str, Any], extra_data: dict[str, Any], outputs: Iterable[str],
             *, number: float | None = None, front: bool = False) -> float:
         """Queue a prompt; returns its priority number. Raises ``KeyError`` for a prompt id in use."""
-        extra = public_extra_data(extra_data)
+        # encoded before taking the lock: a big prompt must not hold up the readers of the queue
+        encoded = (_dumps(prompt), _dumps(public_extra_data(extra_data)), _dumps(list(outputs)))
         with self._lock:
             if self._closed:
                 raise QueueStoreError("the queue is closed")
@@ -211,7 +217,7 @@ class PromptQueue:
                 self._db.execute(
                     "INSERT INTO queue (prompt_id, number, prompt, extra_data, outputs, queued_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (prompt_id, float(number), _dumps(prompt), _dumps(extra), _dumps(list(outputs)), time.time()))
+                    (prompt_id, float(number), *encoded, time.time()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -234,16 +240,15 @@ class PromptQueue:
                     started = time.time()
                     self._db.execute("UPDATE queue SET state='running', started_at=? WHERE prompt_id=?",
                                      (started, row[0]))
-                    item = QueueItem(number=row[1], prompt_id=row[0], prompt=json.loads(row[2]),
-                                     extra_data=json.loads(row[3]), outputs=json.loads(row[4]),
-                                     queued_at=row[5], started_at=started)
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 self._available.wait(remaining)
         self._changed()
-        return item
+        # decoded after letting go of the lock, for the same reason as in put()
+        return QueueItem(number=row[1], prompt_id=row[0], prompt=_loads(row[2]), extra_data=_loads(row[3]),
+                         outputs=_loads(row[4]), queued_at=row[5], started_at=started)
 
     def finish(self, prompt_id: str, outcome: Outcome) -> None:
         """Move a running prompt to history with its outcome."""
@@ -309,8 +314,8 @@ class PromptQueue:
             rows = self._db.execute(
                 "SELECT prompt_id, number, prompt, extra_data, outputs, queued_at, started_at FROM queue "
                 "WHERE state=? ORDER BY number, seq", (state,)).fetchall()
-        return [QueueItem(number=r[1], prompt_id=r[0], prompt=json.loads(r[2]), extra_data=json.loads(r[3]),
-                          outputs=json.loads(r[4]), queued_at=r[5], started_at=r[6]) for r in rows]
+        return [QueueItem(number=r[1], prompt_id=r[0], prompt=_loads(r[2]), extra_data=_loads(r[3]),
+                          outputs=_loads(r[4]), queued_at=r[5], started_at=r[6]) for r in rows]
 
     def pending(self) -> list[QueueItem]:
         return self._items("pending")
@@ -378,8 +383,8 @@ class PromptQueue:
                                    "FROM history WHERE prompt_id=?", (prompt_id,)).fetchone()
         if row is None:
             return None
-        return QueueItem(number=row[1], prompt_id=row[0], prompt=json.loads(row[2]),
-                         extra_data=json.loads(row[3]), outputs=json.loads(row[4]), queued_at=row[5])
+        return QueueItem(number=row[1], prompt_id=row[0], prompt=_loads(row[2]),
+                         extra_data=_loads(row[3]), outputs=_loads(row[4]), queued_at=row[5])
 
     def delete_history(self, prompt_ids: Iterable[str]) -> int:
         with self._lock:
@@ -402,15 +407,15 @@ def _history_entry(row: tuple) -> dict[str, Any]:
     status: dict[str, Any] = {
         "status_str": "success" if state == "success" else "error",
         "completed": state == "success",
-        "messages": json.loads(messages),
+        "messages": _loads(messages),
         "state": state,
     }
     if error:
-        status["error"] = json.loads(error)
-    output_map = json.loads(outputs)
+        status["error"] = _loads(error)
+    output_map = _loads(outputs)
     return {
-        "prompt": [_plain_number(number), prompt_id, json.loads(prompt), json.loads(extra_data),
-                   json.loads(outputs_to_execute)],
+        "prompt": [_plain_number(number), prompt_id, _loads(prompt), _loads(extra_data),
+                   _loads(outputs_to_execute)],
         "outputs": output_map,
         "status": status,
         "meta": {node_id: {"node_id": node_id, "display_node": node_id, "parent_node": None,

@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -31,8 +32,10 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from loom.nodes import folders
+from loom.server import json_chunked
 
 log = logging.getLogger("loom.server")
 
@@ -240,16 +243,15 @@ def security_middleware(config: SecurityConfig) -> Callable:
     return middleware
 
 
-@web.middleware
-async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Hardening headers on every response, and no-cache for the editor's code."""
-    response = await handler(request)
-    if not response.prepared:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
-    return response
+HARDENING_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+                     "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+
+
+async def add_hardening_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response the application sends gets these headers (errors, files and
+    the WebSocket handshake included), unless its handler set a stricter one (``/view``'s CSP)."""
+    for name, value in HARDENING_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 @web.middleware
@@ -261,6 +263,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error.response()
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "too_large", "Request body too large")
+    except HttpProcessingError as error:  # a body aiohttp cannot parse, e.g. a control byte in a multipart header
+        return json_error(400, "bad_request", "Malformed request", str(error.message)[:200])
     except web.HTTPException as error:
         if error.status >= 400 and error.content_type != "application/json":
             return json_error(error.status, "http_error", error.reason)
@@ -401,6 +405,11 @@ def non_finite_error(path: list[str]) -> ClientError:
                        f"{where}: the number is too large to be finite (JSON has no Infinity or NaN)")
 
 
+OFF_LOOP_JSON_BYTES = 256 * 1024
+"""A body bigger than this is parsed in a thread, in small steps (server.json_chunked), so the event loop
+keeps serving other requests meanwhile."""
+
+
 async def read_json(request: web.Request, limit: int, *, required: bool = True, finite: bool = True) -> Any:
     """The request body parsed as JSON, read in bounded chunks; ClientError on anything else.
 
@@ -423,11 +432,17 @@ async def read_json(request: web.Request, limit: int, *, required: bool = True, 
         if required:
             raise ClientError(400, "invalid_json", "Empty request body", "send a JSON object")
         return None
+    if len(raw) > OFF_LOOP_JSON_BYTES:
+        return await asyncio.to_thread(_parse_json, raw, finite, json_chunked.loads)
+    return _parse_json(raw, finite, json.loads)
+
+
+def _parse_json(raw: bytes, finite: bool, loads: Callable[..., Any]) -> Any:
     try:
         text = raw.decode("utf-8")
         if text.startswith("\ufeff"):
             raise ValueError("a byte-order mark is not allowed")
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise ClientError(400, "invalid_json", "Invalid JSON", "the body is not UTF-8") from None
     except RecursionError:
