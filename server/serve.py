@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -69,11 +70,16 @@ async def _serve(app: web.Application, host: str, port: int, open_browser: bool)
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # Windows
             pass
+    # what is alive now (modules, the node registry) lives as long as the server: keep it out of the
+    # collector's full passes, each of which stops every thread while it walks all tracked objects
+    gc.freeze()
     try:
         hosts = [h.strip() for h in host.split(",") if h.strip()] or ["127.0.0.1"]
         for each in hosts:
             await web.TCPSite(runner, each, port).start()
         bound = _bound_port(runner) or port
+        if hosts == ["127.0.0.1"]:
+            await _also_ipv6_loopback(runner, bound)
         shown = hosts[0] if hosts[0] not in ("0.0.0.0", "::") else "127.0.0.1"
         url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound}/"
         token = server.security.token
@@ -99,6 +105,15 @@ async def _serve(app: web.Application, host: str, port: int, open_browser: bool)
         print("Loom is stopping: pending prompts stay queued for the next start", flush=True)
     finally:
         await runner.cleanup()
+
+
+async def _also_ipv6_loopback(runner: web.AppRunner, port: int) -> None:
+    """Listen on ``[::1]`` too, on the same port: ``localhost`` resolves there first on many systems.
+    Skipped quietly where the machine has no IPv6 loopback."""
+    try:
+        await web.TCPSite(runner, "::1", port).start()
+    except OSError as error:
+        log.info("not listening on [::1]:%s: %s", port, error.strerror or error)
 
 
 def _has_desktop() -> bool:
