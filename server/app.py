@@ -568,6 +568,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware, security_middleware(server.security)],
                           client_max_size=max(config.max_prompt_bytes, config.upload.max_bytes) + 1024 * 1024)
     app[SERVER_KEY] = server
+    app.on_response_prepare.append(add_hardening_headers)
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     app.on_cleanup.append(server.on_cleanup)
@@ -575,7 +576,6 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     api_routes = [
         ("GET", "/ws", server.websocket),
         ("POST", "/prompt", server.post_prompt),
-    app.on_response_prepare.append(add_hardening_headers)
         ("GET", "/prompt", server.get_prompt),
         ("DELETE", "/prompt/{prompt_id}", server.cancel_prompt),
         ("GET", "/queue", server.get_queue),
@@ -623,14 +623,6 @@ def server_of(app: web.Application) -> LoomServer:
 # Helpers
 # -------------------------------------------------------------------------------------------------
 
-def _plain(number: float) -> int | float:
-    return int(number) if float(number).is_integer() else number
-
-
-def _clear_and_delete(body: dict[str, Any], clear: Callable[[], int],
-                      delete: Callable[[Iterable[str]], int]) -> dict[str, int]:
-    """ComfyUI's ``POST /queue`` and ``POST /history`` body: ``{"clear": true, "delete": [ids]}``."""
-    cleared = clear() if body.get("clear") else 0
 HISTORY_PROMPT_DEPTH = 5  # {id: {"prompt": [number, id, {node_id: node}, ...]}}: one node per encode call
 QUEUE_PROMPT_DEPTH = 4  # {"queue_pending": [[number, id, {node_id: node}, ...]]}
 
@@ -641,6 +633,14 @@ async def _json_off_loop(value: Any, depth: int) -> web.Response:
     return web.Response(text=text, content_type="application/json")
 
 
+def _plain(number: float) -> int | float:
+    return int(number) if float(number).is_integer() else number
+
+
+def _clear_and_delete(body: dict[str, Any], clear: Callable[[], int],
+                      delete: Callable[[Iterable[str]], int]) -> dict[str, int]:
+    """ComfyUI's ``POST /queue`` and ``POST /history`` body: ``{"clear": true, "delete": [ids]}``."""
+    cleared = clear() if body.get("clear") else 0
     deleted = 0
     if "delete" in body:
         ids = body["delete"]
@@ -803,19 +803,6 @@ def _reencode(image: Any) -> tuple[bytes, str]:
     return buffer.getvalue(), suffix
 
 
-def _apply_mask(original_path: Path, mask: Any, max_pixels: int) -> tuple[bytes, str]:
-    """ComfyUI's mask upload: the mask's alpha becomes the original image's alpha (saved as PNG)."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-    original = _decode_upload(original_path.read_bytes(), max_pixels)
-    info = PngInfo()
-    for key, value in original.info.items():
-        if isinstance(value, str) and key in ("prompt", "workflow"):
-            info.add_text(key, value)
-    alpha = mask.convert("RGBA").getchannel("A")
-    if alpha.size != original.size:
-        alpha = alpha.resize(original.size, Image.LANCZOS)
-    result = original.convert("RGBA")
 def _png_frame(image: Any) -> Any:
     """``image`` in a mode PNG can hold, keeping what LoadImage reads from it: deep greyscale (32-bit integer,
     16-bit of either byte order) becomes 16-bit, clipped to its range; 32-bit float becomes 8-bit greyscale,
@@ -829,6 +816,19 @@ def _png_frame(image: Any) -> Any:
     return image.convert("RGBA")
 
 
+def _apply_mask(original_path: Path, mask: Any, max_pixels: int) -> tuple[bytes, str]:
+    """ComfyUI's mask upload: the mask's alpha becomes the original image's alpha (saved as PNG)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    original = _decode_upload(original_path.read_bytes(), max_pixels)
+    info = PngInfo()
+    for key, value in original.info.items():
+        if isinstance(value, str) and key in ("prompt", "workflow"):
+            info.add_text(key, value)
+    alpha = mask.convert("RGBA").getchannel("A")
+    if alpha.size != original.size:
+        alpha = alpha.resize(original.size, Image.LANCZOS)
+    result = original.convert("RGBA")
     result.putalpha(alpha)
     buffer = io.BytesIO()
     result.save(buffer, format="PNG", pnginfo=info, compress_level=4)
