@@ -524,6 +524,7 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.latent",
     "loom.nodes.sampling",
     "loom.nodes.image",
+    "loom.nodes.websocket_image",
     "loom.nodes.vae",
     "loom.nodes.lora",
     "loom.nodes.controlnet",

@@ -74,6 +74,7 @@ class ServerConfig:
     expose_tracebacks: bool = False
     default_workflow: Path | None = None  # what the editor opens first (default workflows/txt2img.json)
     stall_timeout_s: float = 900.0  # /api/ready turns 503 when a running prompt reports nothing for this long
+    preview_method: str | None = None  # ComfyUI's --preview-method; None: latent previews only to clients that ask
     start_worker: bool = True
     executor: Any = None  # default server.executor.Executor(registry)
 
@@ -103,7 +104,8 @@ class LoomServer:
         self.hub = ClientHub()
         self.hub.status_source = lambda: {"exec_info": {"queue_remaining": self.queue.remaining()}}
         self.queue.add_listener(self.hub.status_changed)
-        self.worker = Worker(self.queue, self.executor, self.hub, expose_tracebacks=config.expose_tracebacks)
+        self.worker = Worker(self.queue, self.executor, self.hub, expose_tracebacks=config.expose_tracebacks,
+                             preview_method=config.preview_method)
         self._settings_lock = asyncio.Lock()
         self.started_at = time.time()
 
@@ -517,6 +519,7 @@ class LoomServer:
                 if isinstance(parsed, dict) and parsed.get("type") == "feature_flags":
                     flags = parsed.get("data") if isinstance(parsed.get("data"), dict) else {}
                     client.supports_preview_metadata = bool(flags.get("supports_preview_metadata"))
+                    client.latent_previews = bool(flags.get("latent_previews"))
                     self.hub.send("feature_flags", {**SERVER_FEATURES,
                                                     "max_upload_size": self.config.upload.max_bytes},
                                   client.client_id)

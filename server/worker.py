@@ -4,7 +4,22 @@ The event loop never runs a node. Events from the executor go to the submitting 
 through ``loop.call_soon_threadsafe`` (:class:`~server.clients.ClientHub`); previews are encoded to JPEG
 here, off the loop. The terminal events of a prompt (``execution_success`` / ``execution_error`` /
 ``execution_interrupted`` and the final ``executing {node: null}``) are held back until the history entry
-is written, so a client that reads ``/history/<id>`` on receiving them always finds it.
+is written, so a client that reads ``/history/<id>`` on receiving them always finds it; then they go out in
+ComfyUI's order: the terminal event, the ``status`` broadcast (queue_remaining after the prompt), and
+``executing {node: null, prompt_id}``.
+
+Like current ComfyUI, each change of a node's state is also sent as ``progress_state``
+(``{prompt_id, nodes: {id: {value, max, state, node_id, prompt_id, display_node_id, parent_node_id,
+real_node_id}}}``, every node that is not pending): before a node's ``executing``, with each ``progress``,
+and when it finishes (after its ``executed``); a cached output node is finished after its ``executed``.
+
+Latent previews follow ComfyUI's ``--preview-method`` (``preview_method``): ``"none"`` sends none;
+``"auto"``, ``"latent2rgb"`` and ``"taesd"`` send them to every prompt's client (Loom computes the cheap
+latent → RGB projection for all three: it has no TAESD decoder yet); ``None`` (the default, no flag) sends
+them only to clients that asked with the ``latent_previews`` feature flag, as Loom's editor does. A
+prompt's ``extra_data.preview_method`` (what newer ComfyUI frontends send) overrides the server's for that
+prompt (``"default"`` keeps it). Output images of ``SaveImageWebsocket`` (a ``("PNG", image, max_size)``
+preview, as in ComfyUI) are not previews: they go, as PNG and unthrottled, to the prompt's client always.
 
 Tracebacks of failing nodes go to the server log; clients get the node id, type and message only
 (unless the server was started with ``expose_tracebacks``).
@@ -26,6 +41,56 @@ log = logging.getLogger("loom.server")
 TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 PREVIEW_MAX_SIZE = 512
 PREVIEW_MIN_INTERVAL_S = 0.05
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+"""ComfyUI's ``--preview-method`` values."""
+
+
+def check_preview_method(value: str | None) -> str | None:
+    if value is not None and value not in PREVIEW_METHODS:
+        raise ValueError(f"preview_method must be one of {', '.join(PREVIEW_METHODS)}, not {value!r}")
+    return value
+
+
+def encode_png(image: Any, max_size: int | None = None) -> bytes:
+    """A PIL image as PNG bytes (compress_level 1, as ComfyUI sends images), fitted inside ``max_size``."""
+    if max_size is not None and max(image.size) > max_size:
+        image = image.copy()
+        image.thumbnail((max_size, max_size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class ProgressState:
+    """The per-node state map of one prompt, as ComfyUI's ``progress_state`` message carries it."""
+
+    def __init__(self, prompt_id: str) -> None:
+        self.prompt_id = prompt_id
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.running: str | None = None
+
+    def start(self, node_id: str) -> dict[str, Any]:
+        self.running = node_id
+        return self._set(node_id, "running", 0.0, 1.0)
+
+    def update(self, node_id: str, value: float, maximum: float) -> dict[str, Any]:
+        return self._set(node_id, "running", value, maximum)
+
+    def finish(self, node_id: str) -> dict[str, Any]:
+        if self.running == node_id:
+            self.running = None
+        entry = self.nodes.get(node_id)
+        maximum = entry["max"] if entry is not None else 1.0
+        return self._set(node_id, "finished", maximum, maximum)
+
+    def _set(self, node_id: str, state: str, value: float, maximum: float) -> dict[str, Any]:
+        self.nodes[node_id] = {"value": value, "max": maximum, "state": state, "node_id": node_id,
+                               "prompt_id": self.prompt_id, "display_node_id": node_id,
+                               "parent_node_id": None, "real_node_id": node_id}
+        return self.message()
+
+    def message(self) -> dict[str, Any]:
+        return {"prompt_id": self.prompt_id, "nodes": {k: dict(v) for k, v in self.nodes.items()}}
 
 
 def encode_preview(image: Any, max_size: int = PREVIEW_MAX_SIZE) -> bytes:
@@ -43,11 +108,12 @@ class Worker:
     """Runs queued prompts one at a time on its own thread."""
 
     def __init__(self, queue: PromptQueue, executor: Any, hub: ClientHub, *,
-                 expose_tracebacks: bool = False) -> None:
+                 expose_tracebacks: bool = False, preview_method: str | None = None) -> None:
         self.queue = queue
         self.executor = executor
         self.hub = hub
         self.expose_tracebacks = expose_tracebacks
+        self.preview_method = check_preview_method(preview_method)
         self.current: QueueItem | None = None
         self.current_node: str | None = None
         self.heartbeat = time.monotonic()
@@ -136,25 +202,57 @@ class Worker:
         client_id = item.client_id
         held: list[tuple[str, dict[str, Any]]] = []
         last_preview = [0.0]
+        state = ProgressState(item.prompt_id)
+        method = self._preview_method_for(item)
+
+        def send(event: str, data: dict[str, Any]) -> None:
+            self.hub.call(self.hub.send, event, data, client_id)
+
+        def finish_running() -> None:
+            if state.running is not None:
+                send("progress_state", state.finish(state.running))
 
         def on_event(event: str, data: dict[str, Any]) -> None:
             self.heartbeat = time.monotonic()
             if event == "preview":
-                self._send_preview(client_id, data, last_preview)
+                image = data.get("image")
+                if isinstance(image, tuple):  # ("PNG", image, max_size): an output image, not a preview
+                    self._send_image(client_id, data)
+                elif method != "none" and (method is not None or self.hub.wants_latent_previews(client_id)):
+                    self._send_preview(client_id, data, last_preview, only_if_asked=method is None)
                 return
             if event == "executing":
-                self.current_node = data.get("node")
-                if data.get("node") is None:
-                    held.append((event, data))
+                node = data.get("node")
+                self.current_node = node
+                finish_running()
+                if node is None:
+                    held.append((event, {"node": None, "prompt_id": data.get("prompt_id")}))
                     return
+                send("progress_state", state.start(node))
+            elif event == "progress":
+                node = data.get("node")
+                if node is not None:
+                    send("progress_state", state.update(node, data.get("value", 0), data.get("max", 1)))
             if event == "execution_error":
                 log.error("prompt %s failed in node %s (%s): %s\n%s", data.get("prompt_id"), data.get("node_id"),
                           data.get("node_type"), data.get("exception_message"), "".join(data.get("traceback") or ()))
                 data = self._public_error(data)
+            if event == "execution_success":
+                finish_running()
+            elif event in TERMINAL_EVENTS:
+                state.running = None  # ComfyUI leaves a failed or interrupted node as it was
             if event in TERMINAL_EVENTS:
                 held.append((event, data))
                 return
-            self.hub.call(self.hub.send, event, data, client_id)
+            if event == "executed":
+                node = data.get("node")
+                ran = node is not None and state.running == node
+                if not ran or data.get("output"):  # ComfyUI: a node that ran tells its ui only if it has one
+                    send(event, data)
+                if node is not None and (ran or node not in state.nodes):
+                    send("progress_state", state.finish(node))  # ran now, or a cached output node
+                return
+            send(event, data)
 
         started = time.monotonic()
         log.info("prompt %s started", item.prompt_id)
@@ -165,9 +263,10 @@ class Worker:
         except Exception as error:  # the executor itself failed: the prompt fails, the worker lives on
             log.exception("executing prompt %s failed", item.prompt_id)
             payload = self._error_payload(item, "executor_error", f"{type(error).__name__}: {error}")
-            held[:] = [("execution_error", payload),
-                       ("executing", {"node": None, "display_node": None, "prompt_id": item.prompt_id})]
+            held[:] = [("execution_error", payload), ("executing", {"node": None, "prompt_id": item.prompt_id})]
             outcome = Outcome(state="error", messages=[["execution_error", payload]], error=payload)
+        if self.hub.loop is not None:
+            self.hub.hold_status()  # the status this finish causes goes out after the terminal event
         try:
             self.queue.finish(item.prompt_id, outcome)
         except Exception:
@@ -177,8 +276,16 @@ class Worker:
             self.current = None
             self.current_node = None
         self.completed += 1
-        for event, data in held:
-            self.hub.call(self.hub.send, event, data, client_id)
+        before = [(e, d) for e, d in held if not (e == "executing" and d.get("node") is None)]
+        after = [(e, d) for e, d in held if e == "executing" and d.get("node") is None]
+        self.hub.call(self.hub.end_prompt, client_id, before, after)
+
+    def _preview_method_for(self, item: QueueItem) -> str | None:
+        """The preview method of one prompt: its ``extra_data.preview_method``, else the server's."""
+        requested = (item.extra_data or {}).get("preview_method")
+        if isinstance(requested, str) and requested in PREVIEW_METHODS:
+            return requested
+        return self.preview_method
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -196,7 +303,7 @@ class Worker:
             messages.append(["execution_error", payload])
             held.insert(0, ("execution_error", payload))
             if not any(e == "executing" for e, _ in held):
-                held.append(("executing", {"node": None, "display_node": None, "prompt_id": item.prompt_id}))
+                held.append(("executing", {"node": None, "prompt_id": item.prompt_id}))
             error = {"type": payload["exception_type"], "message": message,
                      "node_errors": getattr(validation, "node_errors", {}) if validation is not None else {}}
         elif status == "error" and error is not None:
@@ -213,7 +320,25 @@ class Worker:
             return data
         return scrub_paths({**data, "traceback": []})
 
-    def _send_preview(self, client_id: str | None, data: dict[str, Any], last: list[float]) -> None:
+    def _send_image(self, client_id: str | None, data: dict[str, Any]) -> None:
+        """An output image of ``SaveImageWebsocket``: PNG, to the prompt's client, none skipped."""
+        if client_id is None:
+            return
+        image_format, image, max_size = (tuple(data["image"]) + (None, None))[:3]
+        try:
+            encoded = encode_png(image, max_size) if str(image_format).upper() == "PNG" else \
+                encode_preview(image, max_size or 1 << 30)
+        except Exception:
+            log.exception("encoding an output image failed")
+            return
+        node = data.get("node")
+        metadata = {"node_id": node, "prompt_id": data.get("prompt_id"), "display_node_id": node,
+                    "parent_node_id": None, "real_node_id": node,
+                    "image_type": "image/png" if str(image_format).upper() == "PNG" else "image/jpeg"}
+        self.hub.call(self.hub.send_image, client_id, encoded, metadata)
+
+    def _send_preview(self, client_id: str | None, data: dict[str, Any], last: list[float],
+                      only_if_asked: bool = False) -> None:
         if client_id is None or data.get("image") is None:
             return
         now = time.monotonic()
@@ -228,4 +353,4 @@ class Worker:
         node = data.get("node")
         metadata = {"node_id": node, "prompt_id": data.get("prompt_id"), "display_node_id": node,
                     "parent_node_id": None, "real_node_id": node, "image_type": "image/jpeg"}
-        self.hub.call(self.hub.send_preview, client_id, image, metadata)
+        self.hub.call(self.hub.send_preview, client_id, image, metadata, only_if_asked)

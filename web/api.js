@@ -149,7 +149,8 @@ export class Api extends EventTarget {
     this.socket = socket;
     socket.addEventListener("open", () => {
       this.connected = true;
-      socket.send(JSON.stringify({ type: "feature_flags", data: { supports_preview_metadata: true } }));
+      // latent_previews: Loom's opt-in to step previews (the server sends none to clients that do not ask)
+      socket.send(JSON.stringify({ type: "feature_flags", data: { supports_preview_metadata: true, latent_previews: true } }));
       this.dispatchEvent(new CustomEvent("connected"));
     });
     socket.addEventListener("close", () => {
