@@ -26,6 +26,7 @@ from aiohttp import web
 from loom.nodes import folders
 from loom.nodes.schema import NodeRegistry
 from loom.server import json_chunked
+from loom.server import comfy_routes
 from loom.server.clients import SERVER_FEATURES, ClientHub
 from loom.server.notices import startup_notices
 from loom.server.queue import PromptQueue, QueueStoreError
@@ -38,6 +39,9 @@ from loom.server.worker import Worker
 log = logging.getLogger("loom.server")
 
 VERSION = "0.1.0"
+COMFYUI_COMPATIBLE_VERSION = "0.3.64"  # the ComfyUI API (routes, messages, shapes) Loom speaks
+COMFYUI_REQUIRED_FRONTEND_VERSION = "1.27.10"  # comfyui-frontend-package that ComfyUI release pins
+COMFYUI_REQUIRED_TEMPLATES_VERSION = "0.1.94"  # comfyui-workflow-templates that ComfyUI release pins
 PROMPT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 VIEWABLE_EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # shipped example inputs /view may show
 
@@ -609,6 +613,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
         ("POST", "/settings", server.post_settings),
         ("GET", "/settings/{setting_id}", server.get_setting),
         ("POST", "/settings/{setting_id}", server.post_setting),
+        *comfy_routes.routes(server),
     ]
     for prefix in ("", "/api"):
         for method, path, handler in api_routes:
@@ -755,11 +760,16 @@ def _system_stats() -> dict[str, Any]:
         devices.append({"name": "cpu", "type": "cpu", "index": None, "vram_total": memory.total,
                         "vram_free": memory.available, "torch_vram_total": memory.total,
                         "torch_vram_free": memory.available})
-    return {"system": {"os": platform.system().lower() if os.name != "nt" else "nt",
-                       "ram_total": memory.total, "ram_free": memory.available,
-                       "comfyui_version": VERSION, "loom_version": VERSION,
-                       "python_version": sys.version.split()[0], "pytorch_version": torch_version,
-                       "embedded_python": False, "argv": ["loom"]},
+    # ComfyUI 0.3.64's keys and meanings (os is os.name; the versions are of the ComfyUI API Loom speaks),
+    # then Loom's own; argv is not the real command line, which can name server paths
+    return {"system": {"os": os.name, "ram_total": memory.total, "ram_free": memory.available,
+                       "comfyui_version": COMFYUI_COMPATIBLE_VERSION,
+                       "required_frontend_version": COMFYUI_REQUIRED_FRONTEND_VERSION,
+                       "installed_templates_version": None,
+                       "required_templates_version": COMFYUI_REQUIRED_TEMPLATES_VERSION,
+                       "python_version": sys.version, "pytorch_version": torch_version,
+                       "embedded_python": False, "argv": ["loom"],
+                       "loom_version": VERSION, "platform": platform.system().lower()},
             "devices": devices}
 
 
