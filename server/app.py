@@ -26,6 +26,7 @@ from aiohttp import web
 from loom.nodes import folders
 from loom.nodes.schema import NodeRegistry
 from loom.server import json_chunked
+from loom.server.budget import ResourceBudget
 from loom.server import comfy_routes
 from loom.server.clients import SERVER_FEATURES, ClientHub
 from loom.server.notices import startup_notices
@@ -76,6 +77,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     expose_tracebacks: bool = False
+    budget: ResourceBudget = field(default_factory=ResourceBudget)  # per-node limits checked before queueing
     default_workflow: Path | None = None  # what the editor opens first (default workflows/txt2img.json)
     stall_timeout_s: float = 900.0  # /api/ready turns 503 when a running prompt reports nothing for this long
     preview_method: str | None = None  # ComfyUI's --preview-method; None: latent previews only to clients that ask
@@ -174,7 +176,7 @@ class LoomServer:
     async def _enqueue(self, prompt: dict, prompt_id: str | None, extra_data: dict, number: float | None,
                        front: bool, targets: list[str] | None) -> web.Response:
         from loom.server.graph import validate_prompt
-        validation = await asyncio.to_thread(validate_prompt, prompt, self.registry, targets)
+        validation = await asyncio.to_thread(validate_prompt, prompt, self.registry, targets, self.config.budget)
         if not validation.ok:
             return web.json_response(scrub_paths({"error": validation.error,
                                                   "node_errors": validation.node_errors}), status=400)
@@ -195,7 +197,7 @@ class LoomServer:
                               "to get a fresh one") from None
         except QueueStoreError as error:
             raise ClientError(503, "queue_unavailable", "The queue is not available", str(error)) from None
-        log.info("prompt %s queued (number %s)", prompt_id, _plain(number))
+        log.debug("prompt %s queued (number %s)", prompt_id, _plain(number))
         return web.json_response({"prompt_id": prompt_id, "number": _plain(number),
                                   "node_errors": scrub_paths(validation.node_errors)})
 

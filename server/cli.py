@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from loom.server.budget import ResourceBudget
+
 if TYPE_CHECKING:
     from loom.server.graph import ValidationResult
 
@@ -32,6 +34,8 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from loom.server.worker import PREVIEW_METHODS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--base-dir", type=Path, default=None,
                         help="folder holding models/, input/, output/, temp/ (default: current directory)")
@@ -62,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="ORIGIN", help="extra Origin allowed to call the API, e.g. https://x.example")
     serve.add_argument("--expose-tracebacks", action="store_true",
                        help="include tracebacks in execution errors sent to clients (debugging only)")
+    serve.add_argument("--preview-method", choices=PREVIEW_METHODS, default=None,
+                       help="ComfyUI's step previews: none, or auto/latent2rgb/taesd to send them to every "
+                            "prompt's client (taesd decodes as latent2rgb); without this flag only clients "
+                            "that ask get them (Loom's editor does)")
+    limits = ResourceBudget()
+    serve.add_argument("--max-pixels", type=int, default=limits.max_pixels, metavar="N",
+                       help="refuse a node asking for more than width x height x batch pixels "
+                            f"(default {limits.max_pixels:,}; 0: no limit)")
+    serve.add_argument("--max-batch", type=int, default=limits.max_batch, metavar="N",
+                       help=f"refuse a batch_size over N (default {limits.max_batch}; 0: no limit)")
+    serve.add_argument("--max-steps", type=int, default=limits.max_steps, metavar="N",
+                       help=f"refuse a sampler with more than N steps (default {limits.max_steps}; 0: no limit)")
 
     run = commands.add_parser("run", parents=[common], help="run a workflow headless, or sweep its inputs",
                               epilog="Sweeps: --seed 1-8 or 1,5,9 runs once per seed; --set NODE.INPUT=A,B,C once "

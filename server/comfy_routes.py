@@ -6,8 +6,8 @@ are the ones a ComfyUI client or frontend reads around them:
 * ``GET /extensions`` — ComfyUI lists its frontend extension scripts; Loom's editor has none: ``[]``.
 * ``GET /view_metadata/{folder}?filename=x.safetensors`` — the ``__metadata__`` of a safetensors header
   (read at most 1 MiB of it, as ComfyUI does); 404 otherwise.
-* ``GET /users`` — single-user: ``{"storage": "server", "migrated": true}``. ``POST /users`` — 501: Loom
-  has one user.
+* ``GET /users`` — single-user: ``{"storage": "server", "migrated": true}``. ``POST /users`` — 400: Loom
+  has one user (a 4xx: the request cannot be served, the server is fine).
 * ``GET /userdata?dir=&recurse=&full_info=&split=`` — the files of a folder under ``<user>/default``, as
   ComfyUI lists them (relative ``/`` paths; ``full_info``: ``{path, size, modified, created}``; ``split``:
   ``[path, *parts]``). Reading and writing single files (``/userdata/{file}``) is not served here.
@@ -91,7 +91,7 @@ async def get_users(request: web.Request) -> web.Response:
 
 
 async def post_users(request: web.Request) -> web.Response:
-    raise ClientError(501, "not_supported", "Loom has a single user",
+    raise ClientError(400, "not_supported", "Loom has a single user",
                       "ComfyUI's users exist only with --multi-user; Loom has no such mode")
 
 

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import networkx as nx
 
 from loom.nodes.schema import InputSpec, InputValueError, Node, NodeRegistry, literal_kwargs, types_compatible
+from loom.server.budget import ResourceBudget, available_memory
 
 
 @dataclass
@@ -56,8 +57,9 @@ def literal_value(value: Any) -> Any:
     return value
 
 
-def validate_prompt(prompt: Any, registry: NodeRegistry,
-                    partial_execution_targets: Iterable[str] | None = None) -> ValidationResult:
+def validate_prompt(prompt: Any, registry: NodeRegistry, partial_execution_targets: Iterable[str] | None = None,
+                    budget: ResourceBudget | None = None) -> ValidationResult:
+    """ComfyUI's validation of an API prompt; with ``budget``, also the server's resource limits."""
     shape_error = _check_shape(prompt)
     if shape_error:
         return ValidationResult(ok=False, error=shape_error)
@@ -92,6 +94,12 @@ def validate_prompt(prompt: Any, registry: NodeRegistry,
     outputs.sort(key=_id_sort_key)
 
     graph, values = _check_nodes(prompt, registry, outputs, add)
+    if budget is not None:
+        free = available_memory()
+        for node_id, literals in values.items():
+            for input_name, message, details in budget.problems(literals, free):
+                add(node_id, error("value_exceeds_budget", message, details, input_name=input_name,
+                                   received_value=literals.get(input_name)))
 
     # one error per cycle, on its first node (everything on and after the cycle is invalid through it):
     # an error on every member naming every member would grow with the square of the cycle's length

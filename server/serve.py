@@ -19,31 +19,40 @@ from typing import Any
 from aiohttp import web
 
 from loom.server.app import ServerConfig, create_app, server_of
+from loom.server.budget import ResourceBudget
 from loom.server.notices import startup_notices
 
 log = logging.getLogger("loom.server")
 
 
-def run_server(args: argparse.Namespace | None = None, registry: Any = None, **options: Any) -> int:
-    """Serve until stopped; returns an exit code.
-
-    Reads ``host`` (default 127.0.0.1), ``port`` (8188), ``token``, ``no_browser``, ``workflow`` (the file the
-    editor opens first, served at ``/api/workflows/default``) from ``args`` (the
-    ``loom serve`` namespace) or from keyword ``options`` (which win). The base/models directories
-    must already be configured in :mod:`nodes.folders` (``loom serve`` does it). ``registry`` is the
-    node registry (default: the built-in nodes).
-    """
+def server_config(args: argparse.Namespace | None = None, registry: Any = None, **options: Any) -> ServerConfig:
+    """The :class:`ServerConfig` for the ``loom serve`` namespace ``args`` and keyword ``options`` (which win):
+    ``host`` (default 127.0.0.1), ``port`` (8188), ``token``, ``workflow`` (the file the editor opens first,
+    served at ``/api/workflows/default``), ``allowed_hosts``, ``allowed_origins``, ``expose_tracebacks``,
+    ``preview_method`` and the budget's ``max_pixels``/``max_batch``/``max_steps``. ``registry`` is the node
+    registry (default: the built-in nodes)."""
     def option(name: str, default: Any) -> Any:
         return options.get(name, getattr(args, name, default) if args is not None else default)
 
-    host = option("host", "127.0.0.1")
-    port = int(option("port", 8188))
-    open_browser = option("open_browser", not option("no_browser", False))
-    config = ServerConfig(host=host, port=port, token=option("token", None), registry=registry,
-                          expose_tracebacks=bool(option("expose_tracebacks", False)),
-                          default_workflow=option("workflow", None),
-                          allowed_hosts=tuple(option("allowed_hosts", ()) or ()),
-                          allowed_origins=tuple(option("allowed_origins", ()) or ()))
+    return ServerConfig(host=option("host", "127.0.0.1"), port=int(option("port", 8188)),
+                        token=option("token", None), registry=registry,
+                        expose_tracebacks=bool(option("expose_tracebacks", False)),
+                        default_workflow=option("workflow", None),
+                        allowed_hosts=tuple(option("allowed_hosts", ()) or ()),
+                        allowed_origins=tuple(option("allowed_origins", ()) or ()),
+                        preview_method=option("preview_method", None),
+                        budget=ResourceBudget(max_pixels=int(option("max_pixels", ResourceBudget.max_pixels)),
+                                              max_batch=int(option("max_batch", ResourceBudget.max_batch)),
+                                              max_steps=int(option("max_steps", ResourceBudget.max_steps))))
+
+
+def run_server(args: argparse.Namespace | None = None, registry: Any = None, **options: Any) -> int:
+    """Serve until stopped; returns an exit code. ``args``, ``registry`` and ``options`` are those of
+    :func:`server_config`, plus ``no_browser`` / ``open_browser``. The base/models directories must already
+    be configured in :mod:`nodes.folders` (``loom serve`` does it)."""
+    config = server_config(args, registry, **options)
+    open_browser = options.get("open_browser", not (options.get("no_browser", getattr(args, "no_browser", False))))
+    host, port = config.host, config.port
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

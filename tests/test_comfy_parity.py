@@ -475,7 +475,7 @@ def test_comfyui_routes_answer_in_comfyuis_shape(live):
             assert status == 404 and body["error"]["message"], (path, body)
         assert "GET /models" in r["/internal/folder_paths"][1]["error"]["details"]
         assert r["/internal/files/secrets"][0] == 400
-        assert r["POST /users"][0] == 501
+        assert r["POST /users"][0] == 400
         assert r["PATCH"][0] == 200
 
 

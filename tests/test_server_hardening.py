@@ -337,3 +337,98 @@ def test_loom_serve_listens_on_both_loopbacks(tmp_path):
             run_async(main())
     finally:
         assert server.terminate() == 0
+
+
+# -------------------------------------------------------------------------------------------------
+# 13.4: the resource budget
+# -------------------------------------------------------------------------------------------------
+
+def _post_prompt(url: str, prompt: dict) -> tuple[int, dict]:
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{url}/prompt", json={"prompt": prompt}) as response:
+                return response.status, await response.json()
+    return run_async(main())
+
+
+def _queue_length(url: str) -> int:
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/queue") as response:
+                body = await response.json()
+                return len(body["queue_pending"]) + len(body["queue_running"])
+    return run_async(main())
+
+
+def test_the_default_budget_refuses_a_latent_no_machine_holds(live):
+    """EmptyLatentImage 16384x16384 x 4096 (~275 GB) is valid for the schema, refused by the budget."""
+    prompt = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 16384, "height": 16384, "batch_size": 4096}},
+              "2": {"class_type": "TestOutput", "inputs": {"value": ["1", 0]}}}
+    before = _queue_length(live.url)
+    status, body = _post_prompt(live.url, prompt)
+    assert status == 400, body
+    errors = body["node_errors"]["1"]["errors"]
+    assert body["node_errors"]["1"]["class_type"] == "EmptyLatentImage"
+    assert body["node_errors"]["1"]["dependent_outputs"] == ["2"]
+    assert {e["type"] for e in errors} == {"value_exceeds_budget"}
+    pixels = next(e for e in errors if e["message"].startswith("Image too large"))
+    assert pixels["extra_info"]["input_name"] == "batch_size"
+    assert "16384x16384 x 4096 (batch_size)" in pixels["details"] and "--max-pixels" in pixels["details"]
+    assert _queue_length(live.url) == before
+    fine = {**prompt, "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}}}
+    status, body = _post_prompt(live.url, fine)
+    assert status == 200, body
+
+
+def test_loom_serve_budget_flags(tmp_path):
+    server = ServerProcess(tmp_path, "--max-steps", "3", "--max-batch", "2", "--max-pixels", "10000")
+    try:
+        sleepy = {"1": {"class_type": "TestConstInt", "inputs": {"value": 1}},
+                  "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": 0.0, "steps": 4}},
+                  "3": {"class_type": "TestOutput", "inputs": {"value": ["2", 0]}}}
+        status, body = _post_prompt(server.url, sleepy)
+        assert status == 400, body
+        (problem,) = body["node_errors"]["2"]["errors"]
+        assert problem["extra_info"]["input_name"] == "steps" and "at most 3" in problem["details"]
+        latent = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
+                  "2": {"class_type": "TestOutput", "inputs": {"value": ["1", 0]}}}
+        status, body = _post_prompt(server.url, latent)
+        assert status == 400, body
+        messages = sorted(e["message"] for e in body["node_errors"]["1"]["errors"])
+        assert messages == ["Batch too large", "Image too large for this server"]
+        latent["1"]["inputs"]["batch_size"] = 2
+        status, body = _post_prompt(server.url, latent)
+        assert status == 200, body
+        assert _queue_length(server.url) <= 1
+    finally:
+        assert server.terminate() == 0
+
+
+def test_budget_rule_against_free_memory():
+    from loom.server.budget import ResourceBudget
+
+    budget = ResourceBudget(max_pixels=0, memory_fraction=0.5)
+    values = {"width": 1024, "height": 1024, "batch_size": 8}
+    needed = 1024 * 1024 * 8 * 12
+    assert budget.problems(values, available_memory=needed * 2) == []
+    (problem,) = budget.problems(values, available_memory=needed)
+    assert problem[0] == "batch_size" and problem[1] == "Image too large for the free memory"
+    assert budget.problems(values, available_memory=None) == []
+    assert ResourceBudget(max_pixels=0, max_batch=0, max_steps=0, memory_fraction=0).problems(
+        {"width": 10**6, "height": 10**6, "batch_size": 10**6, "steps": 10**9}, 1) == []
+    assert budget.problems({"width": 64, "height": True}, 1) == []  # not ints: the schema check reports them
+
+
+def test_loom_serve_flags_reach_the_server_config():
+    from loom.server.budget import ResourceBudget
+    from loom.server.cli import build_parser
+    from loom.server.serve import server_config
+
+    args = build_parser().parse_args(["serve", "--preview-method", "none", "--max-steps", "3", "--max-batch", "0",
+                                      "--max-pixels", "4096"])
+    config = server_config(args, registry=None)
+    assert config.preview_method == "none"
+    assert config.budget == ResourceBudget(max_pixels=4096, max_batch=0, max_steps=3)
+    defaults = server_config(build_parser().parse_args(["serve"]))
+    assert defaults.preview_method is None and defaults.budget == ResourceBudget()
+    assert (defaults.host, defaults.port) == ("127.0.0.1", 8188)
