@@ -9,6 +9,7 @@ the server's RSS before and after.
 
     python bench/server.py                 # 50 clients x 20 prompts
     python bench/server.py --clients 10 --prompts 5 --sleep 0.03
+    python bench/server.py --big-prompt 200000   # /api/health latency while a 200,000-node prompt is queued
 """
 from __future__ import annotations
 
@@ -109,6 +110,40 @@ async def client(index: int, url: str, prompts: int, sleep: float, results: dict
                           "finished": time.perf_counter()}
 
 
+def chain_prompt(nodes: int) -> dict:
+    prompt = {"1": {"class_type": "TestConstInt", "inputs": {"value": 1}}}
+    for index in range(2, nodes):
+        prompt[str(index)] = {"class_type": "TestAdd", "inputs": {"a": [str(index - 1), 0], "b": 1}}
+    prompt[str(nodes)] = {"class_type": "TestOutput", "inputs": {"value": [str(nodes - 1), 0]}}
+    return prompt
+
+
+async def big_prompt(url: str, nodes: int, settle: float) -> dict:
+    """Poll /api/health every 20 ms while one huge prompt is posted, validated, queued and run."""
+    body = json.dumps({"prompt": chain_prompt(nodes)}).encode()
+    latencies: list[float] = []
+    done = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        async def poll() -> None:
+            while not done.is_set():
+                started = time.perf_counter()
+                async with session.get(f"{url}/api/health") as response:
+                    await response.read()
+                latencies.append(time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+        poller = asyncio.create_task(poll())
+        await asyncio.sleep(0.3)
+        started = time.perf_counter()
+        async with session.post(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"}) as response:
+            status = response.status
+            await response.read()
+        post_seconds = time.perf_counter() - started
+        await asyncio.sleep(settle)  # the worker validates and runs it meanwhile
+        done.set()
+        await poller
+    return {"bytes": len(body), "status": status, "post_seconds": post_seconds, "latencies": latencies}
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -127,7 +162,24 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--prompts", type=int, default=20, help="prompts per client")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each prompt sleeps in TestSleep")
+    parser.add_argument("--big-prompt", type=int, default=0, metavar="NODES",
+                        help="instead: health-check latency while one prompt of this many nodes is queued")
+    parser.add_argument("--settle", type=float, default=6.0, help="seconds to keep polling after the big POST")
     args = parser.parse_args()
+    if args.big_prompt:
+        with tempfile.TemporaryDirectory() as base:
+            proc, url = start_server(Path(base))
+            try:
+                big = asyncio.run(big_prompt(url, args.big_prompt, args.settle))
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        health = big["latencies"]
+        print(f"big prompt       {args.big_prompt} nodes, {big['bytes'] / 1e6:.1f} MB: POST /prompt answered "
+              f"{big['status']} in {big['post_seconds']:.2f} s")
+        print(f"/api/health      p50 {percentile(health, 0.5) * 1000:.1f} ms  p99 {percentile(health, 0.99) * 1000:.1f} ms  "
+              f"max {max(health) * 1000:.1f} ms over {len(health)} checks (while it was parsed, validated, queued, run)")
+        return 0 if big["status"] == 200 else 1
     with tempfile.TemporaryDirectory() as base:
         proc, url = start_server(Path(base))
         try:

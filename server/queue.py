@@ -144,6 +144,8 @@ class PromptQueue:
             raise QueueStoreError(f"cannot open the queue database {self.db_path.name}: {error}") from None
         self.recovered = self._recover()
         self._trim_history()
+        self._counts = (0, 0)
+        self._count_states()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -178,6 +180,7 @@ class PromptQueue:
         self._listeners.append(listener)
 
     def _changed(self) -> None:
+        self._count_states()
         for listener in list(self._listeners):
             try:
                 listener()
@@ -332,10 +335,16 @@ class PromptQueue:
         return row[0] if row else None
 
     def counts(self) -> tuple[int, int]:
-        """``(pending, running)``."""
+        """``(pending, running)``, as of the last change: read without waiting for the lock, so the event
+        loop's status messages never wait for a thread that is writing the queue."""
+        return self._counts
+
+    def _count_states(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             rows = dict(self._db.execute("SELECT state, COUNT(*) FROM queue GROUP BY state").fetchall())
-        return rows.get("pending", 0), rows.get("running", 0)
+            self._counts = (rows.get("pending", 0), rows.get("running", 0))
 
     def remaining(self) -> int:
         """ComfyUI's ``queue_remaining``: pending plus running."""
