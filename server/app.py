@@ -175,31 +175,41 @@ class LoomServer:
 
     async def _enqueue(self, prompt: dict, prompt_id: str | None, extra_data: dict, number: float | None,
                        front: bool, targets: list[str] | None) -> web.Response:
-        from loom.server.graph import validate_prompt
-        validation = await asyncio.to_thread(validate_prompt, prompt, self.registry, targets, self.config.budget)
+        # validating and storing are one trip to a thread: each trip costs a hand-over both ways, and under
+        # many concurrent clients those hand-overs are most of an enqueue's latency
+        prompt_id = prompt_id or str(uuid.uuid4())
+        validation, number = await asyncio.to_thread(self._validate_and_store, prompt, prompt_id, extra_data,
+                                                     number, front, targets)
         if not validation.ok:
             return web.json_response(scrub_paths({"error": validation.error,
                                                   "node_errors": validation.node_errors}), status=400)
-        if (path := await asyncio.to_thread(non_finite_path, prompt)) is not None:
+        log.debug("prompt %s queued (number %s)", prompt_id, _plain(number))
+        return web.json_response({"prompt_id": prompt_id, "number": _plain(number),
+                                  "node_errors": scrub_paths(validation.node_errors)})
+
+    def _validate_and_store(self, prompt: dict, prompt_id: str, extra_data: dict, number: float | None,
+                            front: bool, targets: list[str] | None) -> tuple[Any, float]:
+        """(validation, queue number); an invalid prompt is not stored (its number is then 0)."""
+        from loom.server.graph import validate_prompt
+        validation = validate_prompt(prompt, self.registry, targets, self.config.budget)
+        if not validation.ok:
+            return validation, 0
+        if (path := non_finite_path(prompt)) is not None:
             # an input validation did not read (one the node does not have) can still hold 1e999
             node_id, rest = path[0], path[1:]
             where = f"input '{rest[1]}'" if len(rest) >= 2 and rest[0] == "inputs" else "/".join(rest)
             raise ClientError(400, "invalid_prompt", "Invalid prompt",
                               f"node {node_id} {where}: the number is too large to be finite (JSON has no "
                               "Infinity)", node_id=node_id)
-        prompt_id = prompt_id or str(uuid.uuid4())
         try:
-            number = await asyncio.to_thread(self.queue.put, prompt_id, prompt, extra_data, validation.outputs,
-                                             number=number, front=front)
+            return validation, self.queue.put(prompt_id, prompt, extra_data, validation.outputs, number=number,
+                                              front=front)
         except KeyError:
             raise ClientError(400, "duplicate_prompt_id", "prompt_id already used",
                               "a queued, running or finished prompt has this id; leave prompt_id out "
                               "to get a fresh one") from None
         except QueueStoreError as error:
             raise ClientError(503, "queue_unavailable", "The queue is not available", str(error)) from None
-        log.debug("prompt %s queued (number %s)", prompt_id, _plain(number))
-        return web.json_response({"prompt_id": prompt_id, "number": _plain(number),
-                                  "node_errors": scrub_paths(validation.node_errors)})
 
     async def get_prompt(self, request: web.Request) -> web.Response:
         return web.json_response({"exec_info": {"queue_remaining": self.queue.remaining()}})

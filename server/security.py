@@ -263,6 +263,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error.response()
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "too_large", "Request body too large")
+    except folders.StorageError as error:  # the disk is full or read-only: nothing was written
+        return json_error(507, "storage_error", "The server could not store the file", str(error))
     except HttpProcessingError as error:  # a body aiohttp cannot parse, e.g. a control byte in a multipart header
         return json_error(400, "bad_request", "Malformed request", str(error.message)[:200])
     except web.HTTPException as error:

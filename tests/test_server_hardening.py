@@ -432,3 +432,31 @@ def test_loom_serve_flags_reach_the_server_config():
     defaults = server_config(build_parser().parse_args(["serve"]))
     assert defaults.preview_method is None and defaults.budget == ResourceBudget()
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8188)
+
+
+def test_an_upload_to_a_full_disk_is_a_507_and_leaves_nothing(live, monkeypatch):
+    """X12 for uploads: the disk filling up is the server's trouble, said as such, not a 500."""
+    import errno
+    import os as os_module
+
+    from loom.nodes import folders
+
+    real_write = os_module.write
+
+    def full_disk(fd, data):
+        real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    png = io.BytesIO()
+    Image.new("RGB", (6, 6), (1, 2, 3)).save(png, format="PNG")
+    before = sorted(p.name for p in folders.input_dir().iterdir())
+    monkeypatch.setattr(os_module, "write", full_disk)
+
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            return await _upload(session, live.url, png.getvalue(), "full-disk.png")
+    status, text = run_async(main())
+    monkeypatch.setattr(os_module, "write", real_write)
+    assert status == 507, text
+    assert "no space left on device" in text and "Traceback" not in text
+    assert sorted(p.name for p in folders.input_dir().iterdir()) == before
