@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loom.server import sweep
 from loom.server.cli import main
+from loom.server.sweep import SweepError
+from loom.server.sweep.plan import Dimension, Run, RunResult, Workflow, points, rename_outputs, seed_targets
+from loom.server.sweep.progress import SweepProgress
+from loom.server.sweep.remote import TOKEN_ENV
+from loom.server.sweep.values import Definitions, InputInfo, coerce, parse_seeds, split_values
 from tests.conftest import NODEPACK
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,45 +56,45 @@ def seed_of(path: Path) -> int:
 # ------------------------------------------------------------------------------------ parsing (no model)
 
 def test_parse_seeds_ranges_lists_and_mixes():
-    assert sweep.parse_seeds("7") == [7]
-    assert sweep.parse_seeds("1-4") == [1, 2, 3, 4]
-    assert sweep.parse_seeds("1,5,9") == [1, 5, 9]
-    assert sweep.parse_seeds("1-3, 10") == [1, 2, 3, 10]
+    assert parse_seeds("7") == [7]
+    assert parse_seeds("1-4") == [1, 2, 3, 4]
+    assert parse_seeds("1,5,9") == [1, 5, 9]
+    assert parse_seeds("1-3, 10") == [1, 2, 3, 10]
     for bad, message in (("1-x", "not a seed or a range"), ("5-1", "runs backwards"), ("", "not a seed")):
-        with pytest.raises(sweep.SweepError, match=message):
-            sweep.parse_seeds(bad)
+        with pytest.raises(SweepError, match=message):
+            parse_seeds(bad)
 
 
 def test_split_values_by_input_type():
-    number = sweep.InputInfo("cfg", "FLOAT", {"min": 0.0, "max": 100.0})
-    text = sweep.InputInfo("text", "STRING", {})
-    combo = sweep.InputInfo("ckpt_name", "COMBO", {}, ["a,b.safetensors", "c.safetensors"])
-    assert sweep.split_values("4, 6,8", number) == ["4", "6", "8"]
-    assert sweep.split_values("[4, 6.5]", number) == [4, 6.5]
-    assert sweep.split_values("a red circle, yellow", text) == ["a red circle, yellow"]  # prompts keep commas
-    assert sweep.split_values('["a cat, sitting", "a dog"]', text) == ["a cat, sitting", "a dog"]
-    assert sweep.split_values("a,b.safetensors", combo) == ["a,b.safetensors"]
-    assert sweep.split_values(r"x\,y,z", combo) == ["x,y", "z"]
-    assert sweep.coerce(number, "6") == 6.0
-    with pytest.raises(sweep.SweepError, match="above the maximum 100"):
-        sweep.coerce(number, "101")
-    with pytest.raises(sweep.SweepError, match="not one of the options: a,b.safetensors, c.safetensors"):
-        sweep.coerce(combo, "d.safetensors")
+    number = InputInfo("cfg", "FLOAT", {"min": 0.0, "max": 100.0})
+    text = InputInfo("text", "STRING", {})
+    combo = InputInfo("ckpt_name", "COMBO", {}, ["a,b.safetensors", "c.safetensors"])
+    assert split_values("4, 6,8", number) == ["4", "6", "8"]
+    assert split_values("[4, 6.5]", number) == [4, 6.5]
+    assert split_values("a red circle, yellow", text) == ["a red circle, yellow"]  # prompts keep commas
+    assert split_values('["a cat, sitting", "a dog"]', text) == ["a cat, sitting", "a dog"]
+    assert split_values("a,b.safetensors", combo) == ["a,b.safetensors"]
+    assert split_values(r"x\,y,z", combo) == ["x,y", "z"]
+    assert coerce(number, "6") == 6.0
+    with pytest.raises(SweepError, match="above the maximum 100"):
+        coerce(number, "101")
+    with pytest.raises(SweepError, match="not one of the options: a,b.safetensors, c.safetensors"):
+        coerce(combo, "d.safetensors")
 
 
 def test_points_product_and_zip():
-    dims = [sweep.Dimension("--seed 1-3", "seed", [1, 2, 3]), sweep.Dimension("--set x", "cfg", ["4", "6", "8"]),
-            sweep.Dimension("--set y", "steps", ["2"])]
-    assert len(sweep.points(dims, zipped=False)) == 9
-    assert sweep.points(dims, zipped=True) == [(0, 0, 0), (1, 1, 0), (2, 2, 0)]
+    dims = [Dimension("--seed 1-3", "seed", [1, 2, 3]), Dimension("--set x", "cfg", ["4", "6", "8"]),
+            Dimension("--set y", "steps", ["2"])]
+    assert len(points(dims, zipped=False)) == 9
+    assert points(dims, zipped=True) == [(0, 0, 0), (1, 1, 0), (2, 2, 0)]
     dims[1].values = ["4", "6"]
-    with pytest.raises(sweep.SweepError, match="seed has 3, cfg has 2 values"):
-        sweep.points(dims, zipped=True)
+    with pytest.raises(SweepError, match="seed has 3, cfg has 2 values"):
+        points(dims, zipped=True)
 
 
 def test_file_names_are_filesystem_safe():
     prompt = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "portraits/ComfyUI"}}}
-    sweep.rename_outputs(prompt, "txt2img", {"seed": "3", "ckpt_name": "sub/dir/my model%v2.safetensors"})
+    rename_outputs(prompt, "txt2img", {"seed": "3", "ckpt_name": "sub/dir/my model%v2.safetensors"})
     assert prompt["9"]["inputs"]["filename_prefix"] == (
         "portraits/txt2img_seed-3_ckpt_name-sub_dir_my_model_v2.safetensors")
 
@@ -101,13 +105,13 @@ def test_two_bars_on_a_terminal():
             return True
 
     stream = Terminal()
-    progress = sweep.SweepProgress(2, stream)
-    workflow = sweep.Workflow(TXT2IMG, {"3": {"class_type": "KSampler", "inputs": {}}}, None)
-    run = sweep.Run(1, workflow, {"seed": "1"}, workflow.prompt)
+    progress = SweepProgress(2, stream)
+    workflow = Workflow(TXT2IMG, {"3": {"class_type": "KSampler", "inputs": {}}}, None)
+    run = Run(1, workflow, {"seed": "1"}, workflow.prompt)
     progress.start_run(run, ["3"])
     progress.on_event("executing", {"node": "3"})
     progress.on_event("progress", {"value": 1, "max": 2})
-    progress.end_run(sweep.RunResult(run, seconds=0.5))
+    progress.end_run(RunResult(run, seconds=0.5))
     progress.close()
     text = stream.getvalue()
     assert "sweep [" in text and "] 0/2" in text and "] 1/2" in text and "txt2img.json seed=1" in text
@@ -119,13 +123,13 @@ def test_seed_targets_are_sampler_seeds_and_what_feeds_them(registry):
     # RandomNoise (ComfyUI's custom-sampler seed) as /object_info describes it
     random_noise = {"input": {"required": {"noise_seed": ["INT", {"default": 0, "min": 0,
                                                                    "control_after_generate": True}]}}}
-    definitions = sweep.Definitions({**registry.object_info(), "RandomNoise": random_noise})
+    definitions = Definitions({**registry.object_info(), "RandomNoise": random_noise})
     prompt = {"1": {"class_type": "KSamplerAdvanced", "inputs": {"noise_seed": 0}},
               "2": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
               "3": {"class_type": "PrimitiveInt", "inputs": {"value": 0}},
               "4": {"class_type": "KSampler", "inputs": {"seed": ["3", 0]}},
               "5": {"class_type": "PrimitiveInt", "inputs": {"value": 512}}}  # a width, say: not a seed
-    found = [(node_id, info.name) for node_id, info in sweep.seed_targets(prompt, definitions)]
+    found = [(node_id, info.name) for node_id, info in seed_targets(prompt, definitions)]
     assert found == [("1", "noise_seed"), ("2", "noise_seed"), ("3", "value")]
 
 
@@ -324,11 +328,11 @@ def served(models, tmp_path_factory):
 def test_server_sweep_queues_runs_and_downloads_outputs(capsys, base_dir, models, tmp_path, monkeypatch, served):
     server, server_base = served
     summary = tmp_path / "summary.json"
-    monkeypatch.delenv(sweep.TOKEN_ENV, raising=False)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
     code, _, err = loom(capsys, base_dir, models, "--seed", "1,2", "--server", server.url)
     assert code == 1 and "Authentication required" in err and "$LOOM_TOKEN" in err
 
-    monkeypatch.setenv(sweep.TOKEN_ENV, TOKEN)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
     sheet = tmp_path / "sheet.png"
     code, out, err = loom(capsys, base_dir, models, "--seed", "1,2", "--set", "KSampler.cfg=4,6", "--server",
                           server.url, "--summary-json", str(summary), "--contact-sheet", str(sheet))
