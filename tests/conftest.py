@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -65,3 +66,27 @@ def base_dir(tmp_path, monkeypatch):
     folders.configure(tmp_path)
     yield tmp_path
     folders.configure(previous.base_dir, previous.models_dir, previous.extra_paths)
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """The system Chromium through Playwright's sync API, one for the session.
+
+    While it is open, Playwright's event loop counts as running in the main thread: a test that calls
+    ``asyncio.run`` (directly or through code under test) must do it in another thread
+    (``tests.fixtures_server.run_async``, ``in_thread``).
+    """
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("the system Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+

@@ -31,11 +31,17 @@ def run_async(coro: Any) -> Any:
     The calling thread may already have a running loop (Playwright's sync API leaves one in the
     browser tests' session), where ``asyncio.run`` refuses to start.
     """
+    return in_thread(asyncio.run, coro)
+
+
+def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a thread of its own: for code that starts an event loop (``asyncio.run``),
+    which it cannot do in a thread where Playwright's loop is running. Exceptions reach the caller."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            outcome["value"] = asyncio.run(coro)
+            outcome["value"] = fn(*args, **kwargs)
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
 

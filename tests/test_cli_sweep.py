@@ -20,6 +20,7 @@ from loom.server.sweep.progress import SweepProgress
 from loom.server.sweep.remote import TOKEN_ENV
 from loom.server.sweep.values import Definitions, InputInfo, coerce, parse_seeds, split_values
 from tests.conftest import NODEPACK
+from tests.fixtures_server import in_thread
 
 REPO = Path(__file__).resolve().parents[1]
 TXT2IMG = REPO / "workflows" / "txt2img.json"
@@ -38,8 +39,9 @@ def models(tmp_path_factory) -> Path:
 
 
 def loom(capsys, base_dir: Path, models: Path, *argv: str, workflows=(TXT2IMG,)) -> tuple[int, str, str]:
-    code = main(["run", *map(str, workflows), "--base-dir", str(base_dir), "--models-dir", str(models), *TINY,
-                 *argv])
+    # in a thread of its own: --server runs an event loop, which the browser tests' Playwright loop would refuse
+    code = in_thread(main, ["run", *map(str, workflows), "--base-dir", str(base_dir), "--models-dir", str(models),
+                            *TINY, *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

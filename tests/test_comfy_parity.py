@@ -575,45 +575,36 @@ def test_hub_delivers_to_others_when_one_send_raises():
         await hub.unregister(b)
         return hub, a, bad, good
 
-    hub, a, bad, good = asyncio.run(main())
+    hub, a, bad, good = run_async(main())
     assert "bad" not in hub.clients and a.closed and bad.closed and bad.close_code == 1011
     assert len(good.sent) == 6
 
 
 @pytest.mark.browser
-def test_the_editor_opts_in_and_gets_latent_previews(live):
+def test_the_editor_opts_in_and_gets_latent_previews(live, browser):
     """Loom's editor (web/api.js) asks for latent previews in its first message, and a server-sent step
     preview reaches its api as a ``preview`` event."""
-    import shutil
     import time
 
-    from tests.browser.conftest import CHROMIUM_ARGS
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("the system Chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(live.url + "/")
-            page.wait_for_function("window.loom && window.loom.ready && window.loom.editor.api.connected",
-                                   timeout=30000)
-            client_id = page.evaluate("loom.editor.api.clientId")
-            deadline = time.monotonic() + 10
-            while not live.server.hub.wants_latent_previews(client_id) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert live.server.hub.wants_latent_previews(client_id)
-            page.evaluate("""() => { window.__previews = [];
-                loom.editor.api.addEventListener('preview', (e) => window.__previews.push(e.detail.blob.type)); }""")
-            body = json.dumps({"prompt": txt2img(seed=31, batch_size=1, steps=4, websocket=False),
-                               "client_id": client_id}).encode()
-            request = urllib.request.Request(f"{live.url}/prompt", data=body,
-                                             headers={"Content-Type": "application/json"})
-            prompt_id = json.loads(urllib.request.urlopen(request).read())["prompt_id"]
-            page.wait_for_function("window.__previews.length > 0", timeout=60000)
-            assert set(page.evaluate("window.__previews")) == {"image/jpeg"}
-            run(_history_of(live, prompt_id))  # let the prompt finish before the next test
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        page.goto(live.url + "/")
+        page.wait_for_function("window.loom && window.loom.ready && window.loom.editor.api.connected",
+                               timeout=30000)
+        client_id = page.evaluate("loom.editor.api.clientId")
+        deadline = time.monotonic() + 10
+        while not live.server.hub.wants_latent_previews(client_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live.server.hub.wants_latent_previews(client_id)
+        page.evaluate("""() => { window.__previews = [];
+            loom.editor.api.addEventListener('preview', (e) => window.__previews.push(e.detail.blob.type)); }""")
+        body = json.dumps({"prompt": txt2img(seed=31, batch_size=1, steps=4, websocket=False),
+                           "client_id": client_id}).encode()
+        request = urllib.request.Request(f"{live.url}/prompt", data=body,
+                                         headers={"Content-Type": "application/json"})
+        prompt_id = json.loads(urllib.request.urlopen(request).read())["prompt_id"]
+        page.wait_for_function("window.__previews.length > 0", timeout=60000)
+        assert set(page.evaluate("window.__previews")) == {"image/jpeg"}
+        run(_history_of(live, prompt_id))  # let the prompt finish before the next test
+    finally:
+        page.close()
