@@ -528,6 +528,9 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.vae",
     "loom.nodes.lora",
     "loom.nodes.controlnet",
+    "loom.nodes.mask",
+    "loom.nodes.compositing",
+    "loom.nodes.resize_image_mask",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 

@@ -43,7 +43,7 @@ def server_headers(token: str | None) -> dict[str, str]:
 async def _json(response: Any) -> Any:
     try:
         return await response.json(content_type=None)
-    except (ValueError, Exception):
+    except ValueError:  # not JSON: the caller reports the status instead
         return None
 
 
@@ -79,7 +79,7 @@ async def convert_on_server(session: Any, base: str, ui: dict[str, Any], path: P
 
 
 def _safe_relative(subfolder: str, filename: str) -> Path | None:
-    parts = [p for p in PurePosixPath(subfolder.replace("\\", "/")).parts + PurePosixPath(filename).parts]
+    parts = list(PurePosixPath(subfolder.replace("\\", "/")).parts + PurePosixPath(filename).parts)
     if not parts or any(p in ("..", "") or p.startswith("/") for p in parts) or "/" in filename.replace("\\", "/"):
         return None
     return Path(*parts)
