@@ -26,7 +26,7 @@ import inspect
 import math
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
@@ -92,6 +92,10 @@ class InputSpec:
     def check_value(self, value: Any) -> Any:
         """Return the value coerced to this input's type, or raise :class:`InputValueError`."""
         return value
+
+    def expand(self) -> list["InputSpec"]:
+        """The concrete inputs a prompt names for this one (itself; a dynamic input gives several)."""
+        return [self]
 
 
 def _number_options(spec: "Int | Float") -> dict[str, Any]:
@@ -319,6 +323,65 @@ class Socket(InputSpec):
     """An input that only takes a link (MODEL, LATENT, IMAGE, ...)."""
 
 
+AUTOGROW_MAX_NAMES = 100
+
+
+@dataclass
+class Autogrow(InputSpec):
+    """ComfyUI's ``COMFY_AUTOGROW_V3`` dynamic input: a row of copies of ``template`` that grows as
+    the editor links more.
+
+    ``/object_info`` lists the one declared input (``["COMFY_AUTOGROW_V3", {"template": {"input":
+    {...}, "prefix"|"names": ..., "min": ..., "max": ...}}]``); a prompt names each copy
+    ``"{name}.{slot}"`` (``"images.image0"``, ``"images.image1"``, ...), slots ``prefix0..prefix{max-1}``
+    or the given ``names``. The first ``min`` copies are required (when the template is). Validation
+    and execution see the copies (:meth:`expand`); :func:`autogrow_values` gathers them back.
+    """
+
+    type: str = "COMFY_AUTOGROW_V3"
+    template: InputSpec | None = None
+    prefix: str | None = None
+    names: Sequence[str] | None = None
+    min: int = 1
+    max: int = 10
+
+    def slots(self) -> list[str]:
+        if self.names is not None:
+            return list(self.names)[:AUTOGROW_MAX_NAMES]
+        return [f"{self.prefix}{i}" for i in range(min(self.max, AUTOGROW_MAX_NAMES))]
+
+    def _template(self) -> InputSpec:
+        if self.template is None:
+            raise ValueError(f"autogrow input {self.name!r} has no template")
+        template = replace(self.template)
+        if template.widget_type:
+            template.force_input = True  # copies of a widget input are sockets, as in ComfyUI
+        return template
+
+    def options(self) -> dict[str, Any]:
+        template = self._template()
+        listing: dict[str, Any] = {"required": {}}
+        listing.setdefault("optional" if template.optional else "required", {})[template.name] = template.info()
+        shape: dict[str, Any] = {"input": listing}
+        if self.names is not None:
+            shape |= {"names": self.slots(), "min": self.min}
+        else:
+            shape |= {"prefix": self.prefix, "min": self.min, "max": self.max}
+        return {"template": shape} | super().options()
+
+    def expand(self) -> list[InputSpec]:
+        template = self._template()
+        return [replace(template, name=f"{self.name}.{slot}",
+                        optional=template.optional or index >= self.min)
+                for index, slot in enumerate(self.slots())]
+
+
+def autogrow_values(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``{slot: value}`` of the copies of autogrow input ``name`` among ``execute``'s keyword inputs."""
+    head = name + "."
+    return {key[len(head):]: value for key, value in inputs.items() if key.startswith(head)}
+
+
 @dataclass
 class Hidden:
     """A hidden input filled by the executor: ``PROMPT``, ``EXTRA_PNGINFO`` or ``UNIQUE_ID``."""
@@ -359,7 +422,12 @@ class Schema:
     deprecated: bool = False
     experimental: bool = False
 
+    declared_inputs: list[InputSpec] = field(default_factory=list, init=False, repr=False)
+    """The inputs as declared (what ``/object_info`` lists); ``inputs`` holds them expanded."""
+
     def __post_init__(self) -> None:
+        self.declared_inputs = list(self.inputs)
+        self.inputs = [concrete for spec in self.declared_inputs for concrete in spec.expand()]
         names = [spec.name for spec in self.inputs] + [h.name for h in self.hidden]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
@@ -442,8 +510,8 @@ class Node:
     @classmethod
     def object_info(cls) -> dict[str, Any]:
         schema = cls.schema()
-        required = {s.name: s.info() for s in schema.required_inputs}
-        optional = {s.name: s.info() for s in schema.optional_inputs}
+        required = {s.name: s.info() for s in schema.declared_inputs if not s.optional}
+        optional = {s.name: s.info() for s in schema.declared_inputs if s.optional}
         hidden = {h.name: h.type for h in schema.hidden}
         inputs: dict[str, Any] = {"required": required}
         order: dict[str, list[str]] = {"required": list(required)}
