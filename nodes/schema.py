@@ -599,6 +599,11 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.mask",
     "loom.nodes.compositing",
     "loom.nodes.resize_image_mask",
+    "loom.nodes.image_transform",
+    "loom.nodes.image_filters",
+    "loom.nodes.image_batch",
+    "loom.nodes.image_animated",
+    "loom.nodes.image_compare",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 
