@@ -42,7 +42,7 @@ class EmptyLatentImage(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "EmptyLatentImage", display_name="Empty Latent Image", category="latent",
+            "EmptyLatentImage", display_name="Empty Latent Image", category="model/latent",
             description="Create a new batch of empty latent images to be denoised via sampling.",
             inputs=[Int("width", default=512, min=16, max=MAX_RESOLUTION, step=8,
                         tooltip="The width of the latent images in pixels."),
@@ -62,7 +62,7 @@ class LatentUpscale(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LatentUpscale", display_name="Upscale Latent", category="latent",
+            "LatentUpscale", display_name="Upscale Latent", category="model/latent",
             inputs=[Socket("samples", "LATENT"),
                     Combo("upscale_method", options_source=LATENT_UPSCALE_METHODS),
                     Int("width", default=512, min=0, max=MAX_RESOLUTION, step=8),
@@ -95,7 +95,7 @@ class LatentUpscaleBy(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LatentUpscaleBy", display_name="Upscale Latent By", category="latent",
+            "LatentUpscaleBy", display_name="Upscale Latent By", category="model/latent",
             inputs=[Socket("samples", "LATENT"),
                     Combo("upscale_method", options_source=LATENT_UPSCALE_METHODS),
                     Float("scale_by", default=1.5, min=0.01, max=8.0, step=0.01)],
@@ -119,7 +119,7 @@ class LatentComposite(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LatentComposite", display_name="Latent Composite", category="latent",
+            "LatentComposite", display_name="Latent Composite", category="model/latent",
             inputs=[Socket("samples_to", "LATENT"), Socket("samples_from", "LATENT"),
                     Int("x", default=0, min=0, max=MAX_RESOLUTION, step=8),
                     Int("y", default=0, min=0, max=MAX_RESOLUTION, step=8),
@@ -159,7 +159,7 @@ class LatentBlend(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LatentBlend", display_name="Latent Blend", category="_for_testing",
+            "LatentBlend", display_name="Latent Blend", category="experimental",
             inputs=[Socket("samples1", "LATENT"), Socket("samples2", "LATENT"),
                     Float("blend_factor", default=0.5, min=0, max=1, step=0.01)],
             outputs=[Output("LATENT")])
@@ -181,7 +181,7 @@ class LatentRotate(Node):
 
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("LatentRotate", display_name="Rotate Latent", category="latent/transform",
+        return Schema("LatentRotate", display_name="Rotate Latent", category="model/latent/transform",
                       inputs=[Socket("samples", "LATENT"), Combo("rotation", options_source=cls.ROTATIONS)],
                       outputs=[Output("LATENT")])
 
@@ -199,7 +199,7 @@ class LatentFlip(Node):
 
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("LatentFlip", display_name="Flip Latent", category="latent/transform",
+        return Schema("LatentFlip", display_name="Flip Latent", category="model/latent/transform",
                       inputs=[Socket("samples", "LATENT"), Combo("flip_method", options_source=cls.FLIPS)],
                       outputs=[Output("LATENT")])
 
@@ -216,7 +216,7 @@ class LatentCrop(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LatentCrop", display_name="Crop Latent", category="latent/transform",
+            "LatentCrop", display_name="Crop Latent", category="model/latent/transform",
             inputs=[Socket("samples", "LATENT"),
                     Int("width", default=512, min=64, max=MAX_RESOLUTION, step=8),
                     Int("height", default=512, min=64, max=MAX_RESOLUTION, step=8),
@@ -239,7 +239,7 @@ class LatentCrop(Node):
 class SetLatentNoiseMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("SetLatentNoiseMask", display_name="Set Latent Noise Mask", category="latent/inpaint",
+        return Schema("SetLatentNoiseMask", display_name="Set Latent Noise Mask", category="model/latent",
                       inputs=[Socket("samples", "LATENT"), Socket("mask", "MASK")],
                       outputs=[Output("LATENT")])
 
@@ -262,16 +262,18 @@ class LatentFromBatch(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LatentFromBatch", display_name="Latent From Batch", category="latent/batch",
+            "LatentFromBatch", display_name="Latent From Batch", category="model/latent/batch",
             inputs=[Socket("samples", "LATENT"),
-                    Int("batch_index", default=0, min=0, max=63),
+                    Int("batch_index", default=0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION),
                     Int("length", default=1, min=1, max=64)],
             outputs=[Output("LATENT")])
 
     @classmethod
     def execute(cls, samples: dict, batch_index: int, length: int) -> tuple:
         tensor = _samples(samples, "LatentFromBatch")
-        batch_index = min(tensor.shape[0] - 1, batch_index)
+        if batch_index < 0:  # counts from the end
+            batch_index += tensor.shape[0]
+        batch_index = max(0, min(tensor.shape[0] - 1, batch_index))
         length = min(tensor.shape[0] - batch_index, length)
         out = samples.copy()
         out["samples"] = tensor[batch_index:batch_index + length].clone()
@@ -294,7 +296,7 @@ class LatentFromBatch(Node):
 class RepeatLatentBatch(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("RepeatLatentBatch", display_name="Repeat Latent Batch", category="latent/batch",
+        return Schema("RepeatLatentBatch", display_name="Repeat Latent Batch", category="model/latent/batch",
                       inputs=[Socket("samples", "LATENT"), Int("amount", default=1, min=1, max=64)],
                       outputs=[Output("LATENT")])
 
@@ -302,10 +304,11 @@ class RepeatLatentBatch(Node):
     def execute(cls, samples: dict, amount: int) -> tuple:
         tensor = _samples(samples, "RepeatLatentBatch")
         out = samples.copy()
-        out["samples"] = tensor.repeat((amount, 1, 1, 1))
+        out["samples"] = tensor.repeat((amount,) + (1,) * (tensor.ndim - 1))
         if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
-            masks = _repeat_masks(samples["noise_mask"], tensor.shape[0])
-            out["noise_mask"] = masks.repeat((amount, 1, 1, 1))
+            # ComfyUI repeats the mask batch as it is (not first extended to the latent's batch)
+            masks = samples["noise_mask"]
+            out["noise_mask"] = masks.repeat((amount,) + (1,) * (masks.ndim - 1))
         if "batch_index" in samples:
             indices = samples["batch_index"]
             offset = max(indices) - min(indices) + 1
@@ -318,10 +321,10 @@ class SaveLatent(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "SaveLatent", category="_for_testing", output_node=True,
+            "SaveLatent", category="model/latent", output_node=True,
             inputs=[Socket("samples", "LATENT"), String("filename_prefix", default="latents/ComfyUI")],
             hidden=[HIDDEN_PROMPT, HIDDEN_EXTRA_PNGINFO],
-            outputs=[])
+            outputs=[Output("LATENT", name="samples")])
 
     @classmethod
     def execute(cls, samples: dict, filename_prefix: str = "latents/ComfyUI", prompt: Any = None,
@@ -334,14 +337,15 @@ class SaveLatent(Node):
         tensors = {"latent_tensor": tensor.detach().cpu().contiguous(),
                    LATENT_VERSION_KEY: torch.tensor([])}
         name, _ = target.write_next(target.counter, ".latent", save(tensors, metadata=metadata))
-        return NodeOutput(ui={"latents": [{"filename": name, "subfolder": target.subfolder, "type": "output"}]})
+        return NodeOutput(samples,
+                          ui={"latents": [{"filename": name, "subfolder": target.subfolder, "type": "output"}]})
 
 
 @register
 class LoadLatent(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("LoadLatent", category="_for_testing",
+        return Schema("LoadLatent", category="model/latent",
                       inputs=[Combo("latent", options_source=list_input_latents, validate_membership=False)],
                       outputs=[Output("LATENT")])
 
