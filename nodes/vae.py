@@ -1,4 +1,4 @@
-"""ComfyUI's VAE nodes: VAEDecode, VAEEncode and VAEEncodeForInpaint.
+"""ComfyUI's VAE nodes: VAEDecode, VAEEncode, VAEEncodeForInpaint and the tiled VAEDecodeTiled, VAEEncodeTiled.
 
 The conversions themselves are in :mod:`nodes.runtime.vae` (imported when a node runs).
 ``VAEEncodeForInpaint`` follows ComfyUI: the mask is resized to the image, both are centre-cropped to
@@ -45,7 +45,7 @@ class VAEDecode(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "VAEDecode", display_name="VAE Decode", category="latent",
+            "VAEDecode", display_name="VAE Decode", category="model/latent",
             description="Decodes latent images back into pixel space images.",
             inputs=[Socket("samples", "LATENT", tooltip="The latent to be decoded."),
                     Socket("vae", "VAE", tooltip="The VAE model used for decoding the latent.")],
@@ -67,7 +67,7 @@ class VAEEncode(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "VAEEncode", display_name="VAE Encode", category="latent",
+            "VAEEncode", display_name="VAE Encode", category="model/latent",
             inputs=[Socket("pixels", "IMAGE"), Socket("vae", "VAE")],
             outputs=[Output("LATENT")])
 
@@ -85,7 +85,7 @@ class VAEEncodeForInpaint(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "VAEEncodeForInpaint", display_name="VAE Encode (for Inpainting)", category="latent/inpaint",
+            "VAEEncodeForInpaint", display_name="VAE Encode (for Inpainting)", category="model/latent",
             inputs=[Socket("pixels", "IMAGE"), Socket("vae", "VAE"), Socket("mask", "MASK"),
                     Int("grow_mask_by", default=6, min=0, max=64, step=1)],
             outputs=[Output("LATENT")])
@@ -127,3 +127,65 @@ class VAEEncodeForInpaint(Node):
         pixels = (pixels - 0.5) * keep.unsqueeze(-1) + 0.5
         samples = _run(node, vae_runtime.encode, vae, pixels)
         return ({"samples": samples, "noise_mask": grown[:, :, :height, :width].round()},)
+
+
+def _tile_inputs(kind: str, tile_step: int) -> list:
+    return [Int("tile_size", default=512, min=64, max=4096, step=tile_step, advanced=True),
+            Int("overlap", default=64, min=0, max=4096, step=32, advanced=True),
+            Int("temporal_size", default=64, min=8, max=4096, step=4, advanced=True,
+                tooltip=f"Only used for video VAEs: Amount of frames to {kind} at a time."),
+            Int("temporal_overlap", default=8, min=4, max=4096, step=4, advanced=True,
+                tooltip="Only used for video VAEs: Amount of frames to overlap.")]
+
+
+@register
+class VAEDecodeTiled(Node):
+    """Decode in overlapping tiles (sizes in pixels), blended as ComfyUI blends them.
+
+    The temporal inputs only matter for video VAEs, which Loom does not have: a video latent's
+    frames are decoded one by one, like :class:`VAEDecode` does.
+    """
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "VAEDecodeTiled", display_name="VAE Decode (Tiled)", category="model/latent",
+            inputs=[Socket("samples", "LATENT"), Socket("vae", "VAE")] + _tile_inputs("decode", 32),
+            outputs=[Output("IMAGE")])
+
+    @classmethod
+    def execute(cls, samples: Any, vae: Any, tile_size: int, overlap: int = 64, temporal_size: int = 64,
+                temporal_overlap: int = 8) -> tuple:
+        import torch
+        from loom.nodes.runtime import vae as vae_runtime
+
+        vae = _check_vae("VAEDecodeTiled", vae)
+        if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
+            raise ValueError("VAEDecodeTiled: input 'samples' is not a LATENT (a dict with a 'samples' tensor)")
+        if tile_size < overlap * 4:
+            overlap = tile_size // 4
+        factor = vae.downscale
+        return (_run("VAEDecodeTiled", vae_runtime.decode_tiled, vae, samples["samples"],
+                     tile_size // factor, tile_size // factor, overlap // factor),)
+
+
+@register
+class VAEEncodeTiled(Node):
+    """Encode in overlapping tiles (sizes in pixels), blended as ComfyUI blends them."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "VAEEncodeTiled", display_name="VAE Encode (Tiled)", category="model/latent",
+            inputs=[Socket("pixels", "IMAGE"), Socket("vae", "VAE")] + _tile_inputs("encode", 64),
+            outputs=[Output("LATENT")])
+
+    @classmethod
+    def execute(cls, pixels: Any, vae: Any, tile_size: int, overlap: int, temporal_size: int = 64,
+                temporal_overlap: int = 8) -> tuple:
+        from loom.nodes.runtime import vae as vae_runtime
+
+        vae = _check_vae("VAEEncodeTiled", vae)
+        pixels = _check_image("VAEEncodeTiled", "pixels", pixels)
+        return ({"samples": _run("VAEEncodeTiled", vae_runtime.encode_tiled, vae, pixels[:, :, :, :3],
+                                 tile_size, tile_size, overlap)},)
