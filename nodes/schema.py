@@ -604,6 +604,9 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.image_batch",
     "loom.nodes.image_animated",
     "loom.nodes.image_compare",
+    "loom.nodes.latent_ops",
+    "loom.nodes.strings",
+    "loom.nodes.logic",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 
