@@ -285,21 +285,21 @@ class SaveImage(Node):
     def define_schema(cls) -> Schema:
         return Schema(
             "SaveImage", display_name="Save Image", category="image", output_node=True,
-            description="Saves the input images to your output directory.",
+            description="Saves the input images to your ComfyUI output directory.",
             inputs=[Socket("images", "IMAGE", tooltip="The images to save."),
                     String("filename_prefix", default="ComfyUI",
                            tooltip="The prefix for the file to save. This may include formatting information "
                                    "such as %date:yyyy-MM-dd% or %Empty Latent Image.width% to include values "
                                    "from nodes.")],
             hidden=[HIDDEN_PROMPT, HIDDEN_EXTRA_PNGINFO],
-            outputs=[])
+            outputs=[Output("IMAGE", "images")])
 
     @classmethod
     def execute(cls, images: torch.Tensor, filename_prefix: str = "ComfyUI", prompt: Any = None,
                 extra_pnginfo: dict[str, Any] | None = None) -> NodeOutput:
         results = save_images(images, filename_prefix, kind="output", compress_level=4,
                               prompt=prompt, extra_pnginfo=extra_pnginfo)
-        return NodeOutput(ui={"images": results})
+        return NodeOutput(images, ui={"images": results})
 
 
 @register
@@ -308,10 +308,10 @@ class PreviewImage(Node):
     def define_schema(cls) -> Schema:
         return Schema(
             "PreviewImage", display_name="Preview Image", category="image", output_node=True,
-            description="Saves the input images to the temp directory for viewing.",
+            description="Preview the images without saving them to the ComfyUI output directory.",
             inputs=[Socket("images", "IMAGE")],
             hidden=[HIDDEN_PROMPT, HIDDEN_EXTRA_PNGINFO],
-            outputs=[])
+            outputs=[Output("IMAGE", "images")])
 
     @classmethod
     def execute(cls, images: torch.Tensor, prompt: Any = None,
@@ -319,7 +319,7 @@ class PreviewImage(Node):
         suffix = "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
         results = save_images(images, "ComfyUI_temp_" + suffix, kind="temp", compress_level=1,
                               prompt=prompt, extra_pnginfo=extra_pnginfo)
-        return NodeOutput(ui={"images": results})
+        return NodeOutput(images, ui={"images": results})
 
 
 # --------------------------------------------------------------------------------------------
