@@ -416,50 +416,96 @@ class Converter:
         return self._graphs[definition_id]
 
     def _apply_promoted_widgets(self, scope: _Scope, instance: dict[str, Any], from_parent: dict[str, Any]) -> None:
-        """Give this instance its own values for widgets promoted onto the instance node."""
+        """Give this instance its own values for the widgets promoted onto the instance node.
+
+        The editor's rule (ComfyUI_frontend ``SubgraphNode``): an instance input is a promoted widget when
+        its subgraph input feeds an inner widget (``_resolveInputWidget``), whether or not the saved instance
+        input carries a ``widget`` mark or is listed at all (the instance's inputs are rebuilt from the
+        subgraph's); positional ``widgets_values`` are one per promoted input, in subgraph-input order, with
+        an extra control_after_generate entry after a seed-like input only when the list is longer than the
+        promoted inputs (``_applyPromotedWidgetValues``). A legacy
+        ``properties.proxyWidgets`` list pairs the values with its entries by index instead
+        (``flushProxyWidgetMigration``), and ``widgets_values_named`` (keyed by subgraph input name) wins
+        by name over both.
+        """
         graph = scope.graph
-        # the editor marks promoted inputs on the instance (``widget: {name}``); older files do not, and then
-        # every subgraph input that feeds an inner widget is one
-        marked = [index for index in range(len(graph.inputs))
-                  if widget_name(scope.instance_input(index) or {})]
-        promoted_slots = marked or [index for index in range(len(graph.inputs)) if self._feeds_widget(scope, index)]
-        proxies = proxy_widgets(instance)
+        by_input_name: dict[Any, int] = {}
+        for index, slot in enumerate(graph.inputs):
+            by_input_name.setdefault(slot.get("name"), index)
+        promoted = [index for index in range(len(graph.inputs)) if self._feeds_widget(scope, index)]
+        promoted_set = set(promoted)
         saved = instance.get("widgets_values")
-        by_input_name = {slot.get("name"): index for index, slot in enumerate(graph.inputs)}
         if isinstance(saved, dict):
             for name, value in saved.items():
-                if name in by_input_name:
+                if name in by_input_name and value is not None:
                     scope.promoted[by_input_name[name]] = value
         elif isinstance(saved, list) and saved:
-            if proxies and len(saved) == len(proxies) and len(proxies) != len(promoted_slots):
-                targets: list[tuple[str, str]] = proxies
+            proxies = proxy_widgets(instance)
+            if proxies:
+                self._apply_proxy_values(scope, proxies, saved, by_input_name, promoted_set)
             else:
-                targets = [("-1", str(graph.inputs[index].get("name"))) for index in promoted_slots]
-            extra_slots = len(saved) - len(targets)
-            position = 0
-            for inner_id, name in targets:
-                if position >= len(saved):
-                    break
-                value = saved[position]
-                position += 1
-                if inner_id == "-1":
-                    if name in by_input_name and value is not None:
-                        scope.promoted[by_input_name[name]] = value
-                    if extra_slots > 0 and self._promoted_has_control(scope, by_input_name.get(name)):
+                targets = self._positional_targets(scope, promoted, len(saved))
+                control_slots = len(saved) > len(targets)
+                position = 0
+                for index in targets:
+                    if position >= len(saved):
+                        break
+                    if saved[position] is not None:
+                        scope.promoted[index] = saved[position]
+                    position += 1
+                    if control_slots and self._promoted_has_control(scope, index):
                         position += 1
-                        extra_slots -= 1
-                elif value is not None:
-                    scope.overrides.setdefault(inner_id, {})[name] = value
+        named = instance.get("widgets_values_named")
+        if isinstance(named, dict):
+            for name, value in named.items():
+                index = by_input_name.get(name) if isinstance(name, str) else None
+                if index in promoted_set and value is not None:
+                    scope.promoted[index] = value
         for name, value in from_parent.items():  # the parent promoted one of this instance's widgets
             if name in by_input_name:
                 scope.promoted[by_input_name[name]] = value
 
-    def _inner_targets(self, scope: _Scope, input_slot: int):
-        """(node, input slot dict) pairs inside the subgraph fed by subgraph input ``input_slot``."""
-        for link in scope.graph.links.values():
+    def _positional_targets(self, scope: _Scope, promoted: list[int], count: int) -> list[int]:
+        """The promoted inputs a positional list of ``count`` values is for.
+
+        The editor writes one value per promoted input (plus, in older files, a control_after_generate
+        entry after a seed-like one). A list that fits only the inputs the instance marks as widgets
+        (``widget: {name}``) was written that way (older or hand-made files): it is read onto those.
+        """
+        def fits(slots: list[int]) -> bool:
+            controls = sum(1 for index in slots if self._promoted_has_control(scope, index))
+            return count in (len(slots), len(slots) + controls)
+
+        if fits(promoted):
+            return promoted
+        marked = [index for index in promoted if widget_name(scope.instance_input(index) or {})]
+        return marked if marked and fits(marked) else promoted
+
+    def _apply_proxy_values(self, scope: _Scope, proxies: list[tuple[str, str]], saved: list[Any],
+                            by_input_name: dict[Any, int], promoted: set[int]) -> None:
+        """``widgets_values[i]`` belongs to ``proxyWidgets[i]``: ``["-1", input]`` names a subgraph input,
+        ``[inner_id, widget]`` an inner widget (through the subgraph input that feeds it, else directly)."""
+        for (inner_id, name), value in zip(proxies, saved):
+            name = _strip_legacy_proxy_prefix(name)
+            if value is None or name.startswith("$$") or name == "control_after_generate":
+                continue  # a hole, a preview pseudo-widget, or a frontend-only control
+            if inner_id == "-1":
+                index = by_input_name.get(name)
+                if index in promoted:
+                    scope.promoted[index] = value
+                continue
+            index = self._input_feeding(scope, inner_id, name)
+            if index is not None:
+                scope.promoted[index] = value
+            else:
+                scope.overrides.setdefault(inner_id, {})[name] = value
+
+    def _inner_targets(self, graph: Graph, input_slot: int):
+        """(node id, node, input slot dict) triples inside ``graph`` fed by subgraph input ``input_slot``."""
+        for link in graph.links.values():
             if link.origin_id != SUBGRAPH_INPUT_NODE or link.origin_slot != input_slot:
                 continue
-            node = scope.graph.nodes.get(link.target_id)
+            node = graph.nodes.get(link.target_id)
             if node is None:
                 continue
             inputs = node_inputs(node)
@@ -467,22 +513,44 @@ class Converter:
             if target is None and 0 <= link.target_slot < len(inputs):
                 target = inputs[link.target_slot]
             if target is not None:
-                yield node, target
+                yield link.target_id, node, target
 
     def _feeds_widget(self, scope: _Scope, input_slot: int) -> bool:
-        for node, target in self._inner_targets(scope, input_slot):
+        return self._graph_input_feeds_widget(scope.graph, input_slot, scope.chain)
+
+    def _graph_input_feeds_widget(self, graph: Graph, input_slot: int, chain: tuple[str, ...]) -> bool:
+        """Whether subgraph input ``input_slot`` reaches an inner widget: a widget input of an inner node, or
+        (nested promotion) an input of an inner instance that itself reaches one."""
+        for _node_id, node, target in self._inner_targets(graph, input_slot):
+            type_name = node.get("type") if isinstance(node.get("type"), str) else None
+            if type_name in self.definitions:
+                if type_name not in chain and len(chain) < MAX_SUBGRAPH_DEPTH:  # a loop is reported elsewhere
+                    nested = self._definition_graph(type_name)
+                    names = [slot.get("name") for slot in nested.inputs]
+                    if target.get("name") in names and self._graph_input_feeds_widget(
+                            nested, names.index(target.get("name")), chain + (type_name,)):
+                        return True
+                continue
             if widget_name(target):
                 return True
-            node_class = self.registry.get(node.get("type")) if isinstance(node.get("type"), str) else None
+            node_class = self.registry.get(type_name) if type_name else None
             spec = node_class.schema().input(str(target.get("name"))) if node_class else None
             if spec is not None and spec.has_widget:
                 return True
         return False
 
+    def _input_feeding(self, scope: _Scope, inner_id: str, widget: str) -> int | None:
+        """The subgraph input that feeds widget ``widget`` of inner node ``inner_id``, if one does."""
+        for index in range(len(scope.graph.inputs)):
+            for node_id, _node, target in self._inner_targets(scope.graph, index):
+                if node_id == inner_id and (widget_name(target) or target.get("name")) == widget:
+                    return index
+        return None
+
     def _promoted_has_control(self, scope: _Scope, input_slot: int | None) -> bool:
         if input_slot is None:
             return False
-        for node, target in self._inner_targets(scope, input_slot):
+        for _node_id, node, target in self._inner_targets(scope.graph, input_slot):
             node_class = self.registry.get(node.get("type")) if isinstance(node.get("type"), str) else None
             spec = node_class.schema().input(widget_name(target) or str(target.get("name"))) if node_class else None
             if spec is not None and spec.has_control_after_generate:
@@ -550,6 +618,18 @@ class Converter:
         else:
             message += " (is its node pack installed?)"
         self._problem(scope, node_id, type_name, message)
+
+
+_LEGACY_PROXY_PREFIX = re.compile(r"^\s*(\d+)\s*:\s*(.+)$")
+
+
+def _strip_legacy_proxy_prefix(name: str) -> str:
+    """``"12: seed"`` (a nested promotion saved by older editors) -> ``"seed"``, as the editor's migration reads it."""
+    while True:
+        match = _LEGACY_PROXY_PREFIX.match(name)
+        if match is None:
+            return name
+        name = match.group(2)
 
 
 def _problems_message(problems: list[dict[str, Any]]) -> str:
