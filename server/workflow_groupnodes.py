@@ -46,6 +46,10 @@ def group_node_graph(definition: dict[str, Any], instance: dict[str, Any], regis
     for entry in list_at(definition, "links"):
         if not isinstance(entry, (list, tuple)) or len(entry) < 4:
             continue
+        if entry[0] is None or entry[2] is None:
+            # a link from (or to) a node outside the group: the editor skips it (``getLinks``), so the inner
+            # input it feeds stays free and is one of the instance's inputs
+            continue
         origin, origin_slot, target, target_slot = (slot_index(v) for v in entry[:4])
         if origin not in by_index or target not in by_index:
             raise ValueError(f"internal link {list(entry)} names an inner node that does not exist")
@@ -58,10 +62,18 @@ def group_node_graph(definition: dict[str, Any], instance: dict[str, Any], regis
                                                entry[5] if len(entry) > 5 else "*")
         fed.add((target, target_slot))
         consumed.add((origin, origin_slot))
-    external = {(slot_index(e[0]), slot_index(e[1])) for e in list_at(definition, "external")
-                if isinstance(e, (list, tuple)) and len(e) >= 2}
+    external = set()
+    for entry in list_at(definition, "external"):
+        if isinstance(entry, (list, tuple)) and len(entry) >= 2:
+            try:
+                external.add((slot_index(entry[0]), slot_index(entry[1])))
+            except ValueError:
+                # e.g. a node object where the index belongs: the editor keys it as "[object Object]", which
+                # matches no inner node, so the entry exposes nothing
+                continue
 
     _split_widget_values(nodes, instance)
+    _name_reroute_inputs(nodes, links, by_index)
     graph_inputs = _bind_inputs(nodes, instance, fed, add_link, registry)
     graph_outputs = []
     exposed = [(node["id"], slot, output) for node in nodes for slot, output in enumerate(node_outputs(node))
@@ -87,6 +99,30 @@ def _split_widget_values(nodes: list[dict[str, Any]], instance: dict[str, Any]) 
         if length:
             node["widgets_values"] = list(saved[position:position + length])
         position += length
+
+
+def _name_reroute_inputs(nodes: list[dict[str, Any]], links: list[dict[str, Any]], by_index) -> None:
+    """A Reroute fed from outside the group shows on the instance as an input named after its type.
+
+    The editor types it by the first input its output feeds inside the group (else by its output), and
+    names the instance input after that type (``GroupNodeConfig.getNodeDef``); the saved Reroute's own input
+    is unnamed and typed ``*``, so it is given that name and type here for the binding below.
+    """
+    for node in nodes:
+        if node.get("type") != "Reroute" or not node["inputs"] or node["inputs"][0].get("link") is not None:
+            continue
+        kind = None
+        for link in links:
+            if link["origin_id"] == node["id"] and link["origin_slot"] == 0:
+                consumer = by_index[link["target_id"]]["inputs"]
+                if link["target_slot"] < len(consumer):
+                    kind = consumer[link["target_slot"]].get("type")
+                break
+        outputs = node_outputs(node)
+        if kind in (None, "*") and outputs:
+            kind = outputs[0].get("type")
+        if isinstance(kind, str) and kind not in ("", "*"):
+            node["inputs"][0] = dict(node["inputs"][0], name=kind, type=kind)
 
 
 def _bind_inputs(nodes, instance, fed, add_link, registry: NodeRegistry) -> list[dict[str, Any]]:
