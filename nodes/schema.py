@@ -607,6 +607,9 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.latent_ops",
     "loom.nodes.strings",
     "loom.nodes.logic",
+    "loom.nodes.model_patches",
+    "loom.nodes.model_merging",
+    "loom.nodes.checkpoint_save",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 

@@ -9,7 +9,9 @@ It does what ComfyUI's CFG guider does around a discrete-time eps/v model:
   units, ``(h, w, y, x)`` or ``("percentage", h, w, y, x)``) or ``mask``, weighted by ``strength``, only
   inside its ``start_percent``..``end_percent`` range; the results are averaged by weight, area edges
   feathered over 8 latent pixels; every positive area gets a negative of the same area (and vice versa);
-* **guidance:** ``uncond + (cond - uncond) * cfg``; with ``cfg == 1`` the negative is not evaluated;
+* **guidance:** ``uncond + (cond - uncond) * cfg``, or the MODEL's CFG patches (ComfyUI's
+  ``sampler_cfg_function``/``sampler_post_cfg_function`` in ``options``, see :func:`combine_guidance`);
+  with ``cfg == 1`` the negative is not evaluated (unless ``options`` sets ``disable_cfg1_optimization``);
   positive and negative run as one batch when their shapes allow (token counts are made equal by repeating
   the shorter context, which leaves attention unchanged);
 * **SDXL:** ``added_cond_kwargs`` (``text_embeds`` = ``pooled_output``, ``time_ids`` from the options'
@@ -255,7 +257,8 @@ class GuidedDenoiser:
         self.model = model
         self.sampling = model.sampling  # samplers may read the model's sigma table
         self.cfg = float(cfg)
-        self.disable_cfg1_optimization = disable_cfg1_optimization
+        self.disable_cfg1_optimization = disable_cfg1_optimization or \
+            bool(model.options.get("disable_cfg1_optimization", False))  # a CFG patch may ask for it
         self.keep_uncond = keep_uncond
         self.uncond_denoised: torch.Tensor | None = None
         self.positive = resolve_conditioning(model, positive, latent_shape, "positive")
@@ -403,7 +406,35 @@ class GuidedDenoiser:
         cond, uncond = self.calc_cond_batch([self.positive, None if skip_uncond else self.negative], x, sigma)
         if self.keep_uncond:
             self.uncond_denoised = uncond
-        return uncond + (cond - uncond) * self.cfg
+        return combine_guidance(self, cond, uncond, x, sigma, skip_uncond)
+
+
+def combine_guidance(denoiser: "GuidedDenoiser", cond: torch.Tensor, uncond: torch.Tensor, x: torch.Tensor,
+                     sigma: torch.Tensor, uncond_skipped: bool = False) -> torch.Tensor:
+    """Classifier-free guidance of the positive and negative predictions, with the MODEL's CFG patches.
+
+    Without patches: ``uncond + (cond - uncond) * cfg``. A MODEL's ``options`` may carry ComfyUI's
+    ``sampler_cfg_function`` (replaces the combination; called with the args dict ComfyUI gives it, in
+    which ``cond``/``uncond`` are ``x - denoised``, and its result is subtracted from ``x``) and
+    ``sampler_post_cfg_function`` (a sequence, applied in order to the combined ``denoised``).
+    """
+    options = denoiser.model.options
+    cfg_function = options.get("sampler_cfg_function")
+    post_functions = options.get("sampler_post_cfg_function", ())
+    if cfg_function is None:
+        result = uncond + (cond - uncond) * denoiser.cfg
+    else:
+        result = x - cfg_function({
+            "cond": x - cond, "uncond": x - uncond, "cond_scale": denoiser.cfg, "timestep": sigma, "input": x,
+            "sigma": sigma, "cond_denoised": cond, "uncond_denoised": uncond, "model": denoiser.model,
+            "model_options": options, "input_cond": denoiser.positive,
+            "input_uncond": None if uncond_skipped else denoiser.negative})
+    for function in post_functions:
+        result = function({
+            "denoised": result, "cond": denoiser.positive, "uncond": None if uncond_skipped else denoiser.negative,
+            "cond_scale": denoiser.cfg, "model": denoiser.model, "uncond_denoised": uncond, "cond_denoised": cond,
+            "sigma": sigma, "model_options": options, "input": x})
+    return result
 
 
 class MaskedDenoiser:

@@ -430,10 +430,12 @@ def _patched_tensors(module: torch.nn.Module, changes: list[tuple[float, ModuleU
 
 
 def with_lora(patches: tuple[Any, ...], lora: LoraPatch) -> tuple[Any, ...]:
-    """A handle's ``patches`` with ``lora`` added to its LoRA stack (a new tuple; the old one is untouched)."""
-    for index, patch in enumerate(patches):
-        if isinstance(patch, LoraStack):
-            return patches[:index] + (patch.plus(lora),) + patches[index + 1:]
+    """A handle's ``patches`` with ``lora`` added to its LoRA stack (a new tuple; the old one is untouched).
+
+    LoRAs chained one after another share one stack; after another kind of patch (a merge) a new stack
+    starts, so the patches apply in the order the nodes added them, as ComfyUI's do."""
+    if patches and isinstance(patches[-1], LoraStack):
+        return tuple(patches[:-1]) + (patches[-1].plus(lora),)
     return tuple(patches) + (LoraStack((lora,)),)
 
 
