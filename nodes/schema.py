@@ -610,6 +610,8 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.model_patches",
     "loom.nodes.model_merging",
     "loom.nodes.checkpoint_save",
+    "loom.nodes.image_conditioning",
+    "loom.nodes.differential_diffusion",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 

@@ -8,7 +8,13 @@ It does what ComfyUI's CFG guider does around a discrete-time eps/v model:
 * **conditioning:** each ``[cond, options]`` entry of a CONDITIONING is evaluated on its ``area`` (latent
   units, ``(h, w, y, x)`` or ``("percentage", h, w, y, x)``) or ``mask``, weighted by ``strength``, only
   inside its ``start_percent``..``end_percent`` range; the results are averaged by weight, area edges
-  feathered over 8 latent pixels; every positive area gets a negative of the same area (and vice versa);
+  feathered over up to 8 latent pixels (a quarter of the area's side when that is less); every positive
+  area gets a negative of the same area (and vice versa);
+* **extra input channels:** UNets that take more input channels than the latent has get them appended to
+  the scaled input: InstructPix2Pix (8) the options' ``concat_latent_image`` as encoded, inpainting models
+  (9) a mask channel (``concat_mask``, else the latent's noise mask, else ones) and the masked image
+  (``concat_latent_image`` in the model's space, else the sampled latent, else the latent of a blank
+  image); a model without extra channels ignores these options, as ComfyUI does;
 * **guidance:** ``uncond + (cond - uncond) * cfg``, or the MODEL's CFG patches (ComfyUI's
   ``sampler_cfg_function``/``sampler_post_cfg_function`` in ``options``, see :func:`combine_guidance`);
   with ``cfg == 1`` the negative is not evaluated (unless ``options`` sets ``disable_cfg1_optimization``);
@@ -17,7 +23,8 @@ It does what ComfyUI's CFG guider does around a discrete-time eps/v model:
 * **SDXL:** ``added_cond_kwargs`` (``text_embeds`` = ``pooled_output``, ``time_ids`` from the options'
   ``width``/``height``/``crop_*``/``target_*`` or the latent size, ``aesthetic_score`` for the refiner);
 * **noise mask** (inpainting, SetLatentNoiseMask): outside the mask the latent is held at the input image,
-  re-noised to the current sigma before each call and restored after it;
+  re-noised to the current sigma before each call and restored after it; a MODEL's
+  ``denoise_mask_function`` (DifferentialDiffusion) may replace the mask at each call;
 * **ControlNet hook:** an options entry ``control`` with ``residuals(x, sigma, timestep, context, added, model=)``
   returning ``(down_block_residuals, mid_block_residual)`` or ``None`` is called for the batch it belongs to.
 """
@@ -26,14 +33,18 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from loom.nodes.runtime.model_types import DiffusionModel, ModelSampling
 
-FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz")
+FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz"), at most a quarter of its side
+
+# The latent of an all-black image in SD1/SDXL's VAE space: an inpainting model's "masked image" input when
+# there is neither a concat image nor a noise mask (ComfyUI's blank_inpaint_image_like).
+BLANK_INPAINT_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,6 +92,87 @@ def prepare_noise_mask(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor
     return repeat_to_batch_size(mask, shape[0])
 
 
+def resize_to_batch_size(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """ComfyUI's ``resize_to_batch_size``: pick evenly spaced items to shrink, repeat items in order to grow."""
+    in_batch = tensor.shape[0]
+    if in_batch == batch_size:
+        return tensor
+    if batch_size <= 1:
+        return tensor[:batch_size]
+    output = torch.empty([batch_size] + list(tensor.shape)[1:], dtype=tensor.dtype, device=tensor.device)
+    if batch_size < in_batch:
+        scale = (in_batch - 1) / (batch_size - 1)
+        for i in range(batch_size):
+            output[i] = tensor[min(round(i * scale), in_batch - 1)]
+    else:
+        scale = in_batch / batch_size
+        for i in range(batch_size):
+            output[i] = tensor[min(math.floor((i + 0.5) * scale), in_batch - 1)]
+    return output
+
+
+def extra_input_channels(model: DiffusionModel) -> str | None:
+    """What a UNet with more input channels than the latent expects appended: ``"ip2p"`` (an
+    InstructPix2Pix model: the image latent), ``"inpaint"`` (mask and masked-image latent) or ``None``."""
+    in_channels = getattr(getattr(model.unet, "config", None), "in_channels", None)
+    latent_channels = model.latent_format.channels
+    if in_channels is None or in_channels <= latent_channels:
+        return None
+    if in_channels == 2 * latent_channels and model.family in ("sd1", "sdxl"):
+        return "ip2p"  # ComfyUI's SD15/SDXL_instructpix2pix (8 input channels)
+    return "inpaint"  # ComfyUI calls set_inpaint() on every other model with extra input channels
+
+
+def _upscale_to(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    from loom.nodes.image_ops import common_upscale
+
+    return common_upscale(tensor, int(shape[-1]), int(shape[-2]), "bilinear", "center")
+
+
+def concat_input(model: DiffusionModel, options: dict[str, Any], shape: Sequence[int],
+                 latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The channels one conditioning entry appends to the UNet input (``None`` for a plain model), at the
+    latent's full size and batch: ComfyUI's ``concat_cond`` of the model's class.
+
+    ``latent_image`` is the sampled latent in the model's space, ``denoise_mask`` the latent's noise mask as
+    the sampler prepared it (``[B, C, h, w]``), or ``None``."""
+    kind = extra_input_channels(model)
+    if kind is None:
+        return None
+    shape = tuple(int(v) for v in shape)
+    image = options.get("concat_latent_image")
+    if kind == "ip2p":  # the VAE latent as encoded, not shifted into the model's space
+        image = torch.zeros(shape) if image is None else image.float()
+        if tuple(image.shape[1:]) != shape[1:]:
+            image = _upscale_to(image, shape)
+        return resize_to_batch_size(image, shape[0])
+
+    if image is not None:
+        image = model.latent_format.process_in(image.float())
+    elif latent_image is not None:
+        image = latent_image.float()
+    else:
+        image = torch.zeros(shape)
+    if tuple(image.shape[1:]) != shape[1:]:
+        image = _upscale_to(image, shape)
+    image = resize_to_batch_size(image, shape[0])
+
+    mask = options.get("concat_mask", denoise_mask)
+    if mask is None:  # nothing to inpaint: everything is masked, over a blank image
+        blank = torch.ones(shape)
+        for channel, value in enumerate(BLANK_INPAINT_LATENT[:shape[1]]):
+            blank[:, channel] *= value
+        return torch.cat([torch.ones(shape)[:, :1], blank], dim=1)
+    mask = mask.float()
+    if mask.ndim == len(shape):
+        mask = mask[:, :1]
+    mask = mask.reshape((-1, 1) + tuple(mask.shape[-2:]))
+    if tuple(mask.shape[-2:]) != shape[-2:]:
+        mask = _upscale_to(mask, shape)
+    mask = resize_to_batch_size(mask.round(), shape[0])
+    return torch.cat([mask.to(image.device), image], dim=1)
+
+
 # --------------------------------------------------------------------------------------------
 # conditioning entries
 # --------------------------------------------------------------------------------------------
@@ -99,13 +191,16 @@ class CondEntry:
     sigma_end: float | None = None  # skip while sigma < sigma_end
     added: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL added_cond_kwargs (batch 1 or b)
     control: Any = None
+    concat: torch.Tensor | None = None  # extra UNet input channels [B, c, H, W] (full latent size)
     uid: uuid.UUID = field(default_factory=uuid.uuid4)
 
-    def copy_with_area(self, area: tuple[int, int, int, int], strength: float, mask: torch.Tensor | None,
-                       mask_strength: float, sigma_start: float | None, sigma_end: float | None) -> "CondEntry":
-        return CondEntry(context=self.context, options=self.options, area=area, strength=strength, mask=mask,
-                         mask_strength=mask_strength, sigma_start=sigma_start, sigma_end=sigma_end,
-                         added=self.added, control=self.control)
+    def copy_for(self, other: "CondEntry") -> "CondEntry":
+        """This entry's model inputs (context, added conditioning, concat channels) on ``other``'s area,
+        weights, sigma range and control: ComfyUI copies the other entry and takes only the model
+        conditionings of this one."""
+        return CondEntry(context=self.context, options=self.options, area=other.area, strength=other.strength,
+                         mask=other.mask, mask_strength=other.mask_strength, sigma_start=other.sigma_start,
+                         sigma_end=other.sigma_end, added=self.added, control=other.control, concat=self.concat)
 
 
 def _resolve_area(area: Any, dims: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -155,8 +250,11 @@ def _sdxl_added(model: DiffusionModel, options: dict[str, Any], latent_shape: Se
 
 
 def resolve_conditioning(model: DiffusionModel, conditioning: Sequence[Any], latent_shape: Sequence[int],
-                         prompt_type: str) -> list[CondEntry]:
-    """Turn a CONDITIONING list into entries with areas, masks and sigma ranges resolved for this latent."""
+                         prompt_type: str, latent_image: torch.Tensor | None = None,
+                         denoise_mask: torch.Tensor | None = None) -> list[CondEntry]:
+    """Turn a CONDITIONING list into entries with areas, masks, sigma ranges and extra input channels
+    resolved for this latent (``latent_image`` in the model's space, ``denoise_mask`` the prepared noise mask:
+    what an inpainting model falls back to without ``concat_latent_image``/``concat_mask``)."""
     dims = (int(latent_shape[2]), int(latent_shape[3]))
     entries: list[CondEntry] = []
     for item in conditioning:
@@ -186,6 +284,7 @@ def resolve_conditioning(model: DiffusionModel, conditioning: Sequence[Any], lat
         if "end_percent" in options:
             entry.sigma_end = percent_to_sigma(model.sampling, float(options["end_percent"]))
         entry.added = _sdxl_added(model, options, latent_shape, prompt_type)
+        entry.concat = concat_input(model, options, latent_shape, latent_image, denoise_mask)
         entries.append(entry)
     return entries
 
@@ -217,8 +316,7 @@ def add_matching_areas(conds: list[CondEntry], other: CondEntry) -> None:
             smallest = c
     if smallest is None or (smallest.area is not None and smallest.area == other.area):
         return
-    conds.append(smallest.copy_with_area(other.area, other.strength, other.mask, other.mask_strength,
-                                         other.sigma_start, other.sigma_end))
+    conds.append(smallest.copy_for(other))
 
 
 def share_control_with_negative(positive: list[CondEntry], negative: list[CondEntry]) -> None:
@@ -246,6 +344,7 @@ class _Run:
     x: torch.Tensor
     mult: torch.Tensor
     area: tuple[int, int, int, int] | None
+    concat: torch.Tensor | None = None  # the entry's extra input channels, cropped to the area
 
 
 class GuidedDenoiser:
@@ -253,7 +352,8 @@ class GuidedDenoiser:
 
     def __init__(self, model: DiffusionModel, positive: Sequence[Any], negative: Sequence[Any], cfg: float,
                  latent_shape: Sequence[int], *, disable_cfg1_optimization: bool = False,
-                 keep_uncond: bool = False) -> None:
+                 keep_uncond: bool = False, latent_image: torch.Tensor | None = None,
+                 denoise_mask: torch.Tensor | None = None) -> None:
         self.model = model
         self.sampling = model.sampling  # samplers may read the model's sigma table
         self.cfg = float(cfg)
@@ -261,8 +361,8 @@ class GuidedDenoiser:
             bool(model.options.get("disable_cfg1_optimization", False))  # a CFG patch may ask for it
         self.keep_uncond = keep_uncond
         self.uncond_denoised: torch.Tensor | None = None
-        self.positive = resolve_conditioning(model, positive, latent_shape, "positive")
-        self.negative = resolve_conditioning(model, negative, latent_shape, "negative")
+        self.positive = resolve_conditioning(model, positive, latent_shape, "positive", latent_image, denoise_mask)
+        self.negative = resolve_conditioning(model, negative, latent_shape, "negative", latent_image, denoise_mask)
         if not self.positive:
             raise ValueError("the positive conditioning is empty")
         for c in list(self.positive):
@@ -276,8 +376,10 @@ class GuidedDenoiser:
     # -- one UNet call --------------------------------------------------------------------------
 
     def apply_model(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
-                    added: dict[str, torch.Tensor] | None = None, control: Any = None) -> torch.Tensor:
-        """The model's denoised estimate for ``x`` at ``sigma`` (a ``[B]`` tensor) and one context batch."""
+                    added: dict[str, torch.Tensor] | None = None, control: Any = None,
+                    concat: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's denoised estimate for ``x`` at ``sigma`` (a ``[B]`` tensor) and one context batch;
+        ``concat`` (extra input channels) is appended to the scaled input."""
         unet = self.model.unet
         dtype = next(unet.parameters()).dtype
         device = next(unet.parameters()).device
@@ -292,6 +394,8 @@ class GuidedDenoiser:
                 down, mid = residuals
                 kwargs["down_block_additional_residuals"] = down
                 kwargs["mid_block_additional_residual"] = mid
+        if concat is not None:
+            xc = torch.cat([xc, concat.to(xc)], dim=1)
         self.unet_calls += 1
         output = unet(xc.to(device=device, dtype=dtype), timestep.to(device), **kwargs, return_dict=False)[0]
         return calculate_denoised(self.model.sampling.prediction, sigma, output.float().to(x.device), x)
@@ -322,17 +426,25 @@ class GuidedDenoiser:
             mult = torch.ones_like(crop) * entry.strength
             if area is not None:
                 h, w, y, x0 = area
-                for t in range(FEATHER):
-                    fade = (1.0 / FEATHER) * (t + 1)
+                rows, cols = min(FEATHER, h // 4), min(FEATHER, w // 4)
+                for t in range(rows):
+                    fade = (1.0 / rows) * (t + 1)
                     if y != 0:
                         mult[:, :, t:t + 1, :] *= fade
                     if h + y < x.shape[2]:
                         mult[:, :, h - 1 - t:h - t, :] *= fade
+                for t in range(cols):
+                    fade = (1.0 / cols) * (t + 1)
                     if x0 != 0:
                         mult[:, :, :, t:t + 1] *= fade
                     if w + x0 < x.shape[3]:
                         mult[:, :, :, w - 1 - t:w - t] *= fade
-        return _Run(entry, which, crop, mult, area)
+        concat = entry.concat
+        if concat is not None:
+            if area is not None:
+                concat = concat[:, :, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
+            concat = repeat_to_batch_size(concat, crop.shape[0]).to(crop.device)
+        return _Run(entry, which, crop, mult, area, concat)
 
     @staticmethod
     def _can_batch(a: _Run, b: _Run) -> bool:
@@ -342,6 +454,8 @@ class GuidedDenoiser:
         if ca[2] != cb[2]:
             return False
         if ca[1] != cb[1] and math.lcm(ca[1], cb[1]) // min(ca[1], cb[1]) > 4:
+            return False
+        if (a.concat is None) != (b.concat is None) or (a.concat is not None and a.concat.shape != b.concat.shape):
             return False
         return set(a.entry.added) == set(b.entry.added)
 
@@ -369,7 +483,8 @@ class GuidedDenoiser:
         context, added = self._batch_conditioning(runs, runs[0].x.shape[0])
         x_in = torch.cat([r.x for r in runs])
         sigma_in = sigma.repeat(len(runs))  # one sigma per latent of each run
-        output = self.apply_model(x_in, sigma_in, context, added or None, runs[0].entry.control)
+        concat = torch.cat([r.concat for r in runs]) if runs[0].concat is not None else None
+        output = self.apply_model(x_in, sigma_in, context, added or None, runs[0].entry.control, concat)
         return list(output.chunk(len(runs)))
 
     def calc_cond_batch(self, conds: Sequence[list[CondEntry] | None], x: torch.Tensor,
@@ -438,21 +553,31 @@ def combine_guidance(denoiser: "GuidedDenoiser", cond: torch.Tensor, uncond: tor
 
 
 class MaskedDenoiser:
-    """Holds the latent outside ``mask`` at the input image (re-noised to each sigma) around a denoiser."""
+    """Holds the latent outside ``mask`` at the input image (re-noised to each sigma) around a denoiser.
+
+    ``mask_function`` (a MODEL's ``denoise_mask_function``) is called as ``fn(sigma, mask, extra_options)``
+    with ``extra_options = {"model": MODEL, "sigmas": the run's sigmas}`` before every model call and
+    returns the mask to use for that call (ComfyUI's ``KSamplerX0Inpaint``)."""
 
     def __init__(self, inner: GuidedDenoiser, mask: torch.Tensor, latent_image: torch.Tensor,
-                 noise: torch.Tensor) -> None:
+                 noise: torch.Tensor, *, sigmas: torch.Tensor | None = None,
+                 mask_function: Callable[..., torch.Tensor] | None = None) -> None:
         self.inner = inner
         self.mask = mask
         self.latent_image = latent_image
         self.noise = noise
+        self.sigmas = sigmas
+        self.mask_function = mask_function
 
     def __getattr__(self, name: str) -> Any:  # samplers may read e.g. ``uncond_denoised``
         return getattr(self.inner, name)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        keep = 1.0 - self.mask
+        mask = self.mask
+        if self.mask_function is not None:
+            mask = self.mask_function(sigma, mask, extra_options={"model": self.inner.model, "sigmas": self.sigmas})
+        keep = 1.0 - mask
         s = sigma.reshape([sigma.shape[0]] + [1] * (self.noise.ndim - 1))
-        x = x * self.mask + (self.noise * s + self.latent_image) * keep
+        x = x * mask + (self.noise * s + self.latent_image) * keep
         out = self.inner(x, sigma)
-        return out * self.mask + self.latent_image * keep
+        return out * mask + self.latent_image * keep

@@ -18,11 +18,18 @@ CONDITIONING options the runtime reads (ComfyUI's names):
   ``height, width, crop_h, crop_w, aesthetic_score`` (refiner), in that order. Defaults when the options do
   not set them: ``width``/``height`` = the latent's size in pixels, crops 0, targets = width/height,
   ``aesthetic_score`` 6.0 for the positive and 2.5 for the negative conditioning.
-* ``area`` ``(h, w, y, x)`` in latent pixels, ``strength``, ``set_area_to_bounds`` (ConditioningSetArea),
-  ``mask``, ``start_percent``/``end_percent``, ``control`` (ControlNet).
+* ``area`` ``(h, w, y, x)`` in latent pixels or ``("percentage", h, w, y, x)`` in fractions of the latent,
+  ``strength`` (the weight of the entry's prediction), ``set_area_to_bounds`` (ConditioningSetArea/SetMask),
+  ``mask`` ``[B, H, W]`` (any resolution; resized to the latent) with ``mask_strength``,
+  ``start_percent``/``end_percent``, ``control`` (ControlNet).
+* ``concat_latent_image`` (a VAE latent) and ``concat_mask`` ``[B, 1, H, W]``: the extra input channels of
+  InstructPix2Pix (8-channel) and inpainting (9-channel) UNets; models without them ignore both.
 
 ``DiffusionModel.options`` from the checkpoint loader: ``source`` (file), ``adm`` (``None``, ``"sdxl"`` or
 ``"sdxl_refiner"``), ``prediction_source``, ``unet_config`` (the diffusers config it was built with).
+Model patches add ComfyUI's ``model_options`` keys there, e.g. ``denoise_mask_function``
+(DifferentialDiffusion): ``fn(sigma, mask, extra_options={"model", "sigmas"})`` returns the noise mask to use
+at that model call.
 ``TextEncoderModel.encoders`` maps ``"l"`` (CLIP-L), ``"h"`` (OpenCLIP-H, SD2) and ``"g"`` (OpenCLIP bigG,
 SDXL) to ``(tokenizer, transformers model)``; a text-encoder patch provides ``applied(clip)``, a context
 manager active while prompts are encoded.

@@ -9,7 +9,8 @@ tensor (in the VAE's space, like the input):
    ``force_full_denoise``;
 3. the latent enters the model's space (``process_in``, skipped for an all-zero latent), the noise is
    scaled to the first sigma (``sqrt(1 + sigma**2)`` when starting from pure noise) and added;
-4. the sampler runs over the sigmas with the guided denoiser (and the noise mask, if the latent has one),
+4. the sampler runs over the sigmas with the guided denoiser (and the noise mask, if the latent has one:
+   an inpainting model also takes it as its mask channel unless the conditioning sets ``concat_mask``),
    reporting each step to :class:`nodes.progress.ProgressBar` with a latent preview;
 5. the result leaves the model's space (``process_out``).
 """
@@ -84,16 +85,20 @@ def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[An
     noise = noise.to(device)
     sigmas = sigmas.to(device)
 
-    cfg_pp = sampler_name in CFG_PP_SAMPLERS  # these step along the unconditional prediction too
-    denoiser: Any = GuidedDenoiser(model, positive, negative, cfg, latent_image.shape,
-                                   disable_cfg1_optimization=cfg_pp, keep_uncond=cfg_pp)
+    mask = None
     if latent.get("noise_mask") is not None:
         mask = prepare_noise_mask(latent["noise_mask"], noise.shape).to(device)
+    cfg_pp = sampler_name in CFG_PP_SAMPLERS  # these step along the unconditional prediction too
+    denoiser: Any = GuidedDenoiser(model, positive, negative, cfg, latent_image.shape,
+                                   disable_cfg1_optimization=cfg_pp, keep_uncond=cfg_pp,
+                                   latent_image=latent_image, denoise_mask=mask)
+    if mask is not None:
         inpaint_noise = noise
         if sampler_name in RANDOM_INPAINT_NOISE_SAMPLERS:
             generator = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
             inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
-        denoiser = MaskedDenoiser(denoiser, mask, latent_image, inpaint_noise)
+        denoiser = MaskedDenoiser(denoiser, mask, latent_image, inpaint_noise, sigmas=sigmas,
+                                  mask_function=model.options.get("denoise_mask_function"))
 
     sigma_max = float(model.sampling.sigma_max)
     first = float(sigmas[0])
