@@ -52,7 +52,7 @@ function exposeHook(editor) {
     id: n.id, type: n.type, title: n.title, pos: n.pos.slice(), size: n.size.slice(), mode: n.mode,
     collapsed: Boolean(n.flags.collapsed), selected: canvas.selected.has(n),
     widgets: Object.fromEntries(n.widgets.map((w) => [w.name, w.value])),
-    inputs: n.inputs.map((i) => ({ name: i.name, type: i.type, link: i.link })),
+    inputs: n.inputs.map((i) => ({ name: i.name, type: i.type, link: i.link, label: i.label })),
     outputs: n.outputs.map((o) => ({ name: o.name, type: o.type, links: o.links ? o.links.slice() : [] })),
   });
   window.loom = {
@@ -111,6 +111,10 @@ function exposeHook(editor) {
         images: (r.images || []).map((img) => ({ src: img.src, loaded: img.complete && img.naturalWidth > 0,
           width: img.naturalWidth, height: img.naturalHeight })),
         inputImage: r.inputImage ? { src: r.inputImage.src, loaded: r.inputImage.complete && r.inputImage.naturalWidth > 0 } : null,
+        compare: r.compare ? { position: r.compare.position, refs: r.compare.refs,
+          loaded: [r.compare.a, r.compare.b].filter(Boolean).every((img) => img.complete && img.naturalWidth > 0) } : null,
+        text: r.text ?? null,
+        animationFrames: (r.animations || []).map((a) => a.frames.length),
       };
     },
     /** A client point over empty canvas (no node there), scanning from the bottom-right. */

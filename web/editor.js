@@ -6,6 +6,7 @@ import { GraphCanvas } from "./canvas/canvas.js";
 import { Interaction, firstCompatibleSlot } from "./canvas/interaction.js";
 import { fitNodeSize, minimumSize, widgetRect, IMAGE_MIN_HEIGHT } from "./canvas/layout.js";
 import { CONVERTED_WIDGET, Graph, MODE_ALWAYS } from "./graph/model.js";
+import { applyDynamicCombo } from "./graph/dynamic.js";
 import { History } from "./graph/history.js";
 import { copyPayload, pastePayload, readClipboard, writeClipboard } from "./graph/clipboard.js";
 import { alignNodes, distributeNodes } from "./graph/arrange.js";
@@ -335,8 +336,11 @@ export class Editor {
     if (node.widgets.some((w) => w.kind === "multiline")) {
       node.size = [Math.max(node.size[0], 400), Math.max(node.size[1], 180)];
     }
-    if (node.def.outputNode && node.inputs.some((i) => i.type === "IMAGE")) {
+    if (node.def.outputNode && node.inputs.some((i) => i.type === "IMAGE" || i.type === "MASK" || i.type === "*")) {
       node.size = [Math.max(node.size[0], 300), node.size[1] + IMAGE_MIN_HEIGHT + 120];
+    }
+    if (node.widgets.some((w) => w.kind === "imagecompare")) {
+      node.size = [Math.max(node.size[0], 400), Math.max(node.size[1], 350)]; // ComfyUI's size for the slider
     }
     this.graph.addNode(node);
     this.refreshInputPreview(node);
@@ -633,6 +637,12 @@ export class Editor {
   setWidgetValue(node, widget, value) {
     if (widget.value === value) return;
     widget.value = value;
+    if (widget.dynamic) {
+      // the option's own inputs replace the previous option's; the node fits them
+      applyDynamicCombo(this.graph, node, widget);
+      const [width, height] = minimumSize(node);
+      node.size = [Math.max(node.size[0], width), height];
+    }
     if (node.runtime.errorInputs?.delete(widget.name) && !node.runtime.errorInputs.size) delete node.runtime.error;
     if (node.widgets.some((w) => w.kind === "upload" && w.target === widget.name)) this.refreshInputPreview(node);
     this.graph.changed("widget");

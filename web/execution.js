@@ -156,17 +156,74 @@ export class Execution extends EventTarget {
   #executed(data) {
     if (!this.#mine(data)) return;
     const node = this.#node(data?.display_node ?? data?.node);
-    const images = data?.output?.images;
-    if (!node || !Array.isArray(images)) return;
-    node.runtime.imageRefs = images;
-    node.runtime.images = images.map((ref) => {
+    const output = data?.output;
+    if (!node || !output || typeof output !== "object") return;
+    const load = (ref) => {
       const img = new Image();
       img.onload = () => { fitNodeSize(node); this.canvas.setDirty(); };
       img.src = this.api.viewUrl(ref);
       return img;
-    });
+    };
+    // ImageCompare: {a_images, b_images} -> the before/after slider (a before, b after, as ComfyUI)
+    if (Array.isArray(output.a_images) || Array.isArray(output.b_images)) {
+      const a = output.a_images?.[0];
+      const b = output.b_images?.[0];
+      node.runtime.compare = { a: a ? load(a) : null, b: b ? load(b) : null, position: node.runtime.compare?.position ?? 0.5,
+        refs: { a: output.a_images || [], b: output.b_images || [] } };
+      fitNodeSize(node);
+    }
+    // PreviewAny and other text previews: {text: [...]}
+    if (output.text !== undefined) {
+      const text = Array.isArray(output.text) ? output.text : [output.text];
+      node.runtime.text = text.map((t) => (typeof t === "string" ? t : JSON.stringify(t))).join("\n");
+      fitNodeSize(node);
+      this.canvas.setDirty();
+    }
+    const images = output.images;
+    if (!Array.isArray(images)) {
+      if (output.a_images || output.b_images || output.text !== undefined) {
+        this.dispatchEvent(new CustomEvent("executed", { detail: { node, images: [] } }));
+      }
+      return;
+    }
+    node.runtime.imageRefs = images;
+    node.runtime.images = images.map(load);
+    // SaveAnimatedWEBP/PNG: {images, animated: [true]} -> the frames play in the node
+    const animated = Array.isArray(output.animated) ? output.animated.some(Boolean) : Boolean(output.animated);
+    delete node.runtime.animations;
+    if (animated) this.#animate(node, images);
     fitNodeSize(node);
     this.dispatchEvent(new CustomEvent("executed", { detail: { node, images } }));
+  }
+
+  /** Decode the frames of animated images (WebCodecs' ImageDecoder); without it the first frame shows. */
+  async #animate(node, refs) {
+    if (typeof ImageDecoder === "undefined") return;
+    const animations = [];
+    node.runtime.animations = animations;
+    for (const ref of refs) {
+      try {
+        const response = await fetch(this.api.viewUrl(ref));
+        const type = response.headers.get("content-type")?.split(";")[0] || "image/webp";
+        if (!(await ImageDecoder.isTypeSupported(type))) return;
+        const decoder = new ImageDecoder({ data: await response.arrayBuffer(), type });
+        await decoder.tracks.ready;
+        await decoder.completed; // the frame count is known once all the data is in
+        const count = decoder.tracks.selectedTrack?.frameCount || 1;
+        const frames = [];
+        for (let index = 0; index < count; index++) {
+          const { image } = await decoder.decode({ frameIndex: index });
+          frames.push({ bitmap: await createImageBitmap(image), duration: Math.max(20, (image.duration || 100000) / 1000) });
+          image.close();
+        }
+        decoder.close();
+        if (node.runtime.animations !== animations) { frames.forEach((f) => f.bitmap.close?.()); return; }
+        animations.push({ frames, total: frames.reduce((sum, f) => sum + f.duration, 0), start: performance.now() });
+        this.canvas.setDirty();
+      } catch (error) {
+        console.warn("could not decode the animation:", error);
+      }
+    }
   }
 
   #finished(data) {

@@ -9,7 +9,7 @@
 import { isValidConnection } from "../graph/types.js";
 import { MODE_BYPASS, MODE_NEVER } from "../graph/model.js";
 import { groupHandleAt, nodesInGroup } from "../graph/groups.js";
-import { nodeBounds, minimumSize, visibleInputs } from "./layout.js";
+import { imageArea, nodeBounds, minimumSize, visibleInputs } from "./layout.js";
 import { widgetImpl } from "../widgets/index.js";
 
 const CLICK_SLOP = 4;
@@ -176,7 +176,9 @@ export class Interaction {
     this.lastPointer = screen;
     const drag = this.drag;
     if (!drag) {
-      this.#showTooltip(this.canvas.viewport.toGraph(...screen));
+      const point = this.canvas.viewport.toGraph(...screen);
+      this.#showTooltip(point);
+      this.#hoverCompare(point);
       return;
     }
     const canvas = this.canvas;
@@ -238,6 +240,23 @@ export class Interaction {
         drag.handler.move?.({ x: point[0], y: point[1], event });
         break;
     }
+  }
+
+  /** Over an ImageCompare node's images the slider follows the pointer (as in ComfyUI). */
+  #hoverCompare([x, y]) {
+    const node = this.canvas.nodeAt(x, y);
+    const compare = node?.runtime.compare;
+    if (!compare || node.flags.collapsed) return;
+    const [ax, ay, aw, ah] = imageArea(node);
+    if (x < ax || x > ax + aw || y < ay || y > ay + ah) return;
+    const base = compare.b?.naturalWidth ? compare.b : compare.a;
+    let [left, width] = [ax, aw];
+    if (base?.naturalWidth) {
+      width = base.naturalWidth * Math.min(aw / base.naturalWidth, ah / base.naturalHeight);
+      left = ax + (aw - width) / 2;
+    }
+    compare.position = Math.min(1, Math.max(0, (x - left) / width));
+    this.canvas.setDirty();
   }
 
   #up(event) {

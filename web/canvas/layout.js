@@ -65,13 +65,14 @@ export function visibleInputs(node) {
 
 /** Widgets drawn in the body (those replaced by a linked socket are hidden). */
 export function visibleWidgets(node) {
-  return node.widgets.filter((w) => !node.isWidgetLinked(w)
+  return node.widgets.filter((w) => w.kind !== "imagecompare" && !node.isWidgetLinked(w)
     && !node.inputs.some((i) => i[CONVERTED_WIDGET] && i.widget?.name === w.name));
 }
 
 function hasImageArea(node) {
   const r = node.runtime;
-  return Boolean(r.images?.length || r.preview || r.inputImage);
+  return Boolean(r.images?.length || r.preview || r.inputImage || r.compare || r.text != null
+    || node.widgets.some((w) => w.kind === "imagecompare"));
 }
 
 function slotRows(node) {
@@ -141,6 +142,12 @@ export function nodeLayout(node) {
     y += height + WIDGET_GAP;
   }
   return { rows, widgets: placed, imageTop: y, imageHeight: Math.max(0, node.size[1] - y - 4) };
+}
+
+/** Graph rectangle `[x, y, w, h]` of a node's image area (previews, the compare slider, shown text). */
+export function imageArea(node) {
+  const layout = nodeLayout(node);
+  return [node.pos[0] + 8, node.pos[1] + layout.imageTop, node.size[0] - 16, layout.imageHeight];
 }
 
 /** Graph position of the centre of input slot `slot` (an index into `node.inputs`). */

@@ -4,7 +4,7 @@
  * and below `LOW_DETAIL_SCALE` nodes become plain boxes with straight links and no text.
  */
 import {
-  TITLE_HEIGHT, SLOT_FONT, TITLE_FONT, WIDGET_FONT, collapsedWidth, fitText, inputSlotPos, nodeBounds,
+  TITLE_HEIGHT, SLOT_FONT, TITLE_FONT, WIDGET_FONT, collapsedWidth, fitText, imageArea, inputSlotPos, nodeBounds,
   nodeLayout, outputSlotPos, visibleInputs, widgetRect,
 } from "./layout.js";
 import { isValidConnection, typeColor } from "../graph/types.js";
@@ -370,8 +370,17 @@ export class Renderer {
 
   #drawImages(ctx, node) {
     const runtime = node.runtime;
-    const images = runtime.running && runtime.preview ? [runtime.preview]
+    if (runtime.compare || node.widgets.some((w) => w.kind === "imagecompare")) {
+      this.#drawCompare(ctx, node);
+      return;
+    }
+    if (runtime.text != null && !runtime.images?.length) {
+      this.#drawText(ctx, node);
+      return;
+    }
+    let images = runtime.running && runtime.preview ? [runtime.preview]
       : runtime.images?.length ? runtime.images : runtime.inputImage ? [runtime.inputImage] : [];
+    if (runtime.animations?.length && !runtime.running) images = runtime.animations.map((a) => this.#currentFrame(a));
     const ready = images.filter((img) => img && (img.complete === undefined || img.complete) && img.width);
     if (!ready.length) return;
     const layout = nodeLayout(node);
@@ -398,6 +407,85 @@ export class Renderer {
       ctx.fillStyle = "#888";
       ctx.fillText(`${ready[0].width} × ${ready[0].height}`, area[0] + area[2] / 2, area[1] + area[3] + 8);
     }
+  }
+
+  /** The frame of an animation to show now; a redraw is asked for when the next one is due. */
+  #currentFrame(animation) {
+    const now = performance.now();
+    let t = (now - animation.start) % animation.total;
+    let frame = animation.frames[0];
+    for (const f of animation.frames) {
+      frame = f;
+      if (t < f.duration) break;
+      t -= f.duration;
+    }
+    if (animation.frames.length > 1 && !this.animationTimer) {
+      this.animationTimer = setTimeout(() => { this.animationTimer = null; this.view.setDirty(); },
+        Math.max(16, frame.duration - t));
+    }
+    return frame.bitmap;
+  }
+
+  /** ImageCompare: the after image (b) whole, the before image (a) left of the slider, and the slider line. */
+  #drawCompare(ctx, node) {
+    const compare = node.runtime.compare;
+    const [x, y, w, h] = imageArea(node);
+    if (h < 10) return;
+    const ready = (img) => img && img.complete && img.naturalWidth > 0;
+    const a = ready(compare?.a) ? compare.a : null;
+    const b = ready(compare?.b) ? compare.b : null;
+    if (!a && !b) {
+      ctx.font = "12px Arial, sans-serif";
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      ctx.fillStyle = "#777";
+      ctx.fillText(compare ? "Loading…" : "Run the workflow to compare image_a and image_b", x + w / 2, y + h / 2, w - 10);
+      return;
+    }
+    const base = b || a;
+    const scale = Math.min(w / base.naturalWidth, h / base.naturalHeight);
+    const iw = base.naturalWidth * scale;
+    const ih = base.naturalHeight * scale;
+    const ix = x + (w - iw) / 2;
+    const iy = y + (h - ih) / 2;
+    const pixels = iw * this.view.viewport.scale * (window.devicePixelRatio || 1);
+    if (b) ctx.drawImage(this.bitmaps.source(b, pixels), ix, iy, iw, ih);
+    const split = ix + iw * Math.min(1, Math.max(0, compare.position ?? 0.5));
+    if (a) {
+      ctx.save();
+      ctx.beginPath();
+      ctx.rect(ix, iy, b ? split - ix : iw, ih);
+      ctx.clip();
+      ctx.drawImage(this.bitmaps.source(a, pixels), ix, iy, iw, ih);
+      ctx.restore();
+    }
+    if (a && b) {
+      ctx.fillStyle = "#FFF";
+      ctx.fillRect(split - 1, iy, 2, ih);
+    }
+  }
+
+  /** A text preview (PreviewAny): the lines that fit in the image area. */
+  #drawText(ctx, node) {
+    const [x, y, w, h] = imageArea(node);
+    if (h < 10) return;
+    ctx.save();
+    ctx.fillStyle = "#222";
+    ctx.beginPath();
+    ctx.roundRect(x, y, w, h, 4);
+    ctx.fill();
+    ctx.clip();
+    ctx.font = WIDGET_FONT;
+    ctx.textAlign = "left";
+    ctx.textBaseline = "top";
+    ctx.fillStyle = "#DDD";
+    let line = y + 5;
+    for (const text of String(node.runtime.text).split("\n")) {
+      if (line > y + h) break;
+      ctx.fillText(fitText(text, WIDGET_FONT, w - 10), x + 5, line);
+      line += 15;
+    }
+    ctx.restore();
   }
 
   #drawResizeHandle(ctx, node) {

@@ -10,6 +10,12 @@
 
 const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
 
+/** ComfyUI's V3 dynamic input types (see graph/dynamic.js for how nodes grow and retype with them). */
+export const AUTOGROW = "COMFY_AUTOGROW_V3";
+export const MATCHTYPE = "COMFY_MATCHTYPE_V3";
+export const DYNAMICCOMBO = "COMFY_DYNAMICCOMBO_V3";
+const AUTOGROW_DEFAULT_MAX = 100;
+
 export const CONTROL_MODES = ["fixed", "increment", "decrement", "randomize"];
 const LEGACY_SEED_NAMES = ["seed", "noise_seed"];
 
@@ -25,6 +31,9 @@ export class NodeDef {
     this.deprecated = Boolean(info.deprecated);
     this.sockets = [];
     this.widgets = [];
+    this.autogrow = {}; // group name -> { min, max, names, prefix, specs: [{ name, type, optional }] }
+    this.matchInputs = {}; // input name -> { template, allowed }
+    this.dynamicCombos = {}; // combo widget name -> { option key -> { sockets, widgets } }
     const inputs = info.input || {};
     for (const group of ["required", "optional"]) {
       const specs = inputs[group] || {};
@@ -43,22 +52,104 @@ export class NodeDef {
     }
     delete this.uploadTarget;
     const names = info.output_name || [];
-    this.outputs = (info.output || []).map((type, i) => ({
-      name: names[i] || String(type),
-      type: Array.isArray(type) ? "COMBO" : String(type),
-      isList: Boolean(info.output_is_list?.[i]),
-    }));
+    this.outputs = (info.output || []).map((type, i) => {
+      const output = {
+        name: names[i] || String(type),
+        type: Array.isArray(type) ? "COMBO" : String(type),
+        isList: Boolean(info.output_is_list?.[i]),
+      };
+      const template = info.output_matchtypes?.[i];
+      if (output.type === MATCHTYPE && template != null) {
+        output.matchType = String(template);
+        output.type = this.matchTemplateTypes(output.matchType);
+      }
+      return output;
+    });
   }
 
-  #addInput(name, spec, optional) {
+  /** What inputs of a MatchType template may take, together (an unlinked matched output's type). */
+  matchTemplateTypes(template) {
+    const types = new Set();
+    for (const entry of Object.values(this.matchInputs)) {
+      if (entry.template === template) for (const t of String(entry.allowed).split(",")) if (t.trim()) types.add(t.trim());
+    }
+    return types.size ? [...types].join(",") : "*";
+  }
+
+  /** Sockets of one autogrow ordinal: `images.image0` labelled `image0`, optional from `min` on. */
+  autogrowSockets(group, ordinal) {
+    const entry = this.autogrow[group];
+    if (!entry || ordinal >= entry.max) return [];
+    return entry.specs.map((spec) => {
+      const base = entry.names ? entry.names[ordinal] : (entry.specs.length === 1 ? entry.prefix ?? "" : spec.name) + ordinal;
+      return { name: `${group}.${base}`, label: String(base), type: spec.type, optional: spec.optional || ordinal >= entry.min,
+        autogrow: group };
+    });
+  }
+
+  #addAutogrow(name, options) {
+    const template = options.template || {};
+    const specs = [];
+    for (const group of ["required", "optional"]) {
+      for (const [key, spec] of Object.entries(template.input?.[group] || {})) {
+        const [rawType] = Array.isArray(spec) ? spec : [spec];
+        specs.push({ name: key, type: Array.isArray(rawType) ? "COMBO" : String(rawType), optional: group === "optional" });
+      }
+    }
+    const names = Array.isArray(template.names) ? template.names.map(String) : null;
+    const min = Number.isInteger(template.min) ? template.min : 1;
+    const max = names ? names.length : Number.isInteger(template.max) ? template.max : AUTOGROW_DEFAULT_MAX;
+    this.autogrow[name] = { min, max, names, prefix: template.prefix, specs };
+    // ComfyUI's frontend starts with the required copies plus one free one
+    for (let ordinal = 0; ordinal === 0 || ordinal < min + 1; ordinal++) this.sockets.push(...this.autogrowSockets(name, ordinal));
+  }
+
+  #addDynamicCombo(name, options, optional) {
+    const choices = {};
+    for (const option of options.options || []) {
+      const collected = { sockets: [], widgets: [] };
+      for (const group of ["required", "optional"]) {
+        for (const [key, spec] of Object.entries(option.inputs?.[group] || {})) {
+          this.#addInput(`${name}.${key}`, spec, group === "optional", collected, key);
+        }
+      }
+      choices[String(option.key)] = collected;
+    }
+    this.dynamicCombos[name] = choices;
+    const values = Object.keys(choices);
+    this.widgets.push({
+      name, kind: "combo", inputType: "COMBO", optional, dynamic: true, tooltip: options.tooltip,
+      options: { values }, default: options.default ?? values[0] ?? "",
+    });
+  }
+
+  #addInput(name, spec, optional, into = this, label = undefined) {
     const [rawType, options = {}] = Array.isArray(spec) ? spec : [spec, {}];
     const isCombo = Array.isArray(rawType) || rawType === "COMBO";
     const type = isCombo ? "COMBO" : String(rawType);
+    if (into === this) {
+      if (type === AUTOGROW) { this.#addAutogrow(name, options); return; }
+      if (type === DYNAMICCOMBO) { this.#addDynamicCombo(name, options, optional); return; }
+    }
+    if (type === "IMAGECOMPARE") {
+      // the before/after slider: drawn in the node's image area, kept out of widgets_values (as ComfyUI does)
+      into.widgets.push({ name, kind: "imagecompare", inputType: type, optional, options: { ...options }, saved: false,
+        default: null });
+      return;
+    }
+    if (type === MATCHTYPE) {
+      const template = options.template || {};
+      const allowed = String(template.allowed_types ?? "*") || "*";
+      this.matchInputs[name] = { template: String(template.template_id ?? name), allowed };
+      into.sockets.push({ name, type: allowed, optional, tooltip: options.tooltip, ...(label ? { label } : {}) });
+      return;
+    }
     if (!WIDGET_TYPES.has(type) || options.forceInput) {
-      this.sockets.push({ name, type, optional, tooltip: options.tooltip });
+      into.sockets.push({ name, type, optional, tooltip: options.tooltip, ...(label ? { label } : {}) });
       return;
     }
     const widget = { name, inputType: type, optional, options: { ...options }, tooltip: options.tooltip };
+    if (label) widget.label = label;
     if (isCombo) {
       widget.kind = "combo";
       widget.options.values = Array.isArray(rawType) ? rawType.slice() : (options.options || []).slice();
@@ -75,23 +166,23 @@ export class NodeDef {
       widget.kind = "toggle";
       widget.default = options.default ?? false;
     }
-    this.widgets.push(widget);
+    into.widgets.push(widget);
     // seeds get a control widget; old definitions do not ask for it, so the names count too
     const legacySeed = type === "INT" && LEGACY_SEED_NAMES.includes(name);
     if (options.control_after_generate || legacySeed) {
       const mode = typeof options.control_after_generate === "string" ? options.control_after_generate : "randomize";
-      this.widgets.push({
+      into.widgets.push({
         name: "control_after_generate", kind: "control", inputType: "COMBO", target: name,
         options: { values: CONTROL_MODES.slice(), serialize: false }, default: mode,
       });
       if (isCombo) {
-        this.widgets.push({
+        into.widgets.push({
           name: "control_filter_list", kind: "text", inputType: "STRING", target: name,
           options: { serialize: false }, default: "",
         });
       }
     }
-    if (isCombo && options.image_upload) this.uploadTarget = name;
+    if (isCombo && options.image_upload && into === this) this.uploadTarget = name;
   }
 
   /** Text the node search matches against. */

@@ -8,6 +8,9 @@
  * workflow survives a load/save round trip.
  */
 import { isValidConnection } from "./types.js";
+import {
+  applyDynamicCombo, autogrowConnected, autogrowDisconnected, ensureAutogrow, socketInput, updateMatchTypes,
+} from "./dynamic.js";
 
 const NODE_KEYS = new Set(["id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "title",
   "properties", "widgets_values", "color", "bgcolor"]);
@@ -61,6 +64,9 @@ export function createWidget(spec) {
     name: spec.name, kind: spec.kind, inputType: spec.inputType, target: spec.target,
     options: { ...spec.options }, value: clone(spec.default), tooltip: spec.tooltip,
   };
+  if (spec.label) widget.label = spec.label;
+  if (spec.saved === false) widget.saved = false; // kept out of widgets_values (ComfyUI's image compare)
+  if (spec.dynamic) widget.dynamic = true; // a dynamic combo: its option brings more inputs
   if (widget.kind === "combo" || widget.kind === "control") widget.options.values = (spec.options.values || []).slice();
   return widget;
 }
@@ -99,13 +105,19 @@ export class GraphNode {
     this.properties = { "Node name for S&R": type };
     this.color = undefined;
     this.bgcolor = undefined;
-    this.inputs = def ? def.sockets.map((s) => ({ name: s.name, type: s.type, link: null })) : [];
+    this.inputs = def ? def.sockets.map(socketInput) : [];
     this.outputs = def ? def.outputs.map((o) => ({ name: o.name, type: o.type, links: null })) : [];
     this.widgets = def ? def.widgets.map(createWidget) : [];
+    for (const widget of this.widgets.slice()) if (widget.dynamic) applyDynamicCombo(null, this, widget);
     this.extraFields = {};
     this.keepEmpty = { inputs: false, outputs: false, widgets_values: true };
     this.raw = null; // the saved object of a node whose type the server does not know
     this.runtime = {};
+  }
+
+  /** The widgets whose values `widgets_values` holds, in order. */
+  savedWidgets() {
+    return this.widgets.filter((w) => w.saved !== false);
   }
 
   get missing() {
@@ -143,7 +155,7 @@ export class GraphNode {
     };
     if (this.title !== this.defaultTitle) data.title = this.title;
     data.properties = clone(this.properties);
-    if (this.widgets.length || this.keepEmpty.widgets_values) data.widgets_values = this.widgets.map((w) => clone(w.value));
+    if (this.widgets.length || this.keepEmpty.widgets_values) data.widgets_values = this.savedWidgets().map((w) => clone(w.value));
     if (this.color !== undefined) data.color = this.color;
     if (this.bgcolor !== undefined) data.bgcolor = this.bgcolor;
     return { ...data, ...clone(this.extraFields) };
@@ -188,6 +200,7 @@ export class GraphNode {
       this.inputs = data.inputs.map((saved) => ({ ...clone(saved), link: null }));
       // sockets the node type gained since the file was saved are added after the saved ones
       for (const socket of this.def.sockets) {
+        if (socket.autogrow) continue; // autogrow copies are completed after the links are back
         if (!this.inputs.some((input) => input.name === socket.name)) {
           this.inputs.push({ name: socket.name, type: socket.type, link: null });
         }
@@ -206,12 +219,17 @@ export class GraphNode {
     }
     const values = data.widgets_values;
     this.keepEmpty.widgets_values = values !== undefined;
-    if (Array.isArray(values)) {
-      values.forEach((value, i) => {
-        if (i < this.widgets.length) this.widgets[i].value = clone(value);
-      });
-    } else if (values && typeof values === "object") {
-      for (const widget of this.widgets) if (widget.name in values) widget.value = clone(values[widget.name]);
+    // one widget at a time: a dynamic combo's value brings its option's widgets right after it
+    let position = 0;
+    for (let i = 0; i < this.widgets.length; i++) {
+      const widget = this.widgets[i];
+      if (Array.isArray(values) && widget.saved !== false) {
+        if (position < values.length) widget.value = clone(values[position]);
+        position++;
+      } else if (values && typeof values === "object" && !Array.isArray(values) && widget.name in values) {
+        widget.value = clone(values[widget.name]);
+      }
+      if (widget.dynamic) applyDynamicCombo(null, this, widget, { loading: true });
     }
     for (const [key, value] of Object.entries(data)) {
       if (!NODE_KEYS.has(key)) this.extraFields[key] = clone(value);
@@ -272,7 +290,7 @@ export class Graph {
   }
 
   removeNode(node) {
-    for (let i = 0; i < node.inputs.length; i++) this.disconnectInput(node, i, false);
+    for (const input of node.inputs) if (input.link != null) this.removeLink(input.link, false, false);
     for (let i = 0; i < node.outputs.length; i++) this.disconnectOutput(node, i, false);
     this.nodes = this.nodes.filter((n) => n !== node);
     this.nodeById.delete(node.id);
@@ -299,7 +317,8 @@ export class Graph {
   connect(origin, outSlot, target, inSlot, notify = true) {
     if (!this.canConnect(origin, outSlot, target, inSlot)) return null;
     if (this.#reaches(target, origin)) return null; // would make a cycle
-    this.disconnectInput(target, inSlot, false);
+    // a link replaced: no autogrow shrinking for the moment the input is empty
+    if (target.inputs[inSlot].link != null) this.removeLink(target.inputs[inSlot].link, false, false);
     const output = origin.outputs[outSlot];
     const type = output.type === "*" ? target.inputs[inSlot].type : output.type;
     const link = { id: ++this.last_link_id, origin_id: origin.id, origin_slot: outSlot, target_id: target.id,
@@ -307,6 +326,10 @@ export class Graph {
     this.links.set(link.id, link);
     target.inputs[inSlot].link = link.id;
     (output.links ||= []).push(link.id);
+    if (target.def) {
+      autogrowConnected(this, target, inSlot);
+      updateMatchTypes(this, target);
+    }
     if (notify) this.changed("connect");
     return link;
   }
@@ -330,7 +353,8 @@ export class Graph {
     return false;
   }
 
-  removeLink(id, notify = true) {
+  /** Remove a link; `dynamic` false skips what dynamic inputs do after it (autogrow, match types). */
+  removeLink(id, notify = true, dynamic = true) {
     const link = this.links.get(id);
     if (!link) return;
     this.links.delete(id);
@@ -341,6 +365,11 @@ export class Graph {
     if (output?.links) {
       output.links = output.links.filter((l) => l !== id);
       if (!output.links.length) output.links = null;
+    }
+    if (dynamic && target?.def) {
+      const input = target.inputs[link.target_slot];
+      if (input) autogrowDisconnected(this, target, link.target_slot, input.name);
+      updateMatchTypes(this, target);
     }
     if (notify) this.changed("disconnect");
   }
@@ -466,6 +495,8 @@ export class Graph {
       (output.links ||= []).push(link.id);
     }
     if (dropped) warnings.push(`${dropped} link(s) pointed at missing nodes or slots and were dropped`);
+    for (const node of this.nodes) ensureAutogrow(this, node);
+    for (const node of this.nodes) updateMatchTypes(this, node);
     const state = data.state || {};
     const maxNode = Math.max(0, ...this.nodes.map((n) => (typeof n.id === "number" ? n.id : 0)));
     const maxLink = Math.max(0, ...[...this.links.keys()].map(Number).filter(Number.isFinite));
