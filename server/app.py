@@ -43,6 +43,7 @@ VERSION = "0.1.0"
 COMFYUI_COMPATIBLE_VERSION = "0.3.64"  # the ComfyUI API (routes, messages, shapes) Loom speaks
 COMFYUI_REQUIRED_FRONTEND_VERSION = "1.27.10"  # comfyui-frontend-package that ComfyUI release pins
 COMFYUI_REQUIRED_TEMPLATES_VERSION = "0.1.94"  # comfyui-workflow-templates that ComfyUI release pins
+WORKER_TRANSPORTS = ("thread", "process")
 PROMPT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 VIEWABLE_EXAMPLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # shipped example inputs /view may show
 
@@ -82,7 +83,10 @@ class ServerConfig:
     stall_timeout_s: float = 900.0  # /api/ready turns 503 when a running prompt reports nothing for this long
     preview_method: str | None = None  # ComfyUI's --preview-method; None: latent previews only to clients that ask
     start_worker: bool = True
-    executor: Any = None  # default server.executor.Executor(registry)
+    executor: Any = None  # default: per ``workers``
+    workers: str = "thread"  # "thread": the executor runs in a thread here; "process": in a worker process
+    prompt_timeout_s: float | None = None  # process workers: a prompt running longer fails with ``timeout``
+    worker_spec: Any = None  # process workers: a server.worker_process.WorkerSpec (default: as configured now)
 
 
 class LoomServer:
@@ -102,6 +106,16 @@ class LoomServer:
         self.queue = PromptQueue(config.db_path or self.user_dir / "loom.sqlite3",
                                  max_history_items=config.history_max_items,
                                  max_history_age_s=config.history_max_age_s)
+        if config.workers not in WORKER_TRANSPORTS:
+            raise ValueError(f"workers must be one of {', '.join(WORKER_TRANSPORTS)}, not {config.workers!r}")
+        if config.executor is None and config.workers == "process":
+            from loom.server.worker_process import ProcessExecutor, WorkerSpec
+            spec = config.worker_spec or WorkerSpec.current(self.registry, config.extra_node_packs)
+            config.executor = ProcessExecutor(spec, prompt_timeout_s=config.prompt_timeout_s,
+                                              expected_nodes=self.registry.names())
+        elif config.prompt_timeout_s and config.executor is None:
+            raise ValueError("prompt_timeout_s needs process workers (workers='process'): a thread cannot be "
+                             "stopped from outside")
         if config.executor is None:
             from loom.server.executor import Executor
             config.executor = Executor(self.registry)
@@ -120,6 +134,9 @@ class LoomServer:
     async def on_startup(self, app: web.Application) -> None:
         self.hub.attach(asyncio.get_running_loop())
         if self.config.start_worker:
+            start = getattr(self.executor, "start", None)
+            if callable(start):  # a worker process starts in the background; /api/ready waits for it
+                start()
             self.worker.start()
 
     async def on_shutdown(self, app: web.Application) -> None:
@@ -130,6 +147,9 @@ class LoomServer:
 
     async def on_cleanup(self, app: web.Application) -> None:
         await asyncio.to_thread(self.worker.stop)
+        close = getattr(self.executor, "close", None)
+        if callable(close):
+            await asyncio.to_thread(close)
         self.queue.close()
 
     # -- prompts -------------------------------------------------------------------------------
@@ -474,6 +494,8 @@ class LoomServer:
             "worker": self.worker.alive or not self.config.start_worker,
             "worker_responsive": not stalled,
         }
+        if self.config.start_worker and hasattr(self.executor, "ready"):
+            checks["worker_process"] = bool(self.executor.ready)  # up, not starting or being replaced
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 

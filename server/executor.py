@@ -53,6 +53,7 @@ class ExecutionResult:
     cached: list[str] = field(default_factory=list)  # nodes answered from the cache
     timings: dict[str, float] = field(default_factory=dict)  # seconds per node that ran
     duration: float = 0.0
+    worker: str | None = None  # which worker ran it ("process:<pid>"); None: this thread
 
     @property
     def ok(self) -> bool:

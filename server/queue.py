@@ -97,6 +97,7 @@ class Outcome:
     outputs: dict[str, Any] = field(default_factory=dict)
     messages: list[Any] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    worker: str | None = None  # which worker ran it: "thread" or "process:<pid>" (history's status.worker)
 
 
 def public_extra_data(extra_data: dict[str, Any]) -> dict[str, Any]:
@@ -140,12 +141,19 @@ class PromptQueue:
             elif int(row[0]) != SCHEMA_VERSION:
                 raise QueueStoreError(f"queue database {self.db_path.name} has schema version {row[0]}, "
                                       f"this Loom reads version {SCHEMA_VERSION}")
+            self._add_columns()
         except sqlite3.DatabaseError as error:
             raise QueueStoreError(f"cannot open the queue database {self.db_path.name}: {error}") from None
         self.recovered = self._recover()
         self._trim_history()
         self._counts = (0, 0)
         self._count_states()
+
+    def _add_columns(self) -> None:
+        """Columns added after schema version 1 (nullable, so an older Loom still reads the file)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(history)").fetchall()}
+        if "worker" not in columns:
+            self._db.execute("ALTER TABLE history ADD COLUMN worker TEXT")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -273,10 +281,11 @@ class PromptQueue:
             self._db.execute("DELETE FROM history WHERE prompt_id=?", (prompt_id,))
             self._db.execute(
                 "INSERT INTO history (prompt_id, number, prompt, extra_data, outputs_to_execute, state, outputs, "
-                "messages, error, queued_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "messages, error, queued_at, started_at, finished_at, worker) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (prompt_id, row[0], row[1], row[2], row[3], outcome.state, _dumps(outcome.outputs),
                  _dumps(outcome.messages), _dumps(outcome.error) if outcome.error else None, row[4], row[5],
-                 time.time()))
+                 time.time(), outcome.worker))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -406,13 +415,14 @@ class PromptQueue:
 
 
 _HISTORY_COLUMNS = ("prompt_id, number, prompt, extra_data, outputs_to_execute, state, outputs, messages, error, "
-                    "queued_at, started_at, finished_at")
+                    "queued_at, started_at, finished_at, worker")
 
 
 def _history_entry(row: tuple) -> dict[str, Any]:
-    """ComfyUI's history entry shape, plus Loom's ``status.state``, ``status.error`` and ``timing``."""
+    """ComfyUI's history entry shape, plus Loom's ``status.state``, ``status.error``, ``status.worker`` (which
+    worker ran it: ``thread`` or ``process:<pid>``; absent for prompts that never ran) and ``timing``."""
     (prompt_id, number, prompt, extra_data, outputs_to_execute, state, outputs, messages, error,
-     queued_at, started_at, finished_at) = row
+     queued_at, started_at, finished_at, worker) = row
     status: dict[str, Any] = {
         "status_str": "success" if state == "success" else "error",
         "completed": state == "success",
@@ -421,6 +431,8 @@ def _history_entry(row: tuple) -> dict[str, Any]:
     }
     if error:
         status["error"] = _loads(error)
+    if worker:
+        status["worker"] = worker
     output_map = _loads(outputs)
     return {
         "prompt": [_plain_number(number), prompt_id, _loads(prompt), _loads(extra_data),

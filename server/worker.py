@@ -264,7 +264,8 @@ class Worker:
             log.exception("executing prompt %s failed", item.prompt_id)
             payload = self._error_payload(item, "executor_error", f"{type(error).__name__}: {error}")
             held[:] = [("execution_error", payload), ("executing", {"node": None, "prompt_id": item.prompt_id})]
-            outcome = Outcome(state="error", messages=[["execution_error", payload]], error=payload)
+            outcome = Outcome(state="error", messages=[["execution_error", payload]], error=payload,
+                              worker=self._worker_label())
         if self.hub.loop is not None:
             self.hub.hold_status()  # the status this finish causes goes out after the terminal event
         try:
@@ -308,7 +309,13 @@ class Worker:
                      "node_errors": getattr(validation, "node_errors", {}) if validation is not None else {}}
         elif status == "error" and error is not None:
             error = self._public_error(error)
-        return Outcome(state=status, outputs=result.outputs or {}, messages=messages, error=error)
+        return Outcome(state=status, outputs=result.outputs or {}, messages=messages, error=error,
+                       worker=getattr(result, "worker", None) or self._worker_label())
+
+    def _worker_label(self) -> str:
+        """Which worker runs prompts now: ``thread``, or ``process:<pid>`` for a worker process."""
+        pid = getattr(self.executor, "pid", None)
+        return f"process:{pid}" if isinstance(pid, int) else "thread"
 
     def _error_payload(self, item: QueueItem, kind: str, message: str) -> dict[str, Any]:
         return {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
