@@ -88,7 +88,7 @@ class ImageCompositeMasked(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ImageCompositeMasked", display_name="Image Composite Masked", category="image",
+            "ImageCompositeMasked", display_name="Image Composite Masked", category="image/compositing",
             description="Composites a source image into a destination image using an optional mask and offset "
                         "coordinates.",
             inputs=[Socket("destination", "IMAGE",

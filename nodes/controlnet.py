@@ -47,7 +47,7 @@ class ControlNetLoader(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ControlNetLoader", display_name="Load ControlNet Model", category="loaders",
+            "ControlNetLoader", display_name="Load ControlNet Model", category="model/loaders",
             inputs=[Combo("control_net_name", folder="controlnet")],
             outputs=[Output("CONTROL_NET")])
 
@@ -72,7 +72,7 @@ class ControlNetApply(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ControlNetApply", display_name="Apply ControlNet (OLD)", category="conditioning/controlnet",
+            "ControlNetApply", display_name="Apply ControlNet (DEPRECATED)", category="model/conditioning/controlnet",
             deprecated=True,
             inputs=[Socket("conditioning", "CONDITIONING"), Socket("control_net", "CONTROL_NET"),
                     Socket("image", "IMAGE"),
@@ -101,7 +101,7 @@ class ControlNetApplyAdvanced(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ControlNetApplyAdvanced", display_name="Apply ControlNet", category="conditioning/controlnet",
+            "ControlNetApplyAdvanced", display_name="Apply ControlNet", category="model/conditioning/controlnet",
             inputs=[Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
                     Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"),
                     Float("strength", default=1.0, min=0.0, max=10.0, step=0.01),

@@ -213,7 +213,7 @@ class LoadImageMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LoadImageMask", display_name="Load Image (as Mask)", category="mask",
+            "LoadImageMask", display_name="Load Image (as Mask)", category="image",
             inputs=[Combo("image", options_source=list_input_images, image_upload=True,
                           validate_membership=False),
                     Combo("channel", options_source=cls.CHANNELS)],
@@ -372,7 +372,7 @@ class ImageScaleBy(Node):
 class ImageInvert(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("ImageInvert", display_name="Invert Image", category="image",
+        return Schema("ImageInvert", display_name="Invert Image Colors", category="image/color",
                       inputs=[Socket("image", "IMAGE")], outputs=[Output("IMAGE")])
 
     @classmethod
@@ -384,7 +384,7 @@ class ImageInvert(Node):
 class ImageBatch(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("ImageBatch", display_name="Batch Images", category="image",
+        return Schema("ImageBatch", display_name="Batch Images (DEPRECATED)", category="image/batch", deprecated=True,
                       inputs=[Socket("image1", "IMAGE"), Socket("image2", "IMAGE")],
                       outputs=[Output("IMAGE")])
 
@@ -401,7 +401,7 @@ class EmptyImage(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "EmptyImage", category="image",
+            "EmptyImage", display_name="Empty Image", category="image",
             inputs=[Int("width", default=512, min=1, max=MAX_RESOLUTION, step=1),
                     Int("height", default=512, min=1, max=MAX_RESOLUTION, step=1),
                     Int("batch_size", default=1, min=1, max=4096),
@@ -420,7 +420,7 @@ class ImagePadForOutpaint(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ImagePadForOutpaint", display_name="Pad Image for Outpainting", category="image",
+            "ImagePadForOutpaint", display_name="Pad Image for Outpainting", category="image/transform",
             inputs=[Socket("image", "IMAGE"),
                     Int("left", default=0, min=0, max=MAX_RESOLUTION, step=8),
                     Int("top", default=0, min=0, max=MAX_RESOLUTION, step=8),

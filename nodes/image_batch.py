@@ -19,7 +19,7 @@ class BatchImagesNode(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "BatchImagesNode", display_name="Batch Images", category="image",
+            "BatchImagesNode", display_name="Batch Images", category="image/batch",
             inputs=[Autogrow("images", template=Socket("image", "IMAGE"), prefix="image", min=2, max=50)],
             outputs=[Output("IMAGE")])
 

@@ -22,7 +22,7 @@ class ImageBlend(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ImageBlend", display_name="Image Blend", category="image/postprocessing",
+            "ImageBlend", display_name="Blend Images", category="image/filters",
             inputs=[Socket("image1", "IMAGE"), Socket("image2", "IMAGE"),
                     Float("blend_factor", default=0.5, min=0.0, max=1.0, step=0.01),
                     Combo("blend_mode", options_source=BLEND_MODES)],
@@ -44,7 +44,7 @@ class ImageBlur(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ImageBlur", display_name="Image Blur", category="image/postprocessing",
+            "ImageBlur", display_name="Blur Image", category="image/filters",
             inputs=[Socket("image", "IMAGE"),
                     Int("blur_radius", default=1, min=1, max=31, step=1),
                     Float("sigma", default=1.0, min=0.1, max=10.0, step=0.1)],
@@ -60,7 +60,7 @@ class ImageSharpen(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ImageSharpen", display_name="Image Sharpen", category="image/postprocessing",
+            "ImageSharpen", display_name="Sharpen Image", category="image/filters",
             inputs=[Socket("image", "IMAGE"),
                     Int("sharpen_radius", default=1, min=1, max=31, step=1, advanced=True),
                     Float("sigma", default=1.0, min=0.1, max=10.0, step=0.01, advanced=True),
@@ -102,7 +102,7 @@ class ImageQuantize(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ImageQuantize", display_name="Image Quantize", category="image/postprocessing",
+            "ImageQuantize", display_name="Quantize Image", category="image/filters",
             inputs=[Socket("image", "IMAGE"),
                     Int("colors", default=256, min=1, max=256, step=1),
                     Combo("dither", options_source=cls.DITHERS)],

@@ -44,9 +44,9 @@ class EmptyLatentImage(Node):
         return Schema(
             "EmptyLatentImage", display_name="Empty Latent Image", category="model/latent",
             description="Create a new batch of empty latent images to be denoised via sampling.",
-            inputs=[Int("width", default=512, min=16, max=MAX_RESOLUTION, step=8,
+            inputs=[Int("width", default=1024, min=16, max=MAX_RESOLUTION, step=8,
                         tooltip="The width of the latent images in pixels."),
-                    Int("height", default=512, min=16, max=MAX_RESOLUTION, step=8,
+                    Int("height", default=1024, min=16, max=MAX_RESOLUTION, step=8,
                         tooltip="The height of the latent images in pixels."),
                     Int("batch_size", default=1, min=1, max=4096,
                         tooltip="The number of latent images in the batch.")],
@@ -262,7 +262,7 @@ class LatentFromBatch(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LatentFromBatch", display_name="Latent From Batch", category="model/latent/batch",
+            "LatentFromBatch", display_name="Get Latent From Batch", category="model/latent/batch",
             inputs=[Socket("samples", "LATENT"),
                     Int("batch_index", default=0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION),
                     Int("length", default=1, min=1, max=64)],
@@ -321,7 +321,7 @@ class SaveLatent(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "SaveLatent", category="model/latent", output_node=True,
+            "SaveLatent", display_name="Save Latent", category="model/latent", output_node=True,
             inputs=[Socket("samples", "LATENT"), String("filename_prefix", default="latents/ComfyUI")],
             hidden=[HIDDEN_PROMPT, HIDDEN_EXTRA_PNGINFO],
             outputs=[Output("LATENT", name="samples")])
@@ -345,7 +345,7 @@ class SaveLatent(Node):
 class LoadLatent(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("LoadLatent", category="model/latent",
+        return Schema("LoadLatent", display_name="Load Latent", category="model/latent",
                       inputs=[Combo("latent", options_source=list_input_latents, validate_membership=False)],
                       outputs=[Output("LATENT")])
 

@@ -47,7 +47,7 @@ class CheckpointLoaderSimple(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "CheckpointLoaderSimple", display_name="Load Checkpoint", category="loaders",
+            "CheckpointLoaderSimple", display_name="Load Checkpoint", category="model/loaders",
             description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
             inputs=[Combo("ckpt_name", folder="checkpoints", tooltip="The name of the checkpoint (model) to load.")],
             outputs=[Output("MODEL", tooltip="The model used for denoising latents."),
@@ -81,7 +81,7 @@ class VAELoader(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "VAELoader", display_name="Load VAE", category="loaders",
+            "VAELoader", display_name="Load VAE", category="model/loaders",
             inputs=[Combo("vae_name", folder="vae")],
             outputs=[Output("VAE")])
 

@@ -322,7 +322,7 @@ class PreviewAny(Node):
 
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("PreviewAny", display_name="Preview Any", category="utils", output_node=True,
+        return Schema("PreviewAny", display_name="Preview as Text", category="utilities", output_node=True,
                       inputs=[Socket("source", "*")], outputs=[])
 
     @classmethod

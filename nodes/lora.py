@@ -58,7 +58,7 @@ class LoraLoader(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LoraLoader", display_name="Load LoRA", category="loaders",
+            "LoraLoader", display_name="Load LoRA (Model and CLIP)", category="model/loaders",
             description="LoRAs are used to modify diffusion and CLIP models, altering the way in which latents are "
                         "denoised such as applying styles. Multiple LoRA nodes can be linked together.",
             inputs=[Socket("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
@@ -90,7 +90,7 @@ class LoraLoaderModelOnly(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "LoraLoaderModelOnly", display_name="LoraLoaderModelOnly", category="loaders",
+            "LoraLoaderModelOnly", display_name="Load LoRA", category="model/loaders",
             description="LoRAs are used to modify diffusion models, altering the way in which latents are denoised "
                         "such as applying styles. Multiple LoRA nodes can be linked together.",
             inputs=[Socket("model", "MODEL"),

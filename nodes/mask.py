@@ -47,7 +47,7 @@ class MaskToImage(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "MaskToImage", display_name="Convert Mask to Image", category="mask",
+            "MaskToImage", display_name="Convert Mask to Image", category="image/mask",
             description="Converts a 2D grayscale mask into an RGB image with identical channel values.",
             inputs=[Socket("mask", "MASK", tooltip="The input mask to convert into an RGB image.")],
             outputs=[Output("IMAGE", tooltip="The converted 3-channel RGB image.")])
@@ -64,7 +64,7 @@ class ImageToMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ImageToMask", display_name="Convert Image to Mask", category="mask",
+            "ImageToMask", display_name="Convert Image to Mask", category="image/mask",
             description="Extracts a single color channel (red, green, blue, or alpha) from an image to create a mask.",
             inputs=[Socket("image", "IMAGE", tooltip="The source image from which to extract a channel."),
                     Combo("channel", options_source=cls.CHANNELS,
@@ -85,7 +85,7 @@ class ImageColorToMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ImageColorToMask", display_name="Image Color to Mask", category="mask",
+            "ImageColorToMask", display_name="Convert Image Color to Mask", category="image/mask",
             description="Generates a binary mask isolating pixels that exactly match a specified RGB hex color value.",
             inputs=[Socket("image", "IMAGE", tooltip="The input image to evaluate for matching color pixels."),
                     Int("color", default=0, min=0, max=0xFFFFFF, step=1, display="number",
@@ -106,7 +106,7 @@ class SolidMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "SolidMask", display_name="Solid Mask", category="mask",
+            "SolidMask", display_name="Create Solid Mask", category="image/mask",
             description="Creates a uniform, single-value mask of specified width and height.",
             inputs=[Float("value", default=1.0, min=0.0, max=1.0, step=0.01,
                           tooltip="The uniform fill value for the mask (0.0 = completely transparent/black, "
@@ -127,7 +127,7 @@ class InvertMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "InvertMask", display_name="Invert Mask", category="mask",
+            "InvertMask", display_name="Invert Mask", category="image/mask",
             description="Inverts a mask by subtracting its values from 1.0 (black becomes white, white becomes black).",
             inputs=[Socket("mask", "MASK", tooltip="The input mask to invert.")],
             outputs=[Output("MASK", tooltip="The inverted mask output.")])
@@ -142,7 +142,7 @@ class CropMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "CropMask", display_name="Crop Mask", category="mask",
+            "CropMask", display_name="Crop Mask", category="image/mask",
             description="Crops a rectangular sub-region from an input mask specified by offset and dimensions.",
             inputs=[Socket("mask", "MASK", tooltip="The input mask to crop."),
                     Int("x", default=0, min=0, max=MAX_RESOLUTION, step=1,
@@ -168,7 +168,7 @@ class MaskComposite(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "MaskComposite", display_name="Mask Composite", category="mask",
+            "MaskComposite", display_name="Combine Masks", category="image/mask",
             description="Combines two masks using mathematical or logical operations (multiply, add, subtract, "
                         "and, or, xor).",
             inputs=[Socket("destination", "MASK",
@@ -215,7 +215,7 @@ class FeatherMask(Node):
                        tooltip=f"Number of pixels to feather inward from the {where} border.")
 
         return Schema(
-            "FeatherMask", display_name="Feather Mask", category="mask",
+            "FeatherMask", display_name="Feather Mask", category="image/mask",
             description="Applies linear gradient softening to the borders of a mask along specified edge distances.",
             inputs=[Socket("mask", "MASK", tooltip="The input mask to feather."),
                     side("left", "left"), side("top", "top"), side("right", "right"), side("bottom", "bottom")],
@@ -264,7 +264,7 @@ class GrowMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "GrowMask", display_name="Grow Mask", category="mask",
+            "GrowMask", display_name="Grow Mask", category="image/mask",
             description="Expands (dilates) or shrinks (erodes) mask boundaries by a specified pixel distance.",
             inputs=[Socket("mask", "MASK", tooltip="The input mask to expand or shrink."),
                     Int("expand", default=0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1,
@@ -285,7 +285,7 @@ class ThresholdMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ThresholdMask", display_name="Threshold Mask", category="mask",
+            "ThresholdMask", display_name="Threshold Mask", category="image/mask",
             description="Converts a mask into a binary (0.0 or 1.0) mask based on a cutoff threshold value.",
             inputs=[Socket("mask", "MASK", tooltip="The input mask to threshold."),
                     Float("value", default=0.5, min=0.0, max=1.0, step=0.01,
@@ -303,7 +303,7 @@ class MaskPreview(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "MaskPreview", display_name="Preview Mask", category="mask", output_node=True,
+            "MaskPreview", display_name="Preview Mask", category="image/mask", output_node=True,
             description="Previews the input mask in the UI and saves it as an image to the ComfyUI output directory.",
             inputs=[Socket("mask", "MASK", tooltip="The mask to preview and save.")],
             hidden=[HIDDEN_PROMPT, HIDDEN_EXTRA_PNGINFO],
@@ -352,7 +352,7 @@ class BatchMasksNode(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         slots = [Socket(f"{cls.GROUP}.{cls.PREFIX}{i}", "MASK", optional=i >= cls.MIN) for i in range(cls.MAX)]
-        return Schema("BatchMasksNode", display_name="Batch Masks", category="mask", inputs=slots,
+        return Schema("BatchMasksNode", display_name="Batch Masks", category="image/mask", inputs=slots,
                       outputs=[Output("MASK")])
 
     @classmethod

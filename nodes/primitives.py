@@ -1,15 +1,18 @@
 """ComfyUI's backend primitive nodes: a constant of each widget type."""
 from __future__ import annotations
 
-from loom.nodes.schema import SEED_MAX, Boolean, Float, Int, Node, Output, Schema, String, register
+import sys
+
+from loom.nodes.schema import Boolean, Float, Int, Node, Output, Schema, String, register
 
 
 @register
 class PrimitiveInt(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("PrimitiveInt", display_name="Int", category="utils/primitive",
-                      inputs=[Int("value", default=0, min=-SEED_MAX, max=SEED_MAX, control_after_generate=True)],
+        return Schema("PrimitiveInt", display_name="Int", category="utilities/primitive",
+                      inputs=[Int("value", default=0, min=-sys.maxsize, max=sys.maxsize,
+                                      control_after_generate="fixed")],
                       outputs=[Output("INT")])
 
     @classmethod
@@ -21,8 +24,8 @@ class PrimitiveInt(Node):
 class PrimitiveFloat(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("PrimitiveFloat", display_name="Float", category="utils/primitive",
-                      inputs=[Float("value", default=0.0, min=-1e300, max=1e300)],
+        return Schema("PrimitiveFloat", display_name="Float", category="utilities/primitive",
+                      inputs=[Float("value", default=0.0, min=-sys.maxsize, max=sys.maxsize, step=0.1)],
                       outputs=[Output("FLOAT")])
 
     @classmethod
@@ -34,7 +37,7 @@ class PrimitiveFloat(Node):
 class PrimitiveString(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("PrimitiveString", display_name="String", category="utils/primitive",
+        return Schema("PrimitiveString", display_name="String", category="utilities/primitive",
                       inputs=[String("value", default="")], outputs=[Output("STRING")])
 
     @classmethod
@@ -46,7 +49,7 @@ class PrimitiveString(Node):
 class PrimitiveStringMultiline(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("PrimitiveStringMultiline", display_name="String (Multiline)", category="utils/primitive",
+        return Schema("PrimitiveStringMultiline", display_name="String (Multiline)", category="utilities/primitive",
                       inputs=[String("value", default="", multiline=True)], outputs=[Output("STRING")])
 
     @classmethod
@@ -58,7 +61,7 @@ class PrimitiveStringMultiline(Node):
 class PrimitiveBoolean(Node):
     @classmethod
     def define_schema(cls) -> Schema:
-        return Schema("PrimitiveBoolean", display_name="Boolean", category="utils/primitive",
+        return Schema("PrimitiveBoolean", display_name="Boolean", category="utilities/primitive",
                       inputs=[Boolean("value", default=False)], outputs=[Output("BOOLEAN")])
 
     @classmethod

@@ -182,7 +182,7 @@ class ResizeImageMaskNode(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "ResizeImageMaskNode", display_name="Resize Image/Mask", category="transform",
+            "ResizeImageMaskNode", display_name="Resize Image/Mask", category="image/transform",
             description="Resize an image or mask using various scaling methods.",
             inputs=[Socket("input", "IMAGE,MASK"),
                     Combo("resize_type", options_source=tuple(RESIZE_TYPES),

@@ -52,7 +52,7 @@ class KSampler(Node):
     def define_schema(cls) -> Schema:
         common = _common_inputs()
         return Schema(
-            "KSampler", display_name="KSampler", category="sampling",
+            "KSampler", display_name="KSampler", category="model/sampling",
             description="Uses the provided model, positive and negative conditioning to denoise the latent image.",
             inputs=[Socket("model", "MODEL", tooltip="The model used for denoising the input latent."),
                     Int("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
@@ -89,7 +89,7 @@ class KSamplerAdvanced(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "KSamplerAdvanced", display_name="KSampler (Advanced)", category="sampling",
+            "KSamplerAdvanced", display_name="KSampler (Advanced)", category="model/sampling",
             inputs=[Socket("model", "MODEL"),
                     Combo("add_noise", options_source=("enable", "disable")),
                     Int("noise_seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),

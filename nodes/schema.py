@@ -127,7 +127,9 @@ class Int(InputSpec):
     min: int | None = None
     max: int | None = None
     step: int | None = None
-    control_after_generate: bool = False
+    # True (shown as True, the frontend's default "randomize") or a mode name such as "fixed",
+    # shown as given: V3's control_after_generate=io.ControlAfterGenerate.fixed reads "fixed".
+    control_after_generate: bool | str = False
     display: str | None = None  # "number" | "slider"
 
     widget_type: ClassVar[bool] = True
@@ -135,14 +137,14 @@ class Int(InputSpec):
     def options(self) -> dict[str, Any]:
         opts = _number_options(self)
         if self.control_after_generate:
-            opts["control_after_generate"] = True
+            opts["control_after_generate"] = self.control_after_generate
         if self.display:
             opts["display"] = self.display
         return opts | super().options()
 
     @property
     def has_control_after_generate(self) -> bool:
-        return self.control_after_generate
+        return bool(self.control_after_generate)
 
     def check_value(self, value: Any) -> int:
         if isinstance(value, bool) or value is None:

@@ -18,39 +18,39 @@ R = MAX_RESOLUTION
 
 # name -> (display_name, category, {input: (type, options)}, outputs, output_names)
 SCHEMAS = {
-    "MaskToImage": ("Convert Mask to Image", "mask", {"mask": ("MASK", {})}, ["IMAGE"], ["IMAGE"]),
-    "ImageToMask": ("Convert Image to Mask", "mask",
+    "MaskToImage": ("Convert Mask to Image", "image/mask", {"mask": ("MASK", {})}, ["IMAGE"], ["IMAGE"]),
+    "ImageToMask": ("Convert Image to Mask", "image/mask",
                     {"image": ("IMAGE", {}), "channel": (["red", "green", "blue", "alpha"], {})}, ["MASK"], ["MASK"]),
-    "ImageColorToMask": ("Image Color to Mask", "mask",
+    "ImageColorToMask": ("Convert Image Color to Mask", "image/mask",
                          {"image": ("IMAGE", {}),
                           "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "number"})},
                          ["MASK"], ["MASK"]),
-    "SolidMask": ("Solid Mask", "mask",
+    "SolidMask": ("Create Solid Mask", "image/mask",
                   {"value": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
                    "width": ("INT", {"default": 512, "min": 1, "max": R, "step": 1}),
                    "height": ("INT", {"default": 512, "min": 1, "max": R, "step": 1})}, ["MASK"], ["MASK"]),
-    "InvertMask": ("Invert Mask", "mask", {"mask": ("MASK", {})}, ["MASK"], ["MASK"]),
-    "CropMask": ("Crop Mask", "mask",
+    "InvertMask": ("Invert Mask", "image/mask", {"mask": ("MASK", {})}, ["MASK"], ["MASK"]),
+    "CropMask": ("Crop Mask", "image/mask",
                  {"mask": ("MASK", {}), "x": ("INT", {"default": 0, "min": 0, "max": R, "step": 1}),
                   "y": ("INT", {"default": 0, "min": 0, "max": R, "step": 1}),
                   "width": ("INT", {"default": 512, "min": 1, "max": R, "step": 1}),
                   "height": ("INT", {"default": 512, "min": 1, "max": R, "step": 1})}, ["MASK"], ["MASK"]),
-    "MaskComposite": ("Mask Composite", "mask",
+    "MaskComposite": ("Combine Masks", "image/mask",
                       {"destination": ("MASK", {}), "source": ("MASK", {}),
                        "x": ("INT", {"default": 0, "min": 0, "max": R, "step": 1}),
                        "y": ("INT", {"default": 0, "min": 0, "max": R, "step": 1}),
                        "operation": (["multiply", "add", "subtract", "and", "or", "xor"], {})}, ["MASK"], ["MASK"]),
-    "FeatherMask": ("Feather Mask", "mask",
+    "FeatherMask": ("Feather Mask", "image/mask",
                     {"mask": ("MASK", {}), **{side: ("INT", {"default": 0, "min": 0, "max": R, "step": 1})
                                               for side in ("left", "top", "right", "bottom")}}, ["MASK"], ["MASK"]),
-    "GrowMask": ("Grow Mask", "mask",
+    "GrowMask": ("Grow Mask", "image/mask",
                  {"mask": ("MASK", {}), "expand": ("INT", {"default": 0, "min": -R, "max": R, "step": 1}),
                   "tapered_corners": ("BOOLEAN", {"default": True, "advanced": True})}, ["MASK"], ["MASK"]),
-    "ThresholdMask": ("Threshold Mask", "mask",
+    "ThresholdMask": ("Threshold Mask", "image/mask",
                       {"mask": ("MASK", {}), "value": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01})},
                       ["MASK"], ["MASK"]),
-    "MaskPreview": ("Preview Mask", "mask", {"mask": ("MASK", {})}, [], []),
-    "ImageCompositeMasked": ("Image Composite Masked", "image",
+    "MaskPreview": ("Preview Mask", "image/mask", {"mask": ("MASK", {})}, [], []),
+    "ImageCompositeMasked": ("Image Composite Masked", "image/compositing",
                              {"destination": ("IMAGE", {}), "source": ("IMAGE", {}),
                               "x": ("INT", {"default": 0, "min": 0, "max": R, "step": 1}),
                               "y": ("INT", {"default": 0, "min": 0, "max": R, "step": 1}),
@@ -109,7 +109,7 @@ def test_tooltips_and_descriptions_are_comfyuis(registry):
 
 def test_batch_masks_lists_comfyuis_autogrow_input(registry):
     info = registry.object_info("BatchMasksNode")["BatchMasksNode"]
-    assert info["display_name"] == "Batch Masks" and info["category"] == "mask"
+    assert info["display_name"] == "Batch Masks" and info["category"] == "image/mask"
     assert info["input"] == {"required": {"masks": ["COMFY_AUTOGROW_V3", {"template": {
         "input": {"required": {"mask": ["MASK", {}]}}, "prefix": "mask", "min": 2, "max": 50}}]}}
     assert info["input_order"] == {"required": ["masks"]}
@@ -118,7 +118,7 @@ def test_batch_masks_lists_comfyuis_autogrow_input(registry):
 
 def test_resize_image_mask_lists_comfyuis_dynamic_combo(registry):
     info = registry.object_info("ResizeImageMaskNode")["ResizeImageMaskNode"]
-    assert (info["display_name"], info["category"]) == ("Resize Image/Mask", "transform")
+    assert (info["display_name"], info["category"]) == ("Resize Image/Mask", "image/transform")
     assert info["description"] == "Resize an image or mask using various scaling methods."
     required = info["input"]["required"]
     assert list(required) == ["input", "resize_type", "scale_method"]

@@ -170,7 +170,7 @@ def test_ksampler_schema_matches_comfyui():
     assert {k: required["cfg"][1][k] for k in ("default", "min", "max", "step", "round")} == \
         {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
     assert len(required["sampler_name"][0]) == 42 and required["scheduler"][0][0] == "simple"
-    assert info["output"] == ["LATENT"] and info["category"] == "sampling"
+    assert info["output"] == ["LATENT"] and info["category"] == "model/sampling"
     advanced = KSamplerAdvanced.object_info()
     assert advanced["display_name"] == "KSampler (Advanced)"
     assert advanced["input_order"]["required"] == [

@@ -108,14 +108,14 @@ def test_number_combo_toggle_text_and_multiline_widgets(editor):
     step = editor.js(f"loom.graph.getNode({latent}).widget('width').options.step")
 
     editor.click(editor.point("widgetPoint", latent, "width", "right"))
-    assert editor.js(f"loom.node({latent})")["widgets"]["width"] == 512 + step
+    assert editor.js(f"loom.node({latent})")["widgets"]["width"] == 1024 + step
     editor.click(editor.point("widgetPoint", latent, "width", "left"))
     editor.click(editor.point("widgetPoint", latent, "width", "left"))
-    assert editor.js(f"loom.node({latent})")["widgets"]["width"] == 512 - step
+    assert editor.js(f"loom.node({latent})")["widgets"]["width"] == 1024 - step
 
     x, y = editor.point("widgetPoint", latent, "height")
     editor.drag((x, y), (x + 10, y), steps=5)  # scrub: one step per pixel
-    assert editor.js(f"loom.node({latent})")["widgets"]["height"] == 512 + 10 * step
+    assert editor.js(f"loom.node({latent})")["widgets"]["height"] == 1024 + 10 * step
 
     editor.type_into_widget(latent, "batch_size", "3")
     assert editor.js(f"loom.node({latent})")["widgets"]["batch_size"] == 3
@@ -234,6 +234,7 @@ def test_add_node_from_the_canvas_menu_categories(editor):
     editor.frame()
     editor.mouse.click(600, 300, button="right")
     editor.page.hover('.context-menu .menu-item[data-label="Add Node"]')
+    editor.page.hover('.context-menu .menu-item[data-label="model"]')  # ComfyUI's model/latent, nested by "/"
     editor.page.hover('.context-menu .menu-item[data-label="latent"]')
     editor.page.click('.context-menu .menu-item[data-label="Empty Latent Image"]')
     editor.frame()

@@ -329,8 +329,8 @@ def test_previews_of_mask_and_animated_outputs(editor):
     ("latent add", "LatentAdd", None, None),
     ("concatenate", "StringConcatenate", None, None),
     ("composite masked", "ImageCompositeMasked", None, None),
-    ("batch images", "BatchImagesNode", "Batch Images", "image"),
-    ("resize image/mask", "ResizeImageMaskNode", "Resize Image/Mask", "transform"),
+    ("batch images", "BatchImagesNode", "Batch Images", "image/batch"),
+    ("resize image/mask", "ResizeImageMaskNode", "Resize Image/Mask", "image/transform"),
 ])
 def test_search_lists_the_new_nodes(editor, query, node_type, name, category):
     info = editor.js(f"async () => (await (await fetch('/object_info/{node_type}')).json())['{node_type}']")
