@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ComfyUI's step previews: none, or auto/latent2rgb/taesd to send them to every "
                             "prompt's client (taesd decodes as latent2rgb); without this flag only clients "
                             "that ask get them (Loom's editor does)")
+    serve.add_argument("--workers", choices=("process", "thread"), default="process",
+                       help="where prompts run: process (default; a worker process, so a hung node or a crash "
+                            "costs one prompt, not the server) or thread (in the server process)")
+    serve.add_argument("--prompt-timeout", dest="prompt_timeout", type=float, default=None, metavar="SECONDS",
+                       help="fail a prompt that runs longer than this with error type 'timeout' (its worker "
+                            "process is stopped and replaced; needs --workers process; default: no limit)")
     limits = ResourceBudget()
     serve.add_argument("--max-pixels", type=int, default=limits.max_pixels, metavar="N",
                        help="refuse a node asking for more than width x height x batch pixels "

@@ -29,8 +29,10 @@ def server_config(args: argparse.Namespace | None = None, registry: Any = None, 
     """The :class:`ServerConfig` for the ``loom serve`` namespace ``args`` and keyword ``options`` (which win):
     ``host`` (default 127.0.0.1), ``port`` (8188), ``token``, ``workflow`` (the file the editor opens first,
     served at ``/api/workflows/default``), ``allowed_hosts``, ``allowed_origins``, ``expose_tracebacks``,
-    ``preview_method`` and the budget's ``max_pixels``/``max_batch``/``max_steps``. ``registry`` is the node
-    registry (default: the built-in nodes)."""
+    ``preview_method``, ``workers`` (``process``, the default here, or ``thread``), ``prompt_timeout``
+    (seconds; None or 0: no limit), ``nodes`` (the node packs, which a worker process loads too) and the
+    budget's ``max_pixels``/``max_batch``/``max_steps``. ``registry`` is the node registry (default: the
+    built-in nodes)."""
     def option(name: str, default: Any) -> Any:
         return options.get(name, getattr(args, name, default) if args is not None else default)
 
@@ -41,9 +43,16 @@ def server_config(args: argparse.Namespace | None = None, registry: Any = None, 
                         allowed_hosts=tuple(option("allowed_hosts", ()) or ()),
                         allowed_origins=tuple(option("allowed_origins", ()) or ()),
                         preview_method=option("preview_method", None),
+                        workers=option("workers", "process"),
+                        prompt_timeout_s=_timeout(option("prompt_timeout", None)),
+                        extra_node_packs=tuple(option("nodes", ()) or ()),
                         budget=ResourceBudget(max_pixels=int(option("max_pixels", ResourceBudget.max_pixels)),
                                               max_batch=int(option("max_batch", ResourceBudget.max_batch)),
                                               max_steps=int(option("max_steps", ResourceBudget.max_steps))))
+
+
+def _timeout(value: Any) -> float | None:
+    return float(value) if value is not None and float(value) > 0 else None
 
 
 def run_server(args: argparse.Namespace | None = None, registry: Any = None, **options: Any) -> int:

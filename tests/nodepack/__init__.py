@@ -165,3 +165,83 @@ class TestIntToString(Node):
     @classmethod
     def execute(cls, value: int) -> tuple:
         return (str(value),)
+
+
+# -- faults of a worker process (tests/test_worker_process.py) ----------------------------------------------
+
+def _in_worker_process() -> bool:
+    import multiprocessing
+    return multiprocessing.parent_process() is not None
+
+
+@register
+class TestHang(Node):
+    """Sleeps ``seconds`` without ever checking interrupt or reporting progress (a hung node)."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("TestHang", category="test",
+                      inputs=[Socket("value", "*"), Float("seconds", default=3600.0, min=0.0, max=86400.0)],
+                      outputs=[Output("*", "value")])
+
+    @classmethod
+    def execute(cls, value, seconds: float) -> tuple:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return (value,)
+
+
+@register
+class TestExit(Node):
+    """Ends its worker process with ``os._exit(code)``; refuses to run anywhere but in a worker process."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("TestExit", category="test", inputs=[Socket("value", "*"), Int("code", default=1, min=0,
+                                                                                        max=255)],
+                      outputs=[Output("*", "value")])
+
+    @classmethod
+    def execute(cls, value, code: int) -> tuple:
+        import os
+        if not _in_worker_process():
+            raise RuntimeError("TestExit only ends a worker process, not this one")
+        os._exit(code)
+
+
+@register
+class TestHog(Node):
+    """Allocates (and touches) memory in ``chunk_mb`` pieces up to ``max_mb``; refuses to run outside a worker
+    process. Under an address-space limit it fails with MemoryError (or its process is killed)."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("TestHog", category="test",
+                      inputs=[Socket("value", "*"), Int("max_mb", default=2048, min=1, max=65536),
+                              Int("chunk_mb", default=32, min=1, max=1024)],
+                      outputs=[Output("*", "value")])
+
+    @classmethod
+    def execute(cls, value, max_mb: int, chunk_mb: int) -> tuple:
+        if not _in_worker_process():
+            raise RuntimeError("TestHog only fills a worker process's memory, not this one")
+        held = []
+        for _ in range(max_mb // chunk_mb):
+            held.append(b"\x01" * (chunk_mb << 20))  # written, so the pages are really used
+        return (len(held),)
+
+
+@register
+class TestPid(Node):
+    """The id of the process the node runs in (not cached: it is not idempotent)."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("TestPid", category="test", inputs=[Socket("value", "*")], outputs=[Output("INT", "pid")],
+                      not_idempotent=True)
+
+    @classmethod
+    def execute(cls, value) -> tuple:
+        import os
+        return (os.getpid(),)
