@@ -31,7 +31,8 @@ from loom.nodes.schema import NodeRegistry, Schema
 from loom.server.workflow_graph import (MODE_BYPASS, MODE_MUTED, SUBGRAPH_INPUT_NODE, Graph, bypass_input_index,
                                    build_graph, link_key, list_at, node_inputs, node_mode, node_properties, output_link,
                                    proxy_widgets, type_text, widget_name)
-from loom.server.workflow_widgets import FILENAME_PREFIX_NODES, apply_text_replacements, assign_widget_values
+from loom.server.workflow_widgets import (FILENAME_PREFIX_NODES, DynamicCombo, WidgetValues, apply_text_replacements,
+                                         assign_widget_values, dynamic_combos)
 
 MAX_SUBGRAPH_DEPTH = 64
 
@@ -155,6 +156,7 @@ class Converter:
         self.definitions: dict[str, dict[str, Any]] = {}
         self._graphs: dict[str, Graph] = {}
         self._scopes: dict[tuple[str, ...], _Scope] = {}
+        self._combos: dict[str, dict[str, DynamicCombo]] = {}
         self._collect_definitions(workflow)
         extra = workflow.get("extra") if isinstance(workflow.get("extra"), dict) else {}
         groups = extra.get("groupNodes")
@@ -208,8 +210,29 @@ class Converter:
                 else:
                     self._emit_node(scope, node_id, node, node_class.schema())
 
+    def _assign_widgets(self, schema: Schema, node: dict[str, Any]) -> WidgetValues:
+        return assign_widget_values(schema, node.get("widgets_values"), node.get("widgets_values_named"),
+                                    self._dynamic_combos(schema))
+
+    def _dynamic_combos(self, schema: Schema) -> dict[str, DynamicCombo]:
+        """The node's ``COMFY_DYNAMICCOMBO_V3`` inputs, from its ``/object_info`` (read only for a schema with
+        a combo whose name prefixes another input's, ``resize_type`` / ``resize_type.width``: listing every
+        node's object_info would list model folders for nothing)."""
+        if schema.name not in self._combos:
+            combos: dict[str, DynamicCombo] = {}
+            names = {spec.name for spec in schema.inputs}
+            if any("." in name and name.rsplit(".", 1)[0] in names for name in names):
+                node_class = self.registry.get(schema.name)
+                try:
+                    combos = dynamic_combos(node_class.object_info()) if node_class is not None else {}
+                except Exception as error:  # a node's own object_info failing: read it as a plain combo
+                    self.warnings.append(f"{schema.name}: its object_info failed ({error}); dynamic inputs "
+                                         f"read as plain widgets")
+            self._combos[schema.name] = combos
+        return self._combos[schema.name]
+
     def _emit_node(self, scope: _Scope, node_id: str, node: dict[str, Any], schema: Schema) -> None:
-        assigned = assign_widget_values(schema, node.get("widgets_values"), node.get("widgets_values_named"))
+        assigned = self._assign_widgets(schema, node)
         values = assigned.values
         for name, value in scope.overrides.get(node_id, {}).items():
             if name in values:
@@ -229,6 +252,8 @@ class Converter:
                 continue
             if schema.input(name) is None and isinstance(slot.get("name"), str) and schema.input(slot["name"]):
                 name = slot["name"]
+            if name in assigned.inactive:
+                continue  # an input of a dynamic-combo option that is not chosen: the editor removes it
             resolved = self._resolve(scope, slot["link"], type_text(slot.get("type")),
                                      f"input {name!r} of {scope.where(node_id)}")
             if isinstance(resolved, _Output):
@@ -587,8 +612,7 @@ class Converter:
         node_class = self.registry.get(type_name) if isinstance(type_name, str) else None
         if node_class is None:
             raise LookupError(node_name)
-        values = assign_widget_values(node_class.schema(), nodes[0].get("widgets_values"),
-                                      nodes[0].get("widgets_values_named")).values
+        values = self._assign_widgets(node_class.schema(), nodes[0]).values
         if widget not in values:
             raise LookupError(widget)
         return values[widget]

@@ -218,9 +218,6 @@ def test_dynamic_combo_swaps_the_options_widgets(editor):
     assert editor.js("loom.widgetPoint(1, 'resize_type.longer_size')")  # drawn in the body
 
 
-@pytest.mark.xfail(reason="server/workflow_widgets.py maps dynamic-combo widgets_values flat over every option's "
-                          "inputs; it must read the chosen option's values after the combo (see the task report)",
-                   strict=False)
 def test_dynamic_combo_prompt_has_only_the_chosen_options_inputs(editor):
     image, resize, save = build(editor, """const i = add('EmptyImage', 40, 60); i.widget('width').value = 32;
         i.widget('height').value = 16; const r = add('ResizeImageMaskNode', 400, 100); const p = add('PreviewImage', 800, 100);
@@ -257,10 +254,9 @@ def test_image_compare_slider_after_a_run(editor):
     assert node["size"][0] >= 400 and node["size"][1] >= 350
     assert [i["name"] for i in node["inputs"]] == ["image_a", "image_b"]
     assert saved_node(editor.workflow(), compare)["widgets_values"] == []  # the slider is not saved (as ComfyUI)
-    # queued with the value ComfyUI's frontend sends for the socketless widget (the converter does not give
-    # one yet, see test_image_compare_queued_from_the_editor)
+    # queued with the value ComfyUI's frontend sends for the socketless widget (its initial ['', ''])
     prompt = convert(editor)
-    prompt[str(compare)]["inputs"]["compare_view"] = {"__value__": ["", ""]}
+    assert prompt[str(compare)]["inputs"]["compare_view"] == {"__value__": ["", ""]}
     assert editor.js("async (p) => (await loom.editor.api.queuePrompt(p, loom.serialize())).prompt_id", prompt)
     editor.page.wait_for_function(f"(() => {{ const s = loom.nodeState({compare}); return s.compare && s.compare.loaded; }})()",
                                   timeout=30000)
@@ -285,8 +281,6 @@ def test_image_compare_slider_after_a_run(editor):
     editor.page.screenshot(path=str(DOCS / "image-compare.png"))
 
 
-@pytest.mark.xfail(reason="server/workflow_widgets.py gives the socketless IMAGECOMPARE input no value (it is not "
-                          "in widgets_values, as in ComfyUI), so validation reports compare_view missing", strict=False)
 def test_image_compare_queued_from_the_editor(editor):
     red, blue, compare = build(editor, COMPARE_GRAPH)
     run_and_wait(editor, compare, "s.compare && s.compare.loaded")
