@@ -30,6 +30,8 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "clip": ("text_encoders", "clip"),
     "diffusion_models": ("diffusion_models", "unet"),
     "vae_approx": ("vae_approx",),
+    "clip_vision": ("clip_vision",),
+    "style_models": ("style_models",),
 }
 """Loom's folder names and the sub-folders of ``models/`` that hold them."""
 

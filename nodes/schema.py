@@ -614,6 +614,7 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.checkpoint_save",
     "loom.nodes.image_conditioning",
     "loom.nodes.differential_diffusion",
+    "loom.nodes.clip_vision",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 
