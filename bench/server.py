@@ -10,6 +10,11 @@ the server's RSS before and after.
     python bench/server.py                 # 50 clients x 20 prompts
     python bench/server.py --clients 10 --prompts 5 --sleep 0.03
     python bench/server.py --big-prompt 200000   # /api/health latency while a 200,000-node prompt is queued
+    python bench/server.py --workers process     # one transport only (default: thread, then process)
+
+With both transports it runs the same load against ``loom serve --workers thread`` and ``--workers process``
+and prints the figures side by side, with the time from listening to ``/api/ready`` (the worker process's
+start-up, for ``process``).
 """
 from __future__ import annotations
 
@@ -32,9 +37,9 @@ NODEPACK = REPO / "tests" / "nodepack"
 TERMINAL = ("execution_success", "execution_error", "execution_interrupted")
 
 
-def start_server(base_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(base_dir: Path, workers: str = "process") -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "loom.server.cli", "serve", "--base-dir", str(base_dir),
-                             "--nodes", str(NODEPACK), "--port", "0", "--no-browser"],
+                             "--nodes", str(NODEPACK), "--port", "0", "--no-browser", "--workers", workers],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -144,6 +149,18 @@ async def big_prompt(url: str, nodes: int, settle: float) -> dict:
     return {"bytes": len(body), "status": status, "post_seconds": post_seconds, "latencies": latencies}
 
 
+async def wait_ready(url: str, timeout: float = 120.0) -> float:
+    """Seconds until ``/api/ready`` answers 200 (for process workers: the worker process has started)."""
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        while time.perf_counter() - started < timeout:
+            async with session.get(f"{url}/api/ready") as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+            await asyncio.sleep(0.01)
+    raise RuntimeError("the server did not become ready")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -162,32 +179,62 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--prompts", type=int, default=20, help="prompts per client")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each prompt sleeps in TestSleep")
+    parser.add_argument("--workers", choices=("thread", "process"), action="append", default=None,
+                        help="the transport(s) to measure (repeatable; default: thread, then process)")
     parser.add_argument("--big-prompt", type=int, default=0, metavar="NODES",
                         help="instead: health-check latency while one prompt of this many nodes is queued")
     parser.add_argument("--settle", type=float, default=6.0, help="seconds to keep polling after the big POST")
     args = parser.parse_args()
+    transports = args.workers or ["thread", "process"]
     if args.big_prompt:
-        with tempfile.TemporaryDirectory() as base:
-            proc, url = start_server(Path(base))
-            try:
-                big = asyncio.run(big_prompt(url, args.big_prompt, args.settle))
-            finally:
-                proc.terminate()
-                proc.wait(30)
-        health = big["latencies"]
-        print(f"big prompt       {args.big_prompt} nodes, {big['bytes'] / 1e6:.1f} MB: POST /prompt answered "
-              f"{big['status']} in {big['post_seconds']:.2f} s")
-        print(f"/api/health      p50 {percentile(health, 0.5) * 1000:.1f} ms  p99 {percentile(health, 0.99) * 1000:.1f} ms  "
-              f"max {max(health) * 1000:.1f} ms over {len(health)} checks (while it was parsed, validated, queued, run)")
-        return 0 if big["status"] == 200 else 1
+        ok = True
+        for workers in transports:
+            with tempfile.TemporaryDirectory() as base:
+                proc, url = start_server(Path(base), workers)
+                try:
+                    asyncio.run(wait_ready(url))
+                    big = asyncio.run(big_prompt(url, args.big_prompt, args.settle))
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+            health = big["latencies"]
+            print(f"--workers {workers}")
+            print(f"big prompt       {args.big_prompt} nodes, {big['bytes'] / 1e6:.1f} MB: POST /prompt answered "
+                  f"{big['status']} in {big['post_seconds']:.2f} s")
+            print(f"/api/health      p50 {percentile(health, 0.5) * 1000:.1f} ms  "
+                  f"p99 {percentile(health, 0.99) * 1000:.1f} ms  max {max(health) * 1000:.1f} ms over "
+                  f"{len(health)} checks (while it was parsed, validated, queued, run)")
+            ok = ok and big["status"] == 200
+        return 0 if ok else 1
+    figures = {workers: load(workers, args) for workers in transports}
+    if len(figures) > 1:
+        names = list(figures)
+        print()
+        print(f"{'':20}" + "".join(f"{name:>12}" for name in names))
+        for label, key, scale, unit in (("enqueue p50", "enqueue_p50", 1000, "ms"),
+                                        ("enqueue p95", "enqueue_p95", 1000, "ms"),
+                                        ("enqueue p99", "enqueue_p99", 1000, "ms"),
+                                        ("event lag p50", "lag_p50", 1000, "ms"),
+                                        ("event lag p95", "lag_p95", 1000, "ms"),
+                                        ("prompts/s", "throughput", 1, "  "),
+                                        ("ready after listen", "ready_s", 1, " s")):
+            print(f"{label:20}" + "".join(f"{figures[n][key] * scale:>10.1f}{unit}" for n in names))
+    return 0 if all(f["ok"] for f in figures.values()) else 1
+
+
+def load(workers: str, args: argparse.Namespace) -> dict:
+    """One load run against ``loom serve --workers <workers>``; prints and returns its figures."""
     with tempfile.TemporaryDirectory() as base:
-        proc, url = start_server(Path(base))
+        proc, url = start_server(Path(base), workers)
         try:
+            ready_s = asyncio.run(wait_ready(url))
             server = psutil.Process(proc.pid)
             time.sleep(0.5)
             rss_before = server.memory_info().rss
             outcome = asyncio.run(run(url, args.clients, args.prompts, args.sleep))
             rss_after = server.memory_info().rss
+            children = server.children()
+            worker_rss = sum(child.memory_info().rss for child in children)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -197,7 +244,8 @@ def main() -> int:
     total = args.clients * args.prompts
     cross_talk = sum(r["cross_talk"] for r in results.values())
     terminal_ok = all(r["terminal_ok"] for r in results.values())
-    print(f"clients {args.clients} x prompts {args.prompts} = {total} prompts (TestSleep {args.sleep} s)")
+    print(f"--workers {workers}: clients {args.clients} x prompts {args.prompts} = {total} prompts "
+          f"(TestSleep {args.sleep} s); /api/ready {ready_s:.2f} s after it listened")
     print(f"enqueue latency  p50 {percentile(latencies, 0.5) * 1000:.1f} ms  "
           f"p95 {percentile(latencies, 0.95) * 1000:.1f} ms  p99 {percentile(latencies, 0.99) * 1000:.1f} ms  "
           f"mean {statistics.mean(latencies) * 1000:.1f} ms")
@@ -208,8 +256,14 @@ def main() -> int:
               "(execution_success timestamp -> received)")
     print(f"cross-talk       {cross_talk} foreign events; one terminal event per prompt: {terminal_ok}")
     print(f"server RSS       before {rss_before / 2**20:.1f} MiB  after {rss_after / 2**20:.1f} MiB  "
-          f"(+{(rss_after - rss_before) / 2**20:.1f} MiB)")
-    return 0 if cross_talk == 0 and terminal_ok else 1
+          f"(+{(rss_after - rss_before) / 2**20:.1f} MiB)"
+          + (f"; worker process {worker_rss / 2**20:.1f} MiB" if children else ""))
+    return {"ok": cross_talk == 0 and terminal_ok, "ready_s": ready_s,
+            "enqueue_p50": percentile(latencies, 0.5), "enqueue_p95": percentile(latencies, 0.95),
+            "enqueue_p99": percentile(latencies, 0.99),
+            "lag_p50": percentile(lags, 0.5) if lags else float("nan"),
+            "lag_p95": percentile(lags, 0.95) if lags else float("nan"),
+            "throughput": total / outcome["elapsed"]}
 
 
 if __name__ == "__main__":
