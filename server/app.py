@@ -142,6 +142,12 @@ class LoomServer:
     async def on_shutdown(self, app: web.Application) -> None:
         # stop taking prompts first, so none starts (and is interrupted) while the server winds down
         await asyncio.to_thread(self.worker.stop)
+        close = getattr(self.executor, "close", None)
+        if self.worker.alive and callable(close):
+            # the running prompt ignored the interrupt (a hung node): stop its worker process, so that the
+            # prompt is recorded as interrupted while the queue is still open
+            await asyncio.to_thread(close)
+            await asyncio.to_thread(self.worker.stop)
         await asyncio.sleep(0)  # let the interrupted prompt's final events reach its client
         await self.hub.close_all()
 

@@ -401,6 +401,7 @@ def test_loom_serve_runs_prompts_in_a_worker_process_with_a_timeout(tmp_path):
     assert hung["status"]["error"]["exception_type"] == "timeout"
     assert after["status"]["state"] == "success"
     pid = int(after["outputs"]["9"]["text"][0])
+    assert not _alive(pid)  # SIGTERM stopped the worker with the server
     assert pid != server.proc.pid and after["status"]["worker"] == f"process:{pid}"
     assert any("worker process" in line and "ready" in line for line in server.lines), "".join(server.lines)
 
@@ -410,3 +411,40 @@ def test_loom_serve_runs_prompts_in_a_worker_process_with_a_timeout(tmp_path):
     finally:
         threaded.terminate()
     assert entry["status"]["worker"] == "thread" and int(entry["outputs"]["9"]["text"][0]) == threaded.proc.pid
+
+
+def _alive(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` still runs after waiting up to ``within`` seconds for it to end."""
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(within)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.TimeoutExpired:
+        return True
+    return False
+
+
+def test_a_worker_process_does_not_outlive_a_killed_server(tmp_path):
+    """SIGKILL of ``loom serve`` (X8) leaves no worker behind holding the models and the GPU."""
+    import psutil
+
+    server = ServerProcess(tmp_path)
+    try:
+        async def ready():
+            async with aiohttp.ClientSession() as session:
+                for _ in range(600):
+                    status, _ = await _ready(session, server.url)
+                    if status == 200:
+                        return
+                    await asyncio.sleep(0.1)
+                raise AssertionError("the worker process did not start")
+
+        run(ready())
+        children = psutil.Process(server.proc.pid).children()
+        (worker,) = [c for c in children if "spawn_main" in " ".join(c.cmdline())]  # and the resource tracker
+    finally:
+        server.kill()
+    assert not _alive(worker.pid)
+    assert not any(_alive(child.pid) for child in children)
