@@ -448,3 +448,16 @@ def test_a_worker_process_does_not_outlive_a_killed_server(tmp_path):
         server.kill()
     assert not _alive(worker.pid)
     assert not any(_alive(child.pid) for child in children)
+
+
+def test_loom_serve_flags_choose_the_transport_and_the_timeout():
+    from loom.server.cli import build_parser
+    from loom.server.serve import server_config
+
+    defaults = server_config(build_parser().parse_args(["serve"]))
+    assert defaults.workers == "process" and defaults.prompt_timeout_s is None
+    config = server_config(build_parser().parse_args(["serve", "--workers", "thread", "--prompt-timeout", "30",
+                                                      "--nodes", str(NODEPACK)]))
+    assert config.workers == "thread" and config.prompt_timeout_s == 30.0
+    assert [str(p) for p in config.extra_node_packs] == [str(NODEPACK)]
+    assert server_config(build_parser().parse_args(["serve", "--prompt-timeout", "0"])).prompt_timeout_s is None
