@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,10 @@ def editor(browser, loom_server):
     yield EditorPage(page, loom_server.url)
     context.close()
     assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    """docs/<name> when LOOM_SCREENSHOTS=1 (to refresh the committed pictures), else a temp file: a test run
+    must not rewrite files of the checkout."""
+    return REPO / "docs" / name if os.environ.get("LOOM_SCREENSHOTS") == "1" else tmp_path / name
+

@@ -48,7 +48,7 @@ def test_drop_a_png_saved_by_loom_restores_its_workflow(editor):
     editor.drop_file("Loom_00001_.png", png, "image/png")
     editor.page.wait_for_function("loom.nodes().length === 2")
     assert graph_shape(editor.workflow()) == graph_shape(queued)
-    assert [n["title"] for n in editor.js("loom.nodes()")] == ["EmptyImage", "Keeper"]
+    assert [n["title"] for n in editor.js("loom.nodes()")] == ["Empty Image", "Keeper"]  # its display name
 
 
 def test_dropping_an_image_on_load_image_uploads_and_previews_it(editor, loom_server):

@@ -2,22 +2,14 @@
 Ctrl+Enter, and see the generated image in the SaveImage node. Also takes the README screenshots."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from loom.nodes.folders import DEMO_CHECKPOINT
+from tests.browser.conftest import screenshot_path
 from tools import demo_scenes
 
 pytestmark = pytest.mark.browser
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def screenshot_path(name: str, tmp_path: Path) -> Path:
-    """docs/<name> when LOOM_SCREENSHOTS=1 (to refresh the committed pictures), else a temp file."""
-    return DOCS / name if os.environ.get("LOOM_SCREENSHOTS") == "1" else tmp_path / name
 
 
 def test_build_txt2img_with_the_mouse_and_run_it(editor, loom_server, tmp_path):

@@ -5,13 +5,12 @@ Input names and ``widgets_values`` are the ones ComfyUI's frontend uses (``image
 ``resize_type.multiplier``, the chosen option's values right after the combo)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+
+from tests.browser.conftest import screenshot_path
 
 pytestmark = pytest.mark.browser
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 PIXEL = """([x, y]) => { const c = document.getElementById('graph');
   const r = c.getBoundingClientRect(); const ratio = window.devicePixelRatio || 1;
@@ -248,7 +247,7 @@ def image_rect(editor, node: int) -> list[float]:
         return [x + (w - side) / 2, y + (h - side) / 2, side, side]; }}""")
 
 
-def test_image_compare_slider_after_a_run(editor):
+def test_image_compare_slider_after_a_run(editor, tmp_path):
     red, blue, compare = build(editor, COMPARE_GRAPH)
     node = editor.js(f"loom.node({compare})")
     assert node["size"][0] >= 400 and node["size"][1] >= 350
@@ -277,8 +276,7 @@ def test_image_compare_slider_after_a_run(editor):
     editor.mouse.move(*editor.js(f"loom.toClient({x + w * 0.8}, {mid})"), steps=4)
     editor.frame()
     assert editor.js(PIXEL, editor.js(f"loom.toClient({x + w * 0.5}, {mid})"))[0] > 180  # now red there
-    DOCS.mkdir(exist_ok=True)
-    editor.page.screenshot(path=str(DOCS / "image-compare.png"))
+    editor.page.screenshot(path=str(screenshot_path("image-compare.png", tmp_path)))
 
 
 def test_image_compare_queued_from_the_editor(editor):
