@@ -87,6 +87,9 @@ class ServerConfig:
     workers: str = "thread"  # "thread": the executor runs in a thread here; "process": in a worker process
     prompt_timeout_s: float | None = None  # process workers: a prompt running longer fails with ``timeout``
     worker_spec: Any = None  # process workers: a server.worker_process.WorkerSpec (default: as configured now)
+    lanes: int = 1  # lanes (one worker thread + its own executor each) sharing the queue; >1 needs process workers
+    executors: Sequence[Any] | None = None  # one executor per lane, of any transport (overrides executor/lanes)
+    routing_k: int | None = None  # lanes > 1: the routing's starvation bound (default 16 per lane)
 
 
 class LoomServer:
@@ -108,55 +111,97 @@ class LoomServer:
                                  max_history_age_s=config.history_max_age_s)
         if config.workers not in WORKER_TRANSPORTS:
             raise ValueError(f"workers must be one of {', '.join(WORKER_TRANSPORTS)}, not {config.workers!r}")
-        if config.executor is None and config.workers == "process":
-            from loom.server.worker_process import ProcessExecutor, WorkerSpec
-            spec = config.worker_spec or WorkerSpec.current(self.registry, config.extra_node_packs)
-            config.executor = ProcessExecutor(spec, prompt_timeout_s=config.prompt_timeout_s,
-                                              expected_nodes=self.registry.names())
-        elif config.prompt_timeout_s and config.executor is None:
-            raise ValueError("prompt_timeout_s needs process workers (workers='process'): a thread cannot be "
-                             "stopped from outside")
-        if config.executor is None:
-            from loom.server.executor import Executor
-            config.executor = Executor(self.registry)
-        self.executor = config.executor
+        executors = list(config.executors) if config.executors else self._make_executors(config)
+        self.executors: list[Any] = executors
+        self.executor = executors[0]  # the first lane's (the only one, by default)
         self.pending_at_start = self.queue.counts()[0]
         self.hub = ClientHub()
         self.hub.status_source = lambda: {"exec_info": {"queue_remaining": self.queue.remaining()}}
         self.queue.add_listener(self.hub.status_changed)
-        self.worker = Worker(self.queue, self.executor, self.hub, expose_tracebacks=config.expose_tracebacks,
-                             preview_method=config.preview_method)
+        router = None
+        if len(executors) > 1:
+            from loom.server.routing import Router
+            router = Router(k=config.routing_k)
+        self.router = router
+        self.workers: list[Worker] = [
+            Worker(self.queue, executor, self.hub, expose_tracebacks=config.expose_tracebacks,
+                   preview_method=config.preview_method, router=router, name=f"lane-{index}")
+            for index, executor in enumerate(executors)]
+        self.worker = self.workers[0]
         self._settings_lock = asyncio.Lock()
         self.started_at = time.time()
+
+    def _make_executors(self, config: ServerConfig) -> list[Any]:
+        """One executor per lane: ``config.executor`` (one lane), else per ``workers`` and ``lanes``."""
+        lanes = int(config.lanes)
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, not {config.lanes!r}")
+        if config.executor is not None:
+            if lanes != 1:
+                raise ValueError("lanes > 1 needs one executor per lane: pass executors=[...], not executor=")
+            return [config.executor]
+        if config.workers == "process":
+            from loom.server.worker_process import ProcessExecutor, WorkerSpec
+            spec = config.worker_spec or WorkerSpec.current(self.registry, config.extra_node_packs)
+            executors = [ProcessExecutor(spec, prompt_timeout_s=config.prompt_timeout_s,
+                                         expected_nodes=self.registry.names()) for _ in range(lanes)]
+            config.executor = executors[0]
+            return executors
+        if config.prompt_timeout_s:
+            raise ValueError("prompt_timeout_s needs process workers (workers='process'): a thread cannot be "
+                             "stopped from outside")
+        if lanes != 1:
+            raise ValueError(f"{lanes} lanes need process workers (workers='process', loom serve --workers "
+                             "process): thread workers share one process and so one model cache, so only one "
+                             "thread lane makes sense")
+        from loom.server.executor import Executor
+        config.executor = Executor(self.registry)
+        return [config.executor]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def on_startup(self, app: web.Application) -> None:
         self.hub.attach(asyncio.get_running_loop())
         if self.config.start_worker:
-            start = getattr(self.executor, "start", None)
-            if callable(start):  # a worker process starts in the background; /api/ready waits for it
-                start()
-            self.worker.start()
+            for executor, worker in zip(self.executors, self.workers):
+                start = getattr(executor, "start", None)
+                if callable(start):  # a worker process starts in the background; /api/ready waits for it
+                    start()
+                worker.start()
+
+    async def _stop_workers(self) -> None:
+        for worker in self.workers:  # all at once: each may wait for its running prompt to stop
+            worker.request_stop()
+        await asyncio.gather(*(asyncio.to_thread(worker.stop) for worker in self.workers))
 
     async def on_shutdown(self, app: web.Application) -> None:
         # stop taking prompts first, so none starts (and is interrupted) while the server winds down
-        await asyncio.to_thread(self.worker.stop)
-        close = getattr(self.executor, "close", None)
-        if self.worker.alive and callable(close):
-            # the running prompt ignored the interrupt (a hung node): stop its worker process, so that the
+        await self._stop_workers()
+        hung = [(w, getattr(e, "close", None)) for w, e in zip(self.workers, self.executors)]
+        hung = [(w, close) for w, close in hung if w.alive and callable(close)]
+        if hung:
+            # a running prompt ignored the interrupt (a hung node): stop its worker process, so that the
             # prompt is recorded as interrupted while the queue is still open
-            await asyncio.to_thread(close)
-            await asyncio.to_thread(self.worker.stop)
-        await asyncio.sleep(0)  # let the interrupted prompt's final events reach its client
+            await asyncio.gather(*(asyncio.to_thread(close) for _, close in hung))
+            await self._stop_workers()
+        await asyncio.sleep(0)  # let the interrupted prompts' final events reach their clients
         await self.hub.close_all()
 
     async def on_cleanup(self, app: web.Application) -> None:
-        await asyncio.to_thread(self.worker.stop)
-        close = getattr(self.executor, "close", None)
-        if callable(close):
-            await asyncio.to_thread(close)
+        await self._stop_workers()
+        closes = [close for close in (getattr(e, "close", None) for e in self.executors) if callable(close)]
+        await asyncio.gather(*(asyncio.to_thread(close) for close in closes))
         self.queue.close()
+
+    def _interrupt(self, prompt_id: str | None) -> bool:
+        """Interrupt ``prompt_id`` in whichever lane runs it (every running prompt, without an id)."""
+        hit = False
+        for worker in self.workers:
+            if worker.interrupt(prompt_id):
+                hit = True
+                if prompt_id is not None:
+                    break
+        return hit
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -229,7 +274,7 @@ class LoomServer:
                               "Infinity)", node_id=node_id)
         try:
             return validation, self.queue.put(prompt_id, prompt, extra_data, validation.outputs, number=number,
-                                              front=front)
+                                              front=front, required_models=validation.required_models)
         except KeyError:
             raise ClientError(400, "duplicate_prompt_id", "prompt_id already used",
                               "a queued, running or finished prompt has this id; leave prompt_id out "
@@ -256,7 +301,7 @@ class LoomServer:
             if self.queue.cancel(prompt_id):
                 log.info("prompt %s cancelled", prompt_id)
                 return web.json_response({"prompt_id": prompt_id, "state": "cancelled"})
-            if self.worker.interrupt(prompt_id):
+            if self._interrupt(prompt_id):
                 return web.json_response({"prompt_id": prompt_id, "state": "interrupting"})
             state = self.queue.state_of(prompt_id)
             if state != "running":  # running but not yet handed to the executor: try again shortly
@@ -283,13 +328,14 @@ class LoomServer:
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
         if prompt_id is not None and not isinstance(prompt_id, str):
             raise ClientError(400, "invalid_request", "prompt_id must be a string")
-        interrupted = self.worker.interrupt(prompt_id)
+        interrupted = self._interrupt(prompt_id)
         return web.json_response({"interrupted": interrupted})
 
     async def post_free(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
-        self.worker.request_free(unload_models=bool(body.get("unload_models")),
-                                 free_memory=bool(body.get("free_memory")))
+        for worker in self.workers:
+            worker.request_free(unload_models=bool(body.get("unload_models")),
+                                free_memory=bool(body.get("free_memory")))
         return web.json_response({})
 
     # -- history -------------------------------------------------------------------------------
@@ -492,16 +538,18 @@ class LoomServer:
         return web.json_response({"status": "ok"})
 
     async def get_ready(self, request: web.Request) -> web.Response:
-        stalled = self.worker.current is not None and \
-            time.monotonic() - self.worker.heartbeat > self.config.stall_timeout_s
+        now = time.monotonic()
+        stalled = any(w.current is not None and now - w.heartbeat > self.config.stall_timeout_s
+                      for w in self.workers)
         checks = {
             "queue": not self.queue.closed,
             "registry": len(self.registry.names()) > 0,
-            "worker": self.worker.alive or not self.config.start_worker,
+            "worker": all(w.alive for w in self.workers) or not self.config.start_worker,
             "worker_responsive": not stalled,
         }
-        if self.config.start_worker and hasattr(self.executor, "ready"):
-            checks["worker_process"] = bool(self.executor.ready)  # up, not starting or being replaced
+        if self.config.start_worker and any(hasattr(e, "ready") for e in self.executors):
+            # up, not starting or being replaced (every lane's)
+            checks["worker_process"] = all(bool(getattr(e, "ready", True)) for e in self.executors)
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
@@ -549,10 +597,11 @@ class LoomServer:
         client = self.hub.register(ws, request.query.get("clientId"))
         try:
             self.hub.send_status(client)
-            current, node = self.worker.current, self.worker.current_node
-            if current is not None and current.client_id == client.client_id and node is not None:
-                self.hub.send("executing", {"node": node, "display_node": node, "prompt_id": current.prompt_id},
-                              client.client_id)
+            for worker in self.workers:
+                current, node = worker.current, worker.current_node
+                if current is not None and current.client_id == client.client_id and node is not None:
+                    self.hub.send("executing", {"node": node, "display_node": node,
+                                                "prompt_id": current.prompt_id}, client.client_id)
             async for message in ws:
                 if message.type != web.WSMsgType.TEXT:
                     continue

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", choices=("process", "thread"), default="process",
                        help="where prompts run: process (default; a worker process, so a hung node or a crash "
                             "costs one prompt, not the server) or thread (in the server process)")
+    serve.add_argument("--lanes", type=int, default=1, metavar="N",
+                       help="run N worker processes side by side on one queue; each free one takes a prompt "
+                            "whose models it already holds (model-affinity routing; needs --workers process)")
     serve.add_argument("--prompt-timeout", dest="prompt_timeout", type=float, default=None, metavar="SECONDS",
                        help="fail a prompt that runs longer than this with error type 'timeout' (its worker "
                             "process is stopped and replaced; needs --workers process; default: no limit)")

@@ -54,6 +54,7 @@ class ExecutionResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per node that ran
     duration: float = 0.0
     worker: str | None = None  # which worker ran it ("process:<pid>"); None: this thread
+    loaded_models: list[str] | None = None  # real paths of the model files its executor holds after it
 
     @property
     def ok(self) -> bool:
@@ -120,7 +121,17 @@ class Executor:
                     self.free(unload_models=True, free_memory=True)
                 except Exception:
                     log.exception("freeing memory after running out of it failed")
+            result.loaded_models = self.loaded_models()
             return result
+
+    def loaded_models(self) -> list[str]:
+        """The real paths of the model files this process's model cache holds (what routing reads)."""
+        try:
+            from loom.nodes.runtime import model_cache  # part of the model runtime, when installed
+        except ImportError:
+            return []
+        files = getattr(model_cache.models, "files", None)
+        return files() if callable(files) else []
 
 
 class _Run:

@@ -12,7 +12,8 @@ from typing import Any, Iterable
 
 import networkx as nx
 
-from loom.nodes.schema import InputSpec, InputValueError, Node, NodeRegistry, literal_kwargs, types_compatible
+from loom.nodes.schema import (Combo, InputSpec, InputValueError, Node, NodeRegistry, literal_kwargs,
+                               types_compatible)
 from loom.server.budget import ResourceBudget, available_memory
 
 
@@ -24,6 +25,7 @@ class ValidationResult:
     outputs: list[str] = field(default_factory=list)
     order: list[str] = field(default_factory=list)  # the nodes the valid outputs need, in topological order
     values: dict[str, dict[str, Any]] = field(default_factory=dict)  # literal inputs, coerced to their types
+    required_models: list[str] = field(default_factory=list)  # model files the plan loads, "folder/name"
 
     def messages(self) -> list[str]:
         """One line per problem: ``node 3 (KSampler) input 'steps': ...``."""
@@ -132,8 +134,26 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, partial_execution_targe
             needed |= nx.ancestors(graph, output)
         plan = graph.subgraph(needed).copy()
     order = list(nx.lexicographical_topological_sort(plan, key=_id_sort_key))
+    plan_values = {nid: values.get(nid, {}) for nid in order}
     return ValidationResult(ok=True, node_errors=node_errors, outputs=valid_outputs, order=order,
-                            values={nid: values.get(nid, {}) for nid in order})
+                            values=plan_values, required_models=required_models(prompt, registry, plan_values))
+
+
+def required_models(prompt: dict, registry: NodeRegistry, values: dict[str, dict[str, Any]]) -> list[str]:
+    """The model files the nodes of ``values`` (node id -> literal inputs) name, as ``folder/name``, sorted:
+    the literal value of every input that is a :class:`~nodes.schema.Combo` of a model folder
+    (``ckpt_name`` of ``checkpoints``, ``lora_name`` of ``loras``, ...). A name that arrives through a link
+    (e.g. from a primitive node) is not known before the prompt runs and is not listed. The queue stores
+    them with the prompt; :mod:`server.routing` sends the prompt to a lane that holds them."""
+    found: set[str] = set()
+    for node_id, literals in values.items():
+        node_class = registry.get(prompt[node_id]["class_type"])
+        if node_class is None or not literals:
+            continue
+        for spec in node_class.schema().inputs:
+            if isinstance(spec, Combo) and spec.folder and isinstance(literals.get(spec.name), str):
+                found.add(f"{spec.folder}/{literals[spec.name]}")
+    return sorted(found)
 
 
 def _id_sort_key(node_id: str) -> tuple:

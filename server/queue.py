@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from loom.server import json_chunked
+from loom.server.routing import Pending
 
 SECRET_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 """Keys of ``extra_data`` never written to disk or shown in history (ComfyUI strips the same ones)."""
 
 SCHEMA_VERSION = 1
+ROUTING_WINDOW = 1000
+"""How many pending prompts (from the head) a routing ``select`` hook is shown."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +81,7 @@ class QueueItem:
     outputs: list[str]
     queued_at: float = 0.0
     started_at: float | None = None
+    required_models: list[str] = field(default_factory=list)  # "folder/name" of the model files it needs
 
     @property
     def client_id(self) -> str | None:
@@ -154,6 +158,11 @@ class PromptQueue:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(history)").fetchall()}
         if "worker" not in columns:
             self._db.execute("ALTER TABLE history ADD COLUMN worker TEXT")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(queue)").fetchall()}
+        if "required_models" not in columns:  # JSON list of "folder/name"; NULL: queued by an older Loom
+            self._db.execute("ALTER TABLE queue ADD COLUMN required_models TEXT")
+        if "waited" not in columns:  # dispatches that took a prompt queued after this one (routing)
+            self._db.execute("ALTER TABLE queue ADD COLUMN waited INTEGER NOT NULL DEFAULT 0")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -210,10 +219,13 @@ class PromptQueue:
                                          (prompt_id, prompt_id)).fetchone())
 
     def put(self, prompt_id: str, prompt: dict[str, Any], extra_data: dict[str, Any], outputs: Iterable[str],
-            *, number: float | None = None, front: bool = False) -> float:
-        """Queue a prompt; returns its priority number. Raises ``KeyError`` for a prompt id in use."""
+            *, number: float | None = None, front: bool = False,
+            required_models: Iterable[str] = ()) -> float:
+        """Queue a prompt; returns its priority number. Raises ``KeyError`` for a prompt id in use.
+        ``required_models`` are the model files it needs (validation's), which routing reads."""
         # encoded before taking the lock: a big prompt must not hold up the readers of the queue
-        encoded = (_dumps(prompt), _dumps(public_extra_data(extra_data)), _dumps(list(outputs)))
+        encoded = (_dumps(prompt), _dumps(public_extra_data(extra_data)), _dumps(list(outputs)),
+                   _dumps(sorted(set(required_models))))
         with self._lock:
             if self._closed:
                 raise QueueStoreError("the queue is closed")
@@ -226,26 +238,33 @@ class PromptQueue:
                     counter = self._next_counter()
                     number = float(-counter if front else counter)
                 self._db.execute(
-                    "INSERT INTO queue (prompt_id, number, prompt, extra_data, outputs, queued_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO queue (prompt_id, number, prompt, extra_data, outputs, required_models, "
+                    "queued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (prompt_id, float(number), *encoded, time.time()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._available.notify()
+            self._available.notify_all()  # every idle lane looks: the routing may choose any of them
         self._changed()
         return number
 
-    def get(self, timeout: float | None = None) -> QueueItem | None:
-        """Take the next pending prompt and mark it running; ``None`` after ``timeout`` or on close."""
+    def get(self, timeout: float | None = None,
+            select: Callable[[list[Pending]], int | None] | None = None) -> QueueItem | None:
+        """Take the next pending prompt and mark it running; ``None`` after ``timeout`` or on close.
+
+        Without ``select`` the next is the head (lowest ``number``, then oldest). With it, ``select`` is
+        called under the queue's lock with the first :data:`ROUTING_WINDOW` pending prompts in that order
+        (as :class:`~server.routing.Pending`: id, required models, dispatches waited) and returns the index
+        of the one to take, or None to wait for the next change of the queue. Taking a prompt that is not
+        the head counts one dispatch waited for every prompt ahead of it (the routing's starvation bound)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
                 if self._closed:
                     return None
-                row = self._db.execute(
-                    "SELECT prompt_id, number, prompt, extra_data, outputs, queued_at FROM queue "
+                row = self._select(select) if select is not None else self._db.execute(
+                    "SELECT prompt_id, number, prompt, extra_data, outputs, queued_at, required_models FROM queue "
                     "WHERE state='pending' ORDER BY number, seq LIMIT 1").fetchone()
                 if row is not None:
                     started = time.time()
@@ -256,10 +275,28 @@ class PromptQueue:
                 if remaining is not None and remaining <= 0:
                     return None
                 self._available.wait(remaining)
+            if select is not None:
+                self._available.notify_all()  # lanes that waited for this one to take its prompt look again
         self._changed()
         # decoded after letting go of the lock, for the same reason as in put()
         return QueueItem(number=row[1], prompt_id=row[0], prompt=_loads(row[2]), extra_data=_loads(row[3]),
-                         outputs=_loads(row[4]), queued_at=row[5], started_at=started)
+                         outputs=_loads(row[4]), queued_at=row[5], started_at=started,
+                         required_models=_loads(row[6]) if row[6] else [])
+
+    def _select(self, select: Callable[[list[Pending]], int | None]) -> tuple | None:
+        rows = self._db.execute("SELECT prompt_id, required_models, waited, number, seq FROM queue "
+                                "WHERE state='pending' ORDER BY number, seq LIMIT ?", (ROUTING_WINDOW,)).fetchall()
+        if not rows:
+            return None
+        index = select([Pending(r[0], frozenset(_loads(r[1])) if r[1] else frozenset(), r[2]) for r in rows])
+        if index is None:
+            return None
+        chosen = rows[index]
+        if index > 0:
+            self._db.execute("UPDATE queue SET waited=waited+1 WHERE state='pending' AND "
+                             "(number < ? OR (number = ? AND seq < ?))", (chosen[3], chosen[3], chosen[4]))
+        return self._db.execute("SELECT prompt_id, number, prompt, extra_data, outputs, queued_at, required_models "
+                                "FROM queue WHERE prompt_id=?", (chosen[0],)).fetchone()
 
     def finish(self, prompt_id: str, outcome: Outcome) -> None:
         """Move a running prompt to history with its outcome."""
@@ -324,10 +361,11 @@ class PromptQueue:
     def _items(self, state: str) -> list[QueueItem]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT prompt_id, number, prompt, extra_data, outputs, queued_at, started_at FROM queue "
-                "WHERE state=? ORDER BY number, seq", (state,)).fetchall()
+                "SELECT prompt_id, number, prompt, extra_data, outputs, queued_at, started_at, required_models "
+                "FROM queue WHERE state=? ORDER BY number, seq", (state,)).fetchall()
         return [QueueItem(number=r[1], prompt_id=r[0], prompt=_loads(r[2]), extra_data=_loads(r[3]),
-                          outputs=_loads(r[4]), queued_at=r[5], started_at=r[6]) for r in rows]
+                          outputs=_loads(r[4]), queued_at=r[5], started_at=r[6],
+                          required_models=_loads(r[7]) if r[7] else []) for r in rows]
 
     def pending(self) -> list[QueueItem]:
         return self._items("pending")

@@ -29,7 +29,8 @@ def server_config(args: argparse.Namespace | None = None, registry: Any = None, 
     """The :class:`ServerConfig` for the ``loom serve`` namespace ``args`` and keyword ``options`` (which win):
     ``host`` (default 127.0.0.1), ``port`` (8188), ``token``, ``workflow`` (the file the editor opens first,
     served at ``/api/workflows/default``), ``allowed_hosts``, ``allowed_origins``, ``expose_tracebacks``,
-    ``preview_method``, ``workers`` (``process``, the default here, or ``thread``), ``prompt_timeout``
+    ``preview_method``, ``workers`` (``process``, the default here, or ``thread``), ``lanes`` (worker processes
+    sharing the queue, routed by model affinity; default 1), ``prompt_timeout``
     (seconds; None or 0: no limit), ``nodes`` (the node packs, which a worker process loads too) and the
     budget's ``max_pixels``/``max_batch``/``max_steps``. ``registry`` is the node registry (default: the
     built-in nodes)."""
@@ -44,6 +45,7 @@ def server_config(args: argparse.Namespace | None = None, registry: Any = None, 
                         allowed_origins=tuple(option("allowed_origins", ()) or ()),
                         preview_method=option("preview_method", None),
                         workers=option("workers", "process"),
+                        lanes=int(option("lanes", 1) or 1),
                         prompt_timeout_s=_timeout(option("prompt_timeout", None)),
                         extra_node_packs=tuple(option("nodes", ()) or ()),
                         budget=ResourceBudget(max_pixels=int(option("max_pixels", ResourceBudget.max_pixels)),

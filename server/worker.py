@@ -21,6 +21,12 @@ prompt's ``extra_data.preview_method`` (what newer ComfyUI frontends send) overr
 prompt (``"default"`` keeps it). Output images of ``SaveImageWebsocket`` (a ``("PNG", image, max_size)``
 preview, as in ComfyUI) are not previews: they go, as PNG and unthrottled, to the prompt's client always.
 
+With several lanes (``ServerConfig.lanes``) there is one :class:`Worker` per lane, each with its own executor,
+and a :class:`~server.routing.Router` chooses which pending prompt a free lane takes (model affinity); after
+each prompt the lane tells the router which of the model files it ran it holds loaded now (the executor's
+``ExecutionResult.loaded_models`` or ``loaded_models()``, real paths, mapped back to the ``folder/name`` keys
+of the prompts' ``required_models``; an executor that reports neither is taken to hold what it ran).
+
 Tracebacks of failing nodes go to the server log; clients get the node id, type and message only
 (unless the server was started with ``expose_tracebacks``).
 """
@@ -49,6 +55,17 @@ def check_preview_method(value: str | None) -> str | None:
     if value is not None and value not in PREVIEW_METHODS:
         raise ValueError(f"preview_method must be one of {', '.join(PREVIEW_METHODS)}, not {value!r}")
     return value
+
+
+def _real_path(model: str) -> str | None:
+    """The real path of a ``folder/name`` model file here (None when it is not there)."""
+    from loom.nodes import folders
+
+    folder, _, name = model.partition("/")
+    try:
+        return str(folders.resolve(folder, name))
+    except Exception:  # not there, not a model folder, not a valid name
+        return None
 
 
 def encode_png(image: Any, max_size: int | None = None) -> bytes:
@@ -108,8 +125,15 @@ class Worker:
     """Runs queued prompts one at a time on its own thread."""
 
     def __init__(self, queue: PromptQueue, executor: Any, hub: ClientHub, *,
-                 expose_tracebacks: bool = False, preview_method: str | None = None) -> None:
+                 expose_tracebacks: bool = False, preview_method: str | None = None,
+                 router: Any = None, name: str = "lane-0") -> None:
         self.queue = queue
+        self.name = name
+        self.router = router  # a server.routing.Router when several lanes share the queue
+        self.lane = router.add_lane(name) if router is not None else None
+        self._select = router.selector(self.lane) if router is not None else None
+        self.models: frozenset[str] = frozenset()  # "folder/name" of the model files this lane holds
+        self._model_paths: dict[str, str | None] = {}  # "folder/name" -> its real path (None: not found)
         self.executor = executor
         self.hub = hub
         self.expose_tracebacks = expose_tracebacks
@@ -128,7 +152,7 @@ class Worker:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="loom-worker", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=f"loom-worker-{self.name}", daemon=True)
             self._thread.start()
 
     @property
@@ -137,10 +161,16 @@ class Worker:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking prompts; interrupt the running one (it is recorded as interrupted)."""
-        self._stop.set()
-        self.interrupt()
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def request_stop(self) -> None:
+        """Stop taking prompts and interrupt the running one, without waiting (see :meth:`stop`)."""
+        self._stop.set()
+        if self.router is not None:
+            self.router.remove(self.lane)
+        self.interrupt()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Interrupt the running prompt (only if it is ``prompt_id``, when given). True if one was hit."""
@@ -167,6 +197,7 @@ class Worker:
         with self._lock:
             flags, self._free_flags = self._free_flags, {}
         if flags.get("unload_models") or flags.get("free_memory"):
+            self._set_models(())  # every model is unloaded (free_memory unloads them too)
             try:
                 self.executor.free(unload_models=bool(flags.get("unload_models")),
                                    free_memory=bool(flags.get("free_memory")))
@@ -179,7 +210,8 @@ class Worker:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                item = self.queue.get(timeout=0.5)
+                item = self.queue.get(timeout=0.5, select=self._select) if self._select is not None else \
+                    self.queue.get(timeout=0.5)
             except Exception:
                 if self._stop.is_set():
                     return
@@ -188,7 +220,11 @@ class Worker:
                 continue
             if item is None:
                 continue
-            self._execute(item)
+            try:
+                self._execute(item)
+            finally:
+                if self.router is not None:
+                    self.router.finished(self.lane)
             self.heartbeat = time.monotonic()
             self._apply_free()
 
@@ -255,7 +291,8 @@ class Worker:
             send(event, data)
 
         started = time.monotonic()
-        log.info("prompt %s started", item.prompt_id)
+        log.info("prompt %s started%s", item.prompt_id, f" on {self.name}" if self.router is not None else "")
+        result = None
         try:
             result = self.executor.execute(item.prompt, item.prompt_id, extra_data=item.extra_data,
                                            outputs=item.outputs or None, on_event=on_event, cancel=cancel)
@@ -266,6 +303,7 @@ class Worker:
             held[:] = [("execution_error", payload), ("executing", {"node": None, "prompt_id": item.prompt_id})]
             outcome = Outcome(state="error", messages=[["execution_error", payload]], error=payload,
                               worker=self._worker_label())
+        self._update_models(item, result)
         if self.hub.loop is not None:
             self.hub.hold_status()  # the status this finish causes goes out after the terminal event
         try:
@@ -287,6 +325,33 @@ class Worker:
         if isinstance(requested, str) and requested in PREVIEW_METHODS:
             return requested
         return self.preview_method
+
+    # -- the models this lane holds ------------------------------------------------------------
+
+    def _update_models(self, item: QueueItem, result: Any) -> None:
+        """After a prompt: which of the model files this lane's prompts named its executor holds now."""
+        if self.router is None:
+            return
+        try:
+            loaded = getattr(result, "loaded_models", None)
+            if loaded is None and callable(getattr(self.executor, "loaded_models", None)):
+                loaded = self.executor.loaded_models()
+            for name in item.required_models:
+                if name not in self._model_paths:
+                    self._model_paths[name] = _real_path(name)
+            if loaded is None:  # the executor does not say: it holds what it ran, if that ran
+                ran = getattr(result, "status", None) == "success"
+                self._set_models(self.models | (frozenset(item.required_models) if ran else frozenset()))
+                return
+            files = set(loaded)
+            self._set_models(name for name, path in self._model_paths.items() if path is not None and path in files)
+        except Exception:
+            log.exception("reading the models of %s failed", self.name)
+
+    def _set_models(self, models: Any) -> None:
+        self.models = frozenset(models)
+        if self.router is not None:
+            self.router.set_models(self.lane, self.models)
 
     # -- helpers -------------------------------------------------------------------------------
 

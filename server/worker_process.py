@@ -17,7 +17,9 @@ The pipe (one duplex :func:`multiprocessing.Pipe`, pickled tuples):
                       ("fatal", message)                               start-up failed; the child exits
                       ("events", [(event, data), ...])                 executor events, in order
                       ("done", result_fields, [(event, data), ...])    the prompt's ExecutionResult and
-                                                                       its last events
+                                                                       its last events; its fields include
+                                                                       loaded_models, the model files the
+                                                                       child holds now (for routing)
 
 Events are delivered to ``on_event`` by the thread that called :meth:`ProcessExecutor.execute` (the
 worker's thread), which reads the pipe until ``done``, so they arrive in the order the child sent them.
@@ -58,7 +60,7 @@ START_TIMEOUT_S = 300.0
 PREVIEW_INTERVAL_S = 0.025
 """The child sends at most one latent preview per this interval (the worker sends one per 0.05 s)."""
 _RESULT_FIELDS = ("status", "outputs", "messages", "error", "validation", "executed", "cached", "timings",
-                  "duration")
+                  "duration", "loaded_models")
 
 
 @dataclass
@@ -326,6 +328,7 @@ class ProcessExecutor:
         self.restarts = 0  # children started after the first
         self.spawn_times: list[float] = []  # seconds from start to "ready", per child
         self.last_start_error: str | None = None
+        self._loaded: tuple[int, list[str]] = (0, [])  # (child pid, the model files it reported holding)
         self._context = multiprocessing.get_context("spawn")
         self._cond = threading.Condition()
         self._child: _Child | None = None
@@ -375,6 +378,13 @@ class ProcessExecutor:
     def pid(self) -> int | None:
         child = self._child
         return child.pid if child is not None else None
+
+    def loaded_models(self) -> list[str]:
+        """The model files (real paths) the current child reported holding after its last prompt; none for
+        a child that has run nothing (a new child holds nothing)."""
+        pid, files = self._loaded
+        child = self._child
+        return list(files) if child is not None and child.pid == pid else []
 
     def status(self) -> dict[str, Any]:
         child = self._child
@@ -564,6 +574,7 @@ class ProcessExecutor:
                     deliver_event(event, data)
             if message[0] == "done":
                 fields = message[1]
+                self._loaded = (child.pid, list(fields.get("loaded_models") or []))
                 return ExecutionResult(prompt_id=prompt_id, worker=child.label,
                                        **{name: fields.get(name) for name in _RESULT_FIELDS
                                           if fields.get(name) is not None})

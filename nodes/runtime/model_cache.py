@@ -90,6 +90,17 @@ class ModelCache:
         with self._lock:
             return list(self._entries)
 
+    def files(self) -> list[str]:
+        """The real paths of the model files the cache holds something of (keys carry :func:`file_key`)."""
+        found: set[str] = set()
+        with self._lock:
+            for key in self._entries:
+                for part in key if isinstance(key, tuple) else (key,):
+                    if isinstance(part, tuple) and len(part) == 3 and isinstance(part[0], str) \
+                            and isinstance(part[1], int) and isinstance(part[2], int):
+                        found.add(part[0])
+        return sorted(found)
+
     def get(self, key: Hashable) -> Any | None:
         with self._lock:
             entry = self._entries.get(key)
