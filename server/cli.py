@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lanes", type=int, default=1, metavar="N",
                        help="run N worker processes side by side on one queue; each free one takes a prompt "
                             "whose models it already holds (model-affinity routing; needs --workers process)")
+    serve.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="local (default: --workers on this machine) or ray: prompts run on Ray actors, one "
+                            "per GPU or --ray-actors N, routed by model affinity (pip install 'loom[ray]'; "
+                            "see docs/ray.md)")
+    serve.add_argument("--ray-address", dest="ray_address", default=None, metavar="ADDR",
+                       help="--backend ray: the Ray cluster to join (auto, HOST:PORT or ray://HOST:10001); "
+                            "default: start a local one")
+    serve.add_argument("--ray-actors", dest="ray_actors", type=int, default=None, metavar="N",
+                       help="--backend ray: N LoomWorker actors (default: one per GPU in the cluster, or 1)")
     serve.add_argument("--prompt-timeout", dest="prompt_timeout", type=float, default=None, metavar="SECONDS",
                        help="fail a prompt that runs longer than this with error type 'timeout' (its worker "
                             "process is stopped and replaced; needs --workers process; default: no limit)")

@@ -31,13 +31,21 @@ def server_config(args: argparse.Namespace | None = None, registry: Any = None, 
     served at ``/api/workflows/default``), ``allowed_hosts``, ``allowed_origins``, ``expose_tracebacks``,
     ``preview_method``, ``workers`` (``process``, the default here, or ``thread``), ``lanes`` (worker processes
     sharing the queue, routed by model affinity; default 1), ``prompt_timeout``
-    (seconds; None or 0: no limit), ``nodes`` (the node packs, which a worker process loads too) and the
+    (seconds; None or 0: no limit), ``nodes`` (the node packs, which a worker process loads too), ``backend``
+    (``local``, or ``ray``: one lane per Ray actor, with ``ray_address`` and ``ray_actors``) and the
     budget's ``max_pixels``/``max_batch``/``max_steps``. ``registry`` is the node registry (default: the
     built-in nodes)."""
     def option(name: str, default: Any) -> Any:
         return options.get(name, getattr(args, name, default) if args is not None else default)
 
-    return ServerConfig(host=option("host", "127.0.0.1"), port=int(option("port", 8188)),
+    ray_lanes: dict[str, Any] = {}
+    if option("backend", "local") == "ray":  # one lane per Ray actor (server/ray_worker.py)
+        from loom.server.ray_worker import serve_executors
+        ray_lanes["executors"] = serve_executors(registry, address=option("ray_address", None),
+                                                 actors=option("ray_actors", None),
+                                                 prompt_timeout_s=_timeout(option("prompt_timeout", None)),
+                                                 node_packs=tuple(option("nodes", ()) or ()))
+    return ServerConfig(**ray_lanes, host=option("host", "127.0.0.1"), port=int(option("port", 8188)),
                         token=option("token", None), registry=registry,
                         expose_tracebacks=bool(option("expose_tracebacks", False)),
                         default_workflow=option("workflow", None),
