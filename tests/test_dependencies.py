@@ -64,11 +64,16 @@ def package_files() -> list[Path]:
     return files
 
 
-def imported_names(path: Path) -> dict[str, int]:
-    """Top-level names of the absolute imports in ``path`` (anywhere in it), with the first line of each."""
+def imported_names(path: Path, *, lazy: bool | None = None) -> dict[str, int]:
+    """Top-level names of the absolute imports in ``path`` (anywhere in it), with the first line of each;
+    with ``lazy`` True only those inside functions (run when called), False only the others (run on import)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    in_function = {id(inner) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for inner in ast.walk(node) if inner is not node}
     found: dict[str, int] = {}
     for node in ast.walk(tree):
+        if lazy is not None and (id(node) in in_function) != lazy:
+            continue
         if isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -95,12 +100,13 @@ def local_modules() -> frozenset[str]:
     return frozenset(names)
 
 
-def undeclared_imports(files: list[Path], allowed: set[str], allow_local: bool) -> list[str]:
+def undeclared_imports(files: list[Path], allowed: set[str], allow_local: bool,
+                       lazy: bool | None = None) -> list[str]:
     """One line per import in ``files`` that no allowed distribution provides: ``file:line: name (why)``."""
     providers = importlib.metadata.packages_distributions()
     problems = []
     for path in files:
-        for name, line in sorted(imported_names(path).items()):
+        for name, line in sorted(imported_names(path, lazy=lazy).items()):
             if name in sys.stdlib_module_names or name in ("__future__", "loom"):
                 continue
             if allow_local and name in local_modules():
@@ -120,8 +126,16 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
+def user_extras() -> list[str]:
+    """The extras a user installs for a feature (``loom[ray]``); ``test`` is the developers'."""
+    return [name for name in pyproject()["project"].get("optional-dependencies", {}) if name != "test"]
+
+
 def test_the_package_imports_only_declared_dependencies() -> None:
-    problems = undeclared_imports(package_files(), declared(), allow_local=False)
+    """On import, a module needs only [project] dependencies; a feature's extra (``ray``) may be imported
+    only inside functions, so that a base install can import every module and says what to install."""
+    problems = undeclared_imports(package_files(), declared(), allow_local=False, lazy=False)
+    problems += undeclared_imports(package_files(), declared(*user_extras()), allow_local=False, lazy=True)
     assert not problems, ("modules of the installed package import what [project] dependencies does not "
                           "declare:\n  " + "\n  ".join(problems))
 
@@ -145,3 +159,13 @@ def test_an_undeclared_import_is_reported_with_its_file_and_line(tmp_path: Path)
         f"{module}:6: import server (no installed distribution provides it: "
         "declare and install it, or import it as loom.*)",
     ]
+
+
+def test_a_features_extra_may_be_imported_only_lazily(tmp_path: Path) -> None:
+    """``import ray`` inside a function is fine for the package (the ``ray`` extra); at module level it is not."""
+    module = tmp_path / "probe.py"
+    module.write_text("import ray\n\ndef later():\n    import ray.util\n", encoding="utf-8")
+    assert "ray" in user_extras()
+    on_import = undeclared_imports([module], declared(), allow_local=False, lazy=False)
+    assert on_import == [f"{module}:1: import ray (from ray, not declared in pyproject.toml)"]
+    assert undeclared_imports([module], declared(*user_extras()), allow_local=False, lazy=True) == []
