@@ -8,9 +8,8 @@ are the ones a ComfyUI client or frontend reads around them:
   (read at most 1 MiB of it, as ComfyUI does); 404 otherwise.
 * ``GET /users`` — single-user: ``{"storage": "server", "migrated": true}``. ``POST /users`` — 400: Loom
   has one user (a 4xx: the request cannot be served, the server is fine).
-* ``GET /userdata?dir=&recurse=&full_info=&split=`` — the files of a folder under ``<user>/default``, as
-  ComfyUI lists them (relative ``/`` paths; ``full_info``: ``{path, size, modified, created}``; ``split``:
-  ``[path, *parts]``). Reading and writing single files (``/userdata/{file}``) is not served here.
+* ``/userdata`` (listing) and ``/userdata/{file}`` (read, write, delete, move) — ComfyUI's user-data API,
+  in :mod:`server.userdata`.
 * ``GET /workflow_templates`` — custom node packs' templates by pack: ``{}`` (Loom has no packs with
   templates); ``GET /i18n`` — ``{}``.
 * ``GET /internal/files/{input|output|temp}`` — top-level file names, newest first.
@@ -34,25 +33,22 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from loom.nodes import folders
+from loom.server import userdata
 from loom.server.security import ClientError, read_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SAFETENSORS_HEADER_LIMIT = 1024 * 1024
-USERDATA_USER = "default"  # ComfyUI's single user's folder under user/
 
 
 def routes(server: Any) -> list[tuple[str, str, Handler]]:
     """``(method, path, handler)`` for each route; ``server`` is the :class:`~server.app.LoomServer`."""
-    async def get_userdata_default(request: web.Request) -> web.Response:
-        return await get_userdata(request, Path(server.user_dir) / USERDATA_USER)
-
     return [
         ("GET", "/extensions", get_extensions),
         ("GET", "/view_metadata/{folder_name}", get_view_metadata),
         ("GET", "/users", get_users),
         ("POST", "/users", post_users),
-        ("GET", "/userdata", get_userdata_default),
+        *userdata.routes(server),
         ("GET", "/workflow_templates", get_empty_object),
         ("GET", "/i18n", get_empty_object),
         ("GET", "/internal/files/{directory_type}", get_internal_files),
@@ -127,39 +123,6 @@ def safetensors_metadata(path: Path, limit: int = SAFETENSORS_HEADER_LIMIT) -> d
         return None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return metadata if isinstance(metadata, dict) else None
-
-
-async def get_userdata(request: web.Request, root: Path) -> web.Response:
-    directory = request.query.get("dir", "")
-    if not directory:
-        raise ClientError(400, "invalid_request", "Directory not provided", "send ?dir=<folder>, e.g. workflows")
-    target = root / directory
-    if "\x00" in directory or Path(directory).is_absolute() or not folders.inside(root, target):
-        raise ClientError(403, "forbidden", "Invalid directory")
-    if not target.is_dir():
-        raise ClientError(404, "not_found", "Directory not found")
-    recurse = request.query.get("recurse", "").lower() == "true"
-    full_info = request.query.get("full_info", "").lower() == "true"
-    split = request.query.get("split", "").lower() == "true"
-    return web.json_response(await asyncio.to_thread(_list_userdata, target, recurse, full_info, split))
-
-
-def _list_userdata(target: Path, recurse: bool, full_info: bool, split: bool) -> list[Any]:
-    files = target.rglob("*") if recurse else target.glob("*")
-    results: list[Any] = []
-    for path in sorted(files):
-        if not path.is_file() or not folders.inside(target, path):
-            continue
-        relative = path.relative_to(target).as_posix()
-        if full_info:
-            stat = path.stat()
-            results.append({"path": relative, "size": stat.st_size, "modified": stat.st_mtime,
-                            "created": stat.st_ctime})
-        elif split:
-            results.append([relative, *relative.split("/")])
-        else:
-            results.append(relative)
-    return results
 
 
 async def get_internal_files(request: web.Request) -> web.Response:

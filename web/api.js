@@ -128,6 +128,52 @@ export class Api extends EventTarget {
     return this.postJson(`/settings/${encodeURIComponent(id)}`, value);
   }
 
+  // ---- ComfyUI's user-data API: files under the server's user folder, `path` like "workflows/a.json"
+
+  #userdata(path, query = "") {
+    return `/userdata/${encodeURIComponent(path)}${query}`;
+  }
+
+  /** `[{ path, size, modified, created }]` of the files under `dir` (sub-folders too); [] when it has none. */
+  async listUserData(dir) {
+    try {
+      return await this.request(`/userdata?dir=${encodeURIComponent(dir)}&recurse=true&full_info=true`);
+    } catch (error) {
+      if (error.status === 404) return [];
+      throw error;
+    }
+  }
+
+  /** A user-data file parsed as JSON. */
+  getUserData(path) {
+    return this.request(this.#userdata(path));
+  }
+
+  /** Write a user-data file (JSON); `overwrite: false` fails with status 409 when the name is taken. */
+  saveUserData(path, data, { overwrite = true } = {}) {
+    return this.request(this.#userdata(path, `?overwrite=${overwrite}&full_info=true`), {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: typeof data === "string" ? data : JSON.stringify(data) });
+  }
+
+  deleteUserData(path) {
+    return this.request(this.#userdata(path), { method: "DELETE" });
+  }
+
+  moveUserData(path, dest, { overwrite = false } = {}) {
+    return this.request(`/userdata/${encodeURIComponent(path)}/move/${encodeURIComponent(dest)}?overwrite=${overwrite}&full_info=true`,
+      { method: "POST" });
+  }
+
+  /** The example workflows shipped with the server: `[{ name, title, description, thumbnail, models }]`. */
+  templates() {
+    return this.request("/workflows/templates");
+  }
+
+  template(name) {
+    return this.request(`/workflows/templates/${encodeURIComponent(name)}`);
+  }
+
   async uploadImage(file, { overwrite = false } = {}) {
     const form = new FormData();
     form.append("image", file, file.name);

@@ -1,18 +1,24 @@
 /**
- * Start-up: fetch the node definitions, build the editor, restore the last workflow (or the default
- * one), wire the toolbar, file drops and the WebSocket, and expose `window.loom` for tests.
+ * Start-up: fetch the node definitions, build the editor and its workflow tabs, reopen the last visit's tabs
+ * (or open the default workflow; the Templates dialog on a first visit), wire the toolbar, file drops and the
+ * WebSocket, and expose `window.loom` for tests.
  */
 import { Api } from "./api.js";
 import { Editor } from "./editor.js";
 import { NodeDefs } from "./graph/definitions.js";
 import { inputSlotPos, nodeBounds, outputSlotPos, widgetRect } from "./canvas/layout.js";
 import { notice, notify } from "./ui/notify.js";
+import { Workspace } from "./workspace.js";
+import { WorkflowsPanel } from "./ui/workflows-panel.js";
+import { isFirstRun, showTemplates } from "./ui/templates.js";
 
 function wireToolbar(editor) {
   const on = (id, handler) => document.getElementById(id)?.addEventListener("click", handler);
   on("btn-queue", () => editor.queue());
   on("btn-interrupt", () => editor.interrupt());
-  on("btn-new", () => editor.newWorkflow());
+  on("btn-new", () => editor.workspace.newTab());
+  on("btn-templates", () => editor.showTemplates());
+  on("btn-workflows", () => editor.toggleSidebar("workflows"));
   on("btn-open", () => editor.openFileDialog());
   on("btn-save", () => editor.saveFile());
   on("btn-export-api", () => editor.exportApi());
@@ -67,6 +73,10 @@ function exposeHook(editor) {
     serialize: () => editor.serializeWorkflow(),
     load: (data) => editor.loadWorkflow(data),
     newWorkflow: () => editor.newWorkflow(),
+    workspace: editor.workspace,
+    /** The open tabs: `[{ name, path, active, modified }]`. */
+    tabs: () => editor.workspace.tabs.map((t) => ({ id: t.id, name: t.name, path: t.path,
+      active: t === editor.workspace.active, modified: editor.workspace.isModified(t) })),
     clear: () => editor.clearWorkflow(),
     queue: () => editor.queue(),
     nextFrame: () => canvas.nextFrame(),
@@ -146,11 +156,16 @@ async function start() {
     return;
   }
   const editor = new Editor({ api, defs: new NodeDefs(objectInfo), canvasElement: document.getElementById("graph") });
+  const workspace = new Workspace(editor);
+  editor.workflowsPanel = new WorkflowsPanel(editor, editor.sidebar);
+  editor.sidebar.addPanel("workflows", "Workflows", () => editor.workflowsPanel.render(), { first: true });
+  editor.showTemplates = () => showTemplates(editor);
   wireToolbar(editor);
   wireDrop(editor);
   await editor.settings.load();
   editor.applySettings();
-  if (!editor.restoreFromStorage()) await editor.newWorkflow();
+  const restored = workspace.restore();
+  if (!restored) workspace.open(await editor.defaultWorkflowData(), { fit: true });
   window.addEventListener("pagehide", () => editor.saveToStorage());
   api.connect();
   exposeHook(editor);
@@ -160,6 +175,7 @@ async function start() {
   const shown = [];
   for (const { id, level, text } of await api.notices()) if (notice(id, text, level)) shown.push(id);
   window.loom.notices = shown;
+  if (await isFirstRun(editor, restored)) editor.showTemplates();
 }
 
 start();

@@ -147,8 +147,11 @@ export class Editor {
     bar.append(Object.assign(document.createElement("span"), { className: "muted", textContent: "  (Escape to leave)" }));
   }
 
-  /** Load a UI workflow (0.4 or schema 1) or an API prompt. */
-  loadWorkflow(data, { fit = false, keepStack = false } = {}) {
+  /**
+   * Load a UI workflow (0.4 or schema 1) or an API prompt. `keepHistory`: the undo steps stay (a workflow
+   * tab coming back to the front, see workspace.js); otherwise the loaded graph starts a new history.
+   */
+  loadWorkflow(data, { fit = false, keepStack = false, keepHistory = false } = {}) {
     if (!keepStack && this.subgraphStack.length) {
       this.subgraphStack = [];
       this.#showSubgraphPath();
@@ -176,8 +179,8 @@ export class Editor {
     if (fit) this.canvas.fitView();
     for (const warning of warnings) this.notify(warning, "warn");
     this.canvas.setDirty();
+    if (!keepHistory) this.history.reset();
     this.saveToStorage();
-    this.history.reset();
     return warnings;
   }
 
@@ -210,13 +213,18 @@ export class Editor {
   }
 
   async newWorkflow() {
+    this.loadWorkflow(await this.defaultWorkflowData(), { fit: true });
+  }
+
+  /** The default text-to-image graph (the server's, else the built-in one) with a checkpoint the server has. */
+  async defaultWorkflowData() {
     const fromServer = await this.api.defaultWorkflow();
     const workflow = fromServer && Array.isArray(fromServer.nodes) ? fromServer : structuredClone(DEFAULT_WORKFLOW);
     // the default's checkpoint name is a placeholder: pick the first checkpoint the server has
     const loader = workflow.nodes.find((n) => n.type === "CheckpointLoaderSimple");
     const options = this.defs.get("CheckpointLoaderSimple")?.widgets[0]?.options.values || [];
     if (loader && options.length && !options.includes(loader.widgets_values?.[0])) loader.widgets_values = [options[0]];
-    this.loadWorkflow(workflow, { fit: true });
+    return workflow;
   }
 
   clearWorkflow() {
@@ -232,6 +240,7 @@ export class Editor {
 
   saveToStorage() {
     clearTimeout(this.autosaveTimer);
+    if (this.workspace) { this.workspace.persist(); return; } // every open tab, see workspace.js
     try {
       localStorage.setItem(STORAGE_KEY, JSON.stringify(this.serializeWorkflow()));
     } catch (error) {
@@ -254,6 +263,11 @@ export class Editor {
 
   viewChanged() {
     this.scheduleAutosave();
+  }
+
+  /** Ctrl+S: save on the server (the Workflows panel, when there is one), else download the JSON. */
+  saveWorkflow() {
+    return this.workflowsPanel ? this.workflowsPanel.save() : this.saveFile();
   }
 
   saveFile() {

@@ -138,9 +138,14 @@ class EditorPage:
         return json.loads(json.dumps(self.js("loom.serialize()")))
 
 
+NOT_FIRST_VISIT = "try { localStorage.setItem('loom.templates.seen', '1'); } catch (e) {}"
+"""An init script: the editor does not greet these pages with the Templates dialog of a first visit."""
+
+
 @pytest.fixture
 def editor(browser, loom_server):
     context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(NOT_FIRST_VISIT)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -393,7 +393,7 @@ export class Interaction {
     if (event.code === "Space") { this.spaceDown = true; return; }
     if (ctrl && event.altKey && event.key === "Enter") { event.preventDefault(); editor.interrupt(); return; }
     if (ctrl && event.key === "Enter") { event.preventDefault(); editor.queue({ front: event.shiftKey }); return; }
-    if (ctrl && (event.key === "s" || event.key === "S")) { event.preventDefault(); editor.saveFile(); return; }
+    if (ctrl && (event.key === "s" || event.key === "S")) { event.preventDefault(); editor.saveWorkflow(); return; }
     if (ctrl && (event.key === "o" || event.key === "O")) { event.preventDefault(); editor.openFileDialog(); return; }
     if (ctrl && (event.key === "a" || event.key === "A")) {
       event.preventDefault();
@@ -416,6 +416,7 @@ export class Interaction {
     if (ctrl && key === "b") { event.preventDefault(); editor.toggleSelectionMode(MODE_BYPASS); return; }
     if (event.altKey && event.shiftKey && event.code === "KeyM") { event.preventDefault(); editor.toggleMinimap(); return; }
     if (!ctrl && !event.altKey && key === "q") { editor.toggleSidebar("queue"); return; }
+    if (!ctrl && !event.altKey && key === "w") { editor.toggleSidebar("workflows"); return; }
     if (!ctrl && !event.altKey && key === "p") { editor.togglePinSelection(); return; }
     if (ctrl && key === "g") { event.preventDefault(); editor.groupSelection(); return; }
     if (ctrl && key === "m") { event.preventDefault(); editor.toggleSelectionMode(MODE_NEVER); return; }

@@ -37,6 +37,7 @@ export class History {
     this.current = null;
     this.pending = false;
     this.changed = false;
+    this.onRecord = null; // called whenever `current` (the graph as last recorded) changes
   }
 
   /** Forget all steps and take the graph as it is now as the starting point (after loading a workflow). */
@@ -46,6 +47,7 @@ export class History {
     this.undoStack = [];
     this.redoStack = [];
     this.current = snapshotOf(this.graph);
+    this.onRecord?.();
   }
 
   /**
@@ -73,7 +75,7 @@ export class History {
     this.pending = false;
     this.changed = false;
     const snapshot = snapshotOf(this.graph);
-    if (this.current === null) { this.current = snapshot; return; }
+    if (this.current === null) { this.current = snapshot; this.onRecord?.(); return; }
     if (snapshot === this.current) return;
     this.undoStack.push(this.current);
     let kept = this.undoStack.reduce((sum, step) => sum + step.length, 0);
@@ -82,6 +84,7 @@ export class History {
     }
     this.redoStack = [];
     this.current = snapshot;
+    this.onRecord?.();
   }
 
   get canUndo() {
@@ -113,5 +116,6 @@ export class History {
     this.restore(JSON.parse(snapshot));
     this.pending = false; // the restore itself is no new step
     this.changed = false;
+    this.onRecord?.();
   }
 }

@@ -64,6 +64,7 @@ export class Sidebar {
     this.root = element("aside", { className: "sidebar", hidden: true });
     this.tabs = element("nav", { className: "sidebar-tabs" }, TABS.map(([id, label]) =>
       element("button", { textContent: label, dataset: { tab: id }, onclick: () => this.show(id) })));
+    this.panels = new Map(); // panels other modules add: id -> { render, live }
     this.body = element("div", { className: "sidebar-body" });
     this.root.append(this.tabs, this.body);
     document.querySelector(".stage").appendChild(this.root);
@@ -71,6 +72,17 @@ export class Sidebar {
     for (const type of ["execution_start", "execution_success", "execution_error", "execution_interrupted"]) {
       this.api.addEventListener(type, () => this.refreshSoon());
     }
+  }
+
+  /**
+   * Add a panel: a tab button and `render()` (resolving to its element). `live` panels are redrawn when
+   * prompts start and finish, like the queue.
+   */
+  addPanel(id, label, render, { live = false, first = false } = {}) {
+    this.panels.set(id, { render, live });
+    const button = element("button", { textContent: label, dataset: { tab: id }, onclick: () => this.show(id) });
+    if (first) this.tabs.prepend(button);
+    else this.tabs.append(button);
   }
 
   get open() {
@@ -94,7 +106,7 @@ export class Sidebar {
   }
 
   refreshSoon() {
-    if (!this.open || this.timer) return;
+    if (!this.open || this.timer || this.panels.get(this.tab)?.live === false) return;
     this.timer = setTimeout(() => { this.timer = null; this.refresh(); }, 150);
   }
 
@@ -111,6 +123,7 @@ export class Sidebar {
   }
 
   #render(tab) {
+    if (this.panels.has(tab)) return this.panels.get(tab).render();
     if (tab === "queue") return this.#queue();
     if (tab === "history") return this.#history(false);
     if (tab === "gallery") return this.#history(true);
