@@ -83,7 +83,10 @@ def relative_name(raw: str) -> str:
     """The checked, ``/``-separated relative path a client named (URL-decoded once more when it still
     holds ``%``, as ComfyUI does); ClientError (400/403) for anything that is not a plain relative path."""
     if "%" in raw:
-        raw = unquote(raw, errors="strict")
+        try:
+            raw = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            raise ClientError(400, "invalid_filename", "Invalid file name", "the name is not UTF-8") from None
     if not raw:
         raise ClientError(400, "invalid_filename", "Missing file name")
     if len(raw) > MAX_PATH_CHARS:

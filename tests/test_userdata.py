@@ -231,3 +231,13 @@ def test_templates_list_the_example_workflows(live):
     assert status == 200 and workflow == json.loads((folders.EXAMPLE_WORKFLOWS_DIR / "img2img.json").read_text())
     for bad in ("missing", "..%2Fpyproject", "%2E%2E", "README"):
         assert call(live, "GET", f"/api/workflows/templates/{bad}")[0] == 404, bad
+
+
+def test_a_file_name_that_is_not_utf8_is_a_400():
+    """%ff%fe decodes to no text: the route sweep of issue 13 found it answered 500."""
+    from loom.server.security import ClientError
+    from loom.server.userdata import relative_name
+
+    with pytest.raises(ClientError) as refused:
+        relative_name("%ff%fe")
+    assert refused.value.status == 400 and "UTF-8" in refused.value.details
