@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -66,6 +67,36 @@ def set_allow_pickle(allowed: bool) -> None:
 # Reading files
 # ---------------------------------------------------------------------------------------------
 
+_CHUNK = 64 << 20
+"""Bytes per read (and per dtype conversion) when loading. Large, because the reads run in a thread
+beside the imports, and each read or conversion gives up the GIL, which takes up to the switch interval
+(5 ms) to get back from a busy importing thread: at 4 MiB a 2 GB file needed 500+ of those and was
+still being read after seconds of imports; at 64 MiB it is read within them. Same speed alone."""
+
+
+class _Pending:
+    """One part a :meth:`StateDictFile.prefetch` thread reads: its tensors or its error, once ready."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set(self, value: Any) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def result(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class StateDictFile:
     """The tensors of one model file, read on demand (safetensors) or held in memory (pickles).
 
@@ -78,6 +109,8 @@ class StateDictFile:
         self.metadata: dict[str, str] = {}
         self._file: Any = None
         self._tensors: dict[str, torch.Tensor] | None = None
+        self._prefetched: dict[tuple[str, torch.dtype | None], _Pending] = {}
+        self._reader: threading.Thread | None = None
         if not self.path.is_file():
             raise CheckpointError(f"model file {self.path} does not exist")
         suffix = self.path.suffix.lower()
@@ -201,45 +234,96 @@ class StateDictFile:
 
         Floating-point tensors converted to ``dtype`` are views into one freshly allocated block:
         allocating (and first touching) hundreds of separate buffers costs several times more than
-        the reading itself on a typical VM.
+        the reading itself on a typical VM. A part :meth:`prefetch` started is taken from there.
         """
+        pending = self._prefetched.pop((prefix, dtype), None) if self._prefetched else None
+        out = pending.result() if pending is not None else self._read_prefixed(prefix, dtype)
+        if rename is not None:
+            out = {rename + key[len(prefix):]: tensor for key, tensor in out.items()}
+        return out
+
+    def _read_prefixed(self, prefix: str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
         keys = [key for key in self.shapes if key.startswith(prefix)]
         out: dict[str, torch.Tensor] = {}
         packed = [key for key in keys if dtype is not None and self._tensors is None
                   and self._locations[key][0].is_floating_point]
         if packed:
             out.update(self._read_packed(packed, dtype))
-        for key in keys:
-            if key not in out:
-                out[key] = self.read(key, dtype)
-        if rename is not None:
-            out = {rename + key[len(prefix):]: tensor for key, tensor in out.items()}
-        return out
+        return {key: out[key] if key in out else self.read(key, dtype) for key in keys}
+
+    def prefetch(self, parts: Iterable[tuple[str, torch.dtype | None]]) -> None:
+        """Start reading ``(prefix, dtype)`` parts, in this order, in a background thread.
+
+        :meth:`read_prefixed` with the same prefix and dtype then waits for that part instead of
+        reading it again. The reads and conversions release the GIL, so a caller can meanwhile
+        import the model code and build its modules (what makes a cold process's first load slow).
+        Nothing is read twice and nothing is kept beyond what the caller takes; :meth:`close` waits
+        for the thread.
+        """
+        parts = [part for part in parts if part not in self._prefetched]
+        if not parts or self._tensors is not None:
+            return
+        work_list = [(part, _Pending()) for part in parts]
+        self._prefetched.update(work_list)
+        cancelled = self._cancel_reads = threading.Event()
+
+        def work() -> None:
+            for part, pending in work_list:
+                if cancelled.is_set():
+                    pending.fail(CheckpointError(f"{self.path.name} was closed before {part[0]!r} was read"))
+                    continue
+                try:
+                    pending.set(self._read_prefixed(*part))
+                except BaseException as exc:  # handed to whoever reads that part
+                    pending.fail(exc)
+
+        self._reader = threading.Thread(target=work, name=f"loom-read-{self.path.name}", daemon=True)
+        self._reader.start()
 
     def _read_packed(self, keys: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        align = 16  # elements: keeps every tensor 64-byte aligned for vectorised kernels
+        """``keys`` read into one ``dtype`` block, in file order, a few MiB per read and per conversion.
+
+        Consecutive tensors of one source dtype that lie back to back in the file also lie back to back
+        in the block, so they are read and converted together; a tensor whose size is not a multiple of
+        64 bytes is followed by padding, which keeps every tensor 64-byte aligned for vectorised kernels.
+        """
+        align = max(1, 64 // dtype.itemsize)  # elements
+        keys = sorted(keys, key=lambda key: self._locations[key][1])
+        # runs: (source dtype, file position, bytes, first element in the block)
+        runs: list[list[Any]] = []
         offsets = []
         total = 0
+        end_of_last = -1
         for key in keys:
-            offsets.append(total)
-            numel = math.prod(self.shapes[key])
-            total += -(-numel // align) * align
-        block = torch.empty(total, dtype=dtype)
-        largest = max(self._locations[key][2] for key in keys)
-        scratch = torch.empty(largest, dtype=torch.uint8)
-        out = {}
-        for key, offset in zip(keys, offsets):
             source_dtype, position, nbytes = self._locations[key]
             numel = math.prod(self.shapes[key])
-            target = block[offset:offset + numel]
-            if source_dtype == dtype:
-                self._pread_into(target.view(torch.uint8), position, key)
+            offsets.append(total)
+            if runs and runs[-1][0] == source_dtype and position == end_of_last and runs[-1][3] + \
+                    runs[-1][2] // source_dtype.itemsize == total:
+                runs[-1][2] += nbytes
             else:
-                raw = scratch[:nbytes]
-                self._pread_into(raw, position, key)
-                target.copy_(raw.view(source_dtype))
-            out[key] = target.view(self.shapes[key])
-        return out
+                runs.append([source_dtype, position, nbytes, total])
+            end_of_last = position + nbytes
+            total += -(-numel // align) * align
+        block = torch.empty(total, dtype=dtype)
+        converting = [run for run in runs if run[0] != dtype]
+        scratch = torch.empty(min(_CHUNK, max(run[2] for run in converting)) if converting else 0,
+                              dtype=torch.uint8)
+        for source_dtype, position, nbytes, first in runs:
+            size = source_dtype.itemsize
+            step = _CHUNK - _CHUNK % size
+            for done in range(0, nbytes, step):
+                n = min(step, nbytes - done)
+                start = first + done // size
+                target = block[start:start + n // size]
+                if source_dtype == dtype:
+                    self._pread_into(target.view(torch.uint8), position + done, keys[0])
+                else:
+                    raw = scratch[:n]
+                    self._pread_into(raw, position + done, keys[0])
+                    target.copy_(raw.view(source_dtype))
+        return {key: block[offset:offset + math.prod(self.shapes[key])].view(self.shapes[key])
+                for key, offset in zip(keys, offsets)}
 
     def _pread_into(self, buffer: torch.Tensor, offset: int, key: str) -> None:
         view = memoryview(buffer.numpy())
@@ -251,6 +335,11 @@ class StateDictFile:
             done += got
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._cancel_reads.set()  # parts not begun yet are skipped
+            self._reader.join()
+            self._prefetched.clear()
+            self._reader = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -344,10 +433,10 @@ def build_unet(file: StateDictFile, detected: Detected, *, dtype: torch.dtype, d
     assert prefix is not None
     with _architecture_errors(file, "UNet"):
         config = families.unet_config(file.shapes, prefix, detected.family, pooled_dim=pooled_dim)
+    unet = _instantiate(UNet2DConditionModel, **config)  # first: the file may still be being read
     tensors = file.read_prefixed(prefix, dtype, rename=LDM_UNET_KEY)
     converted = convert_ldm_unet_checkpoint(tensors, config)
     _check_all_used(tensors, converted, "UNet", file.path.name)
-    unet = _instantiate(UNet2DConditionModel, **config)
     _load_exact(unet, converted, "UNet", file.path.name)
     return unet.to(device), config
 
@@ -360,11 +449,11 @@ def build_vae(file: StateDictFile, prefix: str, *, dtype: torch.dtype, device: t
     with _architecture_errors(file, "VAE"):
         config = families.vae_config(file.shapes, prefix)
     config["scaling_factor"] = scaling_factor
+    vae = _instantiate(AutoencoderKL, **config)
     tensors = file.read_prefixed(prefix, dtype, rename="first_stage_model.")
     tensors = {k: v for k, v in tensors.items() if not k.endswith(".position_ids")}
     converted = convert_ldm_vae_checkpoint(tensors, config)
     _check_all_used(tensors, converted, "VAE", file.path.name)
-    vae = _instantiate(AutoencoderKL, **config)
     _load_exact(vae, converted, "VAE", file.path.name)
     return vae.to(device), config
 
@@ -401,6 +490,14 @@ def build_text_encoder(file: StateDictFile, slot: TextEncoderSlot, *, dtype: tor
 # ---------------------------------------------------------------------------------------------
 # Whole checkpoints
 # ---------------------------------------------------------------------------------------------
+
+def import_model_code() -> None:
+    """Import what building checkpoint modules needs (diffusers' UNet/VAE and converters, transformers'
+    CLIP): several seconds in a fresh process, once; a no-op afterwards."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+    from diffusers.loaders import single_file_utils  # noqa: F401
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: F401
+
 
 def inspect_checkpoint(path: str | Path, *, prediction: str | None = None) -> Detected:
     """Detect a checkpoint's family without building anything."""
@@ -442,6 +539,18 @@ def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, outp
         detected = families.detect(file.shapes, file.read, prediction=prediction, source=path.name)
         family = detected.family
         timings: dict[str, float] = {}
+        # The file is read in the background, in the order the parts are built, while this thread
+        # imports diffusers/transformers (seconds, in a fresh process) and builds the modules.
+        parts = [(slot.prefix, devices.text_encoder_dtype(device)) for slot in detected.text_encoders
+                 if output_clip]
+        if detected.unet_prefix is not None:
+            parts.append((detected.unet_prefix, devices.diffusion_dtype(device)))
+        if output_vae and detected.vae_prefix is not None:
+            parts.append((detected.vae_prefix, devices.vae_dtype(device)))
+        file.prefetch(parts)
+        t = time.perf_counter()
+        import_model_code()
+        timings["imports"] = time.perf_counter() - t
 
         clip = None
         pooled_dim = None
