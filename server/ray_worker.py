@@ -58,8 +58,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from loom.server.executor import RECORDED_EVENTS, CancelToken, EventSink, ExecutionResult, now_ms
-from loom.server.worker_process import WorkerSpec, _build_executor
+from loom.server.executor import RECORDED_EVENTS, CancelToken, EventSink, ExecutionResult
+from loom.server.worker_process import WorkerSpec, _build_executor, fault_result
 
 log = logging.getLogger("loom.server.ray_worker")
 
@@ -628,7 +628,7 @@ class RayExecutor:
             actor = self._take_actor()
             if actor is None:
                 reason = self.last_start_error or "the server is stopping"
-                return _fault(prompt, prompt_id, f"ray:{self.index}", on_event, [], None, "worker_died",
+                return fault_result(prompt, prompt_id, f"ray:{self.index}", on_event, [], None, "worker_died",
                               f"the Ray worker cannot start: {reason}; the prompt was not run", [])
             self.running_prompt_id = prompt_id
             try:
@@ -687,7 +687,7 @@ class RayExecutor:
             generator = actor.handle.run.remote(prompt_id, prompt, extra_data, outputs, files)
         except Exception as error:
             self._release(actor, dead=True)
-            return _fault(prompt, prompt_id, actor.label, on_event, recorded, None, "worker_died",
+            return fault_result(prompt, prompt_id, actor.label, on_event, recorded, None, "worker_died",
                           f"the prompt could not be handed to the Ray worker ({type(error).__name__}: {error}); "
                           "it was not run", executed)
         interrupted = False
@@ -706,7 +706,7 @@ class RayExecutor:
                         raise _Died(_actor_error(error)) from None
                     except ray.exceptions.RayTaskError as error:
                         self._release(actor, dead=False)
-                        return _fault(prompt, prompt_id, actor.label, on_event, recorded, current[0],
+                        return fault_result(prompt, prompt_id, actor.label, on_event, recorded, current[0],
                                       "executor_error", f"the Ray worker failed: {error}", executed)
                     for message in batch:
                         result = deliver(message)
@@ -727,19 +727,19 @@ class RayExecutor:
                               prompt_id, self.prompt_timeout_s, node, actor.label)
                     self._release(actor, dead=True)
                     where = f" (node {node}, {prompt.get(node, {}).get('class_type')})" if node else ""
-                    return _fault(prompt, prompt_id, actor.label, on_event, recorded, node, "timeout",
+                    return fault_result(prompt, prompt_id, actor.label, on_event, recorded, node, "timeout",
                                   f"the prompt ran longer than the limit of {self.prompt_timeout_s:g} s{where}; "
                                   "its Ray worker was stopped and a new one started", executed)
         except (_Died, ray.exceptions.RayActorError) as error:
             reason = (str(error) if isinstance(error, _Died) else _actor_error(error)).rstrip(".")
             self._release(actor, dead=True)
             if self._closing:
-                return _fault(prompt, prompt_id, actor.label, on_event, recorded, current[0], "interrupted",
+                return fault_result(prompt, prompt_id, actor.label, on_event, recorded, current[0], "interrupted",
                               "the server stopped while this prompt was running", executed)
             node = current[0]
             where = f" while running node {node} ({prompt.get(node, {}).get('class_type')})" if node else ""
             log.error("Ray worker %s died%s: %s", actor.label, where, reason)
-            return _fault(prompt, prompt_id, actor.label, on_event, recorded, node, "worker_died",
+            return fault_result(prompt, prompt_id, actor.label, on_event, recorded, node, "worker_died",
                           f"the Ray worker died{where}: {reason}. The prompt was not re-run; a new worker "
                           "was started", executed)
 
@@ -887,31 +887,3 @@ def _rename_ui(value: Any, renames: dict[tuple[str, str, str], tuple[str, str]])
     return value
 
 
-def _fault(prompt: dict[str, Any], prompt_id: str, label: str, on_event: EventSink | None, recorded: list,
-           node_id: str | None, kind: str, message: str, executed: list[str]) -> ExecutionResult:
-    """The prompt's end when its actor could not finish it: ComfyUI's error (or interrupt) events."""
-    node_type = prompt.get(node_id, {}).get("class_type") if node_id is not None else None
-    if kind == "interrupted":
-        event = "execution_interrupted"
-        payload: dict[str, Any] = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
-                                   "executed": list(executed), "timestamp": now_ms(), "reason": message}
-        status, error = "interrupted", None
-    else:
-        event = "execution_error"
-        payload = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
-                   "executed": list(executed), "exception_message": message, "exception_type": kind,
-                   "traceback": [], "current_inputs": {}, "current_outputs": [], "timestamp": now_ms(),
-                   "worker": label}
-        status, error = "error", payload
-    result = ExecutionResult(prompt_id=prompt_id, status=status, error=error,
-                             messages=[*recorded, (event, payload)], executed=list(executed), worker=label)
-    if kind in ("worker_died", "timeout"):
-        result.loaded_models = []  # its actor is gone: the new one holds nothing
-    if on_event is not None:
-        for name, data in ((event, payload),
-                           ("executing", {"node": None, "display_node": None, "prompt_id": prompt_id})):
-            try:
-                on_event(name, data)
-            except Exception:
-                log.exception("delivering event %s failed", name)
-    return result

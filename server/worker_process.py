@@ -644,31 +644,39 @@ class ProcessExecutor:
     def _fault(self, prompt: dict[str, Any], prompt_id: str, child: _Child | None, on_event: EventSink | None,
                recorded: list, node_id: str | None, kind: str, message: str,
                executed: list[str]) -> ExecutionResult:
-        """The prompt's end when its worker could not finish it: ComfyUI's error (or interrupt) events."""
-        label = child.label if child is not None else "process"
-        node_type = prompt.get(node_id, {}).get("class_type") if node_id is not None else None
-        if kind == "interrupted":
-            event = "execution_interrupted"
-            payload: dict[str, Any] = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
-                                       "executed": list(executed), "timestamp": now_ms(), "reason": message}
-            status, error = "interrupted", None
-        else:
-            event = "execution_error"
-            payload = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
-                       "executed": list(executed), "exception_message": message, "exception_type": kind,
-                       "traceback": [], "current_inputs": {}, "current_outputs": [], "timestamp": now_ms(),
-                       "worker": label}
-            status, error = "error", payload
-        result = ExecutionResult(prompt_id=prompt_id, status=status, error=error,
-                                 messages=[*recorded, (event, payload)], executed=list(executed), worker=label)
-        if on_event is not None:
-            for name, data in ((event, payload),
-                               ("executing", {"node": None, "display_node": None, "prompt_id": prompt_id})):
-                try:
-                    on_event(name, data)
-                except Exception:
-                    log.exception("delivering event %s failed", name)
-        return result
+        return fault_result(prompt, prompt_id, child.label if child is not None else "process", on_event,
+                            recorded, node_id, kind, message, executed)
+
+
+def fault_result(prompt: dict[str, Any], prompt_id: str, label: str, on_event: EventSink | None, recorded: list,
+                 node_id: str | None, kind: str, message: str, executed: list[str]) -> ExecutionResult:
+    """The prompt's end when its worker (process or Ray actor ``label``) could not finish it: ComfyUI's error
+    (or interrupt) events, delivered to ``on_event``. A worker that died or was killed holds no models."""
+    node_type = prompt.get(node_id, {}).get("class_type") if node_id is not None else None
+    if kind == "interrupted":
+        event = "execution_interrupted"
+        payload: dict[str, Any] = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
+                                   "executed": list(executed), "timestamp": now_ms(), "reason": message}
+        status, error = "interrupted", None
+    else:
+        event = "execution_error"
+        payload = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
+                   "executed": list(executed), "exception_message": message, "exception_type": kind,
+                   "traceback": [], "current_inputs": {}, "current_outputs": [], "timestamp": now_ms(),
+                   "worker": label}
+        status, error = "error", payload
+    result = ExecutionResult(prompt_id=prompt_id, status=status, error=error,
+                             messages=[*recorded, (event, payload)], executed=list(executed), worker=label)
+    if kind in ("worker_died", "timeout"):
+        result.loaded_models = []  # its worker is gone: the new one holds nothing
+    if on_event is not None:
+        for name, data in ((event, payload),
+                           ("executing", {"node": None, "display_node": None, "prompt_id": prompt_id})):
+            try:
+                on_event(name, data)
+            except Exception:
+                log.exception("delivering event %s failed", name)
+    return result
 
 
 def _exit_reason(code: int | None) -> str:
