@@ -13,6 +13,10 @@ tensor (in the VAE's space, like the input):
    an inpainting model also takes it as its mask channel unless the conditioning sets ``concat_mask``),
    reporting each step to :class:`nodes.progress.ProgressBar` with a latent preview;
 5. the result leaves the model's space (``process_out``).
+
+Steps 3-5 are :func:`sample_guided`, which the custom-sampling nodes (SamplerCustom,
+SamplerCustomAdvanced) call with their own GUIDER, SAMPLER, NOISE and SIGMAS; the KSampler calls it
+with a CFG guider, so both paths compute the same latents for the same settings.
 """
 from __future__ import annotations
 
@@ -23,11 +27,11 @@ from typing import Any, Sequence
 import torch
 
 from loom.nodes import progress
-from loom.nodes.runtime.denoiser import GuidedDenoiser, MaskedDenoiser, prepare_noise_mask
+from loom.nodes.runtime.custom_sampling import CFGGuider, SamplerChoice
+from loom.nodes.runtime.denoiser import MaskedDenoiser, prepare_noise_mask
 from loom.nodes.runtime.model_types import DiffusionModel
 from loom.nodes.runtime.noise import initial_noise
 from loom.nodes.runtime.preview import latent_preview
-from loom.nodes.runtime.samplers import CFG_PP_SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
 from loom.nodes.runtime.schedules import sampling_sigmas
 
 
@@ -66,7 +70,7 @@ def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[An
            disable_noise: bool = False, start_step: int | None = None, last_step: int | None = None,
            force_full_denoise: bool = False) -> torch.Tensor:
     """Run a sampler on ``latent`` and return the resulting latent tensor (VAE space, on the CPU)."""
-    sampler = get_sampler(sampler_name)
+    sampler = SamplerChoice(sampler_name)
     latent_image = fit_latent_channels(model, latent["samples"].float())
     if disable_noise:
         noise = torch.zeros(latent_image.size(), dtype=latent_image.dtype, device="cpu")
@@ -77,7 +81,24 @@ def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[An
     sigmas = cut_sigmas(sigmas, start_step, last_step, force_full_denoise)
     if sigmas is None or sigmas.shape[-1] == 0:
         return latent_image
+    return sample_guided(CFGGuider(model, positive, negative, cfg), sampler, noise, latent_image, sigmas,
+                         seed=seed, noise_mask=latent.get("noise_mask"))
 
+
+def sample_guided(guider: CFGGuider, sampler: SamplerChoice, noise: torch.Tensor, latent_image: torch.Tensor,
+                  sigmas: torch.Tensor, *, seed: int, noise_mask: torch.Tensor | None = None,
+                  x0_output: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Run ``sampler`` with ``guider``'s denoiser over ``sigmas``: ComfyUI's ``CFGGuider.sample``.
+
+    ``latent_image`` and the returned latent are in the VAE's space (``latent_image`` with the model's
+    channel count); ``noise`` is unscaled standard noise (or zeros). An empty ``sigmas`` returns
+    ``latent_image`` as it is. ``x0_output``, when given, receives the last step's denoised estimate
+    (model space) under ``"x0"``, as ComfyUI's preview callback records it for ``denoised_output``.
+    """
+    model = guider.model
+    if sigmas.shape[-1] == 0:
+        return latent_image
+    sample_function = sampler.function()
     device = _model_device(model)
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not shifted into the model's space
         latent_image = model.latent_format.process_in(latent_image)
@@ -86,15 +107,13 @@ def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[An
     sigmas = sigmas.to(device)
 
     mask = None
-    if latent.get("noise_mask") is not None:
-        mask = prepare_noise_mask(latent["noise_mask"], noise.shape).to(device)
-    cfg_pp = sampler_name in CFG_PP_SAMPLERS  # these step along the unconditional prediction too
-    denoiser: Any = GuidedDenoiser(model, positive, negative, cfg, latent_image.shape,
-                                   disable_cfg1_optimization=cfg_pp, keep_uncond=cfg_pp,
-                                   latent_image=latent_image, denoise_mask=mask)
+    if noise_mask is not None:
+        mask = prepare_noise_mask(noise_mask, noise.shape).to(device)
+    cfg_pp = sampler.cfg_pp  # these step along the unconditional prediction too
+    denoiser: Any = guider.denoiser(latent_image.shape, latent_image, mask, cfg_pp=cfg_pp)
     if mask is not None:
         inpaint_noise = noise
-        if sampler_name in RANDOM_INPAINT_NOISE_SAMPLERS:
+        if sampler.random_inpaint_noise:
             generator = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
             inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
         denoiser = MaskedDenoiser(denoiser, mask, latent_image, inpaint_noise, sigmas=sigmas,
@@ -110,6 +129,8 @@ def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[An
     bar = progress.ProgressBar(total)
 
     def on_step(i: int, denoised: torch.Tensor, _x: torch.Tensor) -> None:
+        if x0_output is not None:
+            x0_output["x0"] = denoised
         preview = None
         if progress.current() is not None:
             preview = latent_preview(denoised, model.family, model.latent_format)
@@ -119,5 +140,5 @@ def sample(model: DiffusionModel, positive: Sequence[Any], negative: Sequence[An
     with contextlib.ExitStack() as patched:  # weight patches (LoRA) live only while this model samples
         for patch in model.patches:
             patched.enter_context(patch.applied(model))
-        samples = sampler(denoiser, x, sigmas, seed=int(seed), callback=on_step)
+        samples = sample_function(denoiser, x, sigmas, seed=int(seed), callback=on_step)
     return model.latent_format.process_out(samples.float()).cpu()
