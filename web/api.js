@@ -182,6 +182,19 @@ export class Api extends EventTarget {
     return this.request("/upload/image", { method: "POST", body: form });
   }
 
+  /**
+   * ComfyUI's mask upload: the PNG's alpha is the mask (transparent = masked); the server puts it on the image
+   * `originalRef` names (`{ filename, subfolder, type }`) and saves the result in input/clipspace/.
+   */
+  uploadMask(blob, filename, originalRef) {
+    const form = new FormData();
+    form.append("image", blob, filename);
+    form.append("original_ref", JSON.stringify(originalRef));
+    form.append("type", "input");
+    form.append("subfolder", "clipspace");
+    return this.request("/upload/mask", { method: "POST", body: form });
+  }
+
   viewUrl({ filename, subfolder = "", type = "output" }) {
     const query = new URLSearchParams({ filename, subfolder, type });
     return this.url(`/view?${query}`);

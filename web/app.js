@@ -11,6 +11,8 @@ import { notice, notify } from "./ui/notify.js";
 import { Workspace } from "./workspace.js";
 import { WorkflowsPanel } from "./ui/workflows-panel.js";
 import { isFirstRun, showTemplates } from "./ui/templates.js";
+import { currentMaskEditor, openMaskEditor } from "./ui/mask-editor.js";
+import { maskButtonRect } from "./canvas/mask-button.js";
 
 function wireToolbar(editor) {
   const on = (id, handler) => document.getElementById(id)?.addEventListener("click", handler);
@@ -141,6 +143,10 @@ function exposeHook(editor) {
     },
     lastQueueResult: () => editor.execution.lastResult,
     subgraphPath: () => editor.subgraphPath,
+    /** The open mask editor (its state and `clientPoint(ix, iy)`), or null. */
+    maskEditor: () => currentMaskEditor(),
+    /** Graph rectangle of the mask button on a LoadImage preview, or null. */
+    maskButtonRect: (id) => maskButtonRect(node(id)),
     renderStats: () => ({ ...canvas.renderer.stats, frames: canvas.frames }),
   };
 }
@@ -160,6 +166,7 @@ async function start() {
   editor.workflowsPanel = new WorkflowsPanel(editor, editor.sidebar);
   editor.sidebar.addPanel("workflows", "Workflows", () => editor.workflowsPanel.render(), { first: true });
   editor.showTemplates = () => showTemplates(editor);
+  editor.openMaskEditor = (node) => openMaskEditor(editor, node);
   wireToolbar(editor);
   wireDrop(editor);
   await editor.settings.load();

@@ -11,6 +11,7 @@ import { MODE_BYPASS, MODE_NEVER } from "../graph/model.js";
 import { groupHandleAt, nodesInGroup } from "../graph/groups.js";
 import { imageArea, nodeBounds, minimumSize, visibleInputs } from "./layout.js";
 import { widgetImpl } from "../widgets/index.js";
+import { hitsMaskButton } from "./mask-button.js";
 
 const CLICK_SLOP = 4;
 
@@ -114,6 +115,10 @@ export class Interaction {
     const { part, widget } = canvas.partAt(node, ...point);
     if (part === "collapse") {
       editor.toggleCollapse(node);
+      return;
+    }
+    if (event.button === 0 && editor.openMaskEditor && hitsMaskButton(node, ...point)) {
+      editor.openMaskEditor(node);
       return;
     }
     if (part === "resize" && !node.flags.pinned) {

@@ -10,6 +10,7 @@ import {
 import { isValidConnection, typeColor } from "../graph/types.js";
 import { widgetImpl } from "../widgets/index.js";
 import { BitmapCache } from "./bitmaps.js";
+import { drawMaskButton } from "./mask-button.js";
 
 export const LOW_DETAIL_SCALE = 0.55;
 
@@ -244,6 +245,7 @@ export class Renderer {
       if (node.raw) this.#drawSavedValues(ctx, node);
       this.#drawWidgets(ctx, node);
       this.#drawImages(ctx, node);
+      drawMaskButton(ctx, node, false);
       this.#drawResizeHandle(ctx, node);
     } else {
       this.#drawCollapsedSlots(ctx, node);

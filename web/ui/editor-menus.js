@@ -86,6 +86,8 @@ export function showNodeMenu(editor, node, event) {
     { label: "Colours", submenu: colors },
     { label: "Mode", submenu: modes },
     ...widgetConversionItems(editor, node),
+    ...(editor.openMaskEditor && node.widgets.some((w) => w.kind === "upload")
+      ? [{ label: "Open in MaskEditor", action: () => editor.openMaskEditor(node) }] : []),
     { label: "Fit size to content", action: () => { node.size = minimumSize(node); editor.graph.changed("resize"); } },
     null,
     { label: node.flags.pinned ? "Unpin (P)" : "Pin (P)", action: () => editor.togglePinSelection() },
