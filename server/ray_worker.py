@@ -12,6 +12,7 @@ node packs, the pickle policy, torch's thread count).
 Streaming. :meth:`LoomWorker.run` is a Ray *streaming generator* method: the actor runs the prompt on a
 thread of its own and yields, as they come, batches of messages
 
+    ("accepted", pid)                                the first message, before anything of the prompt runs
     ("events", [(event, data), ...])                 executor events, in order
     ("files", [(kind, subfolder, filename, bytes)])  files the prompt wrote (output/temp), before the
                                                      ``executed`` event that names them
@@ -36,7 +37,9 @@ actor (its output cache may answer a later prompt with an old name). Model files
 are expected at the same paths on every host (see docs/ray.md).
 
 Faults. An actor that dies while running a prompt (``ray.kill``, a crash, the OOM killer, its node lost)
-fails that prompt with ``exception_type`` ``worker_died``; it is never re-run. A prompt past
+fails that prompt with ``exception_type`` ``worker_died``; it is never re-run. An actor that dies before it
+has accepted the prompt (killed while idle, between its last ping and the hand-over: ``ray.kill`` is
+asynchronous) has run nothing of it, so the prompt goes to the next actor instead. A prompt past
 ``prompt_timeout_s`` kills its actor and fails with ``timeout``. Either way a supervisor thread creates a new
 actor; an actor found dead while idle (a ``ping`` before each prompt, and every few seconds) is replaced
 before any prompt is handed to it.
@@ -72,6 +75,10 @@ HEALTH_INTERVAL_S = 5.0
 """How often an idle actor is pinged (so /api/ready notices a dead one and it is replaced)."""
 MAX_CONCURRENCY = 4
 """Threads of a LoomWorker actor: ``run`` takes one; ``interrupt``, ``ping``, ``free`` the others."""
+HANDOVER_ATTEMPTS = 3
+"""How many new actors a prompt is offered to when each dies before accepting it (see Faults)."""
+RESULT_WAIT_S = 60.0
+"""How long fetching a message the actor reported as sent may take before the actor counts as lost."""
 MAX_INPUT_FILE_BYTES = 1 << 30
 """An input file larger than this is not sent (the node then fails to find it, with a clear message)."""
 _RESULT_FIELDS = ("status", "outputs", "messages", "error", "validation", "executed", "cached", "timings",
@@ -173,6 +180,7 @@ class LoomWorker:
             self._cancel.clear()
             self.running_prompt_id = prompt_id
             try:
+                yield [("accepted", os.getpid())]
                 yield from self._run(prompt_id, prompt, extra_data, outputs, files)
             finally:
                 self.running_prompt_id = None
@@ -359,6 +367,10 @@ class _Actor:
 
 class _Died(Exception):
     pass
+
+
+class _NotAccepted(Exception):
+    """The actor died (or could not be reached) before it accepted the prompt: nothing of it ran."""
 
 
 class RayExecutor:
@@ -625,14 +637,24 @@ class RayExecutor:
                 outputs: list[str] | None = None, on_event: EventSink | None = None,
                 cancel: CancelToken | None = None, validation: Any = None) -> ExecutionResult:
         with self._run_lock:
-            actor = self._take_actor()
-            if actor is None:
-                reason = self.last_start_error or "the server is stopping"
-                return fault_result(prompt, prompt_id, f"ray:{self.index}", on_event, [], None, "worker_died",
-                              f"the Ray worker cannot start: {reason}; the prompt was not run", [])
             self.running_prompt_id = prompt_id
             try:
-                return self._run(actor, prompt, prompt_id, extra_data or {}, outputs, on_event, cancel)
+                for attempt in range(HANDOVER_ATTEMPTS):
+                    actor = self._take_actor()
+                    if actor is None:
+                        reason = self.last_start_error or "the server is stopping"
+                        return fault_result(prompt, prompt_id, f"ray:{self.index}", on_event, [], None,
+                                            "worker_died", f"the Ray worker cannot start: {reason}; the prompt "
+                                            "was not run", [])
+                    try:
+                        return self._run(actor, prompt, prompt_id, extra_data or {}, outputs, on_event, cancel)
+                    except _NotAccepted as error:
+                        log.warning("Ray worker %s died before it took prompt %s (%s); handing it to a new worker",
+                                    actor.label, prompt_id, error)
+                        self._release(actor, dead=True)
+                return fault_result(prompt, prompt_id, f"ray:{self.index}", on_event, [], None, "worker_died",
+                                    f"{HANDOVER_ATTEMPTS} Ray workers in a row died before they could take the "
+                                    "prompt; it was not run", [])
             finally:
                 self.running_prompt_id = None
 
@@ -686,11 +708,9 @@ class RayExecutor:
             files = _input_files(prompt, actor)
             generator = actor.handle.run.remote(prompt_id, prompt, extra_data, outputs, files)
         except Exception as error:
-            self._release(actor, dead=True)
-            return fault_result(prompt, prompt_id, actor.label, on_event, recorded, None, "worker_died",
-                          f"the prompt could not be handed to the Ray worker ({type(error).__name__}: {error}); "
-                          "it was not run", executed)
+            raise _NotAccepted(f"{type(error).__name__}: {error}") from None
         interrupted = False
+        accepted = False
         try:
             while True:
                 timeout = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
@@ -701,14 +721,19 @@ class RayExecutor:
                     except StopIteration:
                         raise _Died("the actor ended the prompt without a result") from None
                     try:
-                        batch = ray.get(ref)
+                        batch = ray.get(ref, timeout=RESULT_WAIT_S)
                     except ray.exceptions.RayActorError as error:
                         raise _Died(_actor_error(error)) from None
+                    except ray.exceptions.GetTimeoutError:
+                        raise _Died(f"a message the actor sent did not arrive in {RESULT_WAIT_S:g} s") from None
                     except ray.exceptions.RayTaskError as error:
                         self._release(actor, dead=False)
                         return fault_result(prompt, prompt_id, actor.label, on_event, recorded, current[0],
                                       "executor_error", f"the Ray worker failed: {error}", executed)
                     for message in batch:
+                        if message[0] == "accepted":
+                            accepted = True
+                            continue
                         result = deliver(message)
                         if result is not None:
                             actor.sent.update(_sent_versions(files))
@@ -732,6 +757,8 @@ class RayExecutor:
                                   "its Ray worker was stopped and a new one started", executed)
         except (_Died, ray.exceptions.RayActorError) as error:
             reason = (str(error) if isinstance(error, _Died) else _actor_error(error)).rstrip(".")
+            if not accepted and not self._closing:
+                raise _NotAccepted(reason) from None
             self._release(actor, dead=True)
             if self._closing:
                 return fault_result(prompt, prompt_id, actor.label, on_event, recorded, current[0], "interrupted",

@@ -172,10 +172,24 @@ async def queue_prompt(session: aiohttp.ClientSession, base: str, prompt: dict, 
 
 async def wait_done(ws: aiohttp.ClientWebSocketResponse, prompt_id: str, timeout: float = 30.0) -> list[dict]:
     """JSON messages of ``prompt_id`` until ``executing`` with ``node: null``; binary frames as bytes."""
+    return (await wait_all_done(ws, [prompt_id], timeout))[prompt_id]
+
+
+async def wait_all_done(ws: aiohttp.ClientWebSocketResponse, prompt_ids: list[str],
+                        timeout: float = 30.0) -> dict[str, list]:
+    """The socket's messages until each of ``prompt_ids`` has ended (``executing`` with ``node: null``), for
+    prompts that run at the same time: each id maps to every message seen until its own end."""
     seen: list[Any] = []
+    done: dict[str, list] = {}
     deadline = time.monotonic() + timeout
-    while True:
-        message = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+    while len(done) < len(set(prompt_ids)):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"prompts {sorted(set(prompt_ids) - set(done))} did not end in {timeout} s")
+        try:
+            message = await ws.receive(timeout=remaining)
+        except asyncio.TimeoutError:
+            continue
         if message.type == aiohttp.WSMsgType.BINARY:
             seen.append(message.data)
             continue
@@ -184,8 +198,9 @@ async def wait_done(ws: aiohttp.ClientWebSocketResponse, prompt_id: str, timeout
         data = json.loads(message.data)
         seen.append(data)
         payload = data.get("data") or {}
-        if data["type"] == "executing" and payload.get("node") is None and payload.get("prompt_id") == prompt_id:
-            return seen
+        if data["type"] == "executing" and payload.get("node") is None and payload.get("prompt_id") in prompt_ids:
+            done[payload["prompt_id"]] = list(seen)
+    return done
 
 
 async def wait_history(session: aiohttp.ClientSession, base: str, prompt_id: str, timeout: float = 30.0) -> dict:

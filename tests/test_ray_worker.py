@@ -133,6 +133,10 @@ def test_killing_an_actor_fails_only_its_prompt_and_the_next_one_succeeds(report
     assert case["restarts"] == 1
     # killed while idle: found dead before the prompt is handed over, so no prompt fails
     assert case["idle_killed_next"]["status"] == "success" and case["idle_killed_next"]["pid"] != case["next"]["pid"]
+    # killed while idle and not noticed before the hand-over: the prompt goes to the next actor
+    unnoticed = case["unnoticed_next"]
+    assert unnoticed["status"] == "success", unnoticed
+    assert unnoticed["pid"] != case["unnoticed_pid"] and "execution_error" not in unnoticed["events"]
 
 
 def test_a_prompt_past_its_time_limit_fails_as_timeout_and_the_actor_is_replaced(report):
@@ -393,9 +397,17 @@ def main(out_path: str) -> None:  # noqa: C901 - one scenario, in order
         # killed while idle: the next prompt waits for a new actor instead of failing
         ray.kill(exA.actor)
         idle_next = _Run(exA, _sleep_prompt(7, 0.1, 2), "kill-idle-next").wait()
+        # killed while idle and the liveness check misses it (ray.kill is asynchronous: a ping can still be
+        # answered): the dead actor never accepts the prompt, so it goes to a new actor, and is not failed
+        unnoticed_pid = exA.pid
+        exA._alive = lambda actor, timeout=10.0: True
+        ray.kill(exA.actor)
+        unnoticed_next = _Run(exA, _sleep_prompt(9, 0.1, 2), "kill-unnoticed-next").wait()
+        del exA._alive
         report["kill"] = {"killed": doomed.summary(), "killed_pid": killed_pid, "other": other.summary(),
                           "next": following.summary(), "restarts": restarts,
-                          "idle_killed_next": idle_next.summary()}
+                          "idle_killed_next": idle_next.summary(), "unnoticed_pid": unnoticed_pid,
+                          "unnoticed_next": unnoticed_next.summary()}
 
         # -- a prompt past its time limit -----------------------------------------------------------------
         exB.prompt_timeout_s = 3.0
@@ -473,7 +485,8 @@ def _server_case(registry: Any, exA: Any, exB: Any, ckpts: dict[str, str], expec
     import aiohttp
 
     from loom.server.app import ServerConfig
-    from tests.fixtures_server import LiveServer, new_client_id, queue_prompt, run_async, wait_done, wait_history
+    from tests.fixtures_server import (LiveServer, new_client_id, queue_prompt, run_async, wait_all_done, wait_done,
+                                      wait_history)
 
     lanes = "executors" in {f.name for f in dataclasses.fields(ServerConfig)}
     config = ServerConfig(registry=registry, executors=[exA, exB]) if lanes else \
@@ -483,10 +496,11 @@ def _server_case(registry: Any, exA: Any, exB: Any, ckpts: dict[str, str], expec
         else [("A", 31), ("A", 33), ("A", 1)]
 
     async def one(session: Any, ws: Any, client_id: str, key: str, seed: int, prompt_id: str | None = None,
-                  ) -> dict[str, Any]:
+                  messages: list | None = None) -> dict[str, Any]:
         if prompt_id is None:
             prompt_id = (await queue_prompt(session, server.url, _txt2img(ckpts[key], seed), client_id))["prompt_id"]
-        messages = await wait_done(ws, prompt_id, timeout=120)
+        if messages is None:
+            messages = await wait_done(ws, prompt_id, timeout=120)
         entry = await wait_history(session, server.url, prompt_id)
         status = entry["status"]
         return {"ckpt": key, "seed": seed, "status": status.get("status_str"), "worker": status.get("worker"),
@@ -505,7 +519,8 @@ def _server_case(registry: Any, exA: Any, exB: Any, ckpts: dict[str, str], expec
                 # the lanes learn what their actors hold from the prompts they run: A and B together first
                 ids = [(await queue_prompt(session, server.url, _txt2img(ckpts[key], seed), client_id))["prompt_id"]
                        for key, seed in start]
-                first = [await one(session, ws, client_id, key, seed, prompt_id)
+                ended = await wait_all_done(ws, ids, timeout=120)  # they run at once, on two lanes
+                first = [await one(session, ws, client_id, key, seed, prompt_id, ended[prompt_id])
                          for (key, seed), prompt_id in zip(start, ids)]
                 for key, seed in plan[len(start):]:  # then one at a time, both lanes idle each time
                     runs.append(await one(session, ws, client_id, key, seed))
