@@ -566,16 +566,13 @@ def _parameters(function: Callable[..., Any]) -> tuple[frozenset[str], frozenset
 
 
 def types_compatible(output_type: str, input_type: str) -> bool:
-    """ComfyUI's rule: equal, ``*`` on either side, or overlapping comma-separated unions."""
+    """ComfyUI's rule (``validate_node_input``, not strict): equal, ``*`` on either side, or comma-separated
+    unions that share a member. Letter case counts, and a COMBO input takes a COMBO output, not a STRING.
+    The editor applies the same rule (web/graph/types.js); tests/fixtures/type_compat.json holds both to it."""
     if output_type == input_type or output_type == "*" or input_type == "*":
         return True
-    if input_type == "COMBO" and output_type not in ("INT", "FLOAT", "BOOLEAN", "STRING"):
-        # a COMBO input accepts an upstream COMBO or string-valued output (e.g. a primitive)
-        return output_type == "COMBO"
     outs = {t.strip() for t in str(output_type).split(",")}
     ins = {t.strip() for t in str(input_type).split(",")}
-    if input_type == "COMBO":
-        return bool(outs & {"COMBO", "STRING"})
     return bool(outs & ins)
 
 
@@ -615,6 +612,9 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.image_conditioning",
     "loom.nodes.differential_diffusion",
     "loom.nodes.clip_vision",
+    "loom.nodes.model_sampling",
+    "loom.nodes.sd3",
+    "loom.nodes.custom_sampling",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 

@@ -27,6 +27,7 @@ CHECKPOINT = "sd15-conformance-s0.safetensors"
 README_SHA256 = "1bd515784807d187fd125e04163cba97ceea48a31e4705e250c4b0623bb945e6"
 CORE_CASES = ["txt2img_euler_normal", "txt2img_dpmpp2m_karras_clipskip_batch2", "img2img_ddim"]
 OTHER_CASES = ["lora_kohya_single", "controlnet_advanced"]
+CUSTOM_SAMPLING_CASES = ["custom_advanced_cfgguider_karras"]
 NODES_FROM_ISSUE = {"LoraLoader": "issue 4 (LoRA and ControlNet)", "ControlNetLoader": "issue 4 (LoRA and ControlNet)",
                     "ControlNetApplyAdvanced": "issue 4 (LoRA and ControlNet)"}
 
@@ -160,4 +161,41 @@ def test_core_case_matches_comfyui(case, conformance_env, tmp_path):
 
 @pytest.mark.parametrize("case", OTHER_CASES)
 def test_lora_and_controlnet_cases_match_comfyui(case, conformance_env, case_models, tmp_path):
+    _run_case(case, conformance_env, tmp_path)
+
+
+@pytest.mark.parametrize("case", CUSTOM_SAMPLING_CASES)
+def test_custom_sampling_case_matches_comfyui(case, conformance_env, tmp_path):
+    _run_case(case, conformance_env, tmp_path)
+
+
+# The SD3 all-in-one checkpoint of the sd3_* cases (README "SD3 and FLUX.1 files"), built once and cached
+# next to the SD1.5 one, verified by its sha256.
+SD3_CHECKPOINT = "sd3-conformance-s4.safetensors"
+SD3_SHA256 = "d63ebfe2b6b24d027b2194ec98dfb009ade44e248a95ec4ceb4fb019896e84ff"
+SD3_CASES = ["sd3_txt2img_euler_sgm"]
+
+
+@pytest.fixture(scope="module")
+def sd3_checkpoint(conformance_env) -> Path:
+    """The SD3 conformance checkpoint in the conformance base directory's models/checkpoints."""
+    path = _cache_dir() / SD3_CHECKPOINT
+    if not path.is_file():
+        partial = path.with_name(SD3_CHECKPOINT + ".partial")
+        subprocess.run([sys.executable, str(CONFORMANCE / "make_checkpoint.py"), str(CONFORMANCE / "sd3-keys.json"),
+                        str(partial), "--seed", "4"], check=True, timeout=1200)
+        partial.replace(path)
+    digest = file_sha256(path)
+    assert digest == SD3_SHA256, f"{path} has sha256 {digest}, not the README's {SD3_SHA256}: delete it to rebuild"
+    target = conformance_env[0] / "models" / "checkpoints" / SD3_CHECKPOINT
+    if not target.exists():
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy(path, target)
+    return target
+
+
+@pytest.mark.parametrize("case", SD3_CASES)
+def test_sd3_case_matches_comfyui(case, conformance_env, sd3_checkpoint, tmp_path):
     _run_case(case, conformance_env, tmp_path)

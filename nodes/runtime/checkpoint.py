@@ -426,29 +426,20 @@ def _check_all_used(source_tensors: Mapping[str, torch.Tensor], converted: Mappi
 
 def build_unet(file: StateDictFile, detected: Detected, *, dtype: torch.dtype, device: torch.device,
                pooled_dim: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from diffusers import UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
-
-    prefix = detected.unet_prefix
-    assert prefix is not None
-    with _architecture_errors(file, "UNet"):
-        config = families.unet_config(file.shapes, prefix, detected.family, pooled_dim=pooled_dim)
-    unet = _instantiate(UNet2DConditionModel, **config)  # first: the file may still be being read
-    tensors = file.read_prefixed(prefix, dtype, rename=LDM_UNET_KEY)
-    converted = convert_ldm_unet_checkpoint(tensors, config)
-    _check_all_used(tensors, converted, "UNet", file.path.name)
-    _load_exact(unet, converted, "UNet", file.path.name)
-    return unet.to(device), config
+    """The detected family's diffusion network (a UNet or a DiT) and its config."""
+    return detected.family.build_diffusion(file, detected, dtype=dtype, device=device, pooled_dim=pooled_dim)
 
 
 def build_vae(file: StateDictFile, prefix: str, *, dtype: torch.dtype, device: torch.device,
-              scaling_factor: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+              scaling_factor: float, shift_factor: float = 0.0) -> tuple[torch.nn.Module, dict[str, Any]]:
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     with _architecture_errors(file, "VAE"):
         config = families.vae_config(file.shapes, prefix)
     config["scaling_factor"] = scaling_factor
+    if shift_factor:
+        config["shift_factor"] = shift_factor
     vae = _instantiate(AutoencoderKL, **config)
     tensors = file.read_prefixed(prefix, dtype, rename="first_stage_model.")
     tensors = {k: v for k, v in tensors.items() if not k.endswith(".position_ids")}
@@ -460,20 +451,28 @@ def build_vae(file: StateDictFile, prefix: str, *, dtype: torch.dtype, device: t
 
 def build_text_encoder(file: StateDictFile, slot: TextEncoderSlot, *, dtype: torch.dtype,
                        device: torch.device) -> torch.nn.Module:
-    """CLIP-L as ``CLIPTextModel``; OpenCLIP-H/bigG as ``CLIPTextModelWithProjection``."""
+    """CLIP-L as ``CLIPTextModel`` (``CLIPTextModelWithProjection`` when the file has its projection, as
+    SD3's does); OpenCLIP-H/bigG and transformers-layout CLIP-G as ``CLIPTextModelWithProjection``."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
+    if slot.layout not in ("hf", "openclip"):
+        raise CheckpointError(f"{file.path.name}: Loom cannot build the {slot.name} text encoder "
+                              f"({slot.layout} layout) inside a checkpoint yet")
     with _architecture_errors(file, f"text encoder {slot.name.upper()}"):
         config = CLIPTextConfig(**families.clip_config(file.shapes, slot))
     source = file.path.name
     if slot.layout == "hf":
-        model = _instantiate(CLIPTextModel, config)
+        projected = slot.prefix + "text_projection.weight" in file.shapes
+        model = _instantiate(CLIPTextModelWithProjection if projected else CLIPTextModel, config)
         tensors = file.read_prefixed(slot.prefix, dtype)
         converted = convert_ldm_clip_checkpoint(tensors, remove_prefix=slot.prefix)
-        # transformers >= 5.6 flattened CLIPTextModel: its keys have no "text_model." prefix
-        converted = {k.removeprefix("text_model."): v for k, v in converted.items()
-                     if not k.endswith("position_ids")}
+        converted = {k: v for k, v in converted.items() if not k.endswith("position_ids")}
+        if not projected:
+            # transformers >= 5.6 flattened CLIPTextModel: its keys have no "text_model." prefix
+            converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+        elif not any(k.startswith("text_model.") for k in converted):
+            converted = {k if k == "text_projection.weight" else "text_model." + k: v for k, v in converted.items()}
     else:
         model = _instantiate(CLIPTextModelWithProjection, config)
         # A private prefix keeps diffusers' SD2 rule (drop the last layer, as diffusers' 23-layer
@@ -491,12 +490,11 @@ def build_text_encoder(file: StateDictFile, slot: TextEncoderSlot, *, dtype: tor
 # Whole checkpoints
 # ---------------------------------------------------------------------------------------------
 
-def import_model_code() -> None:
-    """Import what building checkpoint modules needs (diffusers' UNet/VAE and converters, transformers'
-    CLIP): several seconds in a fresh process, once; a no-op afterwards."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
-    from diffusers.loaders import single_file_utils  # noqa: F401
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: F401
+def import_model_code(family: families.Family | None = None) -> None:
+    """Import what building a family's checkpoint modules needs (diffusers' networks, VAE and converters,
+    transformers' CLIP; the UNet families' by default): several seconds in a fresh process, once; a no-op
+    afterwards."""
+    (family or families.get("sd1")).import_code()
 
 
 def inspect_checkpoint(path: str | Path, *, prediction: str | None = None) -> Detected:
@@ -508,9 +506,9 @@ def inspect_checkpoint(path: str | Path, *, prediction: str | None = None) -> De
 def load_checkpoint(path: str | Path, *, prediction: str | None = None, output_clip: bool = True,
                     output_vae: bool = True, device: torch.device | str | None = None,
                     use_cache: bool = True) -> tuple[DiffusionModel, TextEncoderModel | None, VAEModel | None]:
-    """Load a single-file SD1.x/SD2.x/SDXL checkpoint as ``(MODEL, CLIP, VAE)`` handles.
+    """Load a single-file checkpoint of any registered family (SD1.x/SD2.x/SDXL/SD3) as ``(MODEL, CLIP, VAE)``.
 
-    ``prediction`` ("eps" or "v") overrides the detected prediction type. ``CLIP``/``VAE`` are ``None``
+    ``prediction`` ("eps" or "v", UNet families) overrides the detected prediction type. ``CLIP``/``VAE`` are ``None``
     when the file has no text encoder / VAE (or when not asked for). Loaded models stay in
     :data:`nodes.runtime.model_cache.models` until evicted.
     """
@@ -532,8 +530,6 @@ def _expected_bytes(path: str | Path, device: torch.device) -> int:
 
 def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, output_vae: bool,
                      device: torch.device) -> tuple[DiffusionModel, TextEncoderModel | None, VAEModel | None]:
-    from loom.nodes.runtime import tokenizer
-
     started = time.perf_counter()
     with StateDictFile(path) as file:
         detected = families.detect(file.shapes, file.read, prediction=prediction, source=path.name)
@@ -549,7 +545,7 @@ def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, outp
             parts.append((detected.vae_prefix, devices.vae_dtype(device)))
         file.prefetch(parts)
         t = time.perf_counter()
-        import_model_code()
+        import_model_code(family)
         timings["imports"] = time.perf_counter() - t
 
         clip = None
@@ -560,8 +556,8 @@ def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, outp
                 pooled_dim = families.clip_config(file.shapes, slot)["projection_dim"]
             if output_clip:
                 t = time.perf_counter()
-                model = build_text_encoder(file, slot, dtype=devices.text_encoder_dtype(device), device=device)
-                encoders[slot.name] = (tokenizer.clip_tokenizer(), model)
+                encoders[slot.name] = family.text_encoder(file, slot, dtype=devices.text_encoder_dtype(device),
+                                                          device=device)
                 timings[f"clip_{slot.name}"] = time.perf_counter() - t
         if encoders:
             clip = TextEncoderModel(encoders=encoders, family=family.name,
@@ -570,7 +566,7 @@ def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, outp
         t = time.perf_counter()
         unet, unet_cfg = build_unet(file, detected, dtype=devices.diffusion_dtype(device), device=device,
                                     pooled_dim=pooled_dim)
-        timings["unet"] = time.perf_counter() - t
+        timings["diffusion"] = time.perf_counter() - t
         diffusion = DiffusionModel(
             unet=unet, family=family.name,
             sampling=families.model_sampling(detected),
@@ -583,7 +579,8 @@ def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, outp
         if output_vae and detected.vae_prefix is not None:
             t = time.perf_counter()
             module, vae_cfg = build_vae(file, detected.vae_prefix, dtype=devices.vae_dtype(device), device=device,
-                                        scaling_factor=family.latent_format.scale_factor)
+                                        scaling_factor=family.latent_format.scale_factor,
+                                        shift_factor=family.latent_format.shift_factor)
             timings["vae"] = time.perf_counter() - t
             vae = VAEModel(vae=module, latent_format=family.latent_format,
                            downscale=2 ** (len(vae_cfg["block_out_channels"]) - 1),

@@ -38,6 +38,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from loom.nodes.runtime import families
+from loom.nodes.runtime.adapter import ModelAdapter
 from loom.nodes.runtime.model_types import DiffusionModel, ModelSampling
 
 FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz"), at most a quarter of its side
@@ -51,28 +53,23 @@ BLANK_INPAINT_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 # model-level helpers
 # --------------------------------------------------------------------------------------------
 
-def percent_to_sigma(sampling: ModelSampling, percent: float) -> float:
-    """The sigma at ``percent`` of the sampling (0 → +inf, i.e. from the start; 1 → 0, to the end)."""
-    if percent <= 0.0:
-        return 999999999.9
-    if percent >= 1.0:
-        return 0.0
-    return float(sampling.sigma(torch.tensor((1.0 - percent) * 999.0)))
+def percent_to_sigma(sampling: Any, percent: float) -> float:
+    """The sigma at ``percent`` of the sampling (0 → the start: +inf for discrete models, 1 for flow
+    models; 1 → 0, to the end): the model sampling's own ``percent_to_sigma``."""
+    return float(sampling.percent_to_sigma(percent))
 
 
 def calculate_input(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    sigma = sigma.view(sigma.shape[:1] + (1,) * (x.ndim - 1))
-    return x / (sigma ** 2 + 1.0) ** 0.5
+    """The discrete eps/v models' input scaling ``x / sqrt(sigma**2 + 1)``."""
+    return ModelSampling(sigmas=torch.ones(1)).calculate_input(sigma, x)
 
 
 def calculate_denoised(prediction: str, sigma: torch.Tensor, model_output: torch.Tensor,
                        x: torch.Tensor) -> torch.Tensor:
-    sigma = sigma.view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
-    if prediction == "v":
-        return x * 1.0 / (sigma ** 2 + 1.0) - model_output * sigma * 1.0 / (sigma ** 2 + 1.0) ** 0.5
-    if prediction == "eps":
-        return x - model_output * sigma
-    raise ValueError(f"unsupported prediction type {prediction!r}")
+    """The discrete models' denoised estimate for a prediction type (``eps``, ``v``, ``x0``)."""
+    if prediction not in ("eps", "v", "x0"):
+        raise ValueError(f"unsupported prediction type {prediction!r}")
+    return ModelSampling(sigmas=torch.ones(1), prediction=prediction).calculate_denoised(sigma, model_output, x)
 
 
 def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -118,7 +115,7 @@ def extra_input_channels(model: DiffusionModel) -> str | None:
     latent_channels = model.latent_format.channels
     if in_channels is None or in_channels <= latent_channels:
         return None
-    if in_channels == 2 * latent_channels and model.family in ("sd1", "sdxl"):
+    if in_channels == 2 * latent_channels and families.get(model.family).ip2p_channels:
         return "ip2p"  # ComfyUI's SD15/SDXL_instructpix2pix (8 input channels)
     return "inpaint"  # ComfyUI calls set_inpaint() on every other model with extra input channels
 
@@ -223,32 +220,6 @@ def _mask_bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
 
 
-def _sdxl_added(model: DiffusionModel, options: dict[str, Any], latent_shape: Sequence[int],
-                prompt_type: str) -> dict[str, torch.Tensor]:
-    """``added_cond_kwargs`` for UNets with SDXL's ``text_time`` embedding; empty for other UNets."""
-    config = getattr(model.unet, "config", None)
-    if getattr(config, "addition_embed_type", None) != "text_time":
-        return {}
-    pooled = options.get("pooled_output")
-    if pooled is None:
-        raise ValueError(f"this {model.family} model needs a pooled text embedding ('pooled_output') in its "
-                         "conditioning; encode the prompt with this model's CLIP")
-    pooled = pooled.float()
-    width = options.get("width", latent_shape[3] * 8)
-    height = options.get("height", latent_shape[2] * 8)
-    crop_w, crop_h = options.get("crop_w", 0), options.get("crop_h", 0)
-    time_dim = config.addition_time_embed_dim
-    n_time_ids = (config.projection_class_embeddings_input_dim - pooled.shape[-1]) // time_dim
-    if n_time_ids == 5:  # the refiner: size, crop and an aesthetic score
-        score = options.get("aesthetic_score", 2.5 if prompt_type == "negative" else 6.0)
-        ids = [height, width, crop_h, crop_w, score]
-    else:
-        ids = [height, width, crop_h, crop_w, options.get("target_height", height),
-               options.get("target_width", width)]
-    time_ids = torch.tensor([[float(v) for v in ids]], dtype=torch.float32).repeat(pooled.shape[0], 1)
-    return {"text_embeds": pooled, "time_ids": time_ids}
-
-
 def resolve_conditioning(model: DiffusionModel, conditioning: Sequence[Any], latent_shape: Sequence[int],
                          prompt_type: str, latent_image: torch.Tensor | None = None,
                          denoise_mask: torch.Tensor | None = None) -> list[CondEntry]:
@@ -256,6 +227,7 @@ def resolve_conditioning(model: DiffusionModel, conditioning: Sequence[Any], lat
     resolved for this latent (``latent_image`` in the model's space, ``denoise_mask`` the prepared noise mask:
     what an inpainting model falls back to without ``concat_latent_image``/``concat_mask``)."""
     dims = (int(latent_shape[2]), int(latent_shape[3]))
+    family = families.get(model.family)
     entries: list[CondEntry] = []
     for item in conditioning:
         try:
@@ -283,7 +255,7 @@ def resolve_conditioning(model: DiffusionModel, conditioning: Sequence[Any], lat
             entry.sigma_start = percent_to_sigma(model.sampling, float(options["start_percent"]))
         if "end_percent" in options:
             entry.sigma_end = percent_to_sigma(model.sampling, float(options["end_percent"]))
-        entry.added = _sdxl_added(model, options, latent_shape, prompt_type)
+        entry.added = family.extra_conds(model, options, latent_shape, prompt_type)
         entry.concat = concat_input(model, options, latent_shape, latent_image, denoise_mask)
         entries.append(entry)
     return entries
@@ -371,6 +343,8 @@ class GuidedDenoiser:
             add_matching_areas(self.positive, c)
         share_control_with_negative(self.positive, self.negative)
         self._batch_cache: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self.adapter = ModelAdapter(model)
+        self.repeat_context = self.adapter.family.batch_repeat_context
         self.unet_calls = 0
 
     # -- one UNet call --------------------------------------------------------------------------
@@ -378,27 +352,11 @@ class GuidedDenoiser:
     def apply_model(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                     added: dict[str, torch.Tensor] | None = None, control: Any = None,
                     concat: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's denoised estimate for ``x`` at ``sigma`` (a ``[B]`` tensor) and one context batch;
-        ``concat`` (extra input channels) is appended to the scaled input."""
-        unet = self.model.unet
-        dtype = next(unet.parameters()).dtype
-        device = next(unet.parameters()).device
-        xc = calculate_input(sigma, x)
-        timestep = self.model.sampling.timestep(sigma).float()
-        kwargs: dict[str, Any] = {"encoder_hidden_states": context.to(device=device, dtype=dtype)}
-        if added:
-            kwargs["added_cond_kwargs"] = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
-        if control is not None:
-            residuals = control.residuals(xc, sigma, timestep, context, added, model=self.model)
-            if residuals is not None:
-                down, mid = residuals
-                kwargs["down_block_additional_residuals"] = down
-                kwargs["mid_block_additional_residual"] = mid
-        if concat is not None:
-            xc = torch.cat([xc, concat.to(xc)], dim=1)
+        """The model's denoised estimate for ``x`` at ``sigma`` (a ``[B]`` tensor) and one context batch:
+        the MODEL's :class:`~nodes.runtime.adapter.ModelAdapter`; ``concat`` (extra input channels) is
+        appended to the scaled input."""
         self.unet_calls += 1
-        output = unet(xc.to(device=device, dtype=dtype), timestep.to(device), **kwargs, return_dict=False)[0]
-        return calculate_denoised(self.model.sampling.prediction, sigma, output.float().to(x.device), x)
+        return self.adapter(x, sigma, context, added or None, control, concat)
 
     # -- conditioning batches -------------------------------------------------------------------
 
@@ -446,18 +404,22 @@ class GuidedDenoiser:
             concat = repeat_to_batch_size(concat, crop.shape[0]).to(crop.device)
         return _Run(entry, which, crop, mult, area, concat)
 
-    @staticmethod
-    def _can_batch(a: _Run, b: _Run) -> bool:
+    def _can_batch(self, a: _Run, b: _Run) -> bool:
+        """Whether two runs share one model call: same latent crop, control and extra inputs, and contexts
+        that are equal in shape or (cross-attention UNets only: ComfyUI's CONDCrossAttn) differ in token
+        count by at most a factor 4 of their least common multiple."""
         if a.x.shape != b.x.shape or a.entry.control is not b.entry.control:
             return False
         ca, cb = a.entry.context.shape, b.entry.context.shape
         if ca[2] != cb[2]:
             return False
-        if ca[1] != cb[1] and math.lcm(ca[1], cb[1]) // min(ca[1], cb[1]) > 4:
+        if ca[1] != cb[1] and (not self.repeat_context or math.lcm(ca[1], cb[1]) // min(ca[1], cb[1]) > 4):
             return False
         if (a.concat is None) != (b.concat is None) or (a.concat is not None and a.concat.shape != b.concat.shape):
             return False
-        return set(a.entry.added) == set(b.entry.added)
+        if set(a.entry.added) != set(b.entry.added):
+            return False
+        return all(a.entry.added[k].shape[1:] == b.entry.added[k].shape[1:] for k in a.entry.added)
 
     def _batch_conditioning(self, runs: list[_Run], batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The context and added conditioning of a batch of runs, built once per batch composition."""
@@ -577,7 +539,8 @@ class MaskedDenoiser:
         if self.mask_function is not None:
             mask = self.mask_function(sigma, mask, extra_options={"model": self.inner.model, "sigmas": self.sigmas})
         keep = 1.0 - mask
+        sampling = self.inner.model.sampling
         s = sigma.reshape([sigma.shape[0]] + [1] * (self.noise.ndim - 1))
-        x = x * mask + (self.noise * s + self.latent_image) * keep
+        x = x * mask + sampling.noise_scaling(s, self.noise, self.latent_image) * keep
         out = self.inner(x, sigma)
         return out * mask + self.latent_image * keep

@@ -45,6 +45,8 @@ from typing import Any
 
 import torch
 
+from loom.nodes.runtime.model_sampling import ModelSampling  # noqa: F401  (re-exported: MODEL.sampling's type)
+
 
 @dataclass(frozen=True)
 class LatentFormat:
@@ -64,51 +66,12 @@ class LatentFormat:
 
 
 @dataclass
-class ModelSampling:
-    """The noise schedule of a discrete-time model (1000 training steps) as sigmas, and its prediction type."""
-
-    sigmas: torch.Tensor  # ascending, float32, one per training timestep
-    prediction: str = "eps"  # "eps" | "v"
-
-    @classmethod
-    def scaled_linear(cls, prediction: str = "eps", beta_start: float = 0.00085, beta_end: float = 0.012,
-                      timesteps: int = 1000) -> "ModelSampling":
-        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, timesteps, dtype=torch.float64) ** 2
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        return cls(sigmas=sigmas.float(), prediction=prediction)
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
-
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The (fractional-free, nearest) training timestep of a sigma, as ComfyUI's ``EPS.timestep``."""
-        log_sigma = sigma.log()
-        dists = log_sigma.to(self.sigmas.device) - self.sigmas.log()[:, None]
-        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
-
-    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
-        t = torch.clamp(timestep.float().to(self.sigmas.device), min=0, max=len(self.sigmas) - 1)
-        low_idx = t.floor().long()
-        high_idx = t.ceil().long()
-        w = t.frac()
-        log_sigmas = self.sigmas.log()
-        log_sigma = (1 - w) * log_sigmas[low_idx] + w * log_sigmas[high_idx]
-        return log_sigma.exp().to(timestep.device)
-
-
-@dataclass
 class DiffusionModel:
     """``MODEL``: a denoising network with what the sampler needs to drive it."""
 
     unet: torch.nn.Module
-    family: str  # "sd1" | "sd2" | "sdxl" | "sdxl_refiner" | ...
-    sampling: ModelSampling
+    family: str  # a registered family's name (nodes.runtime.families): "sd1" | "sd2" | "sdxl" | "sd3" | ...
+    sampling: Any  # a model-sampling object (nodes.runtime.model_sampling): discrete, flow or FLUX
     latent_format: LatentFormat
     patches: tuple[Any, ...] = ()  # weight patches (LoRA, ...) applied while sampling; never baked into `unet`
     options: dict[str, Any] = field(default_factory=dict)

@@ -1,8 +1,9 @@
 """Cheap latent → RGB previews for sampler progress: a linear projection of the latent channels.
 
-Each family has a ``[channels][3]`` matrix (and optional bias) fitted to its VAE; the preview is one
-pixel per latent pixel, ``((latent @ factors + bias) + 1) / 2`` clamped to 0..1. A family's
-:class:`~nodes.runtime.model_types.LatentFormat` may carry its own factors; otherwise the table here is used.
+Each family's :class:`~nodes.runtime.model_types.LatentFormat` carries a ``[channels][3]`` matrix (and an
+optional bias) fitted to its VAE (ComfyUI's ``latent_rgb_factors``: SD1.5 and SDXL 4 channels, SD3 16); the
+preview is one pixel per latent pixel, ``((latent @ factors + bias) + 1) / 2`` clamped to 0..1. A latent
+format without factors falls back to its family's.
 """
 from __future__ import annotations
 
@@ -10,23 +11,7 @@ from typing import Any
 
 import torch
 
-# ComfyUI's published factors (comfy/latent_formats.py), rows = latent channels, columns = R, G, B
-SD15_RGB_FACTORS = ((0.3512, 0.2297, 0.3227),
-                    (0.3250, 0.4974, 0.2350),
-                    (-0.2829, 0.1762, 0.2721),
-                    (-0.2120, -0.2616, -0.7177))
-SDXL_RGB_FACTORS = ((0.3651, 0.4232, 0.4341),
-                    (-0.2533, -0.0042, 0.1068),
-                    (0.1076, 0.1111, -0.0362),
-                    (-0.3165, -0.2492, -0.2188))
-SDXL_RGB_BIAS = (0.1084, -0.0175, -0.0011)
-
-FAMILY_FACTORS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, float, float] | None]] = {
-    "sd1": (SD15_RGB_FACTORS, None),
-    "sd2": (SD15_RGB_FACTORS, None),
-    "sdxl": (SDXL_RGB_FACTORS, SDXL_RGB_BIAS),
-    "sdxl_refiner": (SDXL_RGB_FACTORS, SDXL_RGB_BIAS),
-}
+from loom.nodes.runtime import families
 
 
 def rgb_projection(family: str, latent_format: Any = None, channels: int = 4):
@@ -34,7 +19,9 @@ def rgb_projection(family: str, latent_format: Any = None, channels: int = 4):
     factors = getattr(latent_format, "rgb_factors", None)
     bias = getattr(latent_format, "rgb_bias", None)
     if factors is None:
-        factors, bias = FAMILY_FACTORS.get(family, (None, None))
+        known = families.FAMILIES.get(family)
+        if known is not None:
+            factors, bias = known.latent_format.rgb_factors, known.latent_format.rgb_bias
     if factors is None or len(factors) != channels:
         return None
     return (torch.tensor(factors, dtype=torch.float32),

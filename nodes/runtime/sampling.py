@@ -7,12 +7,13 @@ tensor (in the VAE's space, like the input):
 2. sigmas: the scheduler's schedule (``denoise < 1``: ``int(steps / denoise)`` steps, the last
    ``steps + 1`` kept), cut to ``start_step``..``last_step`` (KSamplerAdvanced), the last set to 0 when
    ``force_full_denoise``;
-3. the latent enters the model's space (``process_in``, skipped for an all-zero latent), the noise is
-   scaled to the first sigma (``sqrt(1 + sigma**2)`` when starting from pure noise) and added;
+3. the latent enters the model's space (``process_in``, skipped for an all-zero latent) and the noise is
+   mixed in by the model sampling's ``noise_scaling`` (discrete: ``latent + noise * sigma``, or
+   ``sqrt(1 + sigma**2)`` when starting from pure noise; flow: ``sigma * noise + (1 - sigma) * latent``);
 4. the sampler runs over the sigmas with the guided denoiser (and the noise mask, if the latent has one:
    an inpainting model also takes it as its mask channel unless the conditioning sets ``concat_mask``),
    reporting each step to :class:`nodes.progress.ProgressBar` with a latent preview;
-5. the result leaves the model's space (``process_out``).
+5. ``inverse_noise_scaling`` at the last sigma, then the result leaves the model's space (``process_out``).
 
 Steps 3-5 are :func:`sample_guided`, which the custom-sampling nodes (SamplerCustom,
 SamplerCustomAdvanced) call with their own GUIDER, SAMPLER, NOISE and SIGMAS; the KSampler calls it
@@ -122,8 +123,8 @@ def sample_guided(guider: CFGGuider, sampler: SamplerChoice, noise: torch.Tensor
     sigma_max = float(model.sampling.sigma_max)
     first = float(sigmas[0])
     from_pure_noise = math.isclose(sigma_max, first, rel_tol=1e-05) or first > sigma_max
-    scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if from_pure_noise else sigmas[0]
-    x = noise * scale + latent_image
+    # discrete: latent + noise * sigma (sqrt(1 + sigma**2) from pure noise); flow: sigma*noise + (1-sigma)*latent
+    x = model.sampling.noise_scaling(sigmas[0].reshape(1), noise, latent_image, from_pure_noise)
 
     total = len(sigmas) - 1
     bar = progress.ProgressBar(total)
@@ -141,4 +142,5 @@ def sample_guided(guider: CFGGuider, sampler: SamplerChoice, noise: torch.Tensor
         for patch in model.patches:
             patched.enter_context(patch.applied(model))
         samples = sample_function(denoiser, x, sigmas, seed=int(seed), callback=on_step)
-    return model.latent_format.process_out(samples.float()).cpu()
+    samples = model.sampling.inverse_noise_scaling(sigmas[-1].reshape(1), samples.float())
+    return model.latent_format.process_out(samples).cpu()

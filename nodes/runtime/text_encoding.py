@@ -30,13 +30,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
 import torch
 
-from loom.nodes.runtime import devices
+from loom.nodes.runtime import devices, families
+from loom.nodes.runtime.families.base import EncoderConvention
 from loom.nodes.runtime.model_types import TextEncoderModel
 from loom.nodes.runtime.tokenizer import BOS_TOKEN, EOS_TOKEN, tokenize_words
 
@@ -51,25 +51,9 @@ Token = Union[int, torch.Tensor]
 TokenChunk = list[tuple[Token, float]]
 
 
-@dataclass(frozen=True)
-class EncoderConvention:
-    pad_token: int
-    default_layer: int | None        # None = last layer with the final layer norm
-    layer_norm_hidden: bool
-    projected_pooled: bool
-    embedding_key: str               # key of this encoder's vectors in an SDXL-style embedding file
-
-
 def convention(family: str, name: str) -> EncoderConvention:
-    if name == "l" and family == "sd1":
-        return EncoderConvention(EOS_TOKEN, None, True, False, "clip_l")
-    if name == "l":
-        return EncoderConvention(EOS_TOKEN, -2, False, False, "clip_l")
-    if name == "h":
-        return EncoderConvention(0, -2, True, True, "clip_h")
-    if name == "g":
-        return EncoderConvention(0, -2, False, True, "clip_g")
-    raise ValueError(f"unknown text encoder {name!r} for family {family!r}")
+    """How ``family`` reads its text encoder ``name`` (the family module decides)."""
+    return families.get(family).text_convention(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,25 +325,40 @@ def _encode_weighted(model: Any, chunks: list[TokenChunk], conv: EncoderConventi
 
 def encode_tokens(clip: TextEncoderModel, tokens: dict[str, list[TokenChunk]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cond [1, 77*chunks, width], pooled [1, dim])`` from :func:`tokenize_for`'s output."""
+    cond, pooled, _extra = encode_tokens_extra(clip, tokens)
+    return cond, pooled
+
+
+def encode_tokens_extra(clip: TextEncoderModel, tokens: dict[str, Any]
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``(cond, pooled, extra options)``: each encoder's output, joined as the CLIP's family does.
+
+    A CLIP encoder is run here with its family's convention; an encoder object with its own
+    ``encode_token_weights(tokens) -> (hidden, pooled)`` (T5) is called with its own tokens."""
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    family = families.get(clip.family)
     with torch.no_grad(), patches_applied(clip):
         for name, (_tokenizer, model) in clip.encoders.items():
-            conv = convention(clip.family, name)
+            if not tokens.get(name):  # an encoder given no tokens (CLIPTextEncodeSD3's empty prompts) is left out
+                continue
+            if hasattr(model, "encode_token_weights"):
+                hidden, pooled = model.encode_token_weights(tokens[name])[:2]
+                outputs[name] = (hidden.to(devices.intermediate_device()), pooled)
+                continue
+            conv = family.text_convention(name)
             layer = conv.default_layer if clip.layer_idx is None else clip.layer_idx
             outputs[name] = _encode_weighted(model, tokens[name], conv, layer)
-    if clip.family == "sdxl":
-        (l_out, _), (g_out, g_pooled) = outputs["l"], outputs["g"]
-        cut = min(l_out.shape[1], g_out.shape[1])
-        return torch.cat([l_out[:, :cut], g_out[:, :cut]], dim=-1), g_pooled
-    (only,) = outputs.values()
-    return only
+    return family.combine_text(outputs)
 
 
 def tokenize_for(clip: TextEncoderModel, text: str) -> dict[str, list[TokenChunk]]:
     """Token chunks of ``text`` for each of the CLIP handle's encoders."""
     dirs = _embedding_dirs()
-    out = {}
-    for name, (_tokenizer, model) in clip.encoders.items():
+    out: dict[str, Any] = {}
+    for name, (tokenizer, model) in clip.encoders.items():
+        if hasattr(tokenizer, "tokenize_with_weights"):  # a non-CLIP encoder (T5) tokenises for itself
+            out[name] = tokenizer.tokenize_with_weights(text)
+            continue
         conv = convention(clip.family, name)
         width = getattr(model, "text_model", model).embeddings.token_embedding.weight.shape[1]
         out[name] = tokenize(text, pad_token=conv.pad_token, embedding_size=width, embedding_key=conv.embedding_key,
@@ -372,8 +371,8 @@ def encode_text(clip: TextEncoderModel, text: str) -> list[list[Any]]:
     if clip is None:
         raise ValueError("clip input is invalid: None. If the clip is from a checkpoint loader node, the "
                          "checkpoint does not contain a valid text encoder.")
-    cond, pooled = encode_tokens(clip, tokenize_for(clip, text))
-    return [[cond, {"pooled_output": pooled}]]
+    cond, pooled, extra = encode_tokens_extra(clip, tokenize_for(clip, text))
+    return [[cond, {"pooled_output": pooled, **extra}]]
 
 
 @contextlib.contextmanager

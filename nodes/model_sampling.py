@@ -1,0 +1,99 @@
+"""ComfyUI's model-sampling nodes: ModelSamplingDiscrete, ModelSamplingSD3, ModelSamplingAuraFlow and
+ModelSamplingFlux (``comfy_extras/nodes_model_advanced.py``).
+
+Each returns a new MODEL handle with another model-sampling object (:mod:`nodes.runtime.model_sampling`),
+ComfyUI's ``add_object_patch("model_sampling", ...)``: the schedules, the samplers' flow branches and the
+model adapter then follow it. The weights are shared, the input handle is unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from loom.nodes.schema import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Schema, Socket, register
+
+DISCRETE_SAMPLINGS = ("eps", "v_prediction", "lcm", "x0", "img_to_img")
+
+
+def _check_model(node: str, model: Any) -> Any:
+    from loom.nodes.runtime.model_types import DiffusionModel
+
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"{node}: input 'model' is not a MODEL (got {type(model).__name__})")
+    return model
+
+
+def _shift(name: str, default: float) -> Float:
+    return Float(name, default=default, min=0.0, max=100.0, step=0.01)
+
+
+@register
+class ModelSamplingDiscrete(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("ModelSamplingDiscrete", category="advanced/model",
+                      inputs=[Socket("model", "MODEL"), Combo("sampling", options_source=DISCRETE_SAMPLINGS),
+                              Boolean("zsnr", default=False)],
+                      outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, sampling: str, zsnr: bool) -> tuple:
+        from loom.nodes.runtime.model_sampling import DistilledSampling, ModelSampling
+
+        model = _check_model("ModelSamplingDiscrete", model)
+        if sampling not in DISCRETE_SAMPLINGS:
+            raise ValueError(f"ModelSamplingDiscrete: input 'sampling': {sampling!r} is not one of "
+                             f"{', '.join(DISCRETE_SAMPLINGS)}")
+        prediction = "v" if sampling == "v_prediction" else sampling
+        table = ModelSampling.scaled_linear(prediction=prediction, zero_terminal_snr=bool(zsnr))
+        if sampling == "lcm":
+            table = DistilledSampling.from_full(table.sigmas, prediction="lcm")
+        return (model.replace(sampling=table),)
+
+
+@register
+class ModelSamplingSD3(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("ModelSamplingSD3", category="advanced/model",
+                      inputs=[Socket("model", "MODEL"), _shift("shift", 3.0)], outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, shift: float) -> tuple:
+        from loom.nodes.runtime.model_sampling import FlowSampling
+
+        model = _check_model("ModelSamplingSD3", model)
+        return (model.replace(sampling=FlowSampling(shift=float(shift), multiplier=1000)),)
+
+
+@register
+class ModelSamplingAuraFlow(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("ModelSamplingAuraFlow", category="advanced/model",
+                      inputs=[Socket("model", "MODEL"), _shift("shift", 1.73)], outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, shift: float) -> tuple:
+        from loom.nodes.runtime.model_sampling import FlowSampling
+
+        model = _check_model("ModelSamplingAuraFlow", model)
+        return (model.replace(sampling=FlowSampling(shift=float(shift), multiplier=1.0)),)
+
+
+@register
+class ModelSamplingFlux(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("ModelSamplingFlux", category="advanced/model",
+                      inputs=[Socket("model", "MODEL"), _shift("max_shift", 1.15), _shift("base_shift", 0.5),
+                              Int("width", default=1024, min=16, max=MAX_RESOLUTION, step=8),
+                              Int("height", default=1024, min=16, max=MAX_RESOLUTION, step=8)],
+                      outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, max_shift: float, base_shift: float, width: int, height: int) -> tuple:
+        from loom.nodes.runtime.model_sampling import FluxSampling, flux_mu
+
+        model = _check_model("ModelSamplingFlux", model)
+        mu = flux_mu(int(width), int(height), float(max_shift), float(base_shift))
+        return (model.replace(sampling=FluxSampling(shift=mu)),)
