@@ -13,6 +13,9 @@ import { WorkflowsPanel } from "./ui/workflows-panel.js";
 import { isFirstRun, showTemplates } from "./ui/templates.js";
 import { currentMaskEditor, openMaskEditor } from "./ui/mask-editor.js";
 import { maskButtonRect } from "./canvas/mask-button.js";
+import { QueueControls } from "./ui/queue-controls.js";
+import { QueueProgress } from "./ui/queue-progress.js";
+import { showFailedNode } from "./ui/run-failure.js";
 
 function wireToolbar(editor) {
   const on = (id, handler) => document.getElementById(id)?.addEventListener("click", handler);
@@ -147,6 +150,8 @@ function exposeHook(editor) {
     maskEditor: () => currentMaskEditor(),
     /** Graph rectangle of the mask button on a LoadImage preview, or null. */
     maskButtonRect: (id) => maskButtonRect(node(id)),
+    /** `{ done, total, node, type, value, max, fraction }` of a prompt queued from this page, or null. */
+    promptProgress: (promptId) => editor.queueProgress.state(promptId),
     renderStats: () => ({ ...canvas.renderer.stats, frames: canvas.frames }),
   };
 }
@@ -167,6 +172,9 @@ async function start() {
   editor.sidebar.addPanel("workflows", "Workflows", () => editor.workflowsPanel.render(), { first: true });
   editor.showTemplates = () => showTemplates(editor);
   editor.openMaskEditor = (node) => openMaskEditor(editor, node);
+  editor.queueControls = new QueueControls(editor);
+  editor.queueProgress = new QueueProgress(editor);
+  editor.sidebar.onFailureClick = (entry) => showFailedNode(editor, entry);
   wireToolbar(editor);
   wireDrop(editor);
   await editor.settings.load();

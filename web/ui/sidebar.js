@@ -135,12 +135,14 @@ export class Sidebar {
     const queue = await this.api.getQueue();
     const row = (item, state) => {
       const [number, promptId] = item;
-      return element("li", { className: `queue-item ${state}`, dataset: { promptId } }, [
+      const li = element("li", { className: `queue-item ${state}`, dataset: { promptId } }, [
         element("span", { className: "queue-state", textContent: state }),
         element("span", { className: "queue-label", textContent: `#${number} ${promptId.slice(0, 8)}` }),
         element("button", { textContent: state === "running" ? "Stop" : "Cancel", className: "queue-cancel",
           onclick: async () => { await this.api.cancelPrompt(promptId).catch((e) => this.editor.notify(e.message, "error")); this.refresh(); } }),
       ]);
+      this.decorateQueueItem?.(li, item, state); // the prompt's progress (ui/queue-progress.js)
+      return li;
     };
     const items = [...queue.queue_running.map((i) => row(i, "running")), ...queue.queue_pending.map((i) => row(i, "pending"))];
     return element("div", {}, [
@@ -181,7 +183,9 @@ export class Sidebar {
           } }, [
           ...images.slice(0, 4).map((image) => element("img", { className: "thumb", src: this.api.viewUrl(image), loading: "lazy" })),
           element("span", { className: `history-label ${status}`, textContent: `${promptId.slice(0, 8)} ${status}` }),
-          ...(failure ? [element("span", { className: "history-failure", textContent: failure })] : []),
+          ...(failure ? [element("span", { className: `history-failure${this.onFailureClick ? " clickable" : ""}`,
+            textContent: failure, title: this.onFailureClick ? "Show the node that failed" : "",
+            onclick: (event) => { if (!this.onFailureClick) return; event.stopPropagation(); this.onFailureClick(entry); } })] : []),
         ]);
       })),
     ]);
