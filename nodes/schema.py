@@ -615,6 +615,7 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.model_sampling",
     "loom.nodes.sd3",
     "loom.nodes.custom_sampling",
+    "loom.nodes.loaders_split",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 

@@ -178,3 +178,18 @@ def sampling_sigmas(sampling: ModelSampling, scheduler: str, steps: int, denoise
     if denoise <= 0.0:
         return torch.FloatTensor([])
     return full(int(steps / denoise))[-(steps + 1):]
+
+
+def vp(steps: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> torch.Tensor:
+    """The continuous variance-preserving schedule (k-diffusion's ``get_sigmas_vp``), ending in 0."""
+    t = torch.linspace(1, eps_s, steps)
+    return append_zero(torch.sqrt(torch.special.expm1(beta_d * t ** 2 / 2 + beta_min * t)))
+
+
+def laplace(steps: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta_: float = 0.5) -> torch.Tensor:
+    """Tiankai et al. (2024): log sigma at the quantiles of a Laplace(mu, beta) distribution, clamped to
+    ``[sigma_min, sigma_max]``. As ComfyUI's ``get_sigmas_laplace`` it has ``steps`` values and no final 0."""
+    epsilon = 1e-5  # keeps the logarithm finite at the ends
+    x = torch.linspace(0, 1, steps)
+    lmb = mu - beta_ * torch.sign(0.5 - x) * torch.log(1 - 2 * torch.abs(0.5 - x) + epsilon)
+    return torch.clamp(torch.exp(lmb), min=sigma_min, max=sigma_max)
