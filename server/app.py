@@ -27,7 +27,7 @@ from loom.nodes import folders
 from loom.nodes.schema import NodeRegistry
 from loom.server import json_chunked
 from loom.server.budget import ResourceBudget
-from loom.server import comfy_routes, templates
+from loom.server import comfy_routes, model_library, templates
 from loom.server.clients import SERVER_FEATURES, ClientHub
 from loom.server.notices import startup_notices
 from loom.server.queue import PromptQueue, QueueStoreError
@@ -696,6 +696,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
         ("POST", "/workflow/convert", server.post_workflow_convert),
         ("GET", "/workflows/default", server.get_default_workflow),
         *templates.routes(),
+        *model_library.routes(),
         ("GET", "/notices", server.get_notices),
         ("GET", "/health", server.get_health),
         ("GET", "/ready", server.get_ready),

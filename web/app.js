@@ -16,6 +16,8 @@ import { maskButtonRect } from "./canvas/mask-button.js";
 import { QueueControls } from "./ui/queue-controls.js";
 import { QueueProgress } from "./ui/queue-progress.js";
 import { showFailedNode } from "./ui/run-failure.js";
+import { ModelLibrary } from "./ui/model-library.js";
+import { NodeLibrary } from "./ui/node-library.js";
 
 function wireToolbar(editor) {
   const on = (id, handler) => document.getElementById(id)?.addEventListener("click", handler);
@@ -175,6 +177,10 @@ async function start() {
   editor.queueControls = new QueueControls(editor);
   editor.queueProgress = new QueueProgress(editor);
   editor.sidebar.onFailureClick = (entry) => showFailedNode(editor, entry);
+  editor.modelLibrary = new ModelLibrary(editor, editor.sidebar);
+  editor.sidebar.addPanel("models", "Models", () => editor.modelLibrary.render());
+  editor.nodeLibrary = new NodeLibrary(editor, editor.sidebar);
+  editor.sidebar.addPanel("nodes", "Nodes", () => editor.nodeLibrary.render());
   wireToolbar(editor);
   wireDrop(editor);
   await editor.settings.load();
