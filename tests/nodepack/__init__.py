@@ -55,6 +55,22 @@ class TestSeeded(Node):
 
 
 @register
+class TestControlCombo(Node):
+    """A COMBO and an INT that both ask for control_after_generate (the combo also gets a filter box)."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("TestControlCombo", category="test",
+                      inputs=[Combo("choice", options_source=["a", "b", "c"], control_after_generate=True),
+                              Int("amount", default=1, min=0, max=100, control_after_generate=True)],
+                      outputs=[Output("STRING", "text")])
+
+    @classmethod
+    def execute(cls, choice: str, amount: int) -> tuple:
+        return (choice * amount,)
+
+
+@register
 class TestStringConcat(Node):
     @classmethod
     def define_schema(cls) -> Schema:

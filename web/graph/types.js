@@ -1,13 +1,15 @@
 /**
  * Slot types: which output may feed which input, and the colour each type is drawn in.
  *
- * The rule is ComfyUI's: `*` (or an empty type) on either side matches anything; otherwise the
- * types are compared case-insensitively, and comma lists (`"IMAGE,MASK"`) match when any member
- * of one side equals any member of the other.
+ * The rule is the server's (loom.nodes.schema.types_compatible, ComfyUI's validate_node_input), so a
+ * link drawn here is one the server accepts: `*` on either side matches anything; otherwise comma
+ * lists (`"IMAGE,MASK"`) match when a member of one side equals a member of the other, letter case
+ * counting; a COMBO input takes only a COMBO output. tests/fixtures/type_compat.json holds both sides
+ * to it. An empty type is a socket not typed yet (a fresh reroute): it matches anything, as in litegraph.
  */
 
 export function typeMembers(type) {
-  return String(type ?? "").split(",").map((t) => t.trim().toUpperCase()).filter(Boolean);
+  return String(type ?? "").split(",").map((t) => t.trim()).filter(Boolean);
 }
 
 export function isWildcard(type) {
