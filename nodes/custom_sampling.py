@@ -96,25 +96,6 @@ def _positive(node: str, name: str, value: float) -> float:
     return value
 
 
-def _percent_to_sigma(model: Any, percent: float) -> float:
-    """ComfyUI's ``model_sampling.percent_to_sigma`` (the model's own when its sampling object has one)."""
-    own = getattr(model.sampling, "percent_to_sigma", None)
-    if own is not None:
-        return float(own(percent))
-    from loom.nodes.runtime.denoiser import percent_to_sigma
-
-    return percent_to_sigma(model.sampling, percent)
-
-
-def _noise_scaling(model: Any, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-    """ComfyUI's ``model_sampling.noise_scaling(sigma, noise, latent)`` without max-denoise (the model's own
-    when its sampling object has one; a discrete model's ``sigma * noise + latent`` otherwise)."""
-    own = getattr(model.sampling, "noise_scaling", None)
-    if own is not None:
-        return own(sigma, noise, latent)
-    return noise * sigma + latent
-
-
 def _sampler_output(node: str, name: str, **options: Any) -> tuple:
     from loom.nodes.runtime.custom_sampling import SamplerChoice
 
@@ -512,7 +493,7 @@ class SamplingPercentToSigma(Node):
     @classmethod
     def execute(cls, model: Any, sampling_percent: float, return_actual_sigma: bool) -> tuple:
         _model("SamplingPercentToSigma", model)
-        sigma = _percent_to_sigma(model, sampling_percent)
+        sigma = float(model.sampling.percent_to_sigma(sampling_percent))
         if return_actual_sigma:
             if sampling_percent == 0.0:
                 sigma = float(model.sampling.sigma_max)
@@ -783,7 +764,7 @@ class AddNoise(Node):
         samples = latent["samples"]
         if torch.count_nonzero(samples) > 0:  # an empty latent is not shifted into the model's space
             samples = model.latent_format.process_in(samples)
-        noisy = model.latent_format.process_out(_noise_scaling(model, scale, noisy, samples))
+        noisy = model.latent_format.process_out(model.sampling.noise_scaling(scale.reshape(1), noisy, samples))
         out = dict(latent)
         out["samples"] = torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0)
         return (out,)
