@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import torch
 
-from loom.nodes.runtime.ldm_layout import clip_to_hf_ldm, clip_to_openclip, unet_to_ldm, vae_to_ldm
+from loom.nodes.runtime.ldm_layout import clip_to_hf_ldm, clip_to_openclip, mmdit_to_sd3, unet_to_ldm, vae_to_ldm
 
 FORMAT_VERSION = 1
 FAMILIES = ("sd1", "sd2", "sd2_v", "sdxl", "sdxl_refiner")
@@ -42,7 +42,13 @@ FILE_NAMES = {
     "sd2_v": "tiny-sd2-v.safetensors",
     "sdxl": "tiny-sdxl.safetensors",
     "sdxl_refiner": "tiny-sdxl-refiner.safetensors",
+    "sd3": "tiny-sd3.safetensors",
 }
+DIT_FAMILIES = ("sd3",)
+"""Built on request only (not by ``tiny_checkpoints``/``tiny_models_dir``): ``checkpoint_path("sd3")``."""
+SD3_HIDDEN = 64  # one 64-wide head, ComfyUI's depth 1
+SD3_LAYERS = 2
+SD3_POSITIONS = 16  # a 16x16 patch grid: latents up to 32x32 (256x256 pixels)
 
 CLIP_WIDTH = 32
 CLIP_LAYERS = 3
@@ -103,10 +109,62 @@ def tiny_clip(kind: str):
     return CLIPTextModel(config) if kind == "l" else CLIPTextModelWithProjection(config)
 
 
+def tiny_mmdit():
+    """An SD3 MMDiT at the smallest width (64, one head), 2 joint blocks, CLIP-L+G pooled width 2x32."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, num_layers=SD3_LAYERS,
+                                 attention_head_dim=64, num_attention_heads=SD3_HIDDEN // 64,
+                                 joint_attention_dim=4096, caption_projection_dim=SD3_HIDDEN,
+                                 pooled_projection_dim=2 * CLIP_WIDTH, out_channels=16,
+                                 pos_embed_max_size=SD3_POSITIONS)
+
+
+def tiny_sd3_clip(kind: str):
+    """SD3's CLIP-L / CLIP-G in transformers names, both with their ``text_projection`` as in SD3 files."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH,
+                            num_hidden_layers=CLIP_LAYERS, num_attention_heads=1, max_position_embeddings=77,
+                            hidden_act="quick_gelu" if kind == "l" else "gelu", projection_dim=CLIP_WIDTH,
+                            bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    return CLIPTextModelWithProjection(config)
+
+
+def build_sd3_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """An SD3-medium-style all-in-one file at tiny widths: the MMDiT under ``model.diffusion_model.`` in the
+    original layout, CLIP-L and CLIP-G under ``text_encoders.clip_{l,g}.transformer.`` (no T5) and a
+    16-channel VAE without quant convolutions under ``first_stage_model.``."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    state: dict[str, torch.Tensor] = {}
+    for kind in ("l", "g"):
+        clip = tiny_sd3_clip(kind)
+        _perturb(clip, generator)
+        state.update({f"text_encoders.clip_{kind}.transformer.{k}": v for k, v in clip.state_dict().items()
+                      if not k.endswith("position_ids")})
+    mmdit = tiny_mmdit()
+    _perturb(mmdit, generator)
+    with torch.no_grad():  # a unit-scale position table, like the real sin-cos one
+        mmdit.pos_embed.pos_embed.copy_(torch.randn(mmdit.pos_embed.pos_embed.shape, generator=generator))
+    state.update(mmdit_to_sd3(mmdit.state_dict(), SD3_LAYERS))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 32, 32, 32),
+                        layers_per_block=1, latent_channels=16, norm_num_groups=32, sample_size=64,
+                        use_quant_conv=False, use_post_quant_conv=False)
+    _perturb(vae, generator)
+    state.update(vae_to_ldm(vae.state_dict(), vae.config))
+    return state
+
+
 def build_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """The full single-file state dict of a tiny checkpoint (float32, before saving)."""
+    if family == "sd3":
+        return build_sd3_state_dict(seed)
     if family not in FAMILIES:
-        raise ValueError(f"unknown tiny checkpoint family {family!r}; known: {FAMILIES}")
+        raise ValueError(f"unknown tiny checkpoint family {family!r}; known: {FAMILIES + DIT_FAMILIES}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed + 1)
     state: dict[str, torch.Tensor] = {}

@@ -142,3 +142,53 @@ def clip_to_openclip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, t
     if state:
         raise KeyError(f"CLIP keys left unconverted: {sorted(state)[:5]}")
     return out
+
+
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    """SD3's final adaLN (and the last context block's) holds (shift, scale); diffusers' (scale, shift)."""
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def mmdit_to_sd3(state: dict[str, torch.Tensor], num_layers: int, prefix: str = "model.diffusion_model."
+                 ) -> dict[str, torch.Tensor]:
+    """A diffusers ``SD3Transformer2DModel`` state dict in SD3's original MMDiT layout under ``prefix`` (the
+    inverse of diffusers' single-file converter, for blocks without dual attention or q/k norms)."""
+    s = dict(state)
+    out = {
+        "pos_embed": s.pop("pos_embed.pos_embed"),
+        "x_embedder.proj.weight": s.pop("pos_embed.proj.weight"),
+        "x_embedder.proj.bias": s.pop("pos_embed.proj.bias"),
+        "context_embedder.weight": s.pop("context_embedder.weight"),
+        "context_embedder.bias": s.pop("context_embedder.bias"),
+        "final_layer.linear.weight": s.pop("proj_out.weight"),
+        "final_layer.linear.bias": s.pop("proj_out.bias"),
+        "final_layer.adaLN_modulation.1.weight": _swap_halves(s.pop("norm_out.linear.weight")),
+        "final_layer.adaLN_modulation.1.bias": _swap_halves(s.pop("norm_out.linear.bias")),
+    }
+    for ours, theirs in (("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"),
+                         ("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2"),
+                         ("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1"),
+                         ("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2")):
+        for kind in ("weight", "bias"):
+            out[f"{ours}.{kind}"] = s.pop(f"{theirs}.{kind}")
+    for i in range(num_layers):
+        b, j = f"transformer_blocks.{i}.", f"joint_blocks.{i}."
+        last = i == num_layers - 1
+        for kind in ("weight", "bias"):
+            out[f"{j}x_block.attn.qkv.{kind}"] = torch.cat([s.pop(f"{b}attn.to_{n}.{kind}") for n in "qkv"])
+            out[f"{j}context_block.attn.qkv.{kind}"] = torch.cat(
+                [s.pop(f"{b}attn.add_{n}_proj.{kind}") for n in "qkv"])
+            out[f"{j}x_block.attn.proj.{kind}"] = s.pop(f"{b}attn.to_out.0.{kind}")
+            out[f"{j}x_block.adaLN_modulation.1.{kind}"] = s.pop(f"{b}norm1.linear.{kind}")
+            context_norm = s.pop(f"{b}norm1_context.linear.{kind}")
+            out[f"{j}context_block.adaLN_modulation.1.{kind}"] = _swap_halves(context_norm) if last else context_norm
+            out[f"{j}x_block.mlp.fc1.{kind}"] = s.pop(f"{b}ff.net.0.proj.{kind}")
+            out[f"{j}x_block.mlp.fc2.{kind}"] = s.pop(f"{b}ff.net.2.{kind}")
+            if not last:
+                out[f"{j}context_block.attn.proj.{kind}"] = s.pop(f"{b}attn.to_add_out.{kind}")
+                out[f"{j}context_block.mlp.fc1.{kind}"] = s.pop(f"{b}ff_context.net.0.proj.{kind}")
+                out[f"{j}context_block.mlp.fc2.{kind}"] = s.pop(f"{b}ff_context.net.2.{kind}")
+    if s:
+        raise ValueError(f"mmdit_to_sd3: {len(s)} tensors have no SD3 name (e.g. {', '.join(sorted(s)[:5])})")
+    return {prefix + key: tensor for key, tensor in out.items()}

@@ -9,8 +9,11 @@ Every sampler has the signature ``sample(model, x, sigmas, *, seed=None, callbac
 * ``seed`` seeds the extra noise of stochastic samplers (ComfyUI seeds it with the sampler's seed too);
 * ``callback(i, denoised, x)`` is called once per step (progress and previews).
 
-Names and numerics follow ComfyUI's ``KSampler.SAMPLERS`` (which are k-diffusion's samplers plus a few),
-for discrete-time eps/v models. :data:`SAMPLER_NAMES` lists all of ComfyUI's names, so shared workflows
+Names and numerics follow ComfyUI's ``KSampler.SAMPLERS`` (which are k-diffusion's samplers plus a few).
+Where ComfyUI's sampler has a flow-specific branch (the denoiser's ``.sampling.is_flow``: SD3, FLUX,
+AuraFlow), so does Loom's: the ancestral samplers (euler/dpm_2/dpmpp_2s ancestral) take the RF form, and the
+half-log-SNR samplers (dpmpp_sde, dpmpp_2m/3m_sde, er_sde, seeds_2/3, sa_solver, euler_ancestral_cfg_pp)
+use ``-logit(sigma)`` with the first sigma moved off 1; lcm renoises by the model's noise scaling. :data:`SAMPLER_NAMES` lists all of ComfyUI's names, so shared workflows
 validate their shape; :data:`SAMPLERS` holds those Loom implements, and :func:`get_sampler` refuses the
 others with a clear message.
 """
@@ -80,6 +83,43 @@ def _brownian(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None) -> Browni
     return BrownianNoise(x, positive.min(), sigmas.max(), seed)
 
 
+# -- the flow (rectified-flow, ComfyUI's CONST) branches -------------------------------------------
+
+def is_flow(model: Denoiser) -> bool:
+    """Whether the denoiser's model sampling is a flow model's (SD3, FLUX, AuraFlow): ``x = sigma * noise +
+    (1 - sigma) * x0``. Denoisers expose their MODEL's sampling as ``.sampling``."""
+    return bool(getattr(getattr(model, "sampling", None), "is_flow", False))
+
+
+def half_log_snr_fns(model: Denoiser) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                               Callable[[torch.Tensor], torch.Tensor]]:
+    """``(lambda_fn, sigma_fn)``: sigma to half-log-SNR ``log(alpha / sigma)`` and back, as ComfyUI's
+    ``sigma_to_half_log_snr``: ``-log(sigma)`` for discrete models, ``-logit(sigma)`` for flow models."""
+    if is_flow(model):
+        return (lambda sigma: sigma.logit().neg()), (lambda half_log_snr: half_log_snr.neg().sigmoid())
+    return _t_fn, _sigma_fn
+
+
+def offset_first_sigma_for_snr(sigmas: torch.Tensor, model: Denoiser, percent_offset: float = 1e-4) -> torch.Tensor:
+    """A flow schedule starting at sigma 1 (infinite -log-SNR) starts at ``percent_to_sigma(1e-4)`` instead."""
+    if len(sigmas) <= 1 or not is_flow(model):
+        return sigmas
+    if sigmas[0] >= 1:
+        sigmas = sigmas.clone()
+        sigmas[0] = model.sampling.percent_to_sigma(percent_offset)
+    return sigmas
+
+
+def _rf_ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float):
+    """ComfyUI's flow ancestral step: ``(sigma_down, alpha_next / alpha_down, renoise_coeff)``."""
+    downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
+    sigma_down = sigma_next * downstep_ratio
+    alpha_ip1 = 1 - sigma_next
+    alpha_down = 1 - sigma_down
+    renoise_coeff = (sigma_next ** 2 - sigma_down ** 2 * alpha_ip1 ** 2 / alpha_down ** 2) ** 0.5
+    return sigma_down, alpha_ip1 / alpha_down, renoise_coeff
+
+
 # --------------------------------------------------------------------------------------------
 # first-order and Heun-type samplers
 # --------------------------------------------------------------------------------------------
@@ -101,7 +141,10 @@ def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed
 def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
                            callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
                            noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
-    """Euler steps down to ``sigma_down``, then fresh noise up to the next sigma."""
+    """Euler steps down to ``sigma_down``, then fresh noise up to the next sigma (flow models: the RF form)."""
+    if is_flow(model):
+        return sample_euler_ancestral_rf(model, x, sigmas, seed=seed, callback=callback, eta=eta, s_noise=s_noise,
+                                         noise_sampler=noise_sampler)
     noise_sampler = noise_sampler or SeededNoise(x, seed)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
@@ -113,6 +156,28 @@ def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
         else:
             d = to_d(x, sigmas[i], denoised)
             x = x + d * (sigma_down - sigmas[i]) + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral_rf(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
+                              callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
+                              noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """Euler ancestral for flow models (ComfyUI's ``sample_euler_ancestral_RF``): interpolate towards the
+    denoised estimate down to ``sigma_down``, rescale and renoise to the next sigma."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            sigma_down, rescale, renoise = _rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+            ratio = sigma_down / sigmas[i]
+            x = ratio * x + (1 - ratio) * denoised
+            if eta > 0:
+                x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
     return x
 
 
@@ -195,12 +260,17 @@ def sample_dpm_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed
 def sample_dpm_2_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
                            callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
                            noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
-    """DPM-2 midpoint steps down to ``sigma_down``, then fresh noise."""
+    """DPM-2 midpoint steps down to ``sigma_down``, then fresh noise (flow models: ComfyUI's RF form, which
+    rescales by ``alpha_next / alpha_down`` and renoises)."""
     noise_sampler = noise_sampler or SeededNoise(x, seed)
+    flow = is_flow(model)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
-        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+        if flow:
+            sigma_down, rescale, sigma_up = _rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        else:
+            sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
         _emit(callback, i, denoised, x)
         d = to_d(x, sigmas[i], denoised)
         if sigma_down == 0:
@@ -211,6 +281,8 @@ def sample_dpm_2_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
             denoised_2 = model(x_2, sigma_mid * s_in)
             d_2 = to_d(x_2, sigma_mid, denoised_2)
             x = x + d_2 * (sigma_down - sigmas[i])
+            if flow:
+                x = rescale * x
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
@@ -269,7 +341,10 @@ def _t_fn(sigma: torch.Tensor) -> torch.Tensor:
 def sample_dpmpp_2s_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
                               callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
                               noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
-    """DPM-Solver++(2S) single-step second order, ancestral."""
+    """DPM-Solver++(2S) single-step second order, ancestral (flow models: the RF form)."""
+    if is_flow(model):
+        return _sample_dpmpp_2s_ancestral_rf(model, x, sigmas, seed=seed, callback=callback, eta=eta,
+                                             s_noise=s_noise, noise_sampler=noise_sampler)
     noise_sampler = noise_sampler or SeededNoise(x, seed)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
@@ -292,6 +367,42 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Te
     return x
 
 
+def _sample_dpmpp_2s_ancestral_rf(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None,
+                                  callback: Callback | None, eta: float, s_noise: float,
+                                  noise_sampler: NoiseSampler | None) -> torch.Tensor:
+    """ComfyUI's ``sample_dpmpp_2s_ancestral_RF``: the midpoint in flow half-log-SNR, interpolation steps."""
+    noise_sampler = noise_sampler or SeededNoise(x, seed)
+    s_in = _ones(x)
+
+    def sigma_fn(lbda: torch.Tensor) -> torch.Tensor:
+        return (lbda.exp() + 1) ** -1
+
+    def lambda_fn(sigma: torch.Tensor) -> torch.Tensor:
+        return ((1 - sigma) / sigma).log()
+
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        sigma_down, rescale, renoise = _rf_ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        _emit(callback, i, denoised, x)
+        if sigmas[i + 1] == 0:
+            d = to_d(x, sigmas[i], denoised)
+            x = x + d * (sigma_down - sigmas[i])
+        else:
+            if sigmas[i] == 1.0:
+                sigma_s: Any = 0.9999
+            else:
+                t_i, t_down = lambda_fn(sigmas[i]), lambda_fn(sigma_down)
+                sigma_s = sigma_fn(t_i + 0.5 * (t_down - t_i))
+            ratio = sigma_s / sigmas[i]
+            u = ratio * x + (1 - ratio) * denoised
+            denoised_2 = model(u, sigma_s * s_in)
+            ratio = sigma_down / sigmas[i]
+            x = ratio * x + (1 - ratio) * denoised_2
+        if sigmas[i + 1] > 0 and eta > 0:
+            x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
+    return x
+
+
 @torch.no_grad()
 def sample_dpmpp_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
                      callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
@@ -300,6 +411,8 @@ def sample_dpmpp_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
     if len(sigmas) <= 1:
         return x
     noise_sampler = noise_sampler or _brownian(x, sigmas, seed)
+    lambda_fn, sigma_fn = half_log_snr_fns(model)
+    sigmas = offset_first_sigma_for_snr(sigmas, model)
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -307,11 +420,11 @@ def sample_dpmpp_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
         h = lambda_t - lambda_s
         lambda_s_1 = lambda_s + r * h
         fac = 1 / (2 * r)
-        sigma_s_1 = _sigma_fn(lambda_s_1)
+        sigma_s_1 = sigma_fn(lambda_s_1)
         alpha_s = sigmas[i] * lambda_s.exp()
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigmas[i + 1] * lambda_t.exp()
@@ -364,6 +477,8 @@ def sample_dpmpp_2m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
     if solver_type not in ("heun", "midpoint"):
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
     noise_sampler = noise_sampler or _brownian(x, sigmas, seed)
+    lambda_fn = half_log_snr_fns(model)[0]
+    sigmas = offset_first_sigma_for_snr(sigmas, model)
     s_in = _ones(x)
     old_denoised = None
     h = h_last = None
@@ -373,7 +488,7 @@ def sample_dpmpp_2m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+            lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
             h = lambda_t - lambda_s
             h_eta = h * (eta + 1)
             alpha_t = sigmas[i + 1] * lambda_t.exp()
@@ -405,6 +520,8 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
     if len(sigmas) <= 1:
         return x
     noise_sampler = noise_sampler or _brownian(x, sigmas, seed)
+    lambda_fn = half_log_snr_fns(model)[0]
+    sigmas = offset_first_sigma_for_snr(sigmas, model)
     s_in = _ones(x)
     denoised_1 = denoised_2 = None
     h = h_1 = h_2 = None
@@ -414,7 +531,7 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+            lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
             h = lambda_t - lambda_s
             h_eta = h * (eta + 1)
             alpha_t = sigmas[i + 1] * lambda_t.exp()
@@ -483,8 +600,13 @@ def sample_lcm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: 
         denoised = model(x, sigmas[i] * s_in)
         _emit(callback, i, denoised, x)
         x = denoised
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+        if sigmas[i + 1] > 0:  # the model sampling's noise mixing (flow: sigma*noise + (1-sigma)*x)
+            noise = noise_sampler(sigmas[i], sigmas[i + 1])
+            sampling = getattr(model, "sampling", None)
+            if sampling is not None:
+                x = sampling.noise_scaling(sigmas[i + 1].reshape(1), noise, x)
+            else:
+                x = x + noise * sigmas[i + 1]
     return x
 
 
@@ -863,7 +985,8 @@ def sample_er_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, see
 
     points = 200.0
     point_index = torch.arange(0, points, dtype=torch.float32, device=x.device)
-    er_lambdas = _t_fn(sigmas).neg().exp()  # sigma / alpha, which is sigma for these models
+    sigmas = offset_first_sigma_for_snr(sigmas, model)
+    er_lambdas = half_log_snr_fns(model)[0](sigmas).neg().exp()  # sigma / alpha
     old_denoised = old_denoised_d = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -904,6 +1027,8 @@ def sample_seeds_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
                    noise_sampler: NoiseSampler | None = None, r: float = 0.5) -> torch.Tensor:
     """SEEDS-2 (Gonzalez et al. 2023, arXiv 2305.14267), the phi_1 variant, stage 2."""
     noise_sampler = noise_sampler or SeededNoise(x, seed)
+    lambda_fn, sigma_fn = half_log_snr_fns(model)
+    sigmas = offset_first_sigma_for_snr(sigmas, model)
     s_in = _ones(x)
     inject_noise = eta > 0 and s_noise > 0
     fac = 1 / (2 * r)
@@ -913,11 +1038,11 @@ def sample_seeds_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
         h = lambda_t - lambda_s
         h_eta = h * (eta + 1)
         lambda_s_1 = torch.lerp(lambda_s, lambda_t, r)
-        sigma_s_1 = _sigma_fn(lambda_s_1)
+        sigma_s_1 = sigma_fn(lambda_s_1)
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigmas[i + 1] * lambda_t.exp()
         x_2 = sigma_s_1 / sigmas[i] * (-r * h * eta).exp() * x - alpha_s_1 * torch.expm1(-r * h_eta) * denoised
@@ -941,6 +1066,8 @@ def sample_seeds_3(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
                    noise_sampler: NoiseSampler | None = None, r_1: float = 1. / 3, r_2: float = 2. / 3) -> torch.Tensor:
     """SEEDS-3 (Gonzalez et al. 2023), stage 3: two intermediate evaluations per step."""
     noise_sampler = noise_sampler or SeededNoise(x, seed)
+    lambda_fn, sigma_fn = half_log_snr_fns(model)
+    sigmas = offset_first_sigma_for_snr(sigmas, model)
     s_in = _ones(x)
     inject_noise = eta > 0 and s_noise > 0
 
@@ -953,12 +1080,12 @@ def sample_seeds_3(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
         h = lambda_t - lambda_s
         h_eta = h * (eta + 1)
         lambda_s_1 = torch.lerp(lambda_s, lambda_t, r_1)
         lambda_s_2 = torch.lerp(lambda_s, lambda_t, r_2)
-        sigma_s_1, sigma_s_2 = _sigma_fn(lambda_s_1), _sigma_fn(lambda_s_2)
+        sigma_s_1, sigma_s_2 = sigma_fn(lambda_s_1), sigma_fn(lambda_s_2)
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_s_2 = sigma_s_2 * lambda_s_2.exp()
         alpha_t = sigmas[i + 1] * lambda_t.exp()
@@ -1026,14 +1153,15 @@ def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
     """SA-Solver, stochastic (tau = 1) between 20 % and 80 % of the model's sigma range, as ComfyUI's default."""
     if len(sigmas) <= 1:
         return x
-    from loom.nodes.runtime.model_types import ModelSampling
+    from loom.nodes.runtime.model_sampling import ModelSampling
 
     noise_sampler = noise_sampler or SeededNoise(x, seed)
     s_in = _ones(x)
-    lambdas = _t_fn(sigmas)
-    table = getattr(model, "sampling", None) or ModelSampling.scaled_linear()  # the model's training sigmas
-    start_sigma = float(table.sigma(torch.tensor(0.8 * 999.0)))
-    end_sigma = float(table.sigma(torch.tensor(0.2 * 999.0)))
+    sigmas = offset_first_sigma_for_snr(sigmas, model)
+    lambdas = half_log_snr_fns(model)[0](sigmas)
+    table = getattr(model, "sampling", None) or ModelSampling.scaled_linear()  # the model's own sampling
+    start_sigma = float(table.percent_to_sigma(0.2))
+    end_sigma = float(table.percent_to_sigma(0.8))
 
     def tau_func(sigma: torch.Tensor) -> float:
         return 1.0 if start_sigma >= float(sigma) >= end_sigma else 0.0
@@ -1105,6 +1233,7 @@ def sample_euler_ancestral_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torc
                                   seed: int | None = None, callback: Callback | None = None, eta: float = 1.0,
                                   s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
     noise_sampler = noise_sampler or SeededNoise(x, seed)
+    lambda_fn = half_log_snr_fns(model)[0]
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)
@@ -1113,8 +1242,8 @@ def sample_euler_ancestral_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torc
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        alpha_s = sigmas[i] * _t_fn(sigmas[i]).exp()
-        alpha_t = sigmas[i + 1] * _t_fn(sigmas[i + 1]).exp()
+        alpha_s = sigmas[i] * lambda_fn(sigmas[i]).exp()
+        alpha_t = sigmas[i + 1] * lambda_fn(sigmas[i + 1]).exp()
         d = to_d(x, sigmas[i], alpha_s * uncond_denoised)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta=eta)
         sigma_down = alpha_t * sigma_down
