@@ -199,3 +199,33 @@ def sd3_checkpoint(conformance_env) -> Path:
 @pytest.mark.parametrize("case", SD3_CASES)
 def test_sd3_case_matches_comfyui(case, conformance_env, sd3_checkpoint, tmp_path):
     _run_case(case, conformance_env, tmp_path)
+
+
+# The FLUX dev case's split model files (README "SD3 and FLUX.1 files"), built once, cached and verified by
+# sha256 in tests/fixtures_flux.py, linked into the ComfyUI folders the case's loaders read.
+FLUX_CASES = ["flux_dev_custom_advanced"]
+FLUX_FILES = [("diffusion_models", "flux-dev-conformance-s5.safetensors"),
+              ("text_encoders", "clip-l-conformance-s7.safetensors"),
+              ("text_encoders", "t5xxl-2layer-conformance-s8.safetensors"),
+              ("vae", "flux-vae-conformance-s9.safetensors")]
+
+
+@pytest.fixture(scope="module")
+def flux_files(conformance_env) -> Path:
+    from tests.fixtures_flux import conformance_path
+
+    base = conformance_env[0]
+    for folder, name in FLUX_FILES:
+        target = base / "models" / folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            try:
+                os.link(conformance_path(name), target)
+            except OSError:
+                shutil.copy(conformance_path(name), target)
+    return base
+
+
+@pytest.mark.parametrize("case", FLUX_CASES)
+def test_flux_case_matches_comfyui(case, conformance_env, flux_files, tmp_path):
+    _run_case(case, conformance_env, tmp_path)

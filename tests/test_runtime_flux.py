@@ -272,7 +272,7 @@ def test_fp8_weight_dtypes_store_fp8_and_compute_in_float32(tmp_path, weight_dty
     call, config = flux_layout.load_transformer(path, device="cpu", compute_dtype=torch.float32,
                                                 weight_dtype=weight_dtype)
     assert config["storage_dtype"] == str(fp8).removeprefix("torch.")
-    assert {p.dtype for p in call.module.parameters()} == {fp8}
+    assert {p.dtype for p in call.transformer.parameters()} == {fp8}
     sd = {k: v.half().to(fp8).float() for k, v in fixtures_flux.flux_bfl_state_dict().items()}
     inputs = _inputs(batch=1)
     got = call(inputs["x"], inputs["sigma"], inputs["context"], inputs["y"], 3.5)

@@ -181,3 +181,20 @@ def test_conformance_t5_loads_with_every_key_accounted_for(conformance_file):
     encode_s = time.perf_counter() - started
     assert out.shape == (1, 256, 4096) and torch.isfinite(out).all()
     print(f"T5 2-layer conformance: load {load_s:.2f}s, encode 256 tokens {encode_s:.2f}s")
+
+
+def test_clip_handle_seam(tmp_path):
+    """What a CLIP handle's encoders dict holds for T5: ComfyUI's batch list in, ``(hidden, None)`` out; no
+    sequence at all (CLIPTextEncodeSD3 with an empty t5xxl and no padding) is the end token alone."""
+    from loom.nodes.runtime import checkpoint
+
+    path = fixtures_flux.write_t5(tmp_path / "t5.safetensors")
+    with checkpoint.StateDictFile(path) as file:
+        tokenizer, encoder = t5.load_t5_from_file(file, "", device="cpu", min_length=t5.SD3_MIN_LENGTH)
+    [sequence] = tokenizer.tokenize_with_weights("a (cat:1.3)")
+    assert len(sequence) == 77
+    hidden, pooled = encoder.encode_token_weights([sequence])
+    assert pooled is None and torch.allclose(hidden, t5.encode_weighted(encoder.model, sequence))
+    alone, _ = encoder.encode_token_weights([])
+    assert alone.shape == (1, 1, fixtures_flux.T5_WIDTH)
+    assert torch.allclose(alone, t5.run_t5(encoder.model, [[t5.EOS_TOKEN]]))

@@ -21,7 +21,7 @@ storage dtype other than the compute dtype are cast layer by layer when they run
 ComfyUI does. ``fp8_e4m3fn_fast`` computes like ``fp8_e4m3fn`` (ComfyUI's fp8 matrix multiply needs fp8
 compute hardware; without it ComfyUI does the same).
 
-The call (:class:`FluxCall`) takes ComfyUI's inputs: the 16-channel latent ``[B, 16, H, W]`` (padded
+The network (:class:`FluxNetwork`) takes ComfyUI's inputs: the 16-channel latent ``[B, 16, H, W]`` (padded
 circularly to even sides, packed 2x2 into ``[B, H/2 * W/2, 64]`` tokens in ``(c, ph, pw)`` order), the timestep
 (= sigma for FLUX; diffusers multiplies it by 1000 as ComfyUI's ``time_factor`` does), the T5 context, the
 pooled CLIP-L vector ``y`` and ``guidance`` (dev), with ``img_ids`` (0, row, column) and zero ``txt_ids``; it
@@ -30,7 +30,6 @@ returns the model's prediction in the latent layout, cropped to ``H x W``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -317,8 +316,8 @@ def _main_dtype(tensors: Any) -> torch.dtype:
 
 def load_transformer(path: str | Path, *, device: torch.device | str | None = None,
                      compute_dtype: torch.dtype | None = None,
-                     weight_dtype: str = "default") -> tuple["FluxCall", dict[str, Any]]:
-    """A FLUX transformer file (``diffusion_models/``) as a :class:`FluxCall` and the config it was built with."""
+                     weight_dtype: str = "default") -> tuple["FluxNetwork", dict[str, Any]]:
+    """A FLUX transformer file (``diffusion_models/``) as a :class:`FluxNetwork` and the config it was built with."""
     from loom.nodes.runtime import checkpoint, devices
 
     path = Path(path)
@@ -328,7 +327,7 @@ def load_transformer(path: str | Path, *, device: torch.device | str | None = No
         tensors = file.read_prefixed("")
     module, config = build_transformer(tensors, source=path.name, device=device, compute_dtype=compute_dtype,
                                        weight_dtype=weight_dtype)
-    return FluxCall(module, compute_dtype), config
+    return FluxNetwork(module, compute_dtype), config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,34 +368,41 @@ def image_ids(rows: int, cols: int, *, index: float = 0.0, row_offset: int = 0, 
     return ids.reshape(rows * cols, 3)
 
 
-@dataclass
-class FluxCall:
-    """A built ``FluxTransformer2DModel`` called with ComfyUI's FLUX inputs (see the module docstring)."""
+class FluxNetwork(torch.nn.Module):
+    """A built ``FluxTransformer2DModel`` (``.transformer``) called with ComfyUI's FLUX inputs (see the module
+    docstring). It takes latents in the latent layout, so it has no diffusers ``config`` of its own: the
+    transformer's (whose ``in_channels`` counts packed 2x2 patches) is :attr:`transformer_config`."""
 
-    module: torch.nn.Module
-    compute_dtype: torch.dtype = torch.float32
+    def __init__(self, transformer: torch.nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.compute_dtype = compute_dtype
 
     @property
-    def config(self) -> Any:
-        return self.module.config
+    def transformer_config(self) -> Any:
+        return self.transformer.config
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.in_channels // (PATCH * PATCH)
 
     @property
     def guidance_embeds(self) -> bool:
-        return bool(self.module.config.guidance_embeds)
+        return bool(self.transformer.config.guidance_embeds)
 
     @property
     def device(self) -> torch.device:
-        return next(self.module.parameters()).device
+        return next(self.transformer.parameters()).device
 
-    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None = None, guidance: torch.Tensor | float | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None = None, guidance: torch.Tensor | float | None = None) -> torch.Tensor:
         """Prediction ``[B, C, H, W]`` (float32) for latent ``x`` at ``timestep`` (sigma for FLUX)."""
         if x.ndim != 4:
             raise ValueError(f"a FLUX latent must be [batch, channels, height, width], got {tuple(x.shape)}")
-        config = self.module.config
-        channels = config.in_channels // (PATCH * PATCH)
-        if x.shape[1] != channels:
-            raise ValueError(f"this FLUX model takes {channels}-channel latents; the latent has {x.shape[1]}")
+        config = self.transformer.config
+        if x.shape[1] != self.latent_channels:
+            raise ValueError(f"this FLUX model takes {self.latent_channels}-channel latents; the latent has "
+                             f"{x.shape[1]}")
         if context.shape[-1] != config.joint_attention_dim:
             raise ValueError(f"this FLUX model takes a {config.joint_attention_dim}-wide text context (T5-XXL); "
                              f"the conditioning is {context.shape[-1]} wide (is it from another model's text encoder?)")
@@ -417,12 +423,12 @@ class FluxCall:
         with torch.no_grad():
             if self.guidance_embeds and guidance is not None:
                 kwargs["guidance"] = _per_item(guidance, batch).to(device=device, dtype=dtype)
-                out = self.module(**kwargs)[0]
+                out = self.transformer(**kwargs)[0]
             elif self.guidance_embeds:
-                with _without_guidance(self.module):  # FluxDisableGuidance: no guidance embedding at all
-                    out = self.module(**kwargs)[0]
+                with _without_guidance(self.transformer):  # FluxDisableGuidance: no guidance embedding at all
+                    out = self.transformer(**kwargs)[0]
             else:
-                out = self.module(**kwargs)[0]
+                out = self.transformer(**kwargs)[0]
         return unpatchify(out.float(), rows, cols)[:, :, :height, :width]
 
 

@@ -276,15 +276,88 @@ def run_t5(model: torch.nn.Module, sequences: Sequence[Sequence[Token]]) -> torc
 
 def encode_weighted(model: torch.nn.Module, tokens: WeightedTokens) -> torch.Tensor:
     """``[1, length, d_model]`` for one tokenized prompt, with ComfyUI's prompt weighting."""
+    return encode_token_weights(model, [tokens])
+
+
+def encode_token_weights(model: torch.nn.Module, sequences: Sequence[WeightedTokens]) -> torch.Tensor:
+    """ComfyUI's ``encode_token_weights`` for T5: ``[1, total length, d_model]``.
+
+    Each sequence is encoded (with the empty prompt of the longest length alongside when any weight is not 1,
+    or when there is no sequence at all), weighted tokens are interpolated against the empty prompt, and the
+    sequences are joined along the token axis; no sequence gives the encoding of the end token alone."""
     from loom.nodes.runtime import devices
 
-    ids = [token for token, _ in tokens]
-    weights = torch.tensor([w for _, w in tokens], dtype=torch.float32)
-    weighted = bool((weights != 1.0).any())
-    batch = [ids] + ([empty_tokens(len(ids))] if weighted else [])
-    z = run_t5(model, batch).to(devices.intermediate_device())
-    out = z[:1]
-    if weighted:
-        w = weights.view(1, -1, 1)
-        out = torch.where(w != 1.0, (out - z[1:2]) * w + z[1:2], out)
-    return out
+    ids = [[token for token, _ in seq] for seq in sequences]
+    longest = max((len(seq) for seq in ids), default=0)
+    weighted = any(w != 1.0 for seq in sequences for _, w in seq)
+    empty = empty_tokens(longest) if weighted or not ids else None
+    where = devices.intermediate_device()
+    z_empty = run_t5(model, [empty]).to(where) if empty is not None else None
+    if not ids:
+        return z_empty
+    outputs = []
+    for seq, row in zip(sequences, ids):
+        z = run_t5(model, [row]).to(where)
+        if weighted:
+            w = torch.tensor([weight for _, weight in seq], dtype=torch.float32).view(1, -1, 1)
+            base = z_empty[:, :z.shape[1]]
+            z = torch.where(w != 1.0, (z - base) * w + base, z)
+        outputs.append(z)
+    return torch.cat(outputs, dim=-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLIP handle's seam: a tokenizer and an encoder object for TextEncoderModel.encoders
+# ---------------------------------------------------------------------------------------------
+
+class T5Tokenizer:
+    """``tokenize_with_weights(text)`` → one weighted sequence (T5 has no chunks), padded to ``min_length``."""
+
+    def __init__(self, min_length: int | None = FLUX_MIN_LENGTH) -> None:
+        self.min_length = min_length
+
+    def tokenize_with_weights(self, text: str) -> list[WeightedTokens]:
+        """A list of one weighted sequence (ComfyUI's batch list; T5 is never split into chunks)."""
+        from loom.nodes.runtime import text_encoding
+
+        return [tokenize(text, min_length=self.min_length, embedding_dirs=text_encoding._embedding_dirs())]
+
+    def __repr__(self) -> str:
+        return f"T5Tokenizer(min_length={self.min_length})"
+
+
+class T5TextEncoder:
+    """A built T5 encoder as a CLIP handle's encoder: ``encode_token_weights(tokens)`` → ``(hidden, None)``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def encode_token_weights(self, sequences: Sequence[WeightedTokens]) -> tuple[torch.Tensor, None]:
+        """``(hidden [1, n, d_model], None)``: T5 has no pooled output."""
+        if sequences and isinstance(sequences[0], tuple):  # one flat sequence
+            sequences = [list(sequences)]  # type: ignore[list-item]
+        return encode_token_weights(self.model, sequences), None
+
+    def parameters(self) -> Any:
+        return self.model.parameters()
+
+    def __repr__(self) -> str:
+        config = self.model.config
+        return f"T5TextEncoder({config.num_layers} blocks, d_model {config.d_model})"
+
+
+def load_t5_from_file(file: Any, prefix: str, *, dtype: torch.dtype | None = None,
+                      device: torch.device | str = "cpu", min_length: int | None = FLUX_MIN_LENGTH
+                      ) -> tuple[T5Tokenizer, T5TextEncoder]:
+    """``(tokenizer, encoder)`` for the T5 under ``prefix`` of an open :class:`checkpoint.StateDictFile`.
+
+    ``dtype`` is the runtime's text-encoder dtype: a 16-bit or fp8 file keeps its own dtype regardless (the
+    encoder always computes in float32, so the result is the same and the memory half)."""
+    device = torch.device(device)
+    tensors = file.read_prefixed(prefix, rename="")
+    shared = tensors.get("shared.weight", tensors.get("encoder.embed_tokens.weight"))
+    file_dtype = shared.dtype if shared is not None else torch.float32
+    storage = default_storage_dtype(file_dtype, device) if dtype is None or file_dtype != torch.float32 else dtype
+    model = build_encoder(tensors, source=f"{Path(file.path).name} ({prefix or 'T5'})", device=device,
+                          storage_dtype=storage)
+    return T5Tokenizer(min_length), T5TextEncoder(model)

@@ -1,0 +1,246 @@
+"""Split model loading and the FLUX nodes (nodes/loaders_split.py, nodes/runtime/split_loading.py,
+nodes/runtime/flux_family.py): ComfyUI's schemas, which text encoder a file is, the CLIP handle each type
+builds and its FLUX conditioning, UNETLoader's MODEL, and a tiny FLUX prompt run by the executor.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from loom.nodes import folders
+from loom.nodes.runtime import split_loading, t5
+from tests import fixtures_flux
+from tests.fixtures_flux import conformance_file  # noqa: F401  (fixture)
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def flux_models(base_dir):
+    """A base dir with a tiny FLUX dev and schnell transformer, CLIP-L, T5 and FLUX VAE in ComfyUI's folders."""
+    models = base_dir / "models"
+    fixtures_flux.write_flux_transformer(models / "diffusion_models" / "tiny-flux-dev.safetensors")
+    fixtures_flux.write_flux_transformer(models / "unet" / "tiny-flux-schnell.safetensors", guidance=False,
+                                         prefix="model.diffusion_model.")
+    fixtures_flux.write_clip_l(models / "text_encoders" / "tiny-clip-l.safetensors")
+    fixtures_flux.write_t5(models / "clip" / "tiny-t5.safetensors", width=fixtures_flux.FLUX_CONTEXT)
+    fixtures_flux.write_flux_vae(models / "vae" / "tiny-flux-ae.safetensors")
+    return base_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas as ComfyUI 0.3.64 defines them (nodes.py, comfy_extras/nodes_sd3.py, nodes_flux.py)
+# ---------------------------------------------------------------------------------------------
+
+def test_schemas_match_comfyui(registry):
+    schema = registry.get("UNETLoader").define_schema()
+    assert (schema.display_name, schema.category) == ("Load Diffusion Model", "advanced/loaders")
+    assert [s.name for s in schema.inputs] == ["unet_name", "weight_dtype"]
+    assert schema.input("unet_name").folder == "diffusion_models"
+    assert schema.input("weight_dtype").choices() == ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+    assert [o.type for o in schema.outputs] == ["MODEL"]
+
+    clip = registry.get("CLIPLoader").define_schema()
+    assert (clip.display_name, clip.category) == ("Load CLIP", "advanced/loaders")
+    assert clip.input("type").choices() == [
+        "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos", "lumina2",
+        "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"]
+    device = clip.input("device")
+    assert device.optional and device.advanced and device.choices() == ["default", "cpu"]
+    assert clip.description.startswith("[Recipes]\n\nstable_diffusion: clip-l\nstable_cascade: clip-g")
+
+    dual = registry.get("DualCLIPLoader").define_schema()
+    assert [s.name for s in dual.inputs] == ["clip_name1", "clip_name2", "type", "device"]
+    assert dual.input("type").choices() == ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+    assert "flux: clip-l, t5" in dual.description
+    triple = registry.get("TripleCLIPLoader").define_schema()
+    assert [s.name for s in triple.inputs] == ["clip_name1", "clip_name2", "clip_name3"]
+    assert triple.description == "[Recipes]\n\nsd3: clip-l, clip-g, t5"
+    for name in ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader"):
+        schema = registry.get(name).define_schema()
+        assert all(s.folder == "clip" for s in schema.inputs if s.name.startswith("clip_name"))  # text_encoders/, clip/
+
+    guidance = registry.get("FluxGuidance").define_schema()
+    assert guidance.category == "advanced/conditioning/flux"
+    g = guidance.input("guidance")
+    assert (g.default, g.min, g.max, g.step) == (3.5, 0.0, 100.0, 0.1)
+    encode = registry.get("CLIPTextEncodeFlux").define_schema()
+    assert [s.name for s in encode.inputs] == ["clip", "clip_l", "t5xxl", "guidance"]
+    assert encode.input("clip_l").multiline and encode.input("t5xxl").dynamic_prompts
+    assert encode.input("guidance").default == 3.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Which text encoder a file holds
+# ---------------------------------------------------------------------------------------------
+
+def _clip_shapes(layers: int, prefix: str = "text_model.") -> dict:
+    shapes = {prefix + "embeddings.token_embedding.weight": (49408, 32)}
+    for i in range(layers):
+        shapes[prefix + f"encoder.layers.{i}.mlp.fc1.weight"] = (64, 32)
+    return shapes
+
+
+def test_text_encoder_kinds_follow_comfyui_detection(tmp_path):
+    identify = split_loading.identify_text_encoder
+    assert identify("a", _clip_shapes(12)).kind == "clip_l"
+    assert identify("a", _clip_shapes(24)).kind == "clip_h"
+    assert identify("a", _clip_shapes(32)).kind == "clip_g"
+    assert identify("a", _clip_shapes(2, prefix="")).kind == "clip_l"
+    found = identify("a", fixtures_flux.t5_shapes())
+    assert (found.kind, found.prefix, found.layout) == ("t5xxl", "", "t5")
+    prefixed = {"text_encoders.t5xxl.transformer." + k: v for k, v in fixtures_flux.t5_shapes().items()}
+    assert identify("a", prefixed).prefix == "text_encoders.t5xxl.transformer."
+    with pytest.raises(split_loading.SplitLoadError, match="is not a text encoder Loom knows"):
+        identify(tmp_path / "x.safetensors", {"foo.bar": (1,)})
+
+
+def test_plan_errors_name_the_node_and_files(tmp_path):
+    l = split_loading.TextEncoderFile(tmp_path / "l.safetensors", "clip_l", "", "hf")
+    g = split_loading.TextEncoderFile(tmp_path / "g.safetensors", "clip_g", "", "hf")
+    x = split_loading.TextEncoderFile(tmp_path / "t5.safetensors", "t5xxl", "", "t5")
+    plan = split_loading.plan_clip
+    assert plan("DualCLIPLoader", "flux", [x, l]) == ("flux", 256)
+    assert plan("TripleCLIPLoader", "sd3", [l, g, x]) == ("sd3", 77)
+    assert plan("DualCLIPLoader", "sdxl", [g, l]) == ("sdxl", 77)
+    assert plan("CLIPLoader", "stable_diffusion", [g]) == ("sdxl_refiner", 77)
+    with pytest.raises(split_loading.SplitLoadError, match=r"DualCLIPLoader: type 'flux' needs CLIP-L and T5-XXL; "
+                                                            r"got l.safetensors \(CLIP-L\), g.safetensors \(CLIP-G\)"):
+        plan("DualCLIPLoader", "flux", [l, g])
+    with pytest.raises(split_loading.SplitLoadError, match="same kind of text encoder twice"):
+        plan("DualCLIPLoader", "flux", [l, l])
+    with pytest.raises(split_loading.SplitLoadError, match="CLIPLoader: type 'mochi' is not supported by Loom yet"):
+        plan("CLIPLoader", "mochi", [x])
+
+
+# ---------------------------------------------------------------------------------------------
+# The FLUX CLIP handle and its conditioning
+# ---------------------------------------------------------------------------------------------
+
+def test_flux_clip_conditions_on_t5_with_clip_l_pooled(flux_models):
+    from loom.nodes.runtime import text_encoding
+
+    models = flux_models / "models"
+    clip = split_loading.load_clip("DualCLIPLoader", [models / "clip" / "tiny-t5.safetensors",
+                                                      models / "text_encoders" / "tiny-clip-l.safetensors"],
+                                   "flux", device="cpu", use_cache=False)
+    assert clip.family == "flux" and list(clip.encoders) == ["l", "t5xxl"]
+    prompt = "a (red:1.2) fox in the snow"
+    [[cond, options]] = text_encoding.encode_text(clip, prompt)
+    assert cond.shape == (1, 256, fixtures_flux.FLUX_CONTEXT)
+    t5_tokenizer, t5_encoder = clip.encoders["t5xxl"]
+    expected = t5.encode_weighted(t5_encoder.model, t5.tokenize(prompt))
+    assert torch.allclose(cond, expected)
+    _, clip_l = clip.encoders["l"]
+    chunks = text_encoding.tokenize(prompt, pad_token=49407, embedding_size=32, embedding_key="clip_l",
+                                    embedding_dirs=[])
+    _, pooled = text_encoding.run_clip(clip_l, [[t for t, _ in chunks[0]]], None, True, False)
+    assert torch.allclose(options["pooled_output"], pooled)
+    assert "guidance" not in options  # the model's default (3.5) applies until FluxGuidance sets one
+
+
+def test_flux_guidance_and_clip_text_encode_flux(flux_models, registry):
+    models = flux_models / "models"
+    clip = registry.get("DualCLIPLoader").execute("tiny-clip-l.safetensors", "tiny-t5.safetensors", "flux")[0]
+    conditioning = registry.get("CLIPTextEncode").execute("a fox", clip)[0]
+    guided = registry.get("FluxGuidance").execute(conditioning, 2.5)[0]
+    assert guided[0][1]["guidance"] == 2.5 and "guidance" not in conditioning[0][1]
+    assert guided[0][0] is conditioning[0][0]
+    [[cond, options]] = registry.get("CLIPTextEncodeFlux").execute(clip, "a fox", "a red fox in the snow", 4.0)[0]
+    assert options["guidance"] == 4.0
+    t5_only = t5.encode_weighted(clip.encoders["t5xxl"][1].model, t5.tokenize("a red fox in the snow"))
+    assert torch.allclose(cond, t5_only)
+    assert torch.allclose(options["pooled_output"], conditioning[0][1]["pooled_output"])  # CLIP-L saw "a fox"
+    assert (models / "text_encoders").is_dir()
+
+
+def test_clip_loader_errors_name_node_and_input(flux_models, registry):
+    with pytest.raises(ValueError, match="DualCLIPLoader: type 'sdxl' needs CLIP-L and CLIP-G"):
+        registry.get("DualCLIPLoader").execute("tiny-clip-l.safetensors", "tiny-t5.safetensors", "sdxl")
+    with pytest.raises(ValueError, match="CLIPLoader: type 'hidream' is not supported by Loom yet"):
+        registry.get("CLIPLoader").execute("tiny-t5.safetensors", "hidream")
+    sd1_clip = registry.get("CLIPLoader").execute("tiny-clip-l.safetensors", "stable_diffusion")[0]
+    assert sd1_clip.family == "sd1"
+    with pytest.raises(ValueError, match="CLIPTextEncodeFlux: input 'clip' has no T5-XXL text encoder"):
+        registry.get("CLIPTextEncodeFlux").execute(sd1_clip, "a", "b", 3.5)
+    with pytest.raises(ValueError, match="'missing.safetensors' is not in the clip folder"):
+        registry.get("CLIPLoader").execute("missing.safetensors", "sd3")
+
+
+# ---------------------------------------------------------------------------------------------
+# UNETLoader
+# ---------------------------------------------------------------------------------------------
+
+def test_unet_loader_gives_a_flux_model(flux_models, registry):
+    from loom.nodes.runtime import families
+    from loom.nodes.runtime.model_sampling import FlowSampling, FluxSampling
+
+    dev = registry.get("UNETLoader").execute("tiny-flux-dev.safetensors", "default")[0]
+    assert dev.family == "flux" and families.get("flux").name == "flux"
+    assert isinstance(dev.sampling, FluxSampling) and dev.sampling.shift == pytest.approx(1.15)
+    assert (dev.latent_format.channels, dev.latent_format.scale_factor, dev.latent_format.shift_factor) == \
+        (16, 0.3611, 0.1159)
+    schnell = registry.get("UNETLoader").execute("tiny-flux-schnell.safetensors", "fp8_e4m3fn")[0]
+    assert isinstance(schnell.sampling, FlowSampling) and schnell.sampling.shift == 1.0
+    assert schnell.sampling.multiplier == 1.0
+    assert {p.dtype for p in schnell.unet.parameters()} == {torch.float8_e4m3fn}
+    assert schnell.options["unet_config"]["guidance_embeds"] is False
+    with pytest.raises(ValueError, match="UNETLoader: input 'unet_name': could not load 'not-flux.safetensors': "
+                                         "not-flux.safetensors is not a diffusion model Loom can load"):
+        from safetensors.torch import save_file
+        save_file({"foo.weight": torch.zeros(2)}, str(flux_models / "models" / "diffusion_models" / "not-flux.safetensors"))
+        registry.get("UNETLoader").execute("not-flux.safetensors", "default")
+
+
+def test_flux_family_conditioning_inputs(flux_models, registry):
+    from loom.nodes.runtime import families
+
+    family = families.get("flux")
+    model = registry.get("UNETLoader").execute("tiny-flux-dev.safetensors", "default")[0]
+    pooled = torch.randn(1, fixtures_flux.FLUX_POOLED)
+    extra = family.extra_conds(model, {"pooled_output": pooled}, (1, 16, 8, 8), "positive")
+    assert torch.equal(extra["y"], pooled) and extra["guidance"].tolist() == [3.5]
+    assert "guidance" not in family.extra_conds(model, {"pooled_output": pooled, "guidance": None}, (1, 16, 8, 8),
+                                                "positive")
+    x = torch.randn(1, 16, 6, 6)
+    context = torch.randn(1, 7, fixtures_flux.FLUX_CONTEXT)
+    out = family.apply_network(model, x, torch.tensor([0.5]), torch.tensor([0.5]), context, extra)
+    assert torch.allclose(out, model.unet(x, torch.tensor([0.5]), context, pooled, 3.5))
+
+
+# ---------------------------------------------------------------------------------------------
+# A FLUX prompt through the executor
+# ---------------------------------------------------------------------------------------------
+
+FLUX_PROMPT = {
+    "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-flux-dev.safetensors", "weight_dtype": "default"}},
+    "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "tiny-clip-l.safetensors",
+                                                     "clip_name2": "tiny-t5.safetensors", "type": "flux"}},
+    "3": {"class_type": "VAELoader", "inputs": {"vae_name": "tiny-flux-ae.safetensors"}},
+    "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cabin in the woods", "clip": ["2", 0]}},
+    "5": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["4", 0], "guidance": 3.5}},
+    "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
+    "7": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["5", 0], "negative": ["5", 0],
+                                               "latent_image": ["6", 0], "seed": 1, "steps": 3, "cfg": 1.0,
+                                               "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "flux"}},
+}
+
+
+def test_tiny_flux_prompt_runs(flux_models, registry):
+    from loom.server.executor import Executor
+    from loom.server.graph import validate_prompt
+
+    prompt = json.loads(json.dumps(FLUX_PROMPT))
+    validation = validate_prompt(prompt, registry)
+    assert validation.ok, validation.node_errors
+    result = Executor(registry).execute(prompt, "tiny-flux", validation=validation)
+    assert result.status == "success", result.error
+    [image] = result.outputs["9"]["images"]
+    from PIL import Image
+
+    with Image.open(folders.output_dir() / image.get("subfolder", "") / image["filename"]) as saved:
+        assert saved.size == (64, 48)
