@@ -9,6 +9,7 @@ import time
 import pytest
 
 from test_editor_run import build
+from tests.browser.conftest import screenshot_path
 
 pytestmark = pytest.mark.browser
 
@@ -90,7 +91,7 @@ def test_queue_instant_requeues_until_switched_off(editor):
     assert not editor.js("loom.editor.queueControls.armed")
 
 
-def test_queue_panel_shows_each_prompts_progress(editor):
+def test_queue_panel_shows_each_prompts_progress(editor, tmp_path):
     sleep_graph = """const a = add('TestConstInt', 50, 100); const b = add('TestSleep', 400, 100);
         const c = add('TestOutput', 800, 100); link(a, 0, b, 0); link(b, 0, c, 0);
         b.widget('seconds').value = 3; b.widget('steps').value = 30;"""
@@ -109,6 +110,7 @@ def test_queue_panel_shows_each_prompts_progress(editor):
     editor.page.wait_for_function(f"""() => {{ const el = document.querySelector('.queue-item[data-prompt-id="{running}"] .queue-progress');
         return el && /\\d\\/3 nodes · TestSleep #{sleep} step \\d+\\/30/.test(el.textContent) && Number(el.dataset.fraction) > 0.3; }}""",
                                   timeout=20000)
+    editor.page.screenshot(path=str(screenshot_path("queue-panel.png", tmp_path)))
     state = editor.js(f"loom.promptProgress('{running}')")
     assert state["total"] == 3 and state["type"] == "TestSleep" and 0 < state["fraction"] < 1
     pending_row = editor.page.locator(f'.queue-item.pending[data-prompt-id="{pending}"] .queue-progress')
