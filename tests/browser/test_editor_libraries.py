@@ -89,7 +89,24 @@ def test_dragging_a_checkpoint_from_the_model_library_adds_its_loader(editor, lo
         editor.page.wait_for_selector(f'.model-item[data-name="{copy.name}"]')
         assert editor.page.locator(f'.model-item[data-name="{copy.name}"] .family').inner_text() == "SD1.x"
         assert editor.page.locator('.model-item[data-name="zz-not-a-model.safetensors"] .family').count() == 0
+        # dropped on a Load Checkpoint already there, the file is selected in it: no new node
+        count = len(editor.js("loom.nodes()"))
+        tx, ty = editor.point("bodyPoint", node["id"])
+        editor.page.drag_and_drop(f'.model-item[data-name="{copy.name}"]', "#graph",
+                                  target_position={"x": tx - box["x"], "y": ty - 10 - box["y"]})
+        editor.frame()
+        assert len(editor.js("loom.nodes()")) == count
+        assert editor.js(f"loom.node({node['id']})")["widgets"]["ckpt_name"] == copy.name
         editor.page.screenshot(path=str(screenshot_path("model-library.png", tmp_path)))
+
+        # M and N toggle the libraries (ComfyUI's keys)
+        editor.click(editor.js("loom.emptyPoint()"))
+        editor.keyboard.press("n")
+        editor.page.wait_for_selector(".node-library")
+        editor.keyboard.press("m")
+        editor.page.wait_for_selector(".model-library")
+        editor.keyboard.press("m")
+        assert editor.page.locator(".sidebar").is_hidden()
     finally:
         broken.unlink(missing_ok=True)
         copy.unlink(missing_ok=True)

@@ -422,6 +422,8 @@ export class Interaction {
     if (event.altKey && event.shiftKey && event.code === "KeyM") { event.preventDefault(); editor.toggleMinimap(); return; }
     if (!ctrl && !event.altKey && key === "q") { editor.toggleSidebar("queue"); return; }
     if (!ctrl && !event.altKey && key === "w") { editor.toggleSidebar("workflows"); return; }
+    if (!ctrl && !event.altKey && key === "m" && editor.sidebar.panels.has("models")) { editor.toggleSidebar("models"); return; }
+    if (!ctrl && !event.altKey && key === "n" && editor.sidebar.panels.has("nodes")) { editor.toggleSidebar("nodes"); return; }
     if (!ctrl && !event.altKey && key === "p") { editor.togglePinSelection(); return; }
     if (ctrl && key === "g") { event.preventDefault(); editor.groupSelection(); return; }
     if (ctrl && key === "m") { event.preventDefault(); editor.toggleSelectionMode(MODE_NEVER); return; }

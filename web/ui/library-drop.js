@@ -1,7 +1,8 @@
 /**
  * Adding nodes from the side panel's libraries: a click adds the node in the middle of the view, a drag
  * (HTML drag and drop carrying `{ type, widget?, value? }` as `application/x-loom-node`) adds it where it
- * is dropped on the canvas. With `widget` and `value`, that widget of the new node is set (a loader's file).
+ * is dropped on the canvas. With `widget` and `value`, that widget of the new node is set (a loader's file); dropped
+ * on a node of that type already there, the file is selected in it instead.
  */
 export const NODE_DRAG_TYPE = "application/x-loom-node";
 
@@ -34,16 +35,18 @@ export function addFromLibrary(editor, payload, pos) {
   }
   editor.history?.commit?.();
   const node = editor.addNode(payload.type, pos);
-  if (payload.widget) {
-    const widget = node.widget(payload.widget);
-    if (widget) {
-      const values = widget.options?.values;
-      if (Array.isArray(values) && !values.includes(payload.value)) values.push(payload.value);
-      editor.setWidgetValue(node, widget, payload.value);
-    }
-  }
+  if (payload.widget) setFile(editor, node, payload);
   editor.graph.changed("add-node");
   return node;
+}
+
+/** Select `payload.value` in the node's `payload.widget` (added to the options when the list is older). */
+function setFile(editor, node, payload) {
+  const widget = node.widget(payload.widget);
+  if (!widget) return;
+  const values = widget.options?.values;
+  if (Array.isArray(values) && !values.includes(payload.value)) values.push(payload.value);
+  editor.setWidgetValue(node, widget, payload.value);
 }
 
 /** The graph point in the middle of the visible canvas (offset a little for each node added there). */
@@ -74,6 +77,12 @@ export function installLibraryDrop(editor) {
     try { payload = JSON.parse(text); } catch { return; }
     const rect = el.getBoundingClientRect();
     const [gx, gy] = editor.canvas.viewport.toGraph(event.clientX - rect.left, event.clientY - rect.top);
+    // a model file dropped on a loader node of its kind selects that file there
+    const target = payload.widget ? editor.canvas.nodeAt(gx, gy) : null;
+    if (target && target.type === payload.type && target.widget(payload.widget)) {
+      setFile(editor, target, payload);
+      return;
+    }
     addFromLibrary(editor, payload, [gx, gy]);
   });
 }

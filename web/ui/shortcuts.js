@@ -22,6 +22,8 @@ export const SHORTCUTS = [
   ["Alt+Shift+M", "Show or hide the minimap"],
   ["Q", "Show or hide the queue and history panel"],
   ["W", "Show or hide the saved workflows"],
+  ["M", "Show or hide the model library"],
+  ["N", "Show or hide the node library"],
   ["Space+drag, drag empty canvas", "Pan"],
   ["Wheel, pinch", "Zoom to the cursor"],
   ["Ctrl/Shift+drag", "Rubber-band selection"],
