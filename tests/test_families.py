@@ -38,7 +38,10 @@ def sd3(sd3_file):
 # --------------------------------------------------------------------------------------------
 
 def test_every_family_is_registered_in_detection_order():
-    assert list(families.FAMILIES) == ["sd3", "sdxl", "sdxl_refiner", "sd1", "sd2"]
+    builtin = [name for name in families.FAMILIES if name in ("sd3", "sdxl", "sdxl_refiner", "sd1", "sd2")]
+    assert builtin == ["sd3", "sdxl", "sdxl_refiner", "sd1", "sd2"]  # other modules may register more
+    orders = [family.detection_order for family in families.FAMILIES.values()]
+    assert orders == sorted(orders)
     assert families.get("sd3").latent_format.channels == 16
     with pytest.raises(families.UnknownModelError, match="unknown model family 'nope'"):
         families.get("nope")
@@ -321,3 +324,47 @@ def test_sd35_example_workflow_runs_with_loom_run(base_dir, sd3_file):
     prompt = json.loads(picture.text["prompt"])
     assert prompt["13"]["class_type"] == "ModelSamplingSD3" and prompt["5"]["class_type"] == "EmptySD3LatentImage"
     assert prompt["3"]["inputs"]["scheduler"] == "sgm_uniform"
+
+
+# --------------------------------------------------------------------------------------------
+# T5 inside SD3 checkpoints (the seam to nodes/runtime/t5.py)
+# --------------------------------------------------------------------------------------------
+
+def test_sd3_conditioning_appends_t5_tokens_after_clip():
+    family = families.get("sd3")
+    l_out, l_pooled = torch.randn(1, 77, 768), torch.randn(1, 768)
+    g_out, g_pooled = torch.randn(1, 77, 1280), torch.randn(1, 1280)
+    t5_out = torch.randn(1, 80, 4096)
+    cond, pooled, extra = family.combine_text({"l": (l_out, l_pooled), "g": (g_out, g_pooled), "t5xxl": (t5_out, None)})
+    assert cond.shape == (1, 157, 4096) and extra == {}
+    torch.testing.assert_close(cond[:, :77, :768], l_out)
+    torch.testing.assert_close(cond[:, :77, 768:2048], g_out)
+    assert float(cond[:, :77, 2048:].abs().max()) == 0.0
+    torch.testing.assert_close(cond[:, 77:], t5_out)
+    torch.testing.assert_close(pooled, torch.cat([l_pooled, g_pooled], dim=-1))
+    only_t5, zero_pooled, _ = family.combine_text({"t5xxl": (t5_out, None)})
+    torch.testing.assert_close(only_t5, t5_out)
+    assert zero_pooled.shape == (1, 2048) and float(zero_pooled.abs().max()) == 0.0
+
+
+def test_sd3_checkpoint_with_t5_loads_it_through_the_t5_module(tmp_path):
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5EncoderModel
+
+    from loom.nodes.runtime.checkpoint import load_checkpoint
+    from tests.fixtures_checkpoints import build_sd3_state_dict
+
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+    state = build_sd3_state_dict()
+    state.update({"text_encoders.t5xxl.transformer." + k: v for k, v in t5.state_dict().items()})
+    path = tmp_path / "tiny-sd3-t5.safetensors"
+    save_file({k: v.half().contiguous() for k, v in state.items()}, str(path))
+    _model, clip, _vae = load_checkpoint(path, use_cache=False)
+    assert list(clip.encoders) == ["l", "g", "t5xxl"]
+    tokenizer, encoder = clip.encoders["t5xxl"]
+    (tokens,) = tokenizer.tokenize_with_weights("a fox")
+    assert len(tokens) == 77  # SD3 pads T5 to 77 tokens
+    hidden, _ = encoder.encode_token_weights([tokens])
+    assert hidden.shape == (1, 77, 32)

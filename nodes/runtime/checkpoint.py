@@ -537,8 +537,9 @@ def _load_checkpoint(path: Path, prediction: str | None, output_clip: bool, outp
         timings: dict[str, float] = {}
         # The file is read in the background, in the order the parts are built, while this thread
         # imports diffusers/transformers (seconds, in a fresh process) and builds the modules.
-        parts = [(slot.prefix, devices.text_encoder_dtype(device)) for slot in detected.text_encoders
-                 if output_clip]
+        # (a T5 is read in its stored dtype and computed in float32 by nodes.runtime.t5)
+        parts = [(slot.prefix, None if slot.layout == "t5" else devices.text_encoder_dtype(device))
+                 for slot in detected.text_encoders if output_clip]
         if detected.unet_prefix is not None:
             parts.append((detected.unet_prefix, devices.diffusion_dtype(device)))
         if output_vae and detected.vae_prefix is not None:

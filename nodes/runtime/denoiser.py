@@ -1,10 +1,10 @@
 """The guided denoiser the samplers call: ``denoiser(x, sigma) -> denoised`` for a MODEL and its conditionings.
 
-It does what ComfyUI's CFG guider does around a discrete-time eps/v model:
+It does what ComfyUI's CFG guider does around any model family:
 
-* **model call:** input scaling ``c_in = 1 / sqrt(sigma**2 + 1)``, sigma → nearest training timestep,
-  the diffusers UNet (``unet(x, t, encoder_hidden_states=..., added_cond_kwargs=...)``), then the
-  eps or v prediction turned into a denoised latent;
+* **model call:** one :class:`~nodes.runtime.adapter.ModelAdapter` call per batch: the model sampling scales
+  the input, turns sigma into the network's time input and the output into a denoised latent (eps, v, flow),
+  the family calls its network (UNet, MMDiT, ...) with the batch's context and extra inputs;
 * **conditioning:** each ``[cond, options]`` entry of a CONDITIONING is evaluated on its ``area`` (latent
   units, ``(h, w, y, x)`` or ``("percentage", h, w, y, x)``) or ``mask``, weighted by ``strength``, only
   inside its ``start_percent``..``end_percent`` range; the results are averaged by weight, area edges
@@ -18,10 +18,12 @@ It does what ComfyUI's CFG guider does around a discrete-time eps/v model:
 * **guidance:** ``uncond + (cond - uncond) * cfg``, or the MODEL's CFG patches (ComfyUI's
   ``sampler_cfg_function``/``sampler_post_cfg_function`` in ``options``, see :func:`combine_guidance`);
   with ``cfg == 1`` the negative is not evaluated (unless ``options`` sets ``disable_cfg1_optimization``);
-  positive and negative run as one batch when their shapes allow (token counts are made equal by repeating
-  the shorter context, which leaves attention unchanged);
-* **SDXL:** ``added_cond_kwargs`` (``text_embeds`` = ``pooled_output``, ``time_ids`` from the options'
-  ``width``/``height``/``crop_*``/``target_*`` or the latent size, ``aesthetic_score`` for the refiner);
+  positive and negative run as one batch when their shapes allow (for cross-attention UNets token counts are
+  made equal by repeating the shorter context, which leaves attention unchanged; DiT families
+  (``Family.batch_repeat_context`` false) batch only equal shapes);
+* **extra inputs:** each entry's ``Family.extra_conds`` (SDXL's ``added_cond_kwargs``: ``text_embeds`` =
+  ``pooled_output``, ``time_ids`` from the options' ``width``/``height``/``crop_*``/``target_*`` or the latent
+  size, ``aesthetic_score`` for the refiner; SD3's pooled projection), batched with the context;
 * **noise mask** (inpainting, SetLatentNoiseMask): outside the mask the latent is held at the input image,
   re-noised to the current sigma before each call and restored after it; a MODEL's
   ``denoise_mask_function`` (DifferentialDiffusion) may replace the mask at each call;

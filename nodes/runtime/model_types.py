@@ -12,8 +12,9 @@ Their shapes follow ComfyUI's so workflows keep their meaning:
 CONDITIONING options the runtime reads (ComfyUI's names):
 
 * ``pooled_output`` ``[1, dim]``: set by CLIPTextEncode (SD1: the unprojected pooled CLIP-L output;
-  SD2/SDXL: the projected pooled output of the OpenCLIP encoder). SDXL UNets take it as
-  ``added_cond_kwargs["text_embeds"]``.
+  SD2/SDXL: the projected pooled output of the OpenCLIP encoder; SD3: CLIP-L's unprojected and CLIP-G's
+  projected pooled outputs joined, 2048). SDXL UNets take it as ``added_cond_kwargs["text_embeds"]``, the SD3
+  MMDiT as ``pooled_projections``.
 * SDXL ``time_ids`` come from ``height, width, crop_h, crop_w, target_height, target_width`` (base) or
   ``height, width, crop_h, crop_w, aesthetic_score`` (refiner), in that order. Defaults when the options do
   not set them: ``width``/``height`` = the latent's size in pixels, crops 0, targets = width/height,
@@ -30,8 +31,8 @@ CONDITIONING options the runtime reads (ComfyUI's names):
 Model patches add ComfyUI's ``model_options`` keys there, e.g. ``denoise_mask_function``
 (DifferentialDiffusion): ``fn(sigma, mask, extra_options={"model", "sigmas"})`` returns the noise mask to use
 at that model call.
-``TextEncoderModel.encoders`` maps ``"l"`` (CLIP-L), ``"h"`` (OpenCLIP-H, SD2) and ``"g"`` (OpenCLIP bigG,
-SDXL) to ``(tokenizer, transformers model)``; a text-encoder patch provides ``applied(clip)``, a context
+``TextEncoderModel.encoders`` maps ``"l"`` (CLIP-L), ``"h"`` (OpenCLIP-H, SD2), ``"g"`` (OpenCLIP bigG,
+SDXL/SD3) and ``"t5xxl"`` (T5, SD3) to ``(tokenizer, model)``; a text-encoder patch provides ``applied(clip)``, a context
 manager active while prompts are encoded.
 
 Handles are immutable from a node's point of view: a node that changes a model (a LoRA, CLIP skip)

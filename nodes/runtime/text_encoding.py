@@ -19,11 +19,16 @@ sd2       OpenCLIP-H "h" 0          penultimate (-2)    yes              project
 sdxl      CLIP-L "l"     49407      penultimate (-2)    no               (unused)
 sdxl      bigG "g"       0          penultimate (-2)    no               projected (the model's)
 refiner   bigG "g"       0          penultimate (-2)    no               projected
+sd3       CLIP-L "l"     49407      penultimate (-2)    no               unprojected
+sd3       CLIP-G "g"     0          penultimate (-2)    no               projected
 ========  =============  =========  ==================  ===============  =====================
 
-``CLIPSetLastLayer`` (``TextEncoderModel.layer_idx``) replaces the default layer of every encoder:
-``-1`` is the last layer, ``-2`` the one before, ...; a value beyond the encoder's depth means the
-last layer. SDXL concatenates the L and G hidden states on the feature axis.
+Each family module (:mod:`nodes.runtime.families`) holds its row (``Family.text_convention``) and joins its
+encoders' outputs (``Family.combine_text``). ``CLIPSetLastLayer`` (``TextEncoderModel.layer_idx``) replaces
+the default layer of every encoder: ``-1`` is the last layer, ``-2`` the one before, ...; a value beyond the
+encoder's depth means the last layer. SDXL concatenates the L and G hidden states on the feature axis; SD3
+does too, zero-pads them to 4096 and appends T5's tokens (an encoder with its own
+``encode_token_weights``, see :mod:`nodes.runtime.t5`), with L's and G's pooled outputs joined.
 """
 from __future__ import annotations
 
