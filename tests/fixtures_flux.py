@@ -164,10 +164,9 @@ def write_clip_l(path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.
     return _save(clip_l_state_dict(seed), path, dtype, "tiny random CLIP-L text encoder")
 
 
-def flux_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """The FLUX autoencoder's layout (``ae.safetensors``: bare encoder./decoder., z 16, no quant convs)."""
+def tiny_flux_vae(seed: int = 0) -> Any:
+    """A diffusers ``AutoencoderKL`` shaped like FLUX's (z 16, no quant convs) at tiny width."""
     from diffusers import AutoencoderKL
-    from loom.nodes.runtime.ldm_layout import vae_to_ldm
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -178,12 +177,39 @@ def flux_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         for parameter in vae.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    return vae.eval()
+
+
+def flux_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The FLUX autoencoder's layout (``ae.safetensors``: bare encoder./decoder., z 16, no quant convs)."""
+    from loom.nodes.runtime.ldm_layout import vae_to_ldm
+
+    vae = tiny_flux_vae(seed)
     state = vae_to_ldm(vae.state_dict(), vae.config)
     return {k.removeprefix("first_stage_model."): v for k, v in state.items()}
 
 
 def write_flux_vae(path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
     return _save(flux_vae_state_dict(seed), path, dtype, "tiny random FLUX autoencoder")
+
+
+def flux_checkpoint_state_dict(seed: int = 0, *, t5: bool = True, guidance: bool = True) -> dict[str, torch.Tensor]:
+    """An all-in-one FLUX checkpoint as ComfyUI saves them (``flux1-dev-fp8.safetensors``' layout): the
+    transformer under ``model.diffusion_model.``, CLIP-L under ``text_encoders.clip_l.transformer.``, T5 under
+    ``text_encoders.t5xxl.transformer.`` (optional) and the autoencoder under ``vae.``."""
+    state = {"model.diffusion_model." + k: v for k, v in flux_bfl_state_dict(seed, guidance=guidance).items()}
+    state.update({"text_encoders.clip_l.transformer." + k: v for k, v in clip_l_state_dict(seed).items()})
+    if t5:
+        state.update({"text_encoders.t5xxl.transformer." + k: v
+                      for k, v in t5_state_dict(seed, width=FLUX_CONTEXT).items()})
+    state.update({"vae." + k: v for k, v in flux_vae_state_dict(seed).items()})
+    return state
+
+
+def write_flux_checkpoint(path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float16, t5: bool = True,
+                          guidance: bool = True) -> Path:
+    return _save(flux_checkpoint_state_dict(seed, t5=t5, guidance=guidance), path, dtype,
+                 "tiny random all-in-one FLUX checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -244,3 +244,53 @@ def test_tiny_flux_prompt_runs(flux_models, registry):
 
     with Image.open(folders.output_dir() / image.get("subfolder", "") / image["filename"]) as saved:
         assert saved.size == (64, 48)
+
+
+# ---------------------------------------------------------------------------------------------
+# The FLUX autoencoder and all-in-one FLUX checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def test_vae_loader_reads_the_flux_autoencoder(flux_models, registry):
+    """ae.safetensors' layout (bare encoder./decoder., z 16, no quant convs) decodes as the diffusers module it
+    was written from."""
+    vae = registry.get("VAELoader").execute("tiny-flux-ae.safetensors")[0]
+    config = vae.vae.config
+    assert (config.latent_channels, config.use_quant_conv, config.use_post_quant_conv, vae.downscale) == \
+        (16, False, False, 8)
+    reference = fixtures_flux.tiny_flux_vae()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.copy_(parameter.half().float())
+    latent = torch.randn(1, 16, 4, 6, generator=torch.Generator().manual_seed(0))
+    from loom.nodes.runtime import vae as vae_ops
+
+    image = vae_ops.decode(vae, latent)
+    with torch.no_grad():
+        expected = ((reference.decode(latent).sample + 1) / 2).clamp(0, 1).movedim(1, -1)
+    assert image.shape == (1, 32, 48, 3)
+    assert torch.allclose(image, expected, atol=1e-5)
+
+
+def test_conformance_flux_vae_loads_with_every_key_accounted_for(conformance_file):
+    from loom.nodes.runtime import checkpoint
+
+    vae = checkpoint.load_vae(conformance_file("flux-vae-conformance-s9.safetensors"), device="cpu", use_cache=False)
+    assert vae.vae.config.latent_channels == 16 and not vae.vae.config.use_quant_conv
+
+
+@pytest.mark.parametrize("with_t5", [True, False])
+def test_checkpoint_loader_reads_all_in_one_flux(base_dir, registry, with_t5):
+    from loom.nodes.runtime import text_encoding
+
+    fixtures_flux.write_flux_checkpoint(base_dir / "models" / "checkpoints" / "tiny-flux-aio.safetensors", t5=with_t5)
+    model, clip, vae = registry.get("CheckpointLoaderSimple").execute("tiny-flux-aio.safetensors")
+    assert model.family == "flux" and model.latent_format.scale_factor == 0.3611
+    assert vae.vae.config.latent_channels == 16
+    if with_t5:
+        assert list(clip.encoders) == ["l", "t5xxl"]
+        [[cond, options]] = text_encoding.encode_text(clip, "a fox")
+        assert cond.shape == (1, 256, fixtures_flux.FLUX_CONTEXT) and options["pooled_output"].shape == (1, 32)
+    else:  # a FLUX file without T5 is paired with a DualCLIPLoader's CLIP; its own CLIP cannot encode alone
+        assert list(clip.encoders) == ["l"]
+        with pytest.raises(ValueError, match="a FLUX text encoder needs CLIP-L and T5-XXL"):
+            text_encoding.encode_text(clip, "a fox")

@@ -103,7 +103,7 @@ class Flux(Family):
     def build_diffusion(self, file: "StateDictFile", detected: Detected, *, dtype: torch.dtype,
                         device: torch.device, pooled_dim: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
         prefix = detected.unet_prefix or ""
-        tensors = file.read_prefixed(prefix, rename="")
+        tensors = file.read_prefixed(prefix, dtype, rename="")  # the dtype the loader's reader converts to
         compute = dtype if dtype == torch.float32 else flux_layout.default_compute_dtype(device)
         module, config = flux_layout.build_transformer(tensors, source=file.path.name, device=device,
                                                        compute_dtype=compute)

@@ -125,8 +125,7 @@ def _load_part(info: TextEncoderFile, *, device: torch.device, t5_min_length: in
 
     with checkpoint.StateDictFile(info.path) as file:
         if info.layout == "t5":
-            return t5.load_t5_from_file(file, info.prefix, dtype=devices.text_encoder_dtype(device), device=device,
-                                        min_length=t5_min_length)
+            return t5.load_t5_from_file(file, info.prefix, device=device, min_length=t5_min_length)
         model = _build_clip(file, info, dtype=devices.text_encoder_dtype(device), device=device)
     return tokenizer.clip_tokenizer(), model
 
