@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -639,6 +640,131 @@ class SamplerLMS(Node):
     @classmethod
     def execute(cls, order: int) -> tuple:
         return _sampler_output("SamplerLMS", "lms", order=order)
+
+
+@register
+class SamplerDPMAdaptative(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        def number(name: str, default: float) -> Float:
+            return Float(name, default=default, min=0.0, max=100.0, step=0.01, round=False, advanced=True)
+
+        return Schema("SamplerDPMAdaptative", category=SAMPLERS,
+                      inputs=[Int("order", default=3, min=2, max=3, advanced=True),
+                              number("rtol", 0.05), number("atol", 0.0078), number("h_init", 0.05),
+                              number("pcoeff", 0.0), number("icoeff", 1.0), number("dcoeff", 0.0),
+                              number("accept_safety", 0.81), number("eta", 0.0), number("s_noise", 1.0)],
+                      outputs=[Output("SAMPLER")])
+
+    @classmethod
+    def execute(cls, order: int, rtol: float, atol: float, h_init: float, pcoeff: float, icoeff: float,
+                dcoeff: float, accept_safety: float, eta: float, s_noise: float) -> tuple:
+        if h_init <= 0:
+            raise ValueError(f"SamplerDPMAdaptative: input 'h_init' must be greater than 0, got {h_init}")
+        return _sampler_output("SamplerDPMAdaptative", "dpm_adaptive", order=order, rtol=rtol, atol=atol,
+                               h_init=h_init, pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff,
+                               accept_safety=accept_safety, eta=eta, s_noise=s_noise)
+
+
+@dataclass(frozen=True)
+class ERSDENoiseScaler:
+    """SamplerER_SDE's noise scaler psi(x) = x^(1 - eta) * phi(x)^eta, by solver type (mainline ComfyUI):
+    ER-SDE ``x * (exp(x ** 0.3) + 10) ** eta``, reverse-time SDE ``x ** (eta + 1)``, ODE ``x``."""
+
+    solver_type: str
+    eta: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.solver_type == "ER-SDE":
+            return x * ((x ** 0.3).exp() + 10.0) ** self.eta
+        if self.solver_type == "Reverse-time SDE":
+            return x ** (self.eta + 1)
+        return x
+
+
+@register
+class SamplerER_SDE(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("SamplerER_SDE", category=SAMPLERS,
+                      inputs=[Combo("solver_type", options_source=("ER-SDE", "Reverse-time SDE", "ODE")),
+                              Int("max_stage", default=3, min=1, max=3, advanced=True),
+                              _eta(max_=10.0, tooltip="Stochastic strength of SDEs.\nWhen eta=0, they reduce to "
+                                   "deterministic ODE.\nLarge eta may cause invalid outputs. If this occurs, try "
+                                   "decreasing this value."),
+                              _s_noise()],
+                      outputs=[Output("SAMPLER")])
+
+    @classmethod
+    def execute(cls, solver_type: str, max_stage: int, eta: float, s_noise: float) -> tuple:
+        if solver_type == "ODE" or eta == 0:
+            solver_type, s_noise = "ODE", 0.0
+        return _sampler_output("SamplerER_SDE", "er_sde", s_noise=s_noise, max_stage=max_stage,
+                               noise_scaler=ERSDENoiseScaler(solver_type, eta))
+
+
+@dataclass(frozen=True)
+class SATauInterval:
+    """SA-Solver's stochasticity: ``eta`` for sigmas in ``[end_sigma, start_sigma]``, else 0 (an ODE step);
+    ComfyUI's ``get_tau_interval_func``."""
+
+    start_sigma: float
+    end_sigma: float
+    eta: float = 1.0
+
+    def __call__(self, sigma: Any) -> float:
+        if self.eta <= 0:
+            return 0.0
+        value = float(sigma)
+        return self.eta if self.start_sigma >= value >= self.end_sigma else 0.0
+
+
+@register
+class SamplerSASolver(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("SamplerSASolver", category=SAMPLERS,
+                      inputs=[Socket("model", "MODEL"),
+                              _eta(max_=10.0),
+                              Float("sde_start_percent", default=0.2, min=0.0, max=1.0, step=0.001, advanced=True),
+                              Float("sde_end_percent", default=0.8, min=0.0, max=1.0, step=0.001, advanced=True),
+                              _s_noise(),
+                              Int("predictor_order", default=3, min=1, max=6, advanced=True),
+                              Int("corrector_order", default=4, min=0, max=6, advanced=True),
+                              Boolean("use_pece", default=False, advanced=True),
+                              Boolean("simple_order_2", default=False, advanced=True)],
+                      outputs=[Output("SAMPLER")])
+
+    @classmethod
+    def execute(cls, model: Any, eta: float, sde_start_percent: float, sde_end_percent: float, s_noise: float,
+                predictor_order: int, corrector_order: int, use_pece: bool, simple_order_2: bool) -> tuple:
+        _model("SamplerSASolver", model)
+        tau = SATauInterval(float(model.sampling.percent_to_sigma(sde_start_percent)),
+                            float(model.sampling.percent_to_sigma(sde_end_percent)), eta)
+        return _sampler_output("SamplerSASolver", "sa_solver", tau_func=tau, s_noise=s_noise,
+                               predictor_order=predictor_order, corrector_order=corrector_order,
+                               use_pece=bool(use_pece), simple_order_2=bool(simple_order_2))
+
+
+@register
+class SamplerSEEDS2(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("SamplerSEEDS2", category=SAMPLERS,
+                      description="This sampler node can represent multiple samplers:\n\nseeds_2\n- default setting\n\n"
+                                  "exp_heun_2_x0\n- solver_type=phi_2, r=1.0, eta=0.0\n\nexp_heun_2_x0_sde\n"
+                                  "- solver_type=phi_2, r=1.0, eta=1.0, s_noise=1.0",
+                      inputs=[Combo("solver_type", options_source=("phi_1", "phi_2")),
+                              _eta(tooltip="Stochastic strength"),
+                              Float("s_noise", default=1.0, min=0.0, max=100.0, step=0.01, round=False,
+                                    tooltip="SDE noise multiplier", advanced=True),
+                              Float("r", default=0.5, min=0.01, max=1.0, step=0.01, round=False,
+                                    tooltip="Relative step size for the intermediate stage (c2 node)", advanced=True)],
+                      outputs=[Output("SAMPLER")])
+
+    @classmethod
+    def execute(cls, solver_type: str, eta: float, s_noise: float, r: float) -> tuple:
+        return _sampler_output("SamplerSEEDS2", "seeds_2", eta=eta, s_noise=s_noise, r=r, solver_type=solver_type)
 
 
 # --------------------------------------------------------------------------------------------

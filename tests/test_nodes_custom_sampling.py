@@ -539,3 +539,104 @@ def test_ui_workflow_runs_with_loom_run(base_dir, tmp_path):
     prompt = json.loads(picture.text["prompt"])
     assert prompt["13"]["class_type"] == "SamplerCustomAdvanced" and prompt["17"]["inputs"]["steps"] == 3
     assert json.loads(picture.text["workflow"])["nodes"]
+
+
+# --------------------------------------------------------------------------------------------
+# the sampler nodes whose options needed the samplers' own parameters
+# --------------------------------------------------------------------------------------------
+
+def _custom(model, conds, sampler, sigmas, seed: int = 11) -> torch.Tensor:
+    positive, negative = conds
+    out, _ = cs.SamplerCustom.execute(model, True, seed, 5.0, positive, negative, sampler, sigmas, latent())
+    return out["samples"]
+
+
+def test_parameterised_sampler_nodes_at_their_defaults_are_the_plain_samplers(tiny_model, tiny_conds):
+    (sigmas,) = cs.BasicScheduler.execute(tiny_model, "karras", 4, 1.0)
+    plain = {name: _custom(tiny_model, tiny_conds, SamplerChoice(name), sigmas)
+             for name in ("dpm_adaptive", "er_sde", "sa_solver", "sa_solver_pece", "seeds_2")}
+    (adaptive,) = cs.SamplerDPMAdaptative.execute(3, 0.05, 0.0078, 0.05, 0.0, 1.0, 0.0, 0.81, 0.0, 1.0)
+    assert torch.equal(_custom(tiny_model, tiny_conds, adaptive, sigmas), plain["dpm_adaptive"])
+    (er_sde,) = cs.SamplerER_SDE.execute("ER-SDE", 3, 1.0, 1.0)
+    assert torch.allclose(_custom(tiny_model, tiny_conds, er_sde, sigmas), plain["er_sde"], atol=1e-6)
+    (sa,) = cs.SamplerSASolver.execute(tiny_model, 1.0, 0.2, 0.8, 1.0, 3, 4, False, False)
+    assert torch.equal(_custom(tiny_model, tiny_conds, sa, sigmas), plain["sa_solver"])
+    (pece,) = cs.SamplerSASolver.execute(tiny_model, 1.0, 0.2, 0.8, 1.0, 3, 4, True, False)
+    assert torch.equal(_custom(tiny_model, tiny_conds, pece, sigmas), plain["sa_solver_pece"])
+    (seeds,) = cs.SamplerSEEDS2.execute("phi_1", 1.0, 1.0, 0.5)
+    assert torch.equal(_custom(tiny_model, tiny_conds, seeds, sigmas), plain["seeds_2"])
+
+
+def test_parameterised_sampler_options_change_the_result(tiny_model, tiny_conds):
+    (sigmas,) = cs.BasicScheduler.execute(tiny_model, "karras", 4, 1.0)
+
+    def run(sampler, seed: int = 11) -> torch.Tensor:
+        """The same starting noise every time; ``seed`` seeds only the sampler's own noise."""
+        from loom.nodes.runtime.custom_sampling import CFGGuider
+        from loom.nodes.runtime.sampling import sample_guided
+
+        noise = RandomNoise(11).generate(latent())
+        return sample_guided(CFGGuider(tiny_model, *tiny_conds, 5.0), sampler, noise, latent()["samples"], sigmas,
+                             seed=seed)
+
+    default = run(cs.SamplerDPMAdaptative.execute(3, 0.05, 0.0078, 0.05, 0.0, 1.0, 0.0, 0.81, 0.0, 1.0)[0])
+    loose = run(cs.SamplerDPMAdaptative.execute(2, 0.5, 0.1, 0.05, 0.0, 1.0, 0.0, 0.81, 0.0, 1.0)[0])
+    noisy = cs.SamplerDPMAdaptative.execute(3, 0.05, 0.0078, 0.05, 0.0, 1.0, 0.0, 0.81, 1.0, 1.0)[0]
+    noisy_1 = run(noisy, 1)
+    assert not torch.allclose(default, loose, atol=1e-3) and not torch.allclose(default, noisy_1, atol=1e-3)
+    assert not torch.equal(noisy_1, run(noisy, 2))  # eta > 0: the ancestral noise comes from the seed
+    ode = cs.SamplerER_SDE.execute("ODE", 3, 1.0, 1.0)[0]
+    assert ode.options["s_noise"] == 0.0 and torch.equal(run(ode, 1), run(ode, 2))  # no noise at all
+    assert cs.SamplerER_SDE.execute("Reverse-time SDE", 3, 0.0, 1.0)[0].options["noise_scaler"].solver_type == "ODE"
+    reverse = cs.SamplerER_SDE.execute("Reverse-time SDE", 2, 0.5, 1.0)[0]
+    assert not torch.allclose(run(reverse), run(cs.SamplerER_SDE.execute("ER-SDE", 2, 0.5, 1.0)[0]), atol=1e-3)
+    ode_sa = cs.SamplerSASolver.execute(tiny_model, 0.0, 0.2, 0.8, 1.0, 2, 2, False, False)[0]
+    assert torch.equal(run(ode_sa, 1), run(ode_sa, 2))  # eta 0: SA-Solver is an ODE solver
+    simple = cs.SamplerSASolver.execute(tiny_model, 0.0, 0.2, 0.8, 1.0, 2, 2, False, True)[0]
+    assert not torch.allclose(run(simple), run(ode_sa), atol=1e-4)
+    phi_2 = cs.SamplerSEEDS2.execute("phi_2", 1.0, 1.0, 0.5)[0]
+    assert not torch.allclose(run(phi_2), run(cs.SamplerSEEDS2.execute("phi_1", 1.0, 1.0, 0.5)[0]), atol=1e-4)
+
+
+def test_er_sde_noise_scalers_and_sa_tau_interval_are_comfyuis():
+    x = torch.tensor([0.5, 2.0, 7.0])
+    for eta in (0.5, 1.0, 2.0):
+        er = cs.ERSDENoiseScaler("ER-SDE", eta)(x)
+        assert torch.allclose(er, torch.tensor([v * (math.exp(v ** 0.3) + 10.0) ** eta for v in x.tolist()]))
+        reverse = cs.ERSDENoiseScaler("Reverse-time SDE", eta)(x)
+        assert torch.allclose(reverse, x ** (eta + 1))
+    assert torch.equal(cs.ERSDENoiseScaler("ODE", 1.0)(x), x)
+    tau = cs.SATauInterval(10.0, 1.0, eta=0.7)
+    assert [tau(s) for s in (12.0, 10.0, 5.0, 1.0, 0.5)] == [0.0, 0.7, 0.7, 0.7, 0.0]
+    assert cs.SATauInterval(10.0, 1.0, eta=0.0)(5.0) == 0.0
+
+
+def test_sa_solver_simple_order_2_weights_integrate_constants_like_the_general_ones():
+    from loom.nodes.runtime.samplers import _adams_b_coeffs
+
+    lambdas = torch.tensor([-1.2, -0.7])
+    for tau in (0.0, 1.0):
+        for corrector in (False, True):
+            lambda_s, lambda_t = (lambdas[0], lambdas[1]) if corrector else (lambdas[1], torch.tensor(-0.1))
+            general = _adams_b_coeffs(torch.tensor(0.9), lambdas, lambda_s, lambda_t, tau)
+            simple = _adams_b_coeffs(torch.tensor(0.9), lambdas, lambda_s, lambda_t, tau, True, corrector)
+            assert torch.allclose(simple.sum(), general.sum(), atol=1e-6)  # both exact for constant predictions
+            assert not torch.allclose(simple, general, atol=1e-6)
+
+
+def test_seeds_2_phi_2_step_by_hand():
+    """One deterministic (eta 0) SEEDS-2 phi_2 step, r = 1 (ComfyUI's exp_heun_2_x0), on an exact denoiser."""
+    from loom.nodes.runtime.samplers import sample_seeds_2
+    from tests.fixtures_sampling import GaussianDenoiser
+
+    model = GaussianDenoiser(0.5)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 2.0
+    s0, s1 = 2.0, 1.0
+    got = sample_seeds_2(model, x, torch.tensor([s0, s1]), seed=0, eta=0.0, s_noise=1.0, r=1.0, solver_type="phi_2")
+    h = math.log(s0 / s1)
+    d0 = model(x, torch.tensor([s0]))
+    x2 = s1 / s0 * x - math.expm1(-h) * d0
+    d1 = model(x2, torch.tensor([s1]))
+    b2 = (math.expm1(-h) + h) / -h
+    b1 = math.expm1(-h) - b2
+    assert torch.allclose(got, s1 / s0 * x - (b1 * d0 + b2 * d1), atol=1e-5)

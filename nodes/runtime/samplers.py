@@ -904,7 +904,8 @@ class _DPMSolver:
 
     def adaptive(self, x: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor, order: int = 3,
                  rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05, pcoeff: float = 0.,
-                 icoeff: float = 1., dcoeff: float = 0., accept_safety: float = 0.81) -> torch.Tensor:
+                 icoeff: float = 1., dcoeff: float = 0., accept_safety: float = 0.81, eta: float = 0.,
+                 s_noise: float = 1., noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
         forward = t_end > t_start
         h = abs(h_init) * (1 if forward else -1)
         atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
@@ -914,14 +915,20 @@ class _DPMSolver:
         while s < t_end - 1e-5 if forward else s > t_end + 1e-5:
             cache: dict = {}
             t = torch.minimum(t_end, s + h) if forward else torch.maximum(t_end, s + h)
+            if eta and noise_sampler is not None:  # an ancestral step: solve down to sigma_down, renoise
+                sigma_down, _ = get_ancestral_step(self.sigma(s), self.sigma(t), eta)
+                t_step = torch.minimum(t_end, self.t(sigma_down))
+                sigma_up = (self.sigma(t) ** 2 - self.sigma(t_step) ** 2) ** 0.5
+            else:
+                t_step, sigma_up = t, 0.
             eps = self.eps(cache, "eps", x, s)
             denoised = x - self.sigma(s) * eps
             if order == 2:
-                x_low = self.step_1(x, s, t, cache)
-                x_high = self.step_2(x, s, t, cache)
+                x_low = self.step_1(x, s, t_step, cache)
+                x_high = self.step_2(x, s, t_step, cache)
             else:
-                x_low = self.step_2(x, s, t, cache, r1=1 / 3)
-                x_high = self.step_3(x, s, t, cache)
+                x_low = self.step_2(x, s, t_step, cache, r1=1 / 3)
+                x_high = self.step_3(x, s, t_step, cache)
             delta = torch.maximum(atol_t, rtol_t * torch.maximum(x_low.abs(), x_prev.abs()))
             error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
             # PID step-size control, as in k-diffusion
@@ -932,7 +939,10 @@ class _DPMSolver:
             factor = 1 + math.atan(errs[0] ** b1 * errs[1] ** b2 * errs[2] ** b3 - 1)
             if factor >= accept_safety:
                 errs[2], errs[1] = errs[1], errs[0]
-                x_prev, x, s = x_low, x_high, t
+                x_prev, x = x_low, x_high
+                if sigma_up:
+                    x = x + sigma_up * s_noise * noise_sampler(self.sigma(s), self.sigma(t))
+                s = t
             h *= factor
             _emit(self.callback, steps, denoised, x)
             steps += 1
@@ -959,29 +969,49 @@ def sample_dpm_fast(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, s
 
 @torch.no_grad()
 def sample_dpm_adaptive(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
-                        callback: Callback | None = None) -> torch.Tensor:
-    """DPM-Solver-23 with adaptive step size between the schedule's end points (the step count is its own)."""
+                        callback: Callback | None = None, order: int = 3, rtol: float = 0.05, atol: float = 0.0078,
+                        h_init: float = 0.05, pcoeff: float = 0., icoeff: float = 1., dcoeff: float = 0.,
+                        accept_safety: float = 0.81, eta: float = 0., s_noise: float = 1.,
+                        noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+    """DPM-Solver-23 with adaptive step size between the schedule's end points (the step count is its own).
+
+    The options are ComfyUI's (SamplerDPMAdaptative); with ``eta > 0`` each accepted step ends at the
+    ancestral ``sigma_down`` and fresh noise is added (ComfyUI draws that noise unseeded; here it comes
+    from the run's seed, so a run can be repeated)."""
     if len(sigmas) <= 1:
         return x
+    if order not in (2, 3):
+        raise ValueError(f"dpm_adaptive: order must be 2 or 3, got {order}")
     sigma_min, sigma_max = _dpm_range(sigmas)
     solver = _DPMSolver(model, callback)
-    return solver.adaptive(x, solver.t(sigma_max.clone()), solver.t(sigma_min.clone()))
+    if eta and noise_sampler is None:
+        noise_sampler = SeededNoise(x, seed)
+    return solver.adaptive(x, solver.t(sigma_max.clone()), solver.t(sigma_min.clone()), order=order, rtol=rtol,
+                           atol=atol, h_init=h_init, pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff,
+                           accept_safety=accept_safety, eta=eta, s_noise=s_noise, noise_sampler=noise_sampler)
 
 
 # --------------------------------------------------------------------------------------------
 # ER-SDE and SEEDS (stochastic exponential solvers in data prediction)
 # --------------------------------------------------------------------------------------------
 
+def er_sde_noise_scaler(v: torch.Tensor) -> torch.Tensor:
+    """ER-SDE's default noise scaler phi(x) = x * (exp(x ** 0.3) + 10)."""
+    return v * ((v ** 0.3).exp() + 10.0)
+
+
 @torch.no_grad()
 def sample_er_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
                   callback: Callback | None = None, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                  noise_scaler: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   max_stage: int = 3) -> torch.Tensor:
-    """Extended reverse-time SDE solver, VP ER-SDE-Solver-3 (Cui et al. 2023, arXiv 2309.06169)."""
+    """Extended reverse-time SDE solver, VP ER-SDE-Solver-3 (Cui et al. 2023, arXiv 2309.06169).
+
+    ``noise_scaler`` is the solver's phi (SamplerER_SDE's ER-SDE / reverse-time SDE / ODE); the default is
+    ER-SDE's ``x * (exp(x ** 0.3) + 10)``."""
     noise_sampler = noise_sampler or SeededNoise(x, seed)
     s_in = _ones(x)
-
-    def noise_scaler(v: torch.Tensor) -> torch.Tensor:
-        return v * ((v ** 0.3).exp() + 10.0)
+    noise_scaler = noise_scaler or er_sde_noise_scaler
 
     points = 200.0
     point_index = torch.arange(0, points, dtype=torch.float32, device=x.device)
@@ -1024,8 +1054,12 @@ def sample_er_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, see
 @torch.no_grad()
 def sample_seeds_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
                    callback: Callback | None = None, eta: float = 1.0, s_noise: float = 1.0,
-                   noise_sampler: NoiseSampler | None = None, r: float = 0.5) -> torch.Tensor:
-    """SEEDS-2 (Gonzalez et al. 2023, arXiv 2305.14267), the phi_1 variant, stage 2."""
+                   noise_sampler: NoiseSampler | None = None, r: float = 0.5,
+                   solver_type: str = "phi_1") -> torch.Tensor:
+    """SEEDS-2 (Gonzalez et al. 2023, arXiv 2305.14267), stage 2; ``solver_type`` ``phi_1`` (the default)
+    or ``phi_2`` (the second stage weighted by phi_2, ComfyUI's exp_heun_2_x0 at r = 1)."""
+    if solver_type not in ("phi_1", "phi_2"):
+        raise ValueError(f"seeds_2: solver_type must be 'phi_1' or 'phi_2', got {solver_type!r}")
     noise_sampler = noise_sampler or SeededNoise(x, seed)
     lambda_fn, sigma_fn = half_log_snr_fns(model)
     sigmas = offset_first_sigma_for_snr(sigmas, model)
@@ -1050,8 +1084,13 @@ def sample_seeds_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, se
             sde_noise = (-2 * r * h * eta).expm1().neg().sqrt() * noise_sampler(sigmas[i], sigma_s_1)
             x_2 = x_2 + sde_noise * sigma_s_1 * s_noise
         denoised_2 = model(x_2, sigma_s_1 * s_in)
-        denoised_d = torch.lerp(denoised, denoised_2, fac)
-        x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * torch.expm1(-h_eta) * denoised_d
+        if solver_type == "phi_1":
+            denoised_d = torch.lerp(denoised, denoised_2, fac)
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * torch.expm1(-h_eta) * denoised_d
+        else:
+            b2 = (torch.expm1(-h_eta) + h_eta) / -h_eta / r
+            b1 = torch.expm1(-h_eta) - b2
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b2 * denoised_2)
         if inject_noise:
             segment_factor = (r - 1) * h * eta
             sde_noise = sde_noise * segment_factor.exp()
@@ -1137,9 +1176,22 @@ def _exponential_coeffs(s: torch.Tensor, t: torch.Tensor, order: int, tau: float
 
 
 def _adams_b_coeffs(sigma_next: torch.Tensor, lambdas: torch.Tensor, lambda_s: torch.Tensor,
-                    lambda_t: torch.Tensor, tau: float) -> torch.Tensor:
-    """The b_i weights of the Lagrange interpolation through ``lambdas`` (SA-Solver eqs. 15 and 18)."""
+                    lambda_t: torch.Tensor, tau: float, simple_order_2: bool = False,
+                    corrector: bool = False) -> torch.Tensor:
+    """The b_i weights of the Lagrange interpolation through ``lambdas`` (SA-Solver eqs. 15 and 18); with
+    ``simple_order_2`` two points use the paper's simplified order-2 weights (its Appendix D)."""
     n = lambdas.shape[0]
+    if simple_order_2 and n == 2:
+        tau_mul = 1 + tau ** 2
+        h = lambda_t - lambda_s
+        alpha_t = sigma_next * lambda_t.exp()
+        if corrector:
+            b_1 = alpha_t * (0.5 * tau_mul * h)
+            b_2 = alpha_t * (-h * tau_mul).expm1().neg() - b_1
+        else:
+            b_2 = alpha_t * (0.5 * tau_mul * h ** 2) / (lambdas[-2] - lambda_s)
+            b_1 = alpha_t * (-h * tau_mul).expm1().neg() - b_2
+        return torch.stack([b_2, b_1])
     integrals = torch.linalg.solve(torch.vander(lambdas, n, increasing=True).T,
                                    _exponential_coeffs(lambda_s, lambda_t, n, tau))
     return sigma_next * lambda_t.exp() * integrals
@@ -1149,8 +1201,10 @@ def _adams_b_coeffs(sigma_next: torch.Tensor, lambdas: torch.Tensor, lambda_s: t
 def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int | None = None,
                      callback: Callback | None = None, s_noise: float = 1.0,
                      noise_sampler: NoiseSampler | None = None, predictor_order: int = 3, corrector_order: int = 4,
-                     use_pece: bool = False) -> torch.Tensor:
-    """SA-Solver, stochastic (tau = 1) between 20 % and 80 % of the model's sigma range, as ComfyUI's default."""
+                     use_pece: bool = False, tau_func: Callable[[Any], float] | None = None,
+                     simple_order_2: bool = False) -> torch.Tensor:
+    """SA-Solver; by default stochastic (tau = 1) between 20 % and 80 % of the model's sigma range, as
+    ComfyUI's default; ``tau_func(sigma)`` (SamplerSASolver's interval and eta) replaces that."""
     if len(sigmas) <= 1:
         return x
     from loom.nodes.runtime.model_sampling import ModelSampling
@@ -1163,8 +1217,10 @@ def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
     start_sigma = float(table.percent_to_sigma(0.2))
     end_sigma = float(table.percent_to_sigma(0.8))
 
-    def tau_func(sigma: torch.Tensor) -> float:
+    def default_tau(sigma: torch.Tensor) -> float:
         return 1.0 if start_sigma >= float(sigma) >= end_sigma else 0.0
+
+    tau_func = tau_func or default_tau
 
     max_order = max(predictor_order, corrector_order)
     x_pred = x
@@ -1186,7 +1242,8 @@ def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
         if c_order == 0:
             x = x_pred
         else:
-            b = _adams_b_coeffs(sigmas[i], lambdas[i - c_order + 1:i + 1], lambdas[i - 1], lambdas[i], tau_t)
+            b = _adams_b_coeffs(sigmas[i], lambdas[i - c_order + 1:i + 1], lambdas[i - 1], lambdas[i], tau_t,
+                                simple_order_2, corrector=True)
             corr = torch.tensordot(torch.stack(preds[-c_order:], dim=1), b, dims=([1], [0]))
             x = sigmas[i] / sigmas[i - 1] * (-(tau_t ** 2) * h).exp() * x + corr
             if tau_t > 0 and s_noise > 0:
@@ -1198,7 +1255,8 @@ def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
             x_pred = denoised
         else:
             tau_t = tau_func(sigmas[i + 1])
-            b = _adams_b_coeffs(sigmas[i + 1], lambdas[i - p_order + 1:i + 1], lambdas[i], lambdas[i + 1], tau_t)
+            b = _adams_b_coeffs(sigmas[i + 1], lambdas[i - p_order + 1:i + 1], lambdas[i], lambdas[i + 1], tau_t,
+                                simple_order_2)
             pred = torch.tensordot(torch.stack(preds[-p_order:], dim=1), b, dims=([1], [0]))
             h = lambdas[i + 1] - lambdas[i]
             x_pred = sigmas[i + 1] / sigmas[i] * (-(tau_t ** 2) * h).exp() * x + pred
