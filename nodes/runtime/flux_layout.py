@@ -307,6 +307,16 @@ def build_transformer(tensors: Mapping[str, torch.Tensor], *, source: str = "FLU
     return model.to(device), dict(config, layout=layout, storage_dtype=str(storage).removeprefix("torch."))
 
 
+def file_dtype(file: Any) -> torch.dtype:
+    """The dtype a FLUX file stores its weights in (read off one small tensor)."""
+    found = detect_layout(file.shapes)
+    prefix = found[1] if found else ""
+    for key in (prefix + "img_in.bias", prefix + "x_embedder.bias"):
+        if key in file.shapes:
+            return file.read(key).dtype
+    return torch.float32
+
+
 def _main_dtype(tensors: Any) -> torch.dtype:
     counts: dict[torch.dtype, int] = {}
     for tensor in tensors:
@@ -324,7 +334,8 @@ def load_transformer(path: str | Path, *, device: torch.device | str | None = No
     device = torch.device(device) if device is not None else devices.compute_device()
     compute_dtype = compute_dtype or default_compute_dtype(device)
     with checkpoint.StateDictFile(path) as file:
-        tensors = file.read_prefixed("")
+        # read straight into the storage dtype: one copy, converted in large blocks while reading
+        tensors = file.read_prefixed("", storage_dtype_for(file_dtype(file), weight_dtype, compute_dtype))
     module, config = build_transformer(tensors, source=path.name, device=device, compute_dtype=compute_dtype,
                                        weight_dtype=weight_dtype)
     return FluxNetwork(module, compute_dtype), config

@@ -227,8 +227,9 @@ def _load_diffusion_model(path: Path, weight_dtype: str, device: torch.device) -
                                  "loads FLUX.1 transformers (BFL or diffusers layout); its keys start with "
                                  f"{', '.join(groups) or 'nothing'}")
         dev = flux_family.is_dev(file.shapes, found[1])
-        tensors = file.read_prefixed("")
-    compute = flux_layout.default_compute_dtype(device)
+        compute = flux_layout.default_compute_dtype(device)
+        tensors = file.read_prefixed("", flux_layout.storage_dtype_for(flux_layout.file_dtype(file), weight_dtype,
+                                                                        compute))
     module, config = flux_layout.build_transformer(tensors, source=path.name, device=device, compute_dtype=compute,
                                                    weight_dtype=weight_dtype)
     del tensors
