@@ -294,3 +294,30 @@ def test_checkpoint_loader_reads_all_in_one_flux(base_dir, registry, with_t5):
         assert list(clip.encoders) == ["l"]
         with pytest.raises(ValueError, match="a FLUX text encoder needs CLIP-L and T5-XXL"):
             text_encoding.encode_text(clip, "a fox")
+
+
+def test_loom_run_of_comfyui_flux_dev_example(flux_models):
+    """A UI workflow shaped like ComfyUI's FLUX dev example (UNETLoader + DualCLIPLoader + VAELoader, width and
+    height PrimitiveNodes feeding EmptySD3LatentImage and ModelSamplingFlux, FluxGuidance, BasicGuider,
+    SamplerCustomAdvanced) runs headless on the tiny FLUX files."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from loom.server import cli
+
+    workflow = Path(__file__).parent / "workflows" / "flux-dev.json"
+    sets = {"12.unet_name": "tiny-flux-dev.safetensors", "11.clip_name1": "tiny-t5.safetensors",
+            "11.clip_name2": "tiny-clip-l.safetensors", "10.vae_name": "tiny-flux-ae.safetensors",
+            "27.width": 64, "27.height": 48, "30.width": 64, "30.height": 48, "17.steps": 3, "25.noise_seed": 5}
+    arguments = ["run", str(workflow), "--base-dir", str(flux_models), "--quiet"]
+    for key, value in sets.items():
+        arguments += ["--set", f"{key}={value}"]
+    assert cli.main(arguments) == 0
+    (saved,) = sorted((flux_models / "output").rglob("*.png"))
+    with Image.open(saved) as picture:
+        assert picture.size == (64, 48) and np.array(picture).std() > 0
+        prompt = json.loads(picture.text["prompt"])
+    assert prompt["30"]["class_type"] == "ModelSamplingFlux" and prompt["30"]["inputs"]["width"] == 64
+    assert prompt["26"]["inputs"]["guidance"] == 3.5 and prompt["11"]["inputs"]["type"] == "flux"
