@@ -494,10 +494,8 @@ class LoomServer:
 
     async def post_workflow_convert(self, request: web.Request) -> web.Response:
         body = await read_json(request, self.config.max_prompt_bytes)
-        try:
-            from loom.server import workflow
-        except ImportError:
-            raise ClientError(501, "not_available", "Workflow conversion is not installed") from None
+        from loom.server import workflow
+
         if isinstance(body, dict) and isinstance(body.get("workflow"), dict) and "nodes" not in body:
             body = body["workflow"]
         if not isinstance(body, dict):
@@ -511,11 +509,7 @@ class LoomServer:
             return web.json_response({"error": {"type": "invalid_workflow", "message": "Cannot convert workflow",
                                                 "details": details, "extra_info": {}},
                                       "problems": problems}, status=400)
-        if isinstance(result, tuple):
-            prompt, warnings = result
-        else:
-            prompt, warnings = result.prompt, result.warnings
-        return web.json_response({"prompt": prompt, "warnings": [str(w) for w in warnings or []]})
+        return web.json_response({"prompt": result.prompt, "warnings": [str(w) for w in result.warnings]})
 
     async def get_default_workflow(self, request: web.Request) -> web.Response:
         """Loom: the workflow the editor opens first (``loom serve --workflow``), UI format when it has one."""

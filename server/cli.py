@@ -179,10 +179,7 @@ def configure(args: argparse.Namespace, output_dir: Path | None = None):
     data_dirs = {"output": output_dir} if output_dir else None
     folders.configure(args.base_dir, args.models_dir, data_dirs=data_dirs)
     for yaml_path in args.extra_model_paths:
-        load_extra = getattr(folders, "load_extra_model_paths", None)
-        if load_extra is None:
-            raise UsageError("--extra-model-paths needs the model runtime, which is not installed")
-        load_extra(yaml_path)
+        folders.load_extra_model_paths(yaml_path)
     if args.allow_pickle:
         from loom.nodes.runtime import checkpoint
         checkpoint.set_allow_pickle(True)

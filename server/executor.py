@@ -93,13 +93,9 @@ class Executor:
         if free_memory:
             self.cache.clear()
         if unload_models or free_memory:
-            try:
-                from loom.nodes.runtime import model_cache  # part of the model runtime, when installed
-            except ImportError:
-                return
-            unload = getattr(model_cache, "free", None)
-            if callable(unload):
-                unload()
+            from loom.nodes.runtime import model_cache
+
+            model_cache.free()
 
     def execute(self, prompt: dict[str, Any], prompt_id: str, *, extra_data: dict[str, Any] | None = None,
                 outputs: list[str] | None = None, on_event: EventSink | None = None,
@@ -126,12 +122,9 @@ class Executor:
 
     def loaded_models(self) -> list[str]:
         """The real paths of the model files this process's model cache holds (what routing reads)."""
-        try:
-            from loom.nodes.runtime import model_cache  # part of the model runtime, when installed
-        except ImportError:
-            return []
-        files = getattr(model_cache.models, "files", None)
-        return files() if callable(files) else []
+        from loom.nodes.runtime import model_cache
+
+        return model_cache.models.files()
 
 
 class _Run:

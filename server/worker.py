@@ -333,16 +333,12 @@ class Worker:
         if self.router is None:
             return
         try:
-            loaded = getattr(result, "loaded_models", None)
-            if loaded is None and callable(getattr(self.executor, "loaded_models", None)):
+            loaded = result.loaded_models
+            if loaded is None:
                 loaded = self.executor.loaded_models()
             for name in item.required_models:
                 if name not in self._model_paths:
                     self._model_paths[name] = _real_path(name)
-            if loaded is None:  # the executor does not say: it holds what it ran, if that ran
-                ran = getattr(result, "status", None) == "success"
-                self._set_models(self.models | (frozenset(item.required_models) if ran else frozenset()))
-                return
             files = set(loaded)
             self._set_models(name for name, path in self._model_paths.items() if path is not None and path in files)
         except Exception:
@@ -362,8 +358,8 @@ class Worker:
         error = result.error
         if status == "error" and not any(e == "execution_error" for e, _ in result.messages):
             # failed before anything ran (e.g. an input file vanished after queueing): tell the client
-            validation = getattr(result, "validation", None)
-            lines = validation.messages() if validation is not None and hasattr(validation, "messages") else []
+            validation = result.validation
+            lines = validation.messages() if validation is not None else []
             message = "; ".join(lines) or (error or {}).get("message", "the prompt is no longer valid")
             payload = self._error_payload(item, (error or {}).get("type", "prompt_invalid"), message)
             messages.append(["execution_error", payload])
@@ -371,11 +367,11 @@ class Worker:
             if not any(e == "executing" for e, _ in held):
                 held.append(("executing", {"node": None, "prompt_id": item.prompt_id}))
             error = {"type": payload["exception_type"], "message": message,
-                     "node_errors": getattr(validation, "node_errors", {}) if validation is not None else {}}
+                     "node_errors": validation.node_errors if validation is not None else {}}
         elif status == "error" and error is not None:
             error = self._public_error(error)
         return Outcome(state=status, outputs=result.outputs or {}, messages=messages, error=error,
-                       worker=getattr(result, "worker", None) or self._worker_label())
+                       worker=result.worker or self._worker_label())
 
     def _worker_label(self) -> str:
         """Which worker runs prompts now: ``thread``, or ``process:<pid>`` for a worker process."""

@@ -137,7 +137,7 @@ async def _all_finish(url: str, running_id: str, ids: list[str]) -> None:
             assert entry["status"]["status_str"] == "success", entry["status"]
             assert entry["outputs"]["9"] == {"text": [str(10 + index)]}
         entry = await wait_history(session, url, running_id)
-        assert entry["status"]["state"] == "interrupted"
+        assert entry["status"]["state"] == "interrupted", entry["status"]
         finished = [entry["timing"]["finished_at"] for entry in
                     [(await (await session.get(f"{url}/history/{p}")).json())[p] for p in ids]]
         assert finished == sorted(finished)  # in their original order

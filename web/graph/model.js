@@ -460,7 +460,7 @@ export class Graph {
       const node = new GraphNode(saved.type, def);
       node.configure(saved);
       if (!def) {
-        // subgraph instances and legacy group nodes are shown (read-only for now), not reported missing
+        // subgraph instances and legacy group nodes have no definition of their own: not reported missing
         const subgraph = subgraphs.get(saved.type);
         const groupName = String(saved.type).startsWith("workflow>") ? saved.type.slice("workflow>".length) : null;
         if (subgraph) {
