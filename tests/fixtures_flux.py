@@ -140,14 +140,15 @@ def write_t5(path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.floa
     return _save(t5_state_dict(seed, **shape_options), path, dtype, "tiny random T5 v1.1 encoder")
 
 
-def clip_l_state_dict(seed: int = 0, width: int = CLIP_WIDTH, layers: int = 2) -> dict[str, torch.Tensor]:
+def clip_l_state_dict(seed: int = 0, width: int = CLIP_WIDTH, layers: int = 2, *,
+                      hidden_act: str = "quick_gelu") -> dict[str, torch.Tensor]:
     """A stand-alone CLIP-L text encoder: ``text_model.*`` and ``text_projection.weight`` (quick_gelu)."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                             num_attention_heads=max(1, width // 64), max_position_embeddings=77,
-                            hidden_act="quick_gelu", projection_dim=width, bos_token_id=49406, eos_token_id=49407,
+                            hidden_act=hidden_act, projection_dim=width, bos_token_id=49406, eos_token_id=49407,
                             pad_token_id=1)
     model = CLIPTextModelWithProjection(config)
     out = {}
@@ -162,6 +163,15 @@ def clip_l_state_dict(seed: int = 0, width: int = CLIP_WIDTH, layers: int = 2) -
 
 def write_clip_l(path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
     return _save(clip_l_state_dict(seed), path, dtype, "tiny random CLIP-L text encoder")
+
+
+def clip_g_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A stand-alone CLIP-G in the transformers layout: 32 layers (ComfyUI tells CLIP-G by its 31st), gelu."""
+    return clip_l_state_dict(seed, layers=32, hidden_act="gelu")
+
+
+def write_clip_g(path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    return _save(clip_g_state_dict(seed), path, dtype, "tiny random CLIP-G text encoder")
 
 
 def tiny_flux_vae(seed: int = 0) -> Any:

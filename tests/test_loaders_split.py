@@ -321,3 +321,26 @@ def test_loom_run_of_comfyui_flux_dev_example(flux_models):
         prompt = json.loads(picture.text["prompt"])
     assert prompt["30"]["class_type"] == "ModelSamplingFlux" and prompt["30"]["inputs"]["width"] == 64
     assert prompt["26"]["inputs"]["guidance"] == 3.5 and prompt["11"]["inputs"]["type"] == "flux"
+
+
+@pytest.mark.parametrize("clip_type,family", [("sd3", "sd3"), ("sdxl", "sdxl")])
+def test_dual_clip_loader_clip_l_and_g(base_dir, registry, clip_type, family):
+    """CLIP-L (quick_gelu) and CLIP-G (gelu, text_projection kept) files, in either order, as an SD3 or SDXL CLIP."""
+    from loom.nodes.runtime import families, text_encoding
+
+    fixtures_flux.write_clip_l(base_dir / "models" / "text_encoders" / "l.safetensors")
+    fixtures_flux.write_clip_g(base_dir / "models" / "text_encoders" / "g.safetensors", seed=1)
+    clip = registry.get("DualCLIPLoader").execute("g.safetensors", "l.safetensors", clip_type)[0]
+    assert clip.family == family and sorted(clip.encoders) == ["g", "l"]
+    l_model, g_model = clip.encoders["l"][1], clip.encoders["g"][1]
+    assert l_model.config.hidden_act == "quick_gelu" and g_model.config.hidden_act == "gelu"
+    assert g_model.config.num_hidden_layers == 32 and hasattr(g_model, "text_projection")
+    [[cond, options]] = text_encoding.encode_text(clip, "a fox")
+    tokens = text_encoding.tokenize_for(clip, "a fox")
+    outputs = {}
+    for name in ("l", "g"):
+        conv = families.get(family).text_convention(name)
+        outputs[name] = text_encoding._encode_weighted(clip.encoders[name][1], tokens[name], conv, conv.default_layer)
+    expected, pooled, _ = families.get(family).combine_text(outputs)
+    assert torch.allclose(cond, expected) and torch.allclose(options["pooled_output"], pooled)
+    assert cond.shape == ((1, 77, 4096) if family == "sd3" else (1, 77, 64))

@@ -112,7 +112,7 @@ def test_config_from_shapes():
              relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
 
 
-@pytest.mark.parametrize("file_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("file_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn])
 def test_encoder_matches_the_reference(tmp_path, file_dtype):
     path = fixtures_flux.write_t5(tmp_path / "t5.safetensors", dtype=file_dtype)
     model = t5.load_encoder(path)
