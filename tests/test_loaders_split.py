@@ -344,3 +344,24 @@ def test_dual_clip_loader_clip_l_and_g(base_dir, registry, clip_type, family):
     expected, pooled, _ = families.get(family).combine_text(outputs)
     assert torch.allclose(cond, expected) and torch.allclose(options["pooled_output"], pooled)
     assert cond.shape == ((1, 77, 4096) if family == "sd3" else (1, 77, 64))
+
+
+@pytest.mark.parametrize("prefix", ["model.diffusion_model.", ""])
+def test_unet_loader_reads_other_families_networks(base_dir, registry, prefix):
+    """An SD3 MMDiT alone (bare or prefixed) loads as the same network CheckpointLoaderSimple builds."""
+    from safetensors.torch import save_file
+
+    from loom.nodes.runtime import checkpoint
+    from tests.fixtures_checkpoints import checkpoint_path
+
+    state = checkpoint.read_state_dict(checkpoint_path("sd3"))
+    network = {prefix + k.removeprefix("model.diffusion_model."): v for k, v in state.items()
+               if k.startswith("model.diffusion_model.")}
+    save_file(network, str(base_dir / "models" / "diffusion_models" / "mmdit.safetensors"))
+    model = registry.get("UNETLoader").execute("mmdit.safetensors", "default")[0]
+    whole = checkpoint.load_checkpoint(checkpoint_path("sd3"), use_cache=False)[0]
+    assert model.family == "sd3" and repr(model.sampling) == repr(whole.sampling)
+    got, want = model.unet.state_dict(), whole.unet.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    with pytest.raises(ValueError, match="weight_dtype 'fp8_e4m3fn' is supported for FLUX transformers"):
+        registry.get("UNETLoader").execute("mmdit.safetensors", "fp8_e4m3fn")

@@ -22,7 +22,9 @@ CLIPLoader sd3              L, G or T5 alone     family ``sd3``
 
 The files may come in either order. Diffusion-model files (``models/diffusion_models/``, also ``unet/``):
 FLUX transformers in BFL's or diffusers' layout, bare or under ``model.diffusion_model.``, with UNETLoader's
-``weight_dtype``.
+``weight_dtype`` (fp8 storage computed in the compute dtype); any other registered family's network alone
+(an SD3 MMDiT, a full-size SD1/SD2/SDXL UNet), bare or prefixed, detected and built by its family as
+CheckpointLoaderSimple does (``weight_dtype`` ``default`` only).
 """
 from __future__ import annotations
 
@@ -194,7 +196,7 @@ def load_clip(node: str, paths: Sequence[str | Path], clip_type: str, *, device:
 
 def load_diffusion_model(path: str | Path, weight_dtype: str = "default", *, device: torch.device | str | None = None,
                          use_cache: bool = True) -> DiffusionModel:
-    """A ``diffusion_models/`` file as a MODEL (FLUX.1 dev/schnell transformers)."""
+    """A ``diffusion_models/`` file as a MODEL (see the module docstring for what it may hold)."""
     from loom.nodes.runtime import flux_layout
 
     if weight_dtype not in flux_layout.WEIGHT_DTYPES:
@@ -222,10 +224,7 @@ def _load_diffusion_model(path: Path, weight_dtype: str, device: torch.device) -
     with checkpoint.StateDictFile(path) as file:
         found = flux_layout.detect_layout(file.shapes)
         if found is None:
-            groups = sorted({".".join(k.split(".")[:2]) for k in file.shapes})[:6]
-            raise SplitLoadError(f"{path.name} is not a diffusion model Loom can load on its own: Loom's UNETLoader "
-                                 "loads FLUX.1 transformers (BFL or diffusers layout); its keys start with "
-                                 f"{', '.join(groups) or 'nothing'}")
+            return _load_family_network(file, path, weight_dtype, device)
         dev = flux_family.is_dev(file.shapes, found[1])
         compute = flux_layout.default_compute_dtype(device)
         tensors = file.read_prefixed("", flux_layout.storage_dtype_for(flux_layout.file_dtype(file), weight_dtype,
@@ -244,3 +243,36 @@ def _load_diffusion_model(path: Path, weight_dtype: str, device: torch.device) -
                                    "weight_dtype": weight_dtype, "unet_config": config})
 
 
+def _load_family_network(file: Any, path: Path, weight_dtype: str, device: torch.device) -> DiffusionModel:
+    """Another registered family's network alone (an SD1/SD2/SDXL UNet, an SD3 MMDiT), with its keys bare or
+    under ``model.diffusion_model.``: detected and built by the family as CheckpointLoaderSimple does."""
+    from loom.nodes.runtime import families
+    from loom.nodes.runtime.families.unet import UNET_PREFIX
+
+    shapes = file.shapes
+    prefixed = any(key.startswith(UNET_PREFIX) for key in shapes)
+    view = shapes if prefixed else {UNET_PREFIX + key: shape for key, shape in shapes.items()}
+
+    def read(key: str) -> torch.Tensor:
+        return file.read(key if prefixed else key[len(UNET_PREFIX):])
+
+    try:
+        detected = families.detect(view, read, source=path.name)
+    except families.UnknownModelError as exc:
+        raise SplitLoadError(f"{path.name} is not a diffusion model Loom can load on its own (FLUX.1 in BFL or "
+                             f"diffusers layout, or a network of {', '.join(families.FAMILIES)}): {exc}") from None
+    family = detected.family
+    if weight_dtype != "default":
+        raise SplitLoadError(f"weight_dtype {weight_dtype!r} is supported for FLUX transformers; load this "
+                             f"{family.display_name} network with 'default'")
+    if detected.unet_prefix is None:
+        raise SplitLoadError(f"{path.name} holds no {family.display_name} diffusion network")
+    if not prefixed:
+        detected.unet_prefix = ""
+    family.import_code()
+    dtype = devices.diffusion_dtype(device)
+    network, config = family.build_diffusion(file, detected, dtype=dtype, device=device)
+    return DiffusionModel(unet=network, family=family.name, sampling=families.model_sampling(detected),
+                          latent_format=family.latent_format,
+                          options={"source": str(path), "prediction_source": detected.prediction_source,
+                                   "adm": family.adm, "weight_dtype": weight_dtype, "unet_config": config})
