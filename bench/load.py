@@ -5,8 +5,8 @@
 Files: each ``--checkpoint``; by default the conformance SD1.5 file ``sd15-conformance-s0.safetensors``
 (2.1 GB, full size, float16) from ``$LOOM_CONFORMANCE_CACHE``, ``~/.cache/loom-conformance`` or
 ``/work/cache``. When it is not there, the bench builds it into a temporary directory with
-``shared/conformance/make_checkpoint.py`` (about a minute). Loom loads only the SD1/SD2/SDXL families for
-now, so SD3/FLUX files passed in are reported as not loadable.
+``shared/conformance/make_checkpoint.py`` (about a minute). Any family Loom loads works, e.g. the SD3
+conformance file ``sd3-conformance-s4.safetensors``.
 
 Every measurement runs in a fresh Python process (``python -c``), one after another, so each sees a cold
 process (nothing imported, no model cache) and, unless ``--cold-cache``, a **warm page cache** (the file is
