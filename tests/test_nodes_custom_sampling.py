@@ -640,3 +640,12 @@ def test_seeds_2_phi_2_step_by_hand():
     b2 = (math.expm1(-h) + h) / -h
     b1 = math.expm1(-h) - b2
     assert torch.allclose(got, s1 / s0 * x - (b1 * d0 + b2 * d1), atol=1e-5)
+
+
+def test_a_guider_in_the_output_cache_counts_its_conditionings_not_the_model(tiny_model, tiny_conds):
+    from loom.server.cache import estimate_bytes
+
+    positive, negative = tiny_conds
+    (guider,) = cs.CFGGuider.execute(tiny_model, positive, negative, 5.0)
+    conditioning = sum(c[0].element_size() * c[0].nelement() for c in positive + negative)
+    assert estimate_bytes(guider) == conditioning < estimate_bytes(tiny_model.unet)

@@ -97,6 +97,17 @@ Noise = RandomNoise | EmptyNoise
 # GUIDER
 # --------------------------------------------------------------------------------------------
 
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in a conditioning (lists of ``[tensor, options]``, options' tensors included)."""
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    return 0
+
+
 class CFGGuider:
     """``GUIDER`` from CFGGuider: classifier-free guidance of ``positive`` over ``negative`` at ``cfg``."""
 
@@ -106,6 +117,11 @@ class CFGGuider:
         self.positive = positive
         self.negative = negative if negative is not None else []
         self.cfg = float(cfg)
+
+    def loom_nbytes(self) -> int:
+        """Bytes for the output cache: the conditionings' tensors. The model is counted by the cache entry of
+        the MODEL output it came from, which holds the same weights."""
+        return sum(_tensor_bytes(value) for value in vars(self).values() if value is not self.model)
 
     def denoiser(self, latent_shape: Sequence[int], latent_image: torch.Tensor | None,
                  denoise_mask: torch.Tensor | None, *, cfg_pp: bool = False) -> GuidedDenoiser:
