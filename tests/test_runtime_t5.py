@@ -198,3 +198,13 @@ def test_clip_handle_seam(tmp_path):
     alone, _ = encoder.encode_token_weights([])
     assert alone.shape == (1, 1, fixtures_flux.T5_WIDTH)
     assert torch.allclose(alone, t5.run_t5(encoder.model, [[t5.EOS_TOKEN]]))
+
+
+def test_the_encoder_object_counts_in_the_model_cache(tmp_path):
+    from loom.nodes.runtime import checkpoint, model_cache
+
+    path = fixtures_flux.write_t5(tmp_path / "t5.safetensors")
+    with checkpoint.StateDictFile(path) as file:
+        _tokenizer, encoder = t5.load_t5_from_file(file, "", device="cpu")
+    expected = sum(p.numel() * p.element_size() for p in encoder.model.parameters())
+    assert model_cache.tensor_bytes({"t5xxl": (_tokenizer, encoder)}) == expected > 0

@@ -326,10 +326,12 @@ class T5Tokenizer:
         return f"T5Tokenizer(min_length={self.min_length})"
 
 
-class T5TextEncoder:
-    """A built T5 encoder as a CLIP handle's encoder: ``encode_token_weights(tokens)`` → ``(hidden, None)``."""
+class T5TextEncoder(torch.nn.Module):
+    """A built T5 encoder (``.model``) as a CLIP handle's encoder: ``encode_token_weights(tokens)`` →
+    ``(hidden, None)``. A module, so the model cache counts its weights and weight patches can reach them."""
 
     def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
         self.model = model
 
     def encode_token_weights(self, sequences: Sequence[WeightedTokens]) -> tuple[torch.Tensor, None]:
@@ -338,12 +340,9 @@ class T5TextEncoder:
             sequences = [list(sequences)]  # type: ignore[list-item]
         return encode_token_weights(self.model, sequences), None
 
-    def parameters(self) -> Any:
-        return self.model.parameters()
-
-    def __repr__(self) -> str:
+    def extra_repr(self) -> str:
         config = self.model.config
-        return f"T5TextEncoder({config.num_layers} blocks, d_model {config.d_model})"
+        return f"{config.num_layers} blocks, d_model {config.d_model}"
 
 
 def load_t5_from_file(file: Any, prefix: str, *, dtype: torch.dtype | None = None,
