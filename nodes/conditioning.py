@@ -246,6 +246,26 @@ class ConditioningSetAreaStrength(Node):
 
 
 @register
+class ConditioningSetTimestepRange(Node):
+    """ComfyUI's node: the entries act only from ``start`` to ``end`` of the sampling (fractions; the model's
+    sampling turns them into sigmas when it runs, so flow models get their own ranges)."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "ConditioningSetTimestepRange", category="model/conditioning/transform",
+            inputs=[Socket("conditioning", "CONDITIONING"),
+                    Float("start", default=0.0, min=0.0, max=1.0, step=0.001),
+                    Float("end", default=1.0, min=0.0, max=1.0, step=0.001)],
+            outputs=[Output("CONDITIONING")])
+
+    @classmethod
+    def execute(cls, conditioning: Any, start: float, end: float) -> tuple:
+        conditioning = _check_conditioning("ConditioningSetTimestepRange", "conditioning", conditioning)
+        return (set_values(conditioning, {"start_percent": start, "end_percent": end}),)
+
+
+@register
 class ConditioningSetMask(Node):
     @classmethod
     def define_schema(cls) -> Schema:

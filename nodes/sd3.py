@@ -14,7 +14,7 @@ class EmptySD3LatentImage(Node):
     @classmethod
     def define_schema(cls) -> Schema:
         return Schema(
-            "EmptySD3LatentImage", category="latent/sd3",
+            "EmptySD3LatentImage", category="model/latent/sd3",
             inputs=[Int("width", default=1024, min=16, max=MAX_RESOLUTION, step=16),
                     Int("height", default=1024, min=16, max=MAX_RESOLUTION, step=16),
                     Int("batch_size", default=1, min=1, max=4096)],

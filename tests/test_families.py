@@ -368,3 +368,17 @@ def test_sd3_checkpoint_with_t5_loads_it_through_the_t5_module(tmp_path):
     assert len(tokens) == 77  # SD3 pads T5 to 77 tokens
     hidden, _ = encoder.encode_token_weights([tokens])
     assert hidden.shape == (1, 77, 32)
+
+
+def test_timestep_range_on_a_flow_model_uses_its_percent_to_sigma(sd3):
+    from loom.nodes.conditioning import ConditioningSetTimestepRange
+    from loom.nodes.runtime.denoiser import GuidedDenoiser
+
+    model = sd3[0]
+    cond = [[torch.randn(1, 77, 4096), {"pooled_output": torch.zeros(1, 64)}]]
+    (ranged,) = ConditioningSetTimestepRange.execute(cond, 0.1, 0.5)
+    assert ranged[0][1]["start_percent"] == 0.1 and "start_percent" not in cond[0][1]
+    denoiser = GuidedDenoiser(model, ranged, cond, 1.0, (1, 16, 4, 4))
+    (entry,) = denoiser.positive
+    assert entry.sigma_start == pytest.approx(3 * 0.9 / (1 + 2 * 0.9))
+    assert entry.sigma_end == pytest.approx(3 * 0.5 / (1 + 2 * 0.5))
