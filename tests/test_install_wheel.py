@@ -115,7 +115,9 @@ def test_the_wheel_carries_the_editor_workflows_and_data_files(installed: Scratc
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
     wanted = {"loom/web/index.html", "loom/web/app.js", "loom/workflows/txt2img.json",
-              "loom/nodes/runtime/data/bpe_simple_vocab_16e6.txt.gz", "loom/server/cli.py", "loom/nodes/schema.py"}
+              "loom/nodes/runtime/data/bpe_simple_vocab_16e6.txt.gz", "loom/server/cli.py", "loom/nodes/schema.py",
+              "loom/nodes/runtime/data/t5-v1_1-tokenizer/tokenizer.json.gz",
+              "loom/nodes/runtime/data/t5-v1_1-tokenizer/LICENSE", "loom/nodes/runtime/data/t5-v1_1-tokenizer/README.md"}
     builtin = REPO / "nodes" / "builtin_models"
     wanted |= {"loom/nodes/builtin_models/" + path.relative_to(builtin).as_posix()
                for path in builtin.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
