@@ -45,8 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ComfyUI extra_model_paths.yaml (repeatable)")
     common.add_argument("--nodes", type=Path, action="append", default=[], metavar="PACK",
                         help="load a node pack (a .py file or a package folder); repeatable")
-    common.add_argument("--allow-pickle", action="store_true",
-                        help="allow pickled .ckpt/.pt model files (loaded with weights_only=True)")
+    common.add_argument("--allow-pickle", action="store_true", default=None,
+                        help="allow pickled .ckpt/.pt model files (loaded with weights_only=True); "
+                        "env LOOM_ALLOW_PICKLE=1")
+    common.add_argument("--device", default=None, metavar="DEVICE",
+                        help="where models compute: cpu, cuda, cuda:1, ... (default: CUDA when present, else "
+                        "the CPU); env LOOM_DEVICE")
+    common.add_argument("--cpu", dest="device", action="store_const", const="cpu",
+                        help="compute on the CPU (ComfyUI's flag; the same as --device cpu)")
+    common.add_argument("--force-fp32", action="store_true", default=None,
+                        help="compute every model in float32; env LOOM_FORCE_FP32=1")
+    common.add_argument("--model-cache-bytes", default=None, metavar="SIZE",
+                        help="keep at most this many bytes of models loaded, e.g. 12G (default: as memory "
+                        "allows); env LOOM_MODEL_CACHE_BYTES")
 
     parser = argparse.ArgumentParser(prog="loom", description="Node-graph workflows for diffusion image "
                                      "generation, compatible with ComfyUI workflows and its API.")
@@ -172,17 +183,21 @@ def _drop_stdout() -> None:
 # --------------------------------------------------------------------------------------------
 
 def configure(args: argparse.Namespace, output_dir: Path | None = None):
-    """Folders, model paths, pickle policy and node packs; returns the registry."""
-    from loom.nodes import folders
+    """The runtime configuration, folders, model paths and node packs; returns the registry."""
+    from loom.nodes import config, folders
     from loom.nodes.schema import default_registry
+
+    try:
+        cache_bytes = None if args.model_cache_bytes is None else config.parse_bytes(args.model_cache_bytes)
+        config.configure(config.from_environment(device=args.device, force_fp32=args.force_fp32,
+                                                 model_cache_bytes=cache_bytes, allow_pickle=args.allow_pickle))
+    except ValueError as problem:
+        raise UsageError(str(problem)) from None
 
     data_dirs = {"output": output_dir} if output_dir else None
     folders.configure(args.base_dir, args.models_dir, data_dirs=data_dirs)
     for yaml_path in args.extra_model_paths:
         folders.load_extra_model_paths(yaml_path)
-    if args.allow_pickle:
-        from loom.nodes.runtime import checkpoint
-        checkpoint.set_allow_pickle(True)
     for pack in args.nodes:
         if not pack.exists():
             raise UsageError(f"node pack {pack} does not exist")

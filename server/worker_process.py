@@ -74,7 +74,7 @@ class WorkerSpec:
     builtin_nodes: bool = True  # the default registry (Loom's nodes) ...
     node_packs: list[str] = field(default_factory=list)  # ... plus these packs (loom serve --nodes)
     node_modules: list[str] = field(default_factory=list)  # ... plus these importable modules
-    allow_pickle: bool = False  # loom --allow-pickle
+    runtime: dict[str, Any] = field(default_factory=dict)  # loom.nodes.config.RuntimeConfig, as a dict
     torch_threads: int | None = None  # torch.set_num_threads in the child, when the parent had set it
     log_level: int = logging.INFO
     rlimit_as_headroom: int | None = None
@@ -90,13 +90,14 @@ class WorkerSpec:
         builtin, packs, modules = _registry_sources(registry)
         if node_packs:
             packs = [str(Path(p).resolve()) for p in node_packs]
-        checkpoint = sys.modules.get("loom.nodes.runtime.checkpoint")
+        from loom.nodes import config
+
         torch = sys.modules.get("torch")
         spec = cls(base_dir=str(current.base_dir), models_dir=str(current.models_dir),
                    extra_paths={k: [str(p) for p in v] for k, v in current.extra_paths.items()},
                    data_dirs={k: str(v) for k, v in current.data_dirs.items()},
                    builtin_nodes=builtin, node_packs=packs, node_modules=modules,
-                   allow_pickle=bool(getattr(checkpoint, "ALLOW_PICKLE", False)),
+                   runtime=config.current().as_dict(),
                    torch_threads=torch.get_num_threads() if torch is not None else None,
                    log_level=logging.getLogger().getEffectiveLevel())
         for name, value in overrides.items():
@@ -194,9 +195,9 @@ def _build_executor(spec: WorkerSpec) -> Any:
     if spec.torch_threads:
         import torch
         torch.set_num_threads(spec.torch_threads)
-    if spec.allow_pickle:
-        from loom.nodes.runtime import checkpoint
-        checkpoint.set_allow_pickle(True)
+    from loom.nodes import config
+
+    config.configure(config.RuntimeConfig(**spec.runtime))
     from loom.nodes.schema import NodeRegistry, default_registry
     from loom.server.executor import Executor
 

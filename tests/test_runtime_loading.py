@@ -176,10 +176,12 @@ def test_pickles_need_the_flag_and_load_weights_only(tmp_path, monkeypatch):
     state = build_state_dict("sd1")
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": {k: v.half() for k, v in state.items()}}, path)
-    monkeypatch.setattr(checkpoint, "ALLOW_PICKLE", False)
+    from loom.nodes import config
+
+    monkeypatch.setattr(config, "_current", config.RuntimeConfig(allow_pickle=False))
     with pytest.raises(checkpoint.CheckpointError, match="--allow-pickle"):
         checkpoint.load_checkpoint(path, use_cache=False)
-    monkeypatch.setattr(checkpoint, "ALLOW_PICKLE", True)
+    monkeypatch.setattr(config, "_current", config.RuntimeConfig(allow_pickle=True))
     model, clip, vae = checkpoint.load_checkpoint(path, use_cache=False)
     assert model.family == "sd1"
 

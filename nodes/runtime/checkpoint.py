@@ -9,7 +9,7 @@ an error naming the component and the keys, never a silently random weight. Modu
 the meta device and take the file's tensors directly, so nothing is initialised twice.
 
 Safetensors files load by default. Pickled ``.ckpt``/``.pt``/``.bin`` files load only when
-:data:`ALLOW_PICKLE` is set (the CLI's ``--allow-pickle``), and then with
+the runtime configuration allows them (``loom --allow-pickle``, :mod:`loom.nodes.config`), and then with
 ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -27,14 +27,12 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
+from loom.nodes import config
 from loom.nodes.runtime import devices, families, model_cache
 from loom.nodes.runtime.families import Detected, TextEncoderSlot
 from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel, VAEModel
 
 log = logging.getLogger(__name__)
-
-ALLOW_PICKLE = False
-"""Whether pickled checkpoints may be read at all (set by ``loom --allow-pickle``)."""
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pt2", ".pkl")
@@ -56,11 +54,6 @@ _SAFETENSORS_DTYPES = {
 
 class CheckpointError(ValueError):
     """A model file that cannot be read or does not fit what it claims to be."""
-
-
-def set_allow_pickle(allowed: bool) -> None:
-    global ALLOW_PICKLE
-    ALLOW_PICKLE = bool(allowed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +110,7 @@ class StateDictFile:
         if suffix in SAFETENSORS_SUFFIXES:
             self._open_safetensors()
         elif suffix in PICKLE_SUFFIXES:
-            allowed = ALLOW_PICKLE if allow_pickle is None else allow_pickle
+            allowed = config.current().allow_pickle if allow_pickle is None else allow_pickle
             if not allowed:
                 raise CheckpointError(
                     f"{self.path.name} is a pickled checkpoint ({suffix}); pickles can run code when loaded, so "

@@ -1,33 +1,22 @@
 """Which device the models compute on and in which precision.
 
 CUDA when present (the diffusion model and text encoders in float16, the VAE in bfloat16 where the
-GPU supports it, else float32 — ComfyUI's defaults), otherwise the CPU in float32. The CLI can pin
-a device or force float32 with :func:`configure`. Tensors passed between nodes (latents, images,
+GPU supports it, else float32 — ComfyUI's defaults), otherwise the CPU in float32. The runtime
+configuration (:mod:`loom.nodes.config`: ``loom --device``, ``--force-fp32``) can pin a device or force
+float32. Tensors passed between nodes (latents, images,
 conditionings) live on the CPU, like ComfyUI's ``intermediate_device``.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-_device_override: str | None = os.environ.get("LOOM_DEVICE") or None
-_force_fp32: bool = os.environ.get("LOOM_FORCE_FP32", "") not in ("", "0")
-
-
-def configure(device: str | None = None, force_fp32: bool | None = None) -> None:
-    """Pin the compute device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) and/or force float32 everywhere."""
-    global _device_override, _force_fp32
-    if device is not None:
-        torch.device(device)  # raises on a malformed name
-        _device_override = device
-    if force_fp32 is not None:
-        _force_fp32 = force_fp32
+from loom.nodes import config
 
 
 def compute_device() -> torch.device:
-    if _device_override:
-        return torch.device(_device_override)
+    pinned = config.current().device
+    if pinned:
+        return torch.device(pinned)
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -39,7 +28,7 @@ def intermediate_device() -> torch.device:
 
 
 def _fp32_only(device: torch.device) -> bool:
-    return _force_fp32 or device.type != "cuda"
+    return config.current().force_fp32 or device.type != "cuda"
 
 
 def diffusion_dtype(device: torch.device | None = None) -> torch.dtype:

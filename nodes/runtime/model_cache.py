@@ -68,13 +68,22 @@ class _Entry:
 
 
 class ModelCache:
-    """An LRU of loaded models bounded by bytes."""
+    """An LRU of loaded models bounded by bytes: ``budget_bytes``, or when that is None the runtime
+    configuration's ``model_cache_bytes`` (``loom --model-cache-bytes``), and by the device's free memory."""
 
     def __init__(self, budget_bytes: int | None = None) -> None:
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._lock = threading.RLock()
         self._loading: dict[Hashable, threading.Lock] = {}
         self.budget_bytes = budget_bytes
+
+    @property
+    def budget(self) -> int | None:
+        """The byte budget in force now (None: only memory bounds the cache)."""
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        from loom.nodes import config
+        return config.current().model_cache_bytes
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -140,8 +149,9 @@ class ModelCache:
         from loom.nodes.runtime import devices
 
         with self._lock:
-            if self.budget_bytes is not None:
-                while self._entries and self.total_bytes + nbytes > self.budget_bytes:
+            budget = self.budget
+            if budget is not None:
+                while self._entries and self.total_bytes + nbytes > budget:
                     self._evict_oldest()
             while self._entries and devices.free_memory(device) < nbytes + MEMORY_HEADROOM:
                 self._evict_oldest()
@@ -166,9 +176,10 @@ class ModelCache:
         _collect()
 
     def _evict_over_budget(self, keep: Hashable) -> None:
-        if self.budget_bytes is None:
+        budget = self.budget
+        if budget is None:
             return
-        while len(self._entries) > 1 and self.total_bytes > self.budget_bytes:
+        while len(self._entries) > 1 and self.total_bytes > budget:
             oldest = next(iter(self._entries))
             if oldest == keep:
                 break
@@ -181,12 +192,7 @@ def _collect() -> None:
     devices.empty_cache()
 
 
-def _default_budget() -> int | None:
-    configured = os.environ.get("LOOM_MODEL_CACHE_BYTES")
-    return int(configured) if configured else None
-
-
-models = ModelCache(budget_bytes=_default_budget())
+models = ModelCache()
 """The process-wide cache of loaded checkpoints, VAEs, LoRAs, ControlNets."""
 
 

@@ -176,8 +176,9 @@ def load_embedding(name: str, size: int, key: str, directories: Sequence[Path] |
 
 
 def _read_pickled_embedding(path: Path) -> Any:
+    from loom.nodes import config
     from loom.nodes.runtime import checkpoint
-    if not checkpoint.ALLOW_PICKLE:
+    if not config.current().allow_pickle:
         raise checkpoint.CheckpointError(f"{path.name} is pickled; start Loom with --allow-pickle to use it")
     return torch.load(str(path), map_location="cpu", weights_only=True)
 
