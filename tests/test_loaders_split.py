@@ -230,11 +230,24 @@ FLUX_PROMPT = {
 }
 
 
-def test_tiny_flux_prompt_runs(flux_models, registry):
+@pytest.mark.parametrize("variant", ["dev", "schnell", "img2img"])
+def test_tiny_flux_prompt_runs(flux_models, registry, variant):
+    import numpy as np
+    from PIL import Image as PILImage
+
     from loom.server.executor import Executor
     from loom.server.graph import validate_prompt
 
     prompt = json.loads(json.dumps(FLUX_PROMPT))
+    if variant == "schnell":
+        prompt["1"]["inputs"]["unet_name"] = "tiny-flux-schnell.safetensors"
+    if variant == "img2img":  # LoadImage -> VAEEncode (16 channels) -> KSampler at denoise 0.6
+        pixels = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+        (flux_models / "input").mkdir(exist_ok=True)
+        PILImage.fromarray(pixels).save(flux_models / "input" / "start.png")
+        prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": "start.png"}}
+        prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["3", 0]}}
+        prompt["7"]["inputs"].update(latent_image=["11", 0], denoise=0.6)
     validation = validate_prompt(prompt, registry)
     assert validation.ok, validation.node_errors
     result = Executor(registry).execute(prompt, "tiny-flux", validation=validation)
@@ -365,3 +378,57 @@ def test_unet_loader_reads_other_families_networks(base_dir, registry, prefix):
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     with pytest.raises(ValueError, match="weight_dtype 'fp8_e4m3fn' is supported for FLUX transformers"):
         registry.get("UNETLoader").execute("mmdit.safetensors", "fp8_e4m3fn")
+
+
+def _flux_table(dev: bool) -> torch.Tensor:
+    """ComfyUI's sigma tables: dev ``e^mu / (e^mu + (1/t - 1))`` over 10,000 t (mu 1.15); schnell t itself
+    over 1,000 (flow, shift 1)."""
+    import math
+
+    if dev:
+        t = torch.arange(1, 10001, dtype=torch.float32) / 10000
+        return math.exp(1.15) / (math.exp(1.15) + (1 / t - 1))
+    return torch.arange(1, 1001, dtype=torch.float32) / 1000
+
+
+@pytest.mark.parametrize("variant", ["dev_txt2img", "schnell_img2img"])
+def test_tiny_flux_ksampler_matches_a_reference_loop(flux_models, registry, variant):
+    """KSampler euler/simple on the tiny FLUX against ComfyUI's loop written out here: the latent format's shift
+    and scale, the simple schedule (denoise < 1: int(steps / denoise) steps, the last steps + 1 sigmas), the
+    seed's CPU noise mixed as sigma * noise + (1 - sigma) * latent, the model fed sigma, denoised = x - v * sigma,
+    guidance 3.5 (dev), and the reference FLUX computation on the file's tensors."""
+    from tests.test_runtime_flux import reference_flux
+
+    dev = variant.startswith("dev")
+    name = "tiny-flux-dev.safetensors" if dev else "tiny-flux-schnell.safetensors"
+    model = registry.get("UNETLoader").execute(name, "default")[0]
+    clip = registry.get("DualCLIPLoader").execute("tiny-clip-l.safetensors", "tiny-t5.safetensors", "flux")[0]
+    positive = registry.get("FluxGuidance").execute(registry.get("CLIPTextEncode").execute("a cabin", clip)[0], 3.5)[0]
+    if dev:
+        latent, denoise = torch.zeros(1, 16, 6, 8), 1.0
+    else:
+        latent, denoise = torch.randn(1, 16, 6, 8, generator=torch.Generator().manual_seed(3)), 0.6
+    steps, seed = 3, 11
+    out = registry.get("KSampler").execute(model, seed, steps, 1.0, "euler", "simple", positive, positive,
+                                           {"samples": latent}, denoise)[0]["samples"]
+
+    sd = {k: v.half().float() for k, v in fixtures_flux.flux_bfl_state_dict(guidance=dev).items()}
+    context, options = positive[0]
+    table = _flux_table(dev)
+    total = steps if denoise >= 1 else int(steps / denoise)
+    stride = len(table) / total
+    sigmas = [float(table[-(1 + int(i * stride))]) for i in range(total)] + [0.0]
+    sigmas = torch.tensor(sigmas[-(steps + 1):])
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(latent.shape, generator=generator)
+    x = (latent - 0.1159) * 0.3611
+    x = sigmas[0] * noise + (1 - sigmas[0]) * x
+    for i in range(steps):
+        sigma = sigmas[i:i + 1]
+        pooled = options["pooled_output"][:, :fixtures_flux.FLUX_POOLED]  # ComfyUI: y[:, :vec_in_dim]
+        v = reference_flux(sd, x, sigma, context, pooled, torch.tensor([3.5]) if dev else None,
+                           heads=2, axes=(4, 14, 14))
+        denoised = x - v * sigma
+        x = x + (x - denoised) / sigma * (sigmas[i + 1] - sigma)
+    expected = x / 0.3611 + 0.1159
+    assert float((out - expected).norm() / expected.norm()) < 1e-4
