@@ -159,7 +159,7 @@ def test_bad_files_are_clear_errors(tmp_path):
         t5.build_encoder(sd, source="bad.safetensors")
     sd = fixtures_flux.t5_state_dict()
     sd["scaled_fp8"] = torch.zeros(0)
-    with pytest.raises(t5.T5LoadError, match="scaled fp8"):
+    with pytest.raises(t5.T5LoadError, match="its scaled_fp8 marker is torch.float32, not an fp8 type"):
         t5.build_encoder(sd, source="bad.safetensors")
     from safetensors.torch import save_file
     save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
@@ -208,3 +208,32 @@ def test_the_encoder_object_counts_in_the_model_cache(tmp_path):
         _tokenizer, encoder = t5.load_t5_from_file(file, "", device="cpu")
     expected = sum(p.numel() * p.element_size() for p in encoder.model.parameters())
     assert model_cache.tensor_bytes({"t5xxl": (_tokenizer, encoder)}) == expected > 0
+
+
+def test_scaled_fp8_t5_multiplies_each_weight_by_its_scale(tmp_path):
+    """ComfyUI's ``t5xxl_fp8_e4m3fn_scaled`` layout: fp8 Linear weights with a scalar ``scale_weight`` each and a
+    ``scaled_fp8`` marker; the effective weight is ``fp8 value * scale``, computed in float32."""
+    from safetensors.torch import save_file
+
+    original = fixtures_flux.t5_state_dict()
+    stored: dict[str, torch.Tensor] = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    effective = {}
+    for key, value in original.items():
+        if value.ndim == 2 and key != "shared.weight" and "relative_attention_bias" not in key:
+            scale = value.abs().max() / 448.0
+            quantized = (value / scale).to(torch.float8_e4m3fn)
+            stored[key] = quantized
+            stored[key[:-len(".weight")] + ".scale_weight"] = scale.reshape(())
+            stored[key[:-len(".weight")] + ".scale_input"] = torch.ones(())
+            effective[key] = quantized.float() * scale
+        else:
+            stored[key] = value.half()
+            effective[key] = value.half().float()
+    save_file(stored, str(tmp_path / "t5_scaled.safetensors"))
+    model = t5.load_encoder(tmp_path / "t5_scaled.safetensors")
+    q = model.encoder.block[0].layer[0].SelfAttention.q
+    assert q.weight.dtype == torch.float8_e4m3fn and model.shared.weight.dtype == torch.float16
+    ids = torch.tensor([[3, 9, 1202, 13, 3, 9, 1712, 1] + [0] * 8])
+    got = t5.run_t5(model, ids.tolist())
+    want = reference_t5(effective, ids, heads=4)
+    assert float((got - want).norm() / want.norm()) < 1e-5

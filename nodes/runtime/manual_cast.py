@@ -62,3 +62,31 @@ def storage_dtype(module: torch.nn.Module) -> torch.dtype:
     for p in module.parameters():
         counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
     return max(counts, key=counts.__getitem__) if counts else torch.float32
+
+
+class _ScaledLinear(torch.nn.Linear):
+    """ComfyUI's ``scaled_fp8_op.Linear``: an fp8 weight times a per-tensor ``scale_weight``, in the compute
+    dtype; the scale goes on whichever of weight and input is smaller, as ComfyUI does."""
+
+    loom_compute_dtype: torch.dtype
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        compute = self.loom_compute_dtype
+        weight = self.weight.to(compute)
+        bias = self.bias.to(compute) if self.bias is not None else None
+        scale = self.loom_scale_weight.to(device=weight.device, dtype=compute)
+        if weight.numel() < input.numel():
+            return torch.nn.functional.linear(input, weight * scale, bias)
+        return torch.nn.functional.linear(input * scale, weight, bias)
+
+
+def scaled_linears(module: torch.nn.Module, scales: dict[str, torch.Tensor], compute_dtype: torch.dtype) -> None:
+    """Give the ``torch.nn.Linear`` submodules named in ``scales`` (module path → scalar ``scale_weight``)
+    ComfyUI's scaled-fp8 forward; a path that is not a plain Linear is an error."""
+    for path, scale in scales.items():
+        sub = module.get_submodule(path)
+        if not isinstance(sub, torch.nn.Linear):
+            raise TypeError(f"{path} has a scale_weight but is a {type(sub).__name__}, not a Linear layer")
+        sub.__class__ = _ScaledLinear
+        sub.loom_compute_dtype = compute_dtype  # type: ignore[attr-defined]
+        sub.register_buffer("loom_scale_weight", scale.detach().float().reshape(()), persistent=False)

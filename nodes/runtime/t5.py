@@ -13,8 +13,9 @@ Encoder: transformers' ``T5EncoderModel`` with the config read off the tensors (
 ``d_ff``, heads from the relative attention bias, ``d_kv``), ``encoder.embed_tokens`` tied to ``shared``, the
 gated ``gelu_pytorch_tanh`` feed-forward, no attention mask (ComfyUI passes none). Weights stay in their
 storage dtype (float16/bfloat16/fp8) and every layer computes in float32, as ComfyUI's ``manual_cast`` with
-``dtype=torch.float32`` does. The output is the last block's hidden state after the final layer norm; T5 has
-no pooled output.
+``dtype=torch.float32`` does. ComfyUI's scaled-fp8 files (a ``scaled_fp8`` marker, fp8 Linear weights each with
+a scalar ``scale_weight``) compute ``fp8 value * scale`` per layer as its ``scaled_fp8_ops`` do. The output is the
+last block's hidden state after the final layer norm; T5 has no pooled output.
 
 Weights (ComfyUI's ``encode_token_weights``): when any token has a weight other than 1, the empty prompt
 (``</s>`` then padding to the same length) is encoded alongside and each weighted token's vector becomes
@@ -215,10 +216,15 @@ def build_encoder(tensors: Mapping[str, torch.Tensor], *, source: str = "T5", de
     from loom.nodes.runtime import checkpoint, manual_cast
 
     device = torch.device(device)
-    if "scaled_fp8" in tensors:
-        raise T5LoadError(f"{source} is a 'scaled fp8' T5 (per-layer scale_weight tensors), which Loom does not "
-                          "load yet; use the float16 or plain fp8_e4m3fn T5-XXL file")
     state = dict(tensors)
+    scales: dict[str, torch.Tensor] = {}
+    if "scaled_fp8" in state:  # ComfyUI's scaled fp8 (t5xxl_fp8_e4m3fn_scaled): weight * scale_weight per layer
+        marker = state.pop("scaled_fp8")
+        scales = {key[:-len(".scale_weight")]: state.pop(key) for key in list(state) if key.endswith(".scale_weight")}
+        for key in [key for key in state if key.endswith(".scale_input")]:
+            state.pop(key)  # only used by fp8 matrix multiplication, which needs fp8 compute hardware
+        if marker.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+            raise T5LoadError(f"{source}: its scaled_fp8 marker is {marker.dtype}, not an fp8 type")
     shared = state.get("shared.weight")
     tied = state.pop("encoder.embed_tokens.weight", None)
     if shared is None and tied is not None:
@@ -226,21 +232,26 @@ def build_encoder(tensors: Mapping[str, torch.Tensor], *, source: str = "T5", de
     config = _make_config(config_from_shapes({k: tuple(v.shape) for k, v in state.items()}))
     if shared is None:
         raise T5LoadError(f"{source}: the T5 encoder has no shared.weight (token embedding)")
-    file_dtype = shared.dtype
-    dtype = storage_dtype or default_storage_dtype(file_dtype, device)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    if not scales:  # a scaled-fp8 file keeps every tensor as stored: the scales belong to the fp8 values
+        dtype = storage_dtype or default_storage_dtype(shared.dtype, device)
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     state["encoder.embed_tokens.weight"] = state["shared.weight"]
     model = checkpoint._instantiate(T5EncoderModel, config)
     checkpoint._load_exact(model, state, "T5 text encoder", source)
     model.encoder.embed_tokens.weight = model.shared.weight
     _float32_feed_forward(model)
     manual_cast.compute_in(model, torch.float32)
+    if scales:
+        missing = sorted(set(scales) - {name for name, _ in model.named_modules()})
+        if missing:
+            raise T5LoadError(f"{source}: scale_weight tensors for layers the T5 does not have: {', '.join(missing[:5])}")
+        manual_cast.scaled_linears(model, scales, torch.float32)
     return model.to(device)
 
 
 def load_encoder(path: str | Path, *, device: torch.device | str = "cpu",
                  storage_dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """A stand-alone T5 encoder file (``t5xxl_fp16.safetensors`` and the like)."""
+    """A stand-alone T5 encoder file (``t5xxl_fp16.safetensors``, ``t5xxl_fp8_e4m3fn[_scaled].safetensors``)."""
     from loom.nodes.runtime import checkpoint
 
     path = Path(path)
