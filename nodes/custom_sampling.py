@@ -835,6 +835,30 @@ class DualCFGGuider(Node):
         return (Guider(model, cond1, cond2, negative, cfg_conds, cfg_cond2_negative, nested=style == "nested"),)
 
 
+@register
+class CFGOverride(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("CFGOverride", display_name="CFG Override", category=GUIDERS,
+                      description="Override cfg to a fixed value over a [start, end] percent (sigma) range. "
+                                  "With multiple overrides, the one nearest the sampler wins on overlap.",
+                      inputs=[Socket("model", "MODEL"),
+                              Float("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                              Float("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
+                              Float("end_percent", default=1.0, min=0.0, max=1.0, step=0.001)],
+                      outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, cfg: float, start_percent: float, end_percent: float) -> tuple:
+        from loom.nodes.runtime.custom_sampling import CFG_OVERRIDES_OPTION
+
+        _model("CFGOverride", model)
+        sigma_high = float(model.sampling.percent_to_sigma(start_percent))  # percent -> sigma decreases
+        sigma_low = float(model.sampling.percent_to_sigma(end_percent))
+        overrides = tuple(model.options.get(CFG_OVERRIDES_OPTION, ())) + ((sigma_low, sigma_high, float(cfg)),)
+        return (model.replace(options={**model.options, CFG_OVERRIDES_OPTION: overrides}),)
+
+
 # --------------------------------------------------------------------------------------------
 # noise (NOISE)
 # --------------------------------------------------------------------------------------------

@@ -101,6 +101,31 @@ SCHEMAS = {
                       ["GUIDER"], ["GUIDER"]),
     "RandomNoise": ("model/sampling/noise", "RandomNoise", ["noise_seed"], ["NOISE"], ["NOISE"]),
     "DisableNoise": ("model/sampling/noise", "DisableNoise", [], ["NOISE"], ["NOISE"]),
+    "AddNoise": ("model/sampling/noise", "AddNoise", ["model", "noise", "sigmas", "latent_image"], ["LATENT"],
+                 ["LATENT"]),
+    "CFGOverride": ("model/sampling/guiders", "CFG Override", ["model", "cfg", "start_percent", "end_percent"],
+                    ["MODEL"], ["MODEL"]),
+    "LaplaceScheduler": ("model/sampling/schedulers", "LaplaceScheduler",
+                         ["steps", "sigma_max", "sigma_min", "mu", "beta"], ["SIGMAS"], ["SIGMAS"]),
+    "VPScheduler": ("model/sampling/schedulers", "VPScheduler", ["steps", "beta_d", "beta_min", "eps_s"], ["SIGMAS"],
+                    ["SIGMAS"]),
+    "SetFirstSigma": ("model/sampling/sigmas", "SetFirstSigma", ["sigmas", "sigma"], ["SIGMAS"], ["SIGMAS"]),
+    "ExtendIntermediateSigmas": ("model/sampling/sigmas", "ExtendIntermediateSigmas",
+                                 ["sigmas", "steps", "start_at_sigma", "end_at_sigma", "spacing"], ["SIGMAS"],
+                                 ["SIGMAS"]),
+    "SamplingPercentToSigma": ("model/sampling/sigmas", "SamplingPercentToSigma",
+                               ["model", "sampling_percent", "return_actual_sigma"], ["FLOAT"], ["sigma_value"]),
+    "ManualSigmas": ("model/sampling/sigmas", "ManualSigmas", ["sigmas"], ["SIGMAS"], ["SIGMAS"]),
+    "SamplerDPMAdaptative": ("model/sampling/samplers", "SamplerDPMAdaptative",
+                             ["order", "rtol", "atol", "h_init", "pcoeff", "icoeff", "dcoeff", "accept_safety", "eta",
+                              "s_noise"], ["SAMPLER"], ["SAMPLER"]),
+    "SamplerER_SDE": ("model/sampling/samplers", "SamplerER_SDE", ["solver_type", "max_stage", "eta", "s_noise"],
+                      ["SAMPLER"], ["SAMPLER"]),
+    "SamplerSASolver": ("model/sampling/samplers", "SamplerSASolver",
+                        ["model", "eta", "sde_start_percent", "sde_end_percent", "s_noise", "predictor_order",
+                         "corrector_order", "use_pece", "simple_order_2"], ["SAMPLER"], ["SAMPLER"]),
+    "SamplerSEEDS2": ("model/sampling/samplers", "SamplerSEEDS2", ["solver_type", "eta", "s_noise", "r"], ["SAMPLER"],
+                      ["SAMPLER"]),
 }
 
 
@@ -649,3 +674,47 @@ def test_a_guider_in_the_output_cache_counts_its_conditionings_not_the_model(tin
     (guider,) = cs.CFGGuider.execute(tiny_model, positive, negative, 5.0)
     conditioning = sum(c[0].element_size() * c[0].nelement() for c in positive + negative)
     assert estimate_bytes(guider) == conditioning < estimate_bytes(tiny_model.unet)
+
+
+def test_cfg_override_replaces_cfg_inside_its_range_and_the_nearest_wins(tiny_model, tiny_conds):
+    positive, negative = tiny_conds
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    sampling = tiny_model.sampling
+    high, low = sampling.percent_to_sigma(0.0), sampling.percent_to_sigma(0.5)
+    (outer,) = cs.CFGOverride.execute(tiny_model, 1.0, 0.0, 0.5)  # cfg 1 for the first half
+    (inner,) = cs.CFGOverride.execute(outer, 3.0, 0.25, 0.5)  # nearer the sampler: cfg 3 from 25 % to 50 %
+    assert inner.options["cfg_overrides"][0] == (low, high, 1.0) and tiny_model.options.get("cfg_overrides") is None
+
+    def predict(model, sigma: float, cfg: float = 7.0) -> torch.Tensor:
+        denoiser = cs.CFGGuider.execute(model, positive, negative, cfg)[0].denoiser(x.shape, None, None)
+        return denoiser(x, torch.tensor([sigma]))
+
+    early, mid = float(sampling.sigma_max), float(sampling.percent_to_sigma(0.4))
+    late = float(sampling.percent_to_sigma(0.8))
+    unet = tiny_model.unet
+    unet.batches.clear()
+    assert torch.allclose(predict(outer, early), predict(tiny_model, early, cfg=1.0), atol=1e-6)
+    assert unet.batches[0] == 1  # cfg 1: the negative is skipped, as ComfyUI's guider with cfg 1
+    assert torch.allclose(predict(inner, mid), predict(tiny_model, mid, cfg=3.0), atol=1e-6)
+    assert torch.allclose(predict(inner, early), predict(tiny_model, early, cfg=1.0), atol=1e-6)
+    assert torch.allclose(predict(inner, late), predict(tiny_model, late, cfg=7.0), atol=1e-6)
+
+
+def test_sampling_percent_to_sigma_and_add_noise(tiny_model):
+    table = sd_sigmas().astype(np.float64)
+    (half,) = cs.SamplingPercentToSigma.execute(tiny_model, 0.5, False)  # sigma at timestep 499.5, log-lerped
+    assert half == pytest.approx(math.exp(0.5 * math.log(table[499]) + 0.5 * math.log(table[500])), rel=1e-5)
+    assert cs.SamplingPercentToSigma.execute(tiny_model, 0.0, False) == (999999999.9,)
+    assert cs.SamplingPercentToSigma.execute(tiny_model, 1.0, False) == (0.0,)
+    assert cs.SamplingPercentToSigma.execute(tiny_model, 0.0, True)[0] == pytest.approx(float(table[-1]), rel=1e-6)
+    assert cs.SamplingPercentToSigma.execute(tiny_model, 1.0, True)[0] == pytest.approx(float(table[0]), rel=1e-6)
+
+    fmt = tiny_model.latent_format
+    noise = RandomNoise(6).generate(latent())
+    (noisy,) = cs.AddNoise.execute(tiny_model, RandomNoise(6), torch.tensor([3.0, 1.0, 0.0]), latent())
+    assert torch.allclose(noisy["samples"], fmt.process_out(noise * 3.0), atol=1e-6)  # |first - last| = 3
+    image = {"samples": torch.full((1, 4, 8, 8), 0.5)}
+    (noisy,) = cs.AddNoise.execute(tiny_model, RandomNoise(6), torch.tensor([2.0]), image)
+    assert torch.allclose(noisy["samples"], fmt.process_out(noise * 2.0 + fmt.process_in(image["samples"])), atol=1e-5)
+    (same,) = cs.AddNoise.execute(tiny_model, RandomNoise(6), torch.tensor([]), image)
+    assert same is image

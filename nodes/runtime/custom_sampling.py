@@ -127,9 +127,45 @@ class CFGGuider:
                  denoise_mask: torch.Tensor | None, *, cfg_pp: bool = False) -> GuidedDenoiser:
         """The ``(x, sigma) -> denoised`` function for one run over a latent of ``latent_shape``
         (``latent_image`` in the model's space, ``denoise_mask`` the prepared noise mask or ``None``)."""
-        return GuidedDenoiser(self.model, self.positive, self.negative, self.cfg, latent_shape,
-                              disable_cfg1_optimization=cfg_pp, keep_uncond=cfg_pp,
-                              latent_image=latent_image, denoise_mask=denoise_mask)
+        denoiser = GuidedDenoiser(self.model, self.positive, self.negative, self.cfg, latent_shape,
+                                  disable_cfg1_optimization=cfg_pp, keep_uncond=cfg_pp,
+                                  latent_image=latent_image, denoise_mask=denoise_mask)
+        overrides = self.model.options.get(CFG_OVERRIDES_OPTION)
+        return CFGOverrideDenoiser(denoiser, overrides) if overrides else denoiser
+
+
+CFG_OVERRIDES_OPTION = "cfg_overrides"
+"""MODEL.options key: ``((sigma_low, sigma_high, cfg), ...)`` from CFGOverride nodes, in the order applied."""
+
+
+class CFGOverrideDenoiser:
+    """A CFG guider's denoiser whose cfg is replaced while ``sigma_low < sigma <= sigma_high`` (CFGOverride).
+
+    ComfyUI wraps ``predict_noise`` once per CFGOverride, the first-applied outermost, and each wrapper sets
+    ``guider.cfg`` for the call: on overlapping ranges the last-applied override (the one nearest the
+    sampler) wins. The dual-CFG guider does not read ``cfg``, so it is never wrapped."""
+
+    def __init__(self, inner: GuidedDenoiser, overrides: Sequence[tuple[float, float, float]]) -> None:
+        self.inner = inner
+        self.overrides = tuple(overrides)
+
+    def __getattr__(self, name: str) -> Any:  # samplers may read e.g. ``uncond_denoised`` or ``sampling``
+        return getattr(self.inner, name)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        value = float(sigma.flatten()[0])
+        cfg = None
+        for low, high, override in self.overrides:
+            if low < value <= high:
+                cfg = override
+        if cfg is None:
+            return self.inner(x, sigma)
+        saved = self.inner.cfg
+        self.inner.cfg = float(cfg)
+        try:
+            return self.inner(x, sigma)
+        finally:
+            self.inner.cfg = saved
 
 
 class BasicGuider(CFGGuider):
