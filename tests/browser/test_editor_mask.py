@@ -44,15 +44,15 @@ def open_inpaint(editor, server) -> dict[str, int]:
     return ids
 
 
-def finished_entry(editor, timeout: float) -> dict:
-    """The history entry of the one prompt queued, once it has finished."""
+def finished_entry(editor, prompt_id: str, timeout: float) -> dict:
+    """The history entry of prompt ``prompt_id``, once it has finished."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        history = json.loads(editor.page.request.get(editor.url + "/api/history").text())
-        if history:
-            return next(iter(history.values()))
+        entry = json.loads(editor.page.request.get(f"{editor.url}/api/history/{prompt_id}").text()).get(prompt_id)
+        if entry:
+            return entry
         editor.page.wait_for_timeout(500)
-    raise AssertionError(f"no prompt finished within {timeout} s")
+    raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s")
 
 
 def mask_state(editor) -> dict:
@@ -191,7 +191,8 @@ def test_mask_painted_in_the_editor_reaches_input_and_the_inpaint_workflow_runs_
     save = ids["SaveImage"]
     editor.js(f"() => loom.graph.getNode({ids['KSampler']}).widget('control_after_generate').value = 'fixed'")
     editor.page.click("#btn-queue")
-    entry = finished_entry(editor, timeout=180)
+    editor.page.wait_for_function("loom.lastQueueResult()?.prompt_id")
+    entry = finished_entry(editor, editor.js("loom.lastQueueResult().prompt_id"), timeout=180)
     assert entry["status"]["status_str"] == "success", entry["status"]
     prompt = entry["prompt"][2]
     assert prompt[str(loader)]["inputs"]["image"] == value
@@ -209,3 +210,32 @@ def test_mask_painted_in_the_editor_reaches_input_and_the_inpaint_workflow_runs_
     red, green, masked = colours == names.index("red"), colours == names.index("green"), alpha < 128
     assert red.sum() > 0.015 * red.size and (red & ~masked).sum() < 0.1 * red.sum()
     assert green.sum() > 0.015 * green.size and np.nonzero(green)[1].mean() < np.nonzero(red)[1].mean()
+
+
+def test_mask_editor_on_a_shipped_example_keeps_its_mask_and_saves(editor, loom_server):
+    """The inpaint example's own picture (served from the examples, not in input/) opens with the mask its alpha
+    holds; Save copies it into input/ first, then uploads the mask onto it."""
+    with urllib.request.urlopen(f"{loom_server.url}/api/workflows/templates/inpaint") as response:
+        workflow = json.loads(response.read())
+    editor.js("(w) => loom.workspace.open(w, { name: 'Inpainting', fit: true })", workflow)
+    loader = next(n["id"] for n in editor.js("loom.nodes()") if n["type"] == "LoadImage")
+    example = REPO / "workflows" / "demo-scene-inpaint.png"
+    assert editor.js(f"loom.node({loader}).widgets.image") == example.name
+    assert not (loom_server.base_dir / "input" / example.name).exists()
+    editor.page.wait_for_function(f"loom.nodeState({loader}).inputImage?.loaded")
+    editor.frame()
+    editor.js(f"() => {{ loom.editor.openMaskEditor(loom.graph.getNode({loader})); }}")  # resolves on close
+    editor.page.wait_for_function("loom.maskEditor() !== null")
+    with Image.open(example) as picture:
+        alpha = np.asarray(picture.getchannel("A"))
+    mask = np.asarray(editor.js("() => Array.from(loom.maskEditor().alpha())"), dtype=np.uint8).reshape(alpha.shape)
+    assert np.array_equal(mask, 255 - alpha) and (mask > 0).any()
+    editor.page.click(".mask-save")
+    editor.page.wait_for_selector(".mask-editor", state="detached")
+    value = editor.js(f"loom.node({loader}).widgets.image")
+    assert value.startswith("clipspace/clipspace-mask-"), value
+    copied = loom_server.base_dir / "input" / example.name
+    assert copied.read_bytes() and Image.open(copied).size == (128, 128)
+    with Image.open(loom_server.base_dir / "input" / value[: -len(" [input]")]) as saved, Image.open(example) as original:
+        assert np.array_equal(np.asarray(saved.getchannel("A")), alpha)
+        assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(original.convert("RGB")))

@@ -28,11 +28,6 @@ def wait_history(editor, prompt_ids: list[str], timeout: float = 30) -> dict:
     raise AssertionError(f"not all of {prompt_ids} finished within {timeout} s")
 
 
-def clear_history(editor) -> None:
-    editor.page.request.post(editor.url + "/api/history", data=json.dumps({"clear": True}),
-                             headers={"Content-Type": "application/json"})
-
-
 def test_batch_count_3_queues_3_prompts_with_3_seeds(editor):
     seeded, out = build(editor, """const a = add('TestSeeded', 50, 100); const c = add('TestOutput', 500, 100);
         link(a, 0, c, 0); a.widget('seed').value = 40;""")
@@ -73,9 +68,9 @@ def test_batch_count_3_queues_3_prompts_with_3_seeds(editor):
 
 
 def test_queue_instant_requeues_until_switched_off(editor):
-    clear_history(editor)
     const, out = build(editor, """const a = add('TestSeeded', 50, 100); const c = add('TestOutput', 500, 100);
         link(a, 0, c, 0); a.widget('seed').value = 1; a.widget('control_after_generate').value = 'increment';""")
+    editor.js("() => { window.__queued = []; loom.editor.execution.addEventListener('queued', (e) => window.__queued.push(e.detail.prompt_id)); }")
     editor.page.select_option("#queue-mode", "instant")
     editor.page.click("#btn-queue")
     # each run empties the queue, which queues the next (seed 1, 2, 3, ...)
@@ -86,8 +81,11 @@ def test_queue_instant_requeues_until_switched_off(editor):
     settled = editor.js(f"loom.node({const}).widgets.seed")
     editor.page.wait_for_timeout(1500)
     assert editor.js(f"loom.node({const}).widgets.seed") == settled  # stopped
-    seeds = sorted(e["prompt"][2][str(const)]["inputs"]["seed"] for e in history(editor).values())
-    assert seeds[:4] == [1, 2, 3, 4] and len(seeds) >= 4
+    queued = editor.js("window.__queued")
+    entries = wait_history(editor, queued)
+    seeds = [entries[p]["prompt"][2][str(const)]["inputs"]["seed"] for p in queued]
+    assert seeds == list(range(1, len(queued) + 1)) and len(seeds) >= 4  # one after another, none lost
+    assert editor.js(f"loom.node({const}).widgets.seed") == len(queued) + 1
     assert not editor.js("loom.editor.queueControls.armed")
 
 

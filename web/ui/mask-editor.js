@@ -334,14 +334,31 @@ class MaskEditor {
     return new Promise((resolve, reject) => canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("could not encode the mask"))), "image/png"));
   }
 
+  /**
+   * POST /upload/mask. A shipped example image (shown from the examples, not in input/) is first uploaded
+   * into input/ by /upload/image, so the server has an original to put the mask on.
+   */
+  async #upload(blob, filename) {
+    const api = this.editor.api;
+    try {
+      return await api.uploadMask(blob, filename, this.ref);
+    } catch (error) {
+      if (error.status !== 404 || this.ref.type !== "input" || this.ref.subfolder) throw error;
+      const response = await fetch(api.viewUrl(this.ref));
+      if (!response.ok) throw error;
+      const copy = await api.uploadImage(new File([await response.blob()], this.ref.filename, { type: response.headers.get("content-type") || "image/png" }));
+      this.ref = { filename: copy.name, subfolder: copy.subfolder || "", type: copy.type || "input" };
+      return api.uploadMask(blob, filename, this.ref);
+    }
+  }
+
   async save() {
     if (this.saving) return null;
     this.saving = true;
     this.saveButton.disabled = true;
     this.saveButton.textContent = "Saving…";
     try {
-      const result = await this.editor.api.uploadMask(await this.maskBlob(), `clipspace-mask-${Math.round(performance.now())}.png`,
-        this.ref);
+      const result = await this.#upload(await this.maskBlob(), `clipspace-mask-${Math.round(performance.now())}.png`);
       const value = `${result.subfolder ? `${result.subfolder}/` : ""}${result.name} [${result.type || "input"}]`;
       if (!this.widget.options.values.includes(value)) this.widget.options.values.push(value);
       this.editor.setWidgetValue(this.node, this.widget, value);
