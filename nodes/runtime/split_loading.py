@@ -186,7 +186,9 @@ def load_clip(node: str, paths: Sequence[str | Path], clip_type: str, *, device:
     if not use_cache:
         return load()
     key = ("clip_files", tuple(model_cache.file_key(p) for p in paths), clip_type, str(device))
-    size = sum(Path(p).stat().st_size for p in paths)
+    # CLIP files widen to the device's text-encoder dtype (float32 on the CPU); T5 keeps its file dtype
+    widen = 2 if devices.text_encoder_dtype(device) == torch.float32 else 1
+    size = sum(info.path.stat().st_size * (1 if info.layout == "t5" else widen) for info in infos)
     return model_cache.models.get_or_load(key, load, expected_bytes=size, device=device)
 
 
