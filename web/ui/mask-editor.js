@@ -9,6 +9,7 @@
  * The mask is kept at the image's own resolution in a canvas whose alpha is the mask (0 = not masked).
  */
 const HISTORY_LIMIT = 40;
+const HISTORY_BYTES = 256 * 1024 * 1024; // undo snapshots of a big image: fewer, not more memory
 const MASK_RGB = [255, 40, 90]; // the colour the mask is shown in (only its alpha is saved)
 
 function element(tag, props = {}, children = []) {
@@ -291,8 +292,9 @@ class MaskEditor {
   #putAlpha(alpha) {
     const image = this.ctx.createImageData(this.width, this.height);
     const [r, g, b] = MASK_RGB;
-    for (let i = 0; i < alpha.length; i++) {
-      image.data.set([r, g, b, alpha[i]], i * 4);
+    const data = image.data;
+    for (let i = 0, j = 0; i < alpha.length; i++, j += 4) {
+      data[j] = r; data[j + 1] = g; data[j + 2] = b; data[j + 3] = alpha[i];
     }
     this.ctx.putImageData(image, 0, 0);
   }
@@ -301,7 +303,8 @@ class MaskEditor {
 
   #remember() {
     this.undoStack.push(this.ctx.getImageData(0, 0, this.width, this.height));
-    if (this.undoStack.length > HISTORY_LIMIT) this.undoStack.shift();
+    const limit = Math.max(4, Math.min(HISTORY_LIMIT, Math.floor(HISTORY_BYTES / (4 * this.width * this.height))));
+    while (this.undoStack.length > limit) this.undoStack.shift();
     this.redoStack = [];
   }
 
