@@ -235,7 +235,8 @@ def test_add_node_from_the_canvas_menu_categories(editor):
     editor.mouse.click(600, 300, button="right")
     editor.page.hover('.context-menu .menu-item[data-label="Add Node"]')
     editor.page.hover('.context-menu .menu-item[data-label="model"]')  # ComfyUI's model/latent, nested by "/"
-    editor.page.hover('.context-menu .menu-item[data-label="latent"]')
+    # model's own submenu (the last menu open): a top-level "latent" category (latent/sd3, ...) exists too
+    editor.page.locator(".context-menu").last.locator('.menu-item[data-label="latent"]').hover()
     editor.page.click('.context-menu .menu-item[data-label="Empty Latent Image"]')
     editor.frame()
     nodes = editor.js("loom.nodes()")
