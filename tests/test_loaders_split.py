@@ -236,7 +236,7 @@ def test_tiny_flux_prompt_runs(flux_models, registry, variant):
     from PIL import Image as PILImage
 
     from loom.server.executor import Executor
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     prompt = json.loads(json.dumps(FLUX_PROMPT))
     if variant == "schnell":
@@ -301,6 +301,7 @@ def test_checkpoint_loader_reads_all_in_one_flux(base_dir, registry, with_t5):
     assert vae.vae.config.latent_channels == 16
     if with_t5:
         assert list(clip.encoders) == ["l", "t5xxl"]
+        assert clip.encoders["t5xxl"][1].model.shared.weight.dtype == torch.float16  # as stored; computed in float32
         [[cond, options]] = text_encoding.encode_text(clip, "a fox")
         assert cond.shape == (1, 256, fixtures_flux.FLUX_CONTEXT) and options["pooled_output"].shape == (1, 32)
     else:  # a FLUX file without T5 is paired with a DualCLIPLoader's CLIP; its own CLIP cannot encode alone

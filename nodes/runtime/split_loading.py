@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from loom.nodes.runtime import devices, model_cache
+from loom.nodes.runtime import devices, flux_family, model_cache  # flux_family registers the FLUX family
 from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def load_diffusion_model(path: str | Path, weight_dtype: str = "default", *, dev
 def _load_diffusion_model(path: Path, weight_dtype: str, device: torch.device) -> DiffusionModel:
     import time
 
-    from loom.nodes.runtime import checkpoint, flux_family, flux_layout
+    from loom.nodes.runtime import checkpoint, flux_layout
 
     started = time.perf_counter()
     with checkpoint.StateDictFile(path) as file:

@@ -361,14 +361,14 @@ def load_t5_from_file(file: Any, prefix: str, *, dtype: torch.dtype | None = Non
                       ) -> tuple[T5Tokenizer, T5TextEncoder]:
     """``(tokenizer, encoder)`` for the T5 under ``prefix`` of an open :class:`checkpoint.StateDictFile`.
 
-    With ``dtype`` (a checkpoint loader's text-encoder dtype, which its background reader already converts
-    to) the weights are read and stored in it; without, a 16-bit or fp8 file keeps its own dtype. Either way
-    the encoder computes in float32, so the result is the same."""
+    The tensors are read in their stored dtype (the checkpoint loader prefetches T5 parts that way): a 16-bit
+    or fp8 T5 stays so, since it computes in float32 anyway (same result, half the memory); ``dtype`` (the
+    runtime's text-encoder dtype) applies to a float32 file only."""
     device = torch.device(device)
-    tensors = file.read_prefixed(prefix, dtype, rename="")
+    tensors = file.read_prefixed(prefix, None, rename="")
     shared = tensors.get("shared.weight", tensors.get("encoder.embed_tokens.weight"))
     file_dtype = shared.dtype if shared is not None else torch.float32
-    storage = dtype if dtype is not None else default_storage_dtype(file_dtype, device)
+    storage = dtype if dtype is not None and file_dtype == torch.float32 else default_storage_dtype(file_dtype, device)
     model = build_encoder(tensors, source=f"{Path(file.path).name} ({prefix or 'T5'})", device=device,
                           storage_dtype=storage)
     return T5Tokenizer(min_length), T5TextEncoder(model)
