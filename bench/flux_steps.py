@@ -51,7 +51,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from loom.nodes.runtime import split_loading, text_encoding, vae as vae_ops
     from loom.nodes.runtime.checkpoint import load_vae
-    from loom.nodes.runtime.flux_family import FAMILY
+    from loom.nodes.runtime.families.flux import FAMILY
     from loom.nodes.runtime.model_sampling import FluxSampling, flux_mu
 
     names = {"unet": "flux-dev-conformance-s5.safetensors", "clip_l": "clip-l-conformance-s7.safetensors",

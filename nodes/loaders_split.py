@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.loaders import _file_fingerprint, _load_error, _removed, _resolve
-from loom.nodes.runtime import flux_family  # noqa: F401  (registers the FLUX model family)
 from loom.nodes.schema import Combo, Float, Node, Output, Schema, Socket, String, register
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")

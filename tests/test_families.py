@@ -38,8 +38,8 @@ def sd3(sd3_file):
 # --------------------------------------------------------------------------------------------
 
 def test_every_family_is_registered_in_detection_order():
-    builtin = [name for name in families.FAMILIES if name in ("sd3", "sdxl", "sdxl_refiner", "sd1", "sd2")]
-    assert builtin == ["sd3", "sdxl", "sdxl_refiner", "sd1", "sd2"]  # other modules may register more
+    builtin = [name for name in families.FAMILIES if name in ("sd3", "flux", "sdxl", "sdxl_refiner", "sd1", "sd2")]
+    assert builtin == ["sd3", "flux", "sdxl", "sdxl_refiner", "sd1", "sd2"]  # node packs may register more
     orders = [family.detection_order for family in families.FAMILIES.values()]
     assert orders == sorted(orders)
     assert families.get("sd3").latent_format.channels == 16

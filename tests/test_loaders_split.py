@@ -1,5 +1,5 @@
 """Split model loading and the FLUX nodes (nodes/loaders_split.py, nodes/runtime/split_loading.py,
-nodes/runtime/flux_family.py): ComfyUI's schemas, which text encoder a file is, the CLIP handle each type
+nodes/runtime/families/flux.py): ComfyUI's schemas, which text encoder a file is, the CLIP handle each type
 builds and its FLUX conditioning, UNETLoader's MODEL, and a tiny FLUX prompt run by the executor.
 """
 from __future__ import annotations

@@ -35,7 +35,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from loom.nodes.runtime import devices, flux_family, model_cache  # flux_family registers the FLUX family
+from loom.nodes.runtime import devices, model_cache
+from loom.nodes.runtime.families import flux as flux_family
 from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel
 
 log = logging.getLogger(__name__)

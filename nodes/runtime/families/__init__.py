@@ -72,9 +72,9 @@ def model_sampling(detected: Detected) -> Any:
 
 
 def _register_builtin() -> None:
-    from loom.nodes.runtime.families import sd1, sd2, sd3, sdxl
+    from loom.nodes.runtime.families import flux, sd1, sd2, sd3, sdxl
 
-    for family in (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY, sdxl.REFINER, sd3.FAMILY):
+    for family in (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY, sdxl.REFINER, sd3.FAMILY, flux.FAMILY):
         register(family)
 
 

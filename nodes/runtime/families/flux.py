@@ -167,15 +167,3 @@ def sampling_for(dev: bool) -> Any:
 
 
 FAMILY = Flux()
-
-
-def register() -> Flux:
-    """Add FLUX to the family registry (idempotent); :mod:`split_loading` and the loader nodes call it."""
-    from loom.nodes.runtime import families
-
-    if families.FAMILIES.get(FAMILY.name) is not FAMILY:
-        families.register(FAMILY)
-    return FAMILY
-
-
-register()
