@@ -9,22 +9,12 @@
  * come back on reload.
  */
 import { History } from "./graph/history.js";
+import { element } from "./ui/dom.js";
 
 const TABS_KEY = "loom.tabs";
 const SINGLE_KEY = "loom.workflow"; // what the editor kept before it had tabs
 export const WORKFLOWS_DIR = "workflows";
 const UNTITLED = "Unsaved Workflow";
-
-function element(tag, props = {}, children = []) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el[key] = value;
-  }
-  for (const child of children) el.append(child);
-  return el;
-}
 
 /** "workflows/sub/My flow.json" -> "My flow". */
 export function nameOfPath(path) {

@@ -8,20 +8,12 @@
  *
  * The mask is kept at the image's own resolution in a canvas whose alpha is the mask (0 = not masked).
  */
+
+import { element } from "./dom.js";
+
 const HISTORY_LIMIT = 40;
 const HISTORY_BYTES = 256 * 1024 * 1024; // undo snapshots of a big image: fewer, not more memory
 const MASK_RGB = [255, 40, 90]; // the colour the mask is shown in (only its alpha is saved)
-
-function element(tag, props = {}, children = []) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el[key] = value;
-  }
-  for (const child of children) el.append(child);
-  return el;
-}
 
 function loadImage(url) {
   return new Promise((resolve, reject) => {

@@ -3,18 +3,10 @@
  * a picture it made with the demo model and a one-line description; a click opens one in a new tab.
  * Shown from the toolbar, and once on a first visit (no open tabs, nothing saved on the server).
  */
-const SEEN_KEY = "loom.templates.seen";
 
-function element(tag, props = {}, children = []) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el[key] = value;
-  }
-  for (const child of children) el.append(child);
-  return el;
-}
+import { element } from "./dom.js";
+
+const SEEN_KEY = "loom.templates.seen";
 
 export function closeTemplates() {
   document.querySelector(".templates-backdrop")?.remove();

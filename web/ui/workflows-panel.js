@@ -3,16 +3,8 @@
  * folder, through ComfyUI's user-data API), searched by name; a click opens one in a tab. Save / Save as
  * for the tab in front; rename, duplicate and delete for each saved one.
  */
-function element(tag, props = {}, children = []) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el[key] = value;
-  }
-  for (const child of children) el.append(child);
-  return el;
-}
+
+import { element } from "./dom.js";
 
 /** An inline name field; resolves to the typed name (Enter / OK) or null (Escape / Cancel). */
 function nameField(container, value, label) {
