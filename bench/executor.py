@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loom.nodes.schema import default_registry  # noqa: E402
 from loom.server.executor import Executor  # noqa: E402
-from loom.server.graph import validate_prompt  # noqa: E402
+from loom.server.validation import validate_prompt  # noqa: E402
 
 NODEPACK = Path(__file__).resolve().parents[1] / "tests" / "nodepack"
 

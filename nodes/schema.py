@@ -2,7 +2,7 @@
 
 A node is a class deriving from :class:`Node` whose ``define_schema()`` returns a :class:`Schema`.
 The one schema produces the ``/object_info`` entry (ComfyUI's exact shape), the validation rules
-(``server/graph.py`` reads them through :meth:`InputSpec.check_value`) and the call
+(``server/validation.py`` reads them through :meth:`InputSpec.check_value`) and the call
 (``execute(**inputs)``).  The server sees nodes only through :class:`NodeRegistry`.
 
     @register

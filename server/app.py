@@ -261,7 +261,7 @@ class LoomServer:
     def _validate_and_store(self, prompt: dict, prompt_id: str, extra_data: dict, number: float | None,
                             front: bool, targets: list[str] | None) -> tuple[Any, float]:
         """(validation, queue number); an invalid prompt is not stored (its number is then 0)."""
-        from loom.server.graph import validate_prompt
+        from loom.server.validation import validate_prompt
         validation = validate_prompt(prompt, self.registry, targets, self.config.budget)
         if not validation.ok:
             return validation, 0

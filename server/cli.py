@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from loom.server.budget import ResourceBudget
 
 if TYPE_CHECKING:
-    from loom.server.graph import ValidationResult
+    from loom.server.validation import ValidationResult
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -335,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run_single(args: argparse.Namespace) -> int:
     """One workflow, run once (``loom run`` without sweep options)."""
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     registry = configure(args, output_dir=args.output_dir)
     try:
@@ -400,7 +400,7 @@ def print_outputs(outputs: dict[str, dict[str, Any]]) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     registry = configure(args)
     try:

@@ -26,7 +26,7 @@ from loom.nodes.progress import ExecutionContext, Interrupted, running_node
 from loom.nodes.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
 
 from loom.server.cache import OutputCache, cache_key
-from loom.server.graph import ValidationResult, is_link, validate_prompt
+from loom.server.validation import ValidationResult, is_link, validate_prompt
 
 EventSink = Callable[[str, dict[str, Any]], None]
 

@@ -118,7 +118,7 @@ def _missing_nodes(prompt: dict, registry) -> list[str]:
 
 
 def _run_case(case: str, env, tmp_path: Path) -> str:
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     base, registry, executor = env
     prompt = json.loads((CONFORMANCE / "cases" / f"{case}.json").read_text())

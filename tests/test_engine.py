@@ -10,7 +10,7 @@ import pytest
 from loom.nodes.schema import Combo, Int, Node, NodeRegistry, Output, Schema, Socket, String, types_compatible
 from loom.server.cache import OutputCache, estimate_bytes
 from loom.server.executor import Executor
-from loom.server.graph import validate_prompt
+from loom.server.validation import validate_prompt
 
 
 def chain_prompt(value: int = 3, b: int = 4) -> dict:

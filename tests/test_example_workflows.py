@@ -109,7 +109,7 @@ def example_models(base_dir):
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_workflow_converts_and_validates(name, registry, example_models):
     workflow_module = pytest.importorskip("loom.server.workflow")
-    graph = pytest.importorskip("loom.server.graph")
+    graph = pytest.importorskip("loom.server.validation")
     workflow = load(name)
     require_node_types(registry, workflow)
     converted = workflow_module.ui_to_api(workflow, registry)

@@ -39,7 +39,7 @@ def models(base_dir):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_example_converts_validates_and_runs(name, models, registry):
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
     from loom.server.workflow import ui_to_api
 
     workflow = examples.load(name)

@@ -389,7 +389,7 @@ def test_engine_fills_prompt_and_workflow_into_saved_png(base_dir, registry):
 
 
 def test_validation_names_the_missing_image(base_dir, registry):
-    graph = pytest.importorskip("loom.server.graph")
+    graph = pytest.importorskip("loom.server.validation")
     prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "nope.png"}},
               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     result = graph.validate_prompt(prompt, registry)

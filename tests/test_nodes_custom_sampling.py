@@ -476,7 +476,7 @@ def _prompt(**nodes) -> dict:
 
 
 def test_validation_errors_name_the_node_and_input(registry):
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     prompt = _prompt(
         n=("RandomNoise", {"noise_seed": 1}),

@@ -365,7 +365,7 @@ def test_batch_images_node_pads_channels_and_resizes_to_the_first():
 
 
 def test_batch_images_node_prompt_keys(registry):
-    graph = pytest.importorskip("loom.server.graph")
+    graph = pytest.importorskip("loom.server.validation")
     executor_module = pytest.importorskip("loom.server.executor")
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": 255}},
               "2": {"class_type": "EmptyImage", "inputs": {"width": 2, "height": 2, "batch_size": 2, "color": 0}},

@@ -308,7 +308,7 @@ def test_batch_masks_resizes_to_the_first():
 
 
 def test_batch_masks_through_the_engine(registry):
-    from loom.server import graph
+    from loom.server import validation as graph
     prompt = {"1": {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 4, "height": 4}},
               "2": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 2, "height": 2}},
               "3": {"class_type": "BatchMasksNode", "inputs": {"masks.mask0": ["1", 0], "masks.mask1": ["2", 0]}},
@@ -433,7 +433,7 @@ def test_resize_image_mask_options():
 def test_resize_and_batch_masks_through_the_engine(base_dir, registry):
     import numpy as np
     from PIL import Image
-    from loom.server import executor as executor_module, graph
+    from loom.server import executor as executor_module, validation as graph
     prompt = {"1": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 8, "height": 4}},
               "2": {"class_type": "ResizeImageMaskNode",
                     "inputs": {"input": ["1", 0], "resize_type": "scale dimensions", "resize_type.width": 4,

@@ -188,7 +188,7 @@ def test_an_older_queue_database_gains_the_routing_columns(tmp_path):
 def test_validation_records_the_model_files_a_prompt_needs(tmp_path):
     from loom.nodes import folders
     from loom.nodes.schema import default_registry
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     previous = folders.current()
     try:

@@ -20,7 +20,7 @@ from loom.nodes.runtime import checkpoint, model_cache
 from loom.nodes.schema import Node, NodeRegistry, Output, Schema, Socket, String
 from loom.server.cache import OutputCache
 from loom.server.executor import Executor
-from loom.server.graph import validate_prompt
+from loom.server.validation import validate_prompt
 from tests.fixtures_checkpoints import FILE_NAMES, tiny_checkpoints, tiny_models_dir  # noqa: F401
 
 PAYLOAD_KEYS = {"prompt_id", "node_id", "node_type", "executed", "exception_message", "exception_type",

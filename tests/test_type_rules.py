@@ -23,7 +23,7 @@ def test_server_type_rule_follows_the_shared_table(output_type, input_type, allo
 
 
 def test_a_string_linked_into_a_combo_input_fails_validation_as_comfyui_does():
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     registry = default_registry([NODEPACK])
     prompt = {"1": {"class_type": "TestStringConcat", "inputs": {"a": "x", "b": "y"}},
@@ -38,7 +38,7 @@ def test_a_string_linked_into_a_combo_input_fails_validation_as_comfyui_does():
 
 @pytest.mark.parametrize("node_type", sorted(WIDGET_LAYOUTS))
 def test_server_reads_saved_widgets_in_the_editor_layout(node_type):
-    from loom.server.workflow_widgets import widget_slots
+    from loom.server.workflow.widgets import widget_slots
 
     registry = default_registry([NODEPACK])
     slots = widget_slots(registry.get(node_type).schema())

@@ -286,7 +286,7 @@ def test_bypass_prefers_same_slot_then_exact_then_compatible_type(core, registry
 
 def test_bypass_with_a_different_slot_and_exact_type():
     i, o = inp, out
-    from loom.server.workflow_convert import bypass_input_index
+    from loom.server.workflow.convert import bypass_input_index
     bypassed = node(1, "X", inputs=[i("model", "MODEL"), i("clip", "CLIP"), i("latent", "LATENT")],
                     outputs=[o("LATENT", "LATENT"), o("CLIP", "CLIP")])
     assert bypass_input_index(bypassed, 0, "LATENT") == 2   # slot 0 is MODEL: exact type wins
@@ -375,7 +375,7 @@ def test_filename_prefix_date_and_widget_replacements(core):
 
 def test_date_format_tokens():
     from datetime import datetime
-    from loom.server.workflow_widgets import format_date
+    from loom.server.workflow.widgets import format_date
     assert format_date("yyyy-MM-dd hh:mm:ss yy d/M h", datetime(2026, 3, 7, 9, 5, 1)) == \
         "2026-03-07 09:05:01 26 7/3 9"
 
@@ -383,7 +383,7 @@ def test_date_format_tokens():
 # ---- the stand-ins against the real nodes, and the engine accepting what we produce -------------
 
 def _layout(schema):
-    from loom.server.workflow_widgets import widget_slots
+    from loom.server.workflow.widgets import widget_slots
     return ([(spec.name, spec.type if spec.type != "COMBO" else "COMBO", spec.optional) for spec in schema.inputs],
             [(slot.kind, slot.spec.name) for slot in widget_slots(schema)], [o.type for o in schema.outputs])
 
@@ -397,7 +397,7 @@ def test_standin_matches_the_real_node_once_it_exists(registry, core, name):
 
 
 def test_converted_test_pack_workflow_validates(registry):
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
     ui = workflow([
         node(1, "PrimitiveNode", outputs=[{"name": "INT", "type": "INT", "links": [1], "widget": {"name": "seed"}}],
              widgets=[3, "fixed"]),

@@ -237,7 +237,7 @@ def test_save_and_preview_image_have_comfyui_images_output(registry):
 
 def test_a_graph_linking_from_save_image_validates_and_runs(base_dir, registry):
     from loom.server.executor import Executor
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 4, "batch_size": 2,
                                                           "color": 0xFF0000}},

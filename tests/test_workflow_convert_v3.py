@@ -22,7 +22,7 @@ import pytest
 
 from loom.nodes.schema import default_registry
 from loom.server.executor import Executor
-from loom.server.graph import validate_prompt
+from loom.server.validation import validate_prompt
 from loom.server.workflow import ui_to_api
 
 
@@ -179,7 +179,7 @@ def test_dynamic_combo_named_values_win_by_name(registry):
 
 
 def test_dynamic_combo_layout_helpers():
-    from loom.server.workflow_widgets import assign_widget_values, dynamic_combos
+    from loom.server.workflow.widgets import assign_widget_values, dynamic_combos
     node_class = default_registry([]).get("ResizeImageMaskNode")
     combos = dynamic_combos(node_class.object_info())
     assert list(combos) == ["resize_type"]

@@ -16,7 +16,7 @@ except ModuleNotFoundError:
     from tests.fixtures_workflow import FIXTURES, core_registry, load_fixture, node
 
 from loom.server.workflow import (WorkflowError, embed_png_metadata, load_workflow_file, read_image_metadata, to_api)
-from loom.server.workflow_media import read_exif_text
+from loom.server.workflow.media import read_exif_text
 
 UI = load_fixture("default_txt2img.json")
 API = load_fixture("default_txt2img.api.json")
@@ -164,7 +164,7 @@ def test_missing_file_is_a_workflow_error(tmp_path):
 
 
 def test_hand_written_text_chunk_with_compression_bomb_is_refused(monkeypatch):
-    from loom.server import workflow_media
+    from loom.server.workflow import media as workflow_media
     monkeypatch.setattr(workflow_media, "MAX_TEXT_BYTES", 4096)
     payload = zlib.compress(b" " * 100_000, 9)
     body = b"prompt\0\0" + payload

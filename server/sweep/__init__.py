@@ -78,7 +78,7 @@ def cmd_sweep(args: argparse.Namespace, load_local: Callable[[Path, Any], tuple[
         return print_invalid([str(problem)])
 
     from loom.server.cli import skipped_output_lines
-    from loom.server.graph import validate_prompt
+    from loom.server.validation import validate_prompt
 
     validations = {}
     for run in runs:

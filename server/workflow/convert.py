@@ -2,7 +2,7 @@
 
 The conversion runs in the backend so that a saved UI workflow runs headless. What it resolves:
 
-* widget values by name (positional ``widgets_values`` through :mod:`server.workflow_widgets`);
+* widget values by name (positional ``widgets_values`` through :mod:`server.workflow.widgets`);
 * links, from each input's own ``link`` id looked up in ``links[]`` (tuples or objects; the redundant
   ``outputs[].links`` back-references are ignored, so stale or conflicting copies do no harm);
 * frontend-only nodes: ``Reroute`` (followed), ``PrimitiveNode`` (its value goes into every widget it
@@ -28,10 +28,10 @@ from datetime import datetime
 from typing import Any
 
 from loom.nodes.schema import NodeRegistry, Schema
-from loom.server.workflow_graph import (MODE_BYPASS, MODE_MUTED, SUBGRAPH_INPUT_NODE, Graph, bypass_input_index,
+from loom.server.workflow.graph import (MODE_BYPASS, MODE_MUTED, SUBGRAPH_INPUT_NODE, Graph, bypass_input_index,
                                    build_graph, link_key, list_at, node_inputs, node_mode, node_properties, output_link,
                                    proxy_widgets, type_text, widget_name)
-from loom.server.workflow_widgets import (FILENAME_PREFIX_NODES, DynamicCombo, WidgetValues, apply_text_replacements,
+from loom.server.workflow.widgets import (FILENAME_PREFIX_NODES, DynamicCombo, WidgetValues, apply_text_replacements,
                                          assign_widget_values, dynamic_combos)
 
 MAX_SUBGRAPH_DEPTH = 64
@@ -585,7 +585,7 @@ class Converter:
     # ---- legacy group nodes ------------------------------------------------------------------
 
     def _group_node_graph(self, parent: _Scope, node_id: str, node: dict[str, Any]) -> Graph | None:
-        from loom.server.workflow_groupnodes import group_node_graph
+        from loom.server.workflow.groupnodes import group_node_graph
 
         type_name = node["type"]
         name = type_name.split(">", 1)[1] if ">" in type_name else type_name.split("/", 1)[1]

@@ -4,8 +4,8 @@
     loaded = load_workflow_file("shared.png")        # LoadedWorkflow(ui=..., api=..., source="png")
     prompt = to_api(loaded, registry)                # the API prompt, whatever came in
 
-The conversion itself lives in :mod:`server.workflow_convert` (graph flattening) and
-:mod:`server.workflow_widgets` (widget values by name); image metadata in :mod:`server.workflow_media`.
+The conversion itself lives in :mod:`server.workflow.convert` (graph flattening) and
+:mod:`server.workflow.widgets` (widget values by name); image metadata in :mod:`server.workflow.media`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from loom.nodes.schema import NodeRegistry
-from loom.server.workflow_convert import ConversionResult, Converter, WorkflowError
-from loom.server.workflow_media import PNG_SIGNATURE, embed_png_metadata, is_webp, read_image_metadata
+from loom.server.workflow.convert import ConversionResult, Converter, WorkflowError
+from loom.server.workflow.media import PNG_SIGNATURE, embed_png_metadata, is_webp, read_image_metadata
 
 __all__ = [
     "ConversionResult", "LoadedWorkflow", "WorkflowError", "embed_png_metadata", "is_api_format",

@@ -16,7 +16,7 @@ import copy
 from typing import Any
 
 from loom.nodes.schema import NodeRegistry
-from loom.server.workflow_graph import list_at, node_inputs, node_outputs, slot_index, widget_name
+from loom.server.workflow.graph import list_at, node_inputs, node_outputs, slot_index, widget_name
 
 
 def group_node_graph(definition: dict[str, Any], instance: dict[str, Any], registry: NodeRegistry) -> dict[str, Any]:
