@@ -115,7 +115,7 @@ def run(counts: list[int], frames: int) -> None:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport=VIEWPORT)
-                page.goto(server.url + "/")
+                page.goto(server.url + "/?test-hook")  # the test hook: window.loom
                 page.wait_for_function("window.loom && window.loom.ready", timeout=30000)
                 for count in counts:
                     workflow = generate_workflow(count)

@@ -588,7 +588,7 @@ def test_the_editor_opts_in_and_gets_latent_previews(live, browser):
 
     page = browser.new_page()
     try:
-        page.goto(live.url + "/")
+        page.goto(live.url + "/?test-hook")  # the test hook: window.loom
         page.wait_for_function("window.loom && window.loom.ready && window.loom.editor.api.connected",
                                timeout=30000)
         client_id = page.evaluate("loom.editor.api.clientId")

@@ -20,6 +20,8 @@ if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 VIEWPORT = {"width": 1400, "height": 820}
+EDITOR_PATH = "/?test-hook"
+"""The editor's address for tests: the query flag makes web/app.js install the test hook (`window.loom`)."""
 
 
 def _write_tiny_checkpoint(folder: Path) -> str | None:
@@ -149,7 +151,7 @@ def editor(browser, loom_server):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(loom_server.url + "/")
+    page.goto(loom_server.url + EDITOR_PATH)
     page.wait_for_function("window.loom && window.loom.ready", timeout=20000)
     page.evaluate("loom.nextFrame()")
     yield EditorPage(page, loom_server.url)

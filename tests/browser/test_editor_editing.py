@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.browser.conftest import EDITOR_PATH
 from test_editor_canvas import small_graph
 
 pytestmark = pytest.mark.browser
@@ -95,7 +96,7 @@ def test_copy_paste_keeps_internal_links_and_shift_keeps_inputs(editor):
 
     # another tab of the editor pastes what this one copied
     other = editor.page.context.new_page()
-    other.goto(editor.url + "/")
+    other.goto(editor.url + EDITOR_PATH)
     other.wait_for_function("window.loom && window.loom.ready")
     other.evaluate("loom.clear()")
     other.mouse.move(400, 400)

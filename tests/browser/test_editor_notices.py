@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.browser.conftest import EDITOR_PATH
+
 pytestmark = pytest.mark.browser
 
 VIEWPORT = {"width": 1400, "height": 820}
@@ -25,7 +27,7 @@ def bare_server(tmp_path_factory):
 
 
 def _open(page, url: str) -> None:
-    page.goto(url + "/")
+    page.goto(url + EDITOR_PATH)
     page.wait_for_function("window.loom && window.loom.ready && window.loom.notices", timeout=20000)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import NOT_FIRST_VISIT, VIEWPORT, EditorPage, screenshot_path
+from tests.browser.conftest import EDITOR_PATH, NOT_FIRST_VISIT, VIEWPORT, EditorPage, screenshot_path
 
 pytestmark = pytest.mark.browser
 
@@ -214,7 +214,7 @@ def test_a_saved_workflow_survives_a_server_restart(browser, tmp_path):
     context.add_init_script(NOT_FIRST_VISIT)
     try:
         page = context.new_page()
-        page.goto(server.url + "/")
+        page.goto(server.url + EDITOR_PATH)
         page.wait_for_function("window.loom && window.loom.ready", timeout=20000)
         editor = EditorPage(page, server.url)
         editor.js("loom.clear()")
@@ -226,7 +226,7 @@ def test_a_saved_workflow_survives_a_server_restart(browser, tmp_path):
         server = ServerProcess(base)  # the same base dir, a new process (and port)
         assert saved_names(server) == ["kept.json"]
         page2 = context.new_page()
-        page2.goto(server.url + "/")
+        page2.goto(server.url + EDITOR_PATH)
         page2.wait_for_function("window.loom && window.loom.ready", timeout=20000)
         editor = EditorPage(page2, server.url)
         editor.js("loom.clear()")
@@ -247,7 +247,7 @@ def test_templates_open_in_a_new_tab_and_greet_a_first_visit(browser, loom_serve
     try:
         page = context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(loom_server.url + "/")
+        page.goto(loom_server.url + EDITOR_PATH)
         page.wait_for_function("window.loom && window.loom.ready", timeout=20000)
         page.wait_for_selector(".templates-dialog .template-card")
         cards = page.locator(".template-card")
