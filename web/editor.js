@@ -67,10 +67,11 @@ export class Editor {
     this.sidebar = new Sidebar(this);
     this.settings.addEventListener("change", () => this.applySettings());
     this.history = new History(this.graph, (data) => this.restoreSnapshot(data), () => this.interaction.drag !== null);
-    this.graph.onChange((reason) => {
-      this.canvas.setDirty();
-      if (reason !== "clear") this.scheduleAutosave();
-      if (reason !== "load") this.history.schedule();
+    // the canvas redraws on every change itself; here: autosave (and with it the tabs' unsaved marker)
+    // and the undo history of the tab in front
+    this.graph.onChange((change) => {
+      if (change.type !== "clear") this.scheduleAutosave();
+      if (change.type !== "load") this.history.schedule();
     });
   }
 
@@ -369,27 +370,29 @@ export class Editor {
 
   /** Copies of `nodes` (with the links among them) moved by `offset`; returns the copies. */
   duplicateNodes(nodes, offset = [30, 30]) {
-    const copies = new Map();
-    for (const node of nodes) {
-      const data = node.serialize();
-      const copy = this.graph.createNode(node.type);
-      copy.configure({ ...data, id: -1, inputs: data.inputs?.map((i) => ({ ...i, link: null })),
-        outputs: data.outputs?.map((o) => ({ ...o, links: null })) });
-      copy.id = -1;
-      copy.pos = [node.pos[0] + offset[0], node.pos[1] + offset[1]];
-      this.graph.addNode(copy, false);
-      this.refreshInputPreview(copy);
-      copies.set(node, copy);
-    }
-    for (const [node, copy] of copies) {
-      node.inputs.forEach((input, slot) => {
-        const link = this.graph.inputLink(node, slot);
-        const origin = link && this.graph.getNode(link.origin_id);
-        if (origin && copies.has(origin)) this.graph.connect(copies.get(origin), link.origin_slot, copy, slot, false);
-      });
-    }
-    this.graph.changed("add-node");
-    return [...copies.values()];
+    const graph = this.graph;
+    return graph.edit((added) => ({ type: "add-nodes", nodes: added }), () => {
+      const copies = new Map();
+      for (const node of nodes) {
+        const data = node.serialize();
+        const copy = graph.createNode(node.type);
+        copy.configure({ ...data, id: -1, inputs: data.inputs?.map((i) => ({ ...i, link: null })),
+          outputs: data.outputs?.map((o) => ({ ...o, links: null })) });
+        copy.id = -1;
+        copy.pos = [node.pos[0] + offset[0], node.pos[1] + offset[1]];
+        graph.addNode(copy);
+        this.refreshInputPreview(copy);
+        copies.set(node, copy);
+      }
+      for (const [node, copy] of copies) {
+        node.inputs.forEach((input, slot) => {
+          const link = graph.inputLink(node, slot);
+          const origin = link && graph.getNode(link.origin_id);
+          if (origin && copies.has(origin)) graph.connect(copies.get(origin), link.origin_slot, copy, slot);
+        });
+      }
+      return [...copies.values()];
+    });
   }
 
   duplicateSelection() {
@@ -419,13 +422,11 @@ export class Editor {
   }
 
   alignSelection(edge) {
-    alignNodes([...this.canvas.selected], edge);
-    this.graph.changed("move");
+    this.graph.arrangeNodes([...this.canvas.selected], `align-${edge}`, (nodes) => alignNodes(nodes, edge));
   }
 
   distributeSelection(axis) {
-    distributeNodes([...this.canvas.selected], axis);
-    this.graph.changed("move");
+    this.graph.arrangeNodes([...this.canvas.selected], `distribute-${axis}`, (nodes) => distributeNodes(nodes, axis));
   }
 
   /** Ctrl+B / Ctrl+M: set the selection to bypass (or mute), or back to always when all already are. */
@@ -433,8 +434,7 @@ export class Editor {
     const nodes = [...this.canvas.selected];
     if (!nodes.length) return;
     const next = nodes.every((n) => n.mode === mode) ? MODE_ALWAYS : mode;
-    for (const node of nodes) node.mode = next;
-    this.graph.changed("mode");
+    this.graph.updateNodes(nodes, "mode", (node) => { node.mode = next; });
   }
 
   // ---------------------------------------------------------------- links: reroutes, inserting nodes
@@ -445,14 +445,16 @@ export class Editor {
 
   /** Put a Reroute at the link's centre: origin -> reroute -> target. */
   addRerouteOnLink(link) {
-    const origin = this.graph.getNode(link.origin_id);
-    const target = this.graph.getNode(link.target_id);
-    const reroute = this.graph.addNode(createReroute(this.canvas.linkCenter(link), link.type), false);
-    const { origin_slot: outSlot, target_slot: inSlot } = link;
-    this.graph.connect(origin, outSlot, reroute, 0, false);
-    this.graph.connect(reroute, 0, target, inSlot, false);
-    this.graph.changed("connect");
-    return reroute;
+    const graph = this.graph;
+    const origin = graph.getNode(link.origin_id);
+    const target = graph.getNode(link.target_id);
+    return graph.edit((reroute) => ({ type: "splice", node: reroute, link }), () => {
+      const reroute = graph.addNode(createReroute(this.canvas.linkCenter(link), link.type));
+      const { origin_slot: outSlot, target_slot: inSlot } = link;
+      graph.connect(origin, outSlot, reroute, 0);
+      graph.connect(reroute, 0, target, inSlot);
+      return reroute;
+    });
   }
 
   /** Splice `node` into `link`: origin -> node (first input of the type) -> target (first output of it). */
@@ -460,13 +462,15 @@ export class Editor {
     const inSlot = node.inputs.findIndex((i) => i.link == null && isValidConnection(link.type, i.type));
     const outSlot = node.outputs.findIndex((o) => isValidConnection(o.type, link.type));
     if (inSlot < 0 || outSlot < 0) return false;
-    const origin = this.graph.getNode(link.origin_id);
-    const target = this.graph.getNode(link.target_id);
+    const graph = this.graph;
+    const origin = graph.getNode(link.origin_id);
+    const target = graph.getNode(link.target_id);
     const targetSlot = link.target_slot;
-    if (!this.graph.connect(origin, link.origin_slot, node, inSlot, false)) return false;
-    this.graph.connect(node, outSlot, target, targetSlot, false);
-    this.graph.changed("connect");
-    return true;
+    return graph.edit((spliced) => spliced && { type: "splice", node, link }, () => {
+      if (!graph.connect(origin, link.origin_slot, node, inSlot)) return false;
+      graph.connect(node, outSlot, target, targetSlot);
+      return true;
+    });
   }
 
   /** After a node without links is dropped: if a link's centre lies under it, splice it in. */
@@ -487,33 +491,38 @@ export class Editor {
   /** Give a widget a socket (ComfyUI's "convert widget to input"); its value is kept for converting back. */
   convertWidgetToInput(node, widget) {
     if (node.inputs.some((i) => i.widget?.name === widget.name)) return;
-    node.inputs.push({ name: widget.name, type: widget.inputType === "COMBO" || widget.kind === "combo" ? "COMBO" : widget.inputType,
-      widget: { name: widget.name }, link: null, [CONVERTED_WIDGET]: true });
-    this.graph.changed("convert");
+    this.graph.edit({ type: "convert", node, name: widget.name, toInput: true }, () => {
+      node.inputs.push({ name: widget.name, type: widget.inputType === "COMBO" || widget.kind === "combo" ? "COMBO" : widget.inputType,
+        widget: { name: widget.name }, link: null, [CONVERTED_WIDGET]: true });
+    });
   }
 
   convertInputToWidget(node, widget) {
     const index = node.inputs.findIndex((i) => i.widget?.name === widget.name);
     if (index < 0) return;
-    this.graph.disconnectInput(node, index, false);
-    // links point at input slots by index: renumber the ones after the removed input
-    for (let i = index + 1; i < node.inputs.length; i++) {
-      const link = this.graph.inputLink(node, i);
-      if (link) link.target_slot = i - 1;
-    }
-    node.inputs.splice(index, 1);
-    this.graph.changed("convert");
+    const graph = this.graph;
+    graph.edit({ type: "convert", node, name: widget.name, toInput: false }, () => {
+      graph.disconnectInput(node, index);
+      // links point at input slots by index: renumber the ones after the removed input
+      for (let i = index + 1; i < node.inputs.length; i++) {
+        const link = graph.inputLink(node, i);
+        if (link) link.target_slot = i - 1;
+      }
+      node.inputs.splice(index, 1);
+    });
   }
 
   /** A PrimitiveNode left of `node` feeding the widget (converted to an input first when needed). */
   addPrimitiveFor(node, widget) {
-    this.convertWidgetToInput(node, widget);
-    const index = node.inputs.findIndex((i) => i.widget?.name === widget.name);
-    const input = node.inputs[index];
-    const primitive = this.graph.addNode(createPrimitive([node.pos[0] - 260, node.pos[1] + 20 * index], input, widget.value), false);
-    this.graph.connect(primitive, 0, node, index, false);
-    this.graph.changed("connect");
-    return primitive;
+    const graph = this.graph;
+    return graph.edit((primitive) => ({ type: "add-node", node: primitive }), () => {
+      this.convertWidgetToInput(node, widget);
+      const index = node.inputs.findIndex((i) => i.widget?.name === widget.name);
+      const input = node.inputs[index];
+      const primitive = graph.addNode(createPrimitive([node.pos[0] - 260, node.pos[1] + 20 * index], input, widget.value));
+      graph.connect(primitive, 0, node, index);
+      return primitive;
+    });
   }
 
   // ---------------------------------------------------------------- groups
@@ -523,10 +532,7 @@ export class Editor {
     const nodes = [...this.canvas.selected];
     if (!nodes.length) return null;
     const id = Math.max(0, ...this.graph.groups.map((g) => Number(g.id) || 0)) + 1;
-    const group = groupAround(nodes, id);
-    this.graph.groups.push(group);
-    this.graph.changed("group");
-    return group;
+    return this.graph.addGroup(groupAround(nodes, id));
   }
 
   editGroupTitle(group) {
@@ -536,20 +542,16 @@ export class Editor {
     const scale = this.canvas.viewport.scale;
     editText([cx, cy, Math.max(120, w - 8) * scale, size * 1.2 * scale], group.title || "", { fontSize: size * scale })
       .then((text) => {
-        if (text === null) return;
-        group.title = text;
-        this.graph.changed("group");
+        if (text !== null) this.graph.updateGroup(group, "title", (g) => { g.title = text; });
       });
   }
 
   setGroupColor(group, color) {
-    group.color = color;
-    this.graph.changed("group");
+    this.graph.updateGroup(group, "color", (g) => { g.color = color; });
   }
 
   removeGroup(group) {
-    this.graph.groups = this.graph.groups.filter((g) => g !== group);
-    this.graph.changed("group");
+    this.graph.removeGroup(group);
   }
 
   groupMenu(group, event) {
@@ -561,17 +563,17 @@ export class Editor {
     const nodes = [...this.canvas.selected];
     if (!nodes.length) return;
     const pin = !nodes.every((n) => n.flags.pinned);
-    for (const node of nodes) {
+    this.graph.updateNodes(nodes, "pinned", (node) => {
       if (pin) node.flags.pinned = true;
       else delete node.flags.pinned;
-    }
-    this.graph.changed("pin");
+    });
   }
 
   toggleCollapse(node) {
-    node.flags.collapsed = !node.flags.collapsed;
-    if (!node.flags.collapsed) delete node.flags.collapsed;
-    this.graph.changed("collapse");
+    this.graph.updateNodes([node], "collapsed", () => {
+      node.flags.collapsed = !node.flags.collapsed;
+      if (!node.flags.collapsed) delete node.flags.collapsed;
+    });
   }
 
   editTitle(node) {
@@ -579,22 +581,20 @@ export class Editor {
     const scale = this.canvas.viewport.scale;
     const width = (node.flags.collapsed ? 200 : node.size[0] - 30) * scale;
     editText([x, y, width, 24 * scale], node.title, { fontSize: 14 * scale }).then((text) => {
-      if (text === null) return;
-      node.title = text.trim() || node.defaultTitle;
-      this.graph.changed("title");
+      if (text !== null) this.graph.updateNodes([node], "title", () => { node.title = text.trim() || node.defaultTitle; });
     });
   }
 
   setMode(node, mode) {
-    node.mode = mode;
-    this.graph.changed("mode");
+    this.graph.updateNodes([node], "mode", () => { node.mode = mode; });
   }
 
   setColor(node, preset) {
     const colors = preset ? NODE_COLORS[preset] : null;
-    node.color = colors?.color;
-    node.bgcolor = colors?.bgcolor;
-    this.graph.changed("color");
+    this.graph.updateNodes([node], "color", () => {
+      node.color = colors?.color;
+      node.bgcolor = colors?.bgcolor;
+    });
   }
 
   // ---------------------------------------------------------------- search
@@ -650,16 +650,16 @@ export class Editor {
 
   setWidgetValue(node, widget, value) {
     if (widget.value === value) return;
-    widget.value = value;
-    if (widget.dynamic) {
-      // the option's own inputs replace the previous option's; the node fits them
-      applyDynamicCombo(this.graph, node, widget);
-      const [width, height] = minimumSize(node);
-      node.size = [Math.max(node.size[0], width), height];
-    }
-    if (node.runtime.errorInputs?.delete(widget.name) && !node.runtime.errorInputs.size) delete node.runtime.error;
-    if (node.widgets.some((w) => w.kind === "upload" && w.target === widget.name)) this.refreshInputPreview(node);
-    this.graph.changed("widget");
+    this.graph.setWidget(node, widget, value, () => {
+      if (widget.dynamic) {
+        // the option's own inputs replace the previous option's; the node fits them
+        applyDynamicCombo(this.graph, node, widget);
+        const [width, height] = minimumSize(node);
+        node.size = [Math.max(node.size[0], width), height];
+      }
+      if (node.runtime.errorInputs?.delete(widget.name) && !node.runtime.errorInputs.size) delete node.runtime.error;
+      if (node.widgets.some((w) => w.kind === "upload" && w.target === widget.name)) this.refreshInputPreview(node);
+    });
   }
 
   #clientRect([x, y, w, h]) {

@@ -29,6 +29,7 @@ export class GraphCanvas {
     this.height = 0;
     this.scheduled = false;
     this.frameWaiters = [];
+    graph.onChange(() => this.setDirty()); // every edit is redrawn
     this.resize();
     new ResizeObserver(() => this.resize()).observe(element);
   }

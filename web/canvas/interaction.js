@@ -7,11 +7,11 @@
  * editors, node creation.
  */
 import { isValidConnection } from "../graph/types.js";
-import { MODE_BYPASS, MODE_NEVER } from "../graph/model.js";
 import { groupHandleAt, nodesInGroup } from "../graph/groups.js";
 import { imageArea, nodeBounds, minimumSize, visibleInputs } from "./layout.js";
 import { widgetImpl } from "../widgets/index.js";
 import { hitsMaskButton } from "./mask-button.js";
+import { dispatchKey } from "../ui/keymap.js";
 
 const CLICK_SLOP = 4;
 
@@ -201,6 +201,7 @@ export class Interaction {
         const dy = point[1] - drag.start[1];
         if (!drag.moved && Math.hypot(dx, dy) * canvas.viewport.scale < CLICK_SLOP) return;
         drag.moved = true;
+        drag.delta = [dx, dy];
         drag.nodes.forEach((node, i) => { node.pos = [drag.origins[i][0] + dx, drag.origins[i][1] + dy]; });
         canvas.setDirty();
         break;
@@ -209,6 +210,7 @@ export class Interaction {
         const dx = point[0] - drag.start[0];
         const dy = point[1] - drag.start[1];
         drag.moved = true;
+        drag.delta = [dx, dy];
         drag.group.bounding[0] = drag.origin[0] + dx;
         drag.group.bounding[1] = drag.origin[1] + dy;
         drag.nodes.forEach((node, i) => { node.pos = [drag.origins[i][0] + dx, drag.origins[i][1] + dy]; });
@@ -279,15 +281,20 @@ export class Interaction {
         break;
       case "move":
         if (drag.moved && drag.nodes.length === 1) this.editor.dropNodeOnLink(drag.nodes[0]);
-        if (drag.moved) graph.changed("move");
+        if (drag.moved) graph.moveNodes(drag.nodes, drag.delta, drag.origins);
         else if (drag.plainClick && canvas.selected.size > 1) canvas.select(drag.node); // click one of many: just it
         break;
       case "resize":
+        if (drag.moved) graph.resizeNode(drag.node, drag.node.size);
+        break;
       case "group-resize":
-        if (drag.moved) graph.changed("resize");
+        if (drag.moved) graph.updateGroup(drag.group, "bounding", () => {});
         break;
       case "group-move":
-        if (drag.moved) graph.changed("move");
+        if (drag.moved) {
+          graph.edit({ type: "move", ids: drag.nodes.map((n) => n.id), delta: drag.delta, group: drag.group },
+            () => graph.moveNodes(drag.nodes, drag.delta, drag.origins));
+        }
         break;
       case "link":
         this.#dropLink(point, screen);
@@ -393,64 +400,7 @@ export class Interaction {
 
   #keyDown(event) {
     if (isTyping(event.target)) return;
-    const editor = this.editor;
-    const ctrl = event.ctrlKey || event.metaKey;
-    if (event.code === "Space") { this.spaceDown = true; return; }
-    if (ctrl && event.altKey && event.key === "Enter") { event.preventDefault(); editor.interrupt(); return; }
-    if (ctrl && event.key === "Enter") { event.preventDefault(); editor.queue({ front: event.shiftKey }); return; }
-    if (ctrl && (event.key === "s" || event.key === "S")) { event.preventDefault(); editor.saveWorkflow(); return; }
-    if (ctrl && (event.key === "o" || event.key === "O")) { event.preventDefault(); editor.openFileDialog(); return; }
-    if (ctrl && (event.key === "a" || event.key === "A")) {
-      event.preventDefault();
-      this.canvas.selected = new Set(this.canvas.graph.nodes);
-      this.canvas.setDirty();
-      return;
-    }
-    const key = event.key.toLowerCase();
-    if (ctrl && key === "z") {
-      event.preventDefault();
-      if (event.shiftKey) editor.redo(); else editor.undo();
-      return;
-    }
-    if (ctrl && key === "y") { event.preventDefault(); editor.redo(); return; }
-    if (ctrl && key === "c" && !event.altKey) {
-      if (editor.copySelection()) event.preventDefault();
-      return;
-    }
-    if (ctrl && key === "v") { event.preventDefault(); editor.paste({ keepInputLinks: event.shiftKey }); return; }
-    if (ctrl && key === "b") { event.preventDefault(); editor.toggleSelectionMode(MODE_BYPASS); return; }
-    if (event.altKey && event.shiftKey && event.code === "KeyM") { event.preventDefault(); editor.toggleMinimap(); return; }
-    if (!ctrl && !event.altKey && key === "q") { editor.toggleSidebar("queue"); return; }
-    if (!ctrl && !event.altKey && key === "w") { editor.toggleSidebar("workflows"); return; }
-    if (!ctrl && !event.altKey && key === "m" && editor.sidebar.panels.has("models")) { editor.toggleSidebar("models"); return; }
-    if (!ctrl && !event.altKey && key === "n" && editor.sidebar.panels.has("nodes")) { editor.toggleSidebar("nodes"); return; }
-    if (!ctrl && !event.altKey && key === "p") { editor.togglePinSelection(); return; }
-    if (ctrl && key === "g") { event.preventDefault(); editor.groupSelection(); return; }
-    if (ctrl && key === "m") { event.preventDefault(); editor.toggleSelectionMode(MODE_NEVER); return; }
-    if (ctrl && (event.key === "d" || event.key === "D")) {
-      event.preventDefault();
-      editor.duplicateSelection();
-      return;
-    }
-    if (event.altKey && (event.key === "c" || event.key === "C")) {
-      event.preventDefault();
-      for (const node of this.canvas.selected) editor.toggleCollapse(node);
-      return;
-    }
-    if (event.altKey && (event.key === "=" || event.key === "+" || event.key === "-")) {
-      event.preventDefault();
-      const factor = event.key === "-" ? 1 / 1.2 : 1.2;
-      this.canvas.viewport.zoomAt(factor, this.canvas.width / 2, this.canvas.height / 2);
-      this.canvas.setDirty();
-      editor.viewChanged();
-      return;
-    }
-    if (event.key === "Delete" || event.key === "Backspace") {
-      if (this.canvas.selected.size) { event.preventDefault(); editor.deleteSelection(); }
-      return;
-    }
-    if (event.key === "." && !ctrl) { this.canvas.fitView(); editor.viewChanged(); return; }
-    if (event.key === "Escape" && editor.subgraphStack.length && !this.canvas.dragLink) { editor.closePopups(); editor.closeSubgraph(); return; }
-    if (event.key === "Escape") { editor.closePopups(); this.canvas.dragLink = null; this.canvas.setDirty(); }
+    if (event.code === "Space") { this.spaceDown = true; return; } // held: dragging pans
+    dispatchKey(this.editor, event);
   }
 }

@@ -45,24 +45,25 @@ export function readClipboard() {
 export function pastePayload(graph, payload, at, { keepInputLinks = false, prepare = () => {} } = {}) {
   const x0 = Math.min(...payload.nodes.map((n) => n.pos?.[0] ?? 0));
   const y0 = Math.min(...payload.nodes.map((n) => n.pos?.[1] ?? 0));
-  const copies = new Map();
-  for (const data of payload.nodes) {
-    if (!graph.defs.get(data.type)) continue; // types this server lacks cannot be instantiated
-    const copy = graph.createNode(data.type);
-    copy.configure({ ...data, inputs: data.inputs?.map((i) => ({ ...i, link: null })),
-      outputs: data.outputs?.map((o) => ({ ...o, links: null })) });
-    copy.id = -1;
-    copy.pos = [at[0] + (data.pos?.[0] ?? 0) - x0, at[1] + (data.pos?.[1] ?? 0) - y0];
-    graph.addNode(copy, false);
-    prepare(copy);
-    copies.set(data.id, copy);
-  }
-  for (const link of payload.links || []) {
-    const target = copies.get(link.target_id);
-    if (!target) continue;
-    const origin = link.internal ? copies.get(link.origin_id) : keepInputLinks ? graph.getNode(link.origin_id) : null;
-    if (origin) graph.connect(origin, link.origin_slot, target, link.target_slot, false);
-  }
-  graph.changed("paste");
-  return [...copies.values()];
+  return graph.edit((nodes) => ({ type: "add-nodes", nodes }), () => {
+    const copies = new Map();
+    for (const data of payload.nodes) {
+      if (!graph.defs.get(data.type)) continue; // types this server lacks cannot be instantiated
+      const copy = graph.createNode(data.type);
+      copy.configure({ ...data, inputs: data.inputs?.map((i) => ({ ...i, link: null })),
+        outputs: data.outputs?.map((o) => ({ ...o, links: null })) });
+      copy.id = -1;
+      copy.pos = [at[0] + (data.pos?.[0] ?? 0) - x0, at[1] + (data.pos?.[1] ?? 0) - y0];
+      graph.addNode(copy, false);
+      prepare(copy);
+      copies.set(data.id, copy);
+    }
+    for (const link of payload.links || []) {
+      const target = copies.get(link.target_id);
+      if (!target) continue;
+      const origin = link.internal ? copies.get(link.origin_id) : keepInputLinks ? graph.getNode(link.origin_id) : null;
+      if (origin) graph.connect(origin, link.origin_slot, target, link.target_slot, false);
+    }
+    return [...copies.values()];
+  });
 }

@@ -69,6 +69,6 @@ export function graphFromPrompt(graph, prompt) {
     }
     x += width + COLUMN_GAP;
   }
-  graph.changed("load");
+  graph.emit({ type: "load" });
   return warnings;
 }

@@ -237,8 +237,27 @@ export class GraphNode {
   }
 }
 
-/** The whole graph plus the workflow-level data around it. */
+/**
+ * One edit of the graph, as its listeners (the renderer, the undo history, autosave and with it the tabs'
+ * unsaved marker) receive it. `type` says what changed:
+ *
+ * - `clear`, `load`: the whole graph was emptied or replaced (`configure`, an API prompt loaded);
+ * - `add-node` `{ node }`, `add-nodes` `{ nodes }` (duplicated, pasted, spliced in), `remove-node` `{ id }`;
+ * - `connect` `{ link }`, `disconnect` `{ ids }` (the links removed), `splice` `{ node, link }` (a node put
+ *   into a link: a reroute on it, a node dropped on it);
+ * - `move` `{ ids, delta, group }` (a drag; `group` when a group was dragged with its nodes), `arrange` `{ ids, how }` (align, distribute), `resize` `{ id, size }`;
+ * - `widget` `{ node, name, value }`, `widgets` `{ ids }` (values stepped after a queue);
+ * - `node` `{ ids, field }`: title, mode, color, pinned or collapsed changed;
+ * - `convert` `{ node, name, toInput }`: a widget given a socket, or back;
+ * - `add-group` / `remove-group` `{ group }`, `group` `{ group, field }`.
+ *
+ * @typedef {{ type: string, [detail: string]: any }} GraphChange
+ */
+
+/** The whole graph plus the workflow-level data around it. Every edit goes through a method that emits one change. */
 export class Graph {
+  #quiet = 0;
+
   constructor(defs) {
     this.defs = defs;
     this.listeners = new Set();
@@ -256,17 +275,87 @@ export class Graph {
     this.extra = {};
     this.extraTop = {};
     this.version = 0.4;
-    if (notify) this.changed("clear");
+    if (notify) this.emit({ type: "clear" });
   }
 
-  /** Subscribe to edits; the listener gets a short reason string. Returns an unsubscribe function. */
+  /** Subscribe to edits; the listener gets each `GraphChange`. Returns an unsubscribe function. */
   onChange(listener) {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
   }
 
-  changed(reason) {
-    for (const listener of this.listeners) listener(reason);
+  /** Hand `change` to every listener (not while a compound `edit` runs: it emits its own change once). */
+  emit(change) {
+    if (this.#quiet) return;
+    for (const listener of this.listeners) listener(change);
+  }
+
+  /**
+   * A compound edit: `apply()` runs with the changes of the edits inside it held back, then one change is
+   * emitted: `change`, or `change(result)` when it is a function of what `apply` returned (none when that
+   * gives null: the edit did not happen). Returns what `apply` returned.
+   */
+  edit(change, apply) {
+    this.#quiet++;
+    let result;
+    try {
+      result = apply();
+    } finally {
+      this.#quiet--;
+    }
+    const made = typeof change === "function" ? change(result) : change;
+    if (made) this.emit(made);
+    return result;
+  }
+
+  /** Move `nodes` by `delta` from `origins` (their positions before a drag; by default where they are). */
+  moveNodes(nodes, delta, origins = nodes.map((n) => n.pos)) {
+    nodes.forEach((node, i) => { node.pos = [origins[i][0] + delta[0], origins[i][1] + delta[1]]; });
+    this.emit({ type: "move", ids: nodes.map((n) => n.id), delta: delta.slice() });
+  }
+
+  /** Lay `nodes` out with `arrange(nodes)` (aligning or distributing them); `how` names the layout. */
+  arrangeNodes(nodes, how, arrange) {
+    arrange(nodes);
+    this.emit({ type: "arrange", ids: nodes.map((n) => n.id), how });
+  }
+
+  resizeNode(node, size) {
+    node.size = size.slice();
+    this.emit({ type: "resize", id: node.id, size: node.size.slice() });
+  }
+
+  /**
+   * Set a widget's value; `adjust(node, widget)` runs after it and before the change is emitted (what the
+   * editor does around a value: a dynamic combo's inputs, the node's size, its input preview).
+   */
+  setWidget(node, widget, value, adjust = null) {
+    widget.value = value;
+    adjust?.(node, widget);
+    this.emit({ type: "widget", node, name: widget.name, value });
+  }
+
+  /** Change `field` (title, mode, color, pinned, collapsed) of `nodes` by `apply(node)` on each. */
+  updateNodes(nodes, field, apply) {
+    for (const node of nodes) apply(node);
+    this.emit({ type: "node", ids: nodes.map((n) => n.id), field });
+  }
+
+  addGroup(group) {
+    this.groups.push(group);
+    this.emit({ type: "add-group", group });
+    return group;
+  }
+
+  removeGroup(group) {
+    this.groups = this.groups.filter((g) => g !== group);
+    this.emit({ type: "remove-group", group });
+  }
+
+  /** Change `field` (title, color, bounding) of a group by `apply(group)`. */
+  updateGroup(group, field, apply) {
+    apply(group);
+    this.emit({ type: "group", group, field });
   }
 
   getNode(id) {
@@ -285,7 +374,7 @@ export class Graph {
     else if (typeof node.id === "number") this.last_node_id = Math.max(this.last_node_id, node.id);
     this.nodes.push(node);
     this.nodeById.set(node.id, node);
-    if (notify) this.changed("add-node");
+    if (notify) this.emit({ type: "add-node", node });
     return node;
   }
 
@@ -294,7 +383,7 @@ export class Graph {
     for (let i = 0; i < node.outputs.length; i++) this.disconnectOutput(node, i, false);
     this.nodes = this.nodes.filter((n) => n !== node);
     this.nodeById.delete(node.id);
-    this.changed("remove-node");
+    this.emit({ type: "remove-node", id: node.id });
   }
 
   /** Move a node to the top of the drawing order. */
@@ -330,7 +419,7 @@ export class Graph {
       autogrowConnected(this, target, inSlot);
       updateMatchTypes(this, target);
     }
-    if (notify) this.changed("connect");
+    if (notify) this.emit({ type: "connect", link });
     return link;
   }
 
@@ -371,7 +460,7 @@ export class Graph {
       if (input) autogrowDisconnected(this, target, link.target_slot, input.name);
       updateMatchTypes(this, target);
     }
-    if (notify) this.changed("disconnect");
+    if (notify) this.emit({ type: "disconnect", ids: [id] });
   }
 
   disconnectInput(node, slot, notify = true) {
@@ -380,8 +469,9 @@ export class Graph {
   }
 
   disconnectOutput(node, slot, notify = true) {
-    for (const id of (node.outputs[slot]?.links || []).slice()) this.removeLink(id, false);
-    if (notify) this.changed("disconnect");
+    const ids = (node.outputs[slot]?.links || []).slice();
+    for (const id of ids) this.removeLink(id, false);
+    if (notify) this.emit({ type: "disconnect", ids });
   }
 
   /** The link feeding an input, if any. */
@@ -502,7 +592,7 @@ export class Graph {
     const maxLink = Math.max(0, ...[...this.links.keys()].map(Number).filter(Number.isFinite));
     this.last_node_id = Math.max(Number(data.last_node_id ?? state.lastNodeId) || 0, maxNode);
     this.last_link_id = Math.max(Number(data.last_link_id ?? state.lastLinkId) || 0, maxLink);
-    this.changed("load");
+    this.emit({ type: "load" });
     return warnings;
   }
 }

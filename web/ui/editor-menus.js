@@ -88,7 +88,7 @@ export function showNodeMenu(editor, node, event) {
     ...widgetConversionItems(editor, node),
     ...(editor.openMaskEditor && node.widgets.some((w) => w.kind === "upload")
       ? [{ label: "Open in MaskEditor", action: () => editor.openMaskEditor(node) }] : []),
-    { label: "Fit size to content", action: () => { node.size = minimumSize(node); editor.graph.changed("resize"); } },
+    { label: "Fit size to content", action: () => editor.graph.resizeNode(node, minimumSize(node)) },
     null,
     { label: node.flags.pinned ? "Unpin (P)" : "Pin (P)", action: () => editor.togglePinSelection() },
     { label: "Copy", action: () => editor.copySelection() },

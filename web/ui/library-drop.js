@@ -34,10 +34,11 @@ export function addFromLibrary(editor, payload, pos) {
     return null;
   }
   editor.history?.commit?.();
-  const node = editor.addNode(payload.type, pos);
-  if (payload.widget) setFile(editor, node, payload);
-  editor.graph.changed("add-node");
-  return node;
+  return editor.graph.edit((node) => ({ type: "add-node", node }), () => {
+    const node = editor.addNode(payload.type, pos);
+    if (payload.widget) setFile(editor, node, payload);
+    return node;
+  });
 }
 
 /** Select `payload.value` in the node's `payload.widget` (added to the options when the list is older). */

@@ -3,7 +3,7 @@
  * loads the workflow that made the images), gallery (every output image, a click shows it full size),
  * the keyboard shortcuts table and the settings (kept on the server through `/settings`).
  */
-import { SHORTCUTS } from "./shortcuts.js";
+import { shortcutRows } from "./keymap.js";
 
 const TABS = [["queue", "Queue"], ["history", "History"], ["gallery", "Gallery"], ["shortcuts", "Shortcuts"],
   ["settings", "Settings"]];
@@ -210,7 +210,7 @@ export class Sidebar {
   }
 
   #shortcuts() {
-    return element("table", { className: "shortcuts" }, SHORTCUTS.map(([keys, action]) =>
+    return element("table", { className: "shortcuts" }, shortcutRows().map(([keys, action]) =>
       element("tr", {}, [element("td", { className: "keys", textContent: keys }), element("td", { textContent: action })])));
   }
 

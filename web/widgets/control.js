@@ -50,6 +50,7 @@ export function nextControlledValue(target, mode, filter = "") {
 /** Apply every control widget of the graph; returns the number of values changed. */
 export function applyControlsAfterQueue(graph) {
   let changed = 0;
+  const ids = [];
   for (const node of graph.nodes) {
     if (node.mode === 2 || node.mode === 4) continue;
     for (const control of node.widgets) {
@@ -61,9 +62,10 @@ export function applyControlsAfterQueue(graph) {
       if (next !== target.value) {
         target.value = next;
         changed++;
+        ids.push(node.id);
       }
     }
   }
-  if (changed) graph.changed("widget");
+  if (changed) graph.emit({ type: "widgets", ids });
   return changed;
 }
