@@ -10,8 +10,12 @@ convolutions), with the UNet modules named either the diffusers way (``down_bloc
 or the original LDM way (``input_blocks_1_1_...``); diffusers/peft (``unet.<module>.lora_A.weight``/
 ``lora_B.weight``, ``text_encoder.``/``text_encoder_2.``, also ``.lora.down``/``.lora.up`` and
 ``.lora_linear_layer.down``/``.up``); and full ``.diff``/``.diff_b`` weight differences. Every module
-name is looked up in a map built from the loaded model's own modules (diffusers UNet, transformers
-CLIP), so a LoRA that does not fit is an error listing the keys that matched nothing.
+name is looked up in a map built from the loaded model's own modules: the model family owns the map of its
+diffusion network (``Family.lora_key_map``: the UNet families' below, SD3's and FLUX's in
+:mod:`nodes.runtime.lora_dit`, where a LoRA on a fused BFL/MMDiT weight such as ``qkv`` patches Loom's split
+diffusers weights with the matching rows of its up matrix), the text encoders' map is built here. As in
+ComfyUI, modules that match nothing are logged as a warning ("lora key not loaded: ...") and skipped; a LoRA
+that matches nothing, has the wrong shapes, or was made for another model family is an error.
 
 A LoRA changes a weight by ``strength * (alpha / rank) * up @ down`` (no alpha: a scale of 1), computed in
 float32 and cast to the weight's dtype, in the order ComfyUI computes it. Patched text-encoder weights are
@@ -25,15 +29,39 @@ base model is bit-identical afterwards and memory grows only by the patched tens
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
 
+log = logging.getLogger(__name__)
+
+
 class LoraError(ValueError):
     """A LoRA file that cannot be read, is in an unsupported format, or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """Where (part of) one LoRA module's change goes: a module of a model component, and which rows of the
+    change it takes (``rows``: ``(start, stop)`` ranges of the LoRA's output rows, concatenated in order;
+    ``None``: all of them). A LoRA made for a fused weight (BFL's ``qkv``) has one target per split weight."""
+
+    component: str
+    path: str
+    rows: tuple[tuple[int, int], ...] | None = None
+
+
+KeyMap = dict[str, tuple[LoraTarget, ...]]
+"""LoRA module name (as written in a file) → the targets it patches."""
+
+
+def whole(component: str, path: str) -> tuple[LoraTarget, ...]:
+    """The targets of a LoRA module that patches one whole weight."""
+    return (LoraTarget(component, path),)
 
 
 # (suffix, role) pairs; the longest suffix that matches a key wins
@@ -93,6 +121,24 @@ class ModuleUpdate:
             return self.diff.to(device=device, dtype=torch.float32).reshape(shape)
         return None
 
+    def take_rows(self, rows: tuple[tuple[int, int], ...] | None) -> "ModuleUpdate":
+        """The update restricted to some output rows (the up factor's, the difference's and the bias
+        difference's): what a LoRA on a fused weight does to one part of it."""
+        if rows is None:
+            return self
+
+        def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            if tensor is None:
+                return None
+            return torch.cat([tensor[start:stop] for start, stop in rows], dim=0)
+
+        return replace(self, up=cut(self.up), diff=cut(self.diff), diff_b=cut(self.diff_b))
+
+    def out_rows(self) -> int | None:
+        """How many output rows the update has (the up factor's or the difference's)."""
+        tensor = self.up if self.up is not None else self.diff if self.diff is not None else self.diff_b
+        return None if tensor is None else int(tensor.shape[0])
+
     def delta_numel(self) -> int | None:
         """How many weight elements the update produces (to check it against the module)."""
         if self.up is not None and self.down is not None:
@@ -117,69 +163,114 @@ class LoraFile:
     modules: dict[str, ModuleUpdate]
     stray_keys: list[str]  # keys that are not part of any recognised module update
 
-    def for_unet(self, model: Any) -> dict[tuple[str, str], ModuleUpdate]:
-        """The updates for a ``DiffusionModel``'s UNet; text-encoder modules are skipped."""
-        key_map = unet_key_map(model.unet)
-        unet_modules = {n: u for n, u in self.modules.items() if not n.startswith(_TEXT_ENCODER_PREFIXES)}
-        return self._resolve(unet_modules, key_map, {"unet": model.unet}, f"{model.family} diffusion model",
-                             stray=[k for k in self.stray_keys if not k.startswith(_TEXT_ENCODER_PREFIXES)])
+    def for_unet(self, model: Any, *, require_any: bool = True) -> dict[tuple[str, str], ModuleUpdate]:
+        """The updates for a ``DiffusionModel``'s network (its family's key map); text-encoder modules are
+        skipped. ``require_any``: a LoRA with network modules of which none fits is an error."""
+        from loom.nodes.runtime import families
 
-    def for_text_encoders(self, clip: Any) -> dict[tuple[str, str], ModuleUpdate]:
+        try:
+            key_map = families.get(model.family).lora_key_map(model)
+        except ValueError as exc:  # a family without a LoRA key map
+            raise LoraError(f"{self.name}: {exc}") from None
+        unet_modules = {n: u for n, u in self.modules.items() if not n.startswith(_TEXT_ENCODER_PREFIXES)}
+        return self._resolve(unet_modules, key_map, {"unet": model.unet}, model.family, "diffusion model",
+                             stray=[k for k in self.stray_keys if not k.startswith(_TEXT_ENCODER_PREFIXES)],
+                             require_any=require_any)
+
+    def for_text_encoders(self, clip: Any, *, require_any: bool = True) -> dict[tuple[str, str], ModuleUpdate]:
         """The updates for a ``TextEncoderModel``'s encoders; UNet modules are skipped."""
-        key_map = text_encoder_key_map(clip)
+        key_map = {name: whole(*target) for name, target in text_encoder_key_map(clip).items()}
         te_modules = {n: u for n, u in self.modules.items() if n.startswith(_TEXT_ENCODER_PREFIXES)}
         components = {name: model for name, (_tokenizer, model) in clip.encoders.items()}
-        return self._resolve(te_modules, key_map, components, f"{clip.family} text encoder",
-                             stray=[k for k in self.stray_keys if k.startswith(_TEXT_ENCODER_PREFIXES)])
+        return self._resolve(te_modules, key_map, components, clip.family, "text encoder",
+                             stray=[k for k in self.stray_keys if k.startswith(_TEXT_ENCODER_PREFIXES)],
+                             require_any=require_any)
 
     def for_models(self, model: Any, clip: Any | None) -> tuple[dict, dict]:
-        """UNet and text-encoder updates, with every module of the file accounted for in one error."""
+        """Network and text-encoder updates, with every problem of the file in one error. Modules that match
+        nothing are skipped with a warning (ComfyUI's "lora key not loaded"), the text-encoder ones too when
+        there is no ``clip`` (LoraLoaderModelOnly); a LoRA of which nothing fits is an error."""
         unet_updates: dict = {}
         te_updates: dict = {}
         problems: list[str] = []
         try:
-            unet_updates = self.for_unet(model)
+            unet_updates = self.for_unet(model, require_any=False)
         except LoraError as exc:
             problems.append(str(exc))
         if clip is not None:
             try:
-                te_updates = self.for_text_encoders(clip)
+                te_updates = self.for_text_encoders(clip, require_any=False)
             except LoraError as exc:
                 problems.append(str(exc))
         if problems:
             raise LoraError("; ".join(problems))
+        if self.modules and not unet_updates and not te_updates:
+            raise LoraError(f"{self.name} does not fit this model: none of its {len(self.modules)} LoRA module(s) "
+                            f"match the {model.family} model (e.g. {', '.join(sorted(self.modules)[:5])})")
+        if clip is None:
+            for name in sorted(n for n in self.modules if n.startswith(_TEXT_ENCODER_PREFIXES)):
+                log.warning("lora key not loaded: %s (%s: no text encoder given)", name, self.name)
         return unet_updates, te_updates
 
-    def _resolve(self, modules: Mapping[str, ModuleUpdate], key_map: Mapping[str, tuple[str, str]],
-                 components: Mapping[str, torch.nn.Module], what: str,
-                 stray: list[str]) -> dict[tuple[str, str], ModuleUpdate]:
+    def _resolve(self, modules: Mapping[str, ModuleUpdate], key_map: Mapping[str, tuple[LoraTarget, ...]],
+                 components: Mapping[str, torch.nn.Module], family: str, part: str,
+                 stray: list[str], require_any: bool) -> dict[tuple[str, str], ModuleUpdate]:
+        """Each module's update per target weight. Unmatched modules are warned about and skipped (as
+        ComfyUI's "lora key not loaded"); wrong shapes, nothing matching, or a LoRA whose names belong to
+        another model family are an error."""
+        what = f"{family} {part}"
         resolved: dict[tuple[str, str], ModuleUpdate] = {}
         unmatched: list[str] = list(stray)
         misfit: list[str] = []
         for name, update in modules.items():
-            target = key_map.get(name)
-            if target is None:
+            targets = key_map.get(name)
+            if targets is None:
                 unmatched.append(name)
                 continue
-            module = components[target[0]].get_submodule(target[1])
-            expected = module.weight.numel()
-            if update.delta_numel() not in (None, expected) or \
-                    (update.diff_b is not None and getattr(module, "bias", None) is not None
-                     and update.diff_b.numel() != module.bias.numel()):
-                misfit.append(f"{name} ({_update_shape(update)} vs weight {tuple(module.weight.shape)})")
+            covered = [sum(stop - start for start, stop in t.rows) for t in targets if t.rows is not None]
+            if covered and update.out_rows() not in (None, sum(covered)):
+                misfit.append(f"{name} ({_update_shape(update)} vs {sum(covered)} fused rows)")
                 continue
-            resolved[target] = update
-        if unmatched or misfit:
-            parts = []
+            parts: list[tuple[tuple[str, str], torch.nn.Module, ModuleUpdate]] = []
+            for target in targets:
+                module = components[target.component].get_submodule(target.path)
+                piece = update.take_rows(target.rows)
+                if piece.delta_numel() not in (None, module.weight.numel()) or \
+                        (piece.diff_b is not None and getattr(module, "bias", None) is not None
+                         and piece.diff_b.numel() != module.bias.numel()):
+                    misfit.append(f"{name} ({_update_shape(update)} vs weight {tuple(module.weight.shape)})")
+                    break
+                parts.append(((target.component, target.path), module, piece))
+            else:
+                for key, module, piece in parts:
+                    resolved[key] = piece if key not in resolved else _summed(resolved[key], piece, module)
+        foreign = _foreign_layout(modules.keys(), family)
+        if misfit or (require_any and modules and not resolved) or (unmatched and foreign):
+            problems = []
             if unmatched:
-                parts.append(f"{len(unmatched)} LoRA module(s) match nothing in this {what}: "
-                             + ", ".join(sorted(unmatched)[:8]) + (" ..." if len(unmatched) > 8 else ""))
+                problems.append(f"{len(unmatched)} LoRA module(s) match nothing in this {what}: "
+                                + ", ".join(sorted(unmatched)[:8]) + (" ..." if len(unmatched) > 8 else ""))
             if misfit:
-                parts.append(f"{len(misfit)} have the wrong shape: " + ", ".join(sorted(misfit)[:5])
-                             + (" ..." if len(misfit) > 5 else ""))
-            hint = _family_hint(modules.keys(), what)
-            raise LoraError(f"{self.name} does not fit this model: " + "; ".join(parts) + hint)
+                problems.append(f"{len(misfit)} have the wrong shape: " + ", ".join(sorted(misfit)[:5])
+                                + (" ..." if len(misfit) > 5 else ""))
+            hint = f" (the LoRA looks made for {foreign})" if foreign else ""
+            raise LoraError(f"{self.name} does not fit this model: " + "; ".join(problems) + hint)
+        for name in sorted(unmatched):
+            log.warning("lora key not loaded: %s (%s, %s)", name, self.name, what)
         return resolved
+
+
+def _summed(first: ModuleUpdate, second: ModuleUpdate, module: torch.nn.Module) -> ModuleUpdate:
+    """Two modules of one file that patch the same weight (a fused and a split name): one full difference,
+    each scaled by its own alpha / rank (the strength applies to the sum, as to each)."""
+    weight = module.weight
+    total = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    for update in (first, second):
+        delta = update.weight_delta(weight.shape, weight.device)
+        if delta is not None:
+            total += (update.scale if update.up is not None else 1.0) * delta
+    biases = [u.diff_b.float() for u in (first, second) if u.diff_b is not None]
+    return ModuleUpdate(diff=total, diff_b=sum(biases) if biases else None)
 
 
 def _update_shape(update: ModuleUpdate) -> str:
@@ -190,14 +281,25 @@ def _update_shape(update: ModuleUpdate) -> str:
     return "bias only"
 
 
-def _family_hint(names: Iterable[str], what: str) -> str:
+# (what the LoRA looks made for, the families whose names these are, markers in its module names)
+_LAYOUT_MARKERS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("SDXL: it has two text encoders", ("sdxl", "sdxl_refiner", "sd3", "flux"),
+     ("lora_te1_", "lora_te2_", "text_encoder_2.")),
+    ("SDXL", ("sdxl", "sdxl_refiner"), ("input_blocks_7_1_transformer_blocks_9", "input_blocks.7.1.transformer_blocks.9")),
+    ("FLUX.1", ("flux",), ("double_blocks", "single_blocks", "single_transformer_blocks")),
+    ("SD3", ("sd3",), ("joint_blocks",)),
+    ("an SD1/SD2/SDXL UNet", ("sd1", "sd2", "sdxl", "sdxl_refiner"),
+     ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block")),
+)
+
+
+def _foreign_layout(names: Iterable[str], family: str) -> str | None:
+    """What a LoRA looks made for when its module names belong to another family's layout, else ``None``."""
     names = list(names)
-    if any(n.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for n in names) and "sdxl" not in what:
-        return " (the LoRA looks made for SDXL: it has two text encoders)"
-    if any("input_blocks_7_1_transformer_blocks_9" in n or "input_blocks.7.1.transformer_blocks.9" in n
-           for n in names):
-        return " (the LoRA looks made for SDXL)"
-    return ""
+    for made_for, owners, markers in _LAYOUT_MARKERS:
+        if family not in owners and any(marker in name for name in names for marker in markers):
+            return made_for
+    return None
 
 
 def parse_lora(state: Mapping[str, torch.Tensor], name: str = "LoRA") -> LoraFile:

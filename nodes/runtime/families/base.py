@@ -118,6 +118,12 @@ class Family:
         used) and its config."""
         raise NotImplementedError
 
+    def lora_key_map(self, model: "DiffusionModel") -> dict[str, tuple[Any, ...]]:
+        """Every name a LoRA may give a module of this family's network (kohya, diffusers, the original
+        layout...) → the :class:`nodes.runtime.lora.LoraTarget` weights it patches (several, with row ranges,
+        for a LoRA on a weight the file fuses and Loom's network splits). ComfyUI's ``model_lora_keys_unet``."""
+        raise ValueError(f"LoRA is not supported for {self.display_name} models")
+
     # -- text encoders -------------------------------------------------------------------------------
 
     def text_encoder(self, file: "StateDictFile", slot: TextEncoderSlot, *, dtype: "torch.dtype",

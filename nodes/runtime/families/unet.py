@@ -48,6 +48,12 @@ class UNetFamily(Family):
         """This family's text encoder slots if the file has them, else ``None``."""
         return None
 
+    def lora_key_map(self, model: "DiffusionModel") -> dict[str, tuple[Any, ...]]:
+        """kohya (diffusers and LDM module names), diffusers/peft and LDM names → the UNet's modules."""
+        from loom.nodes.runtime.lora import unet_key_map, whole
+
+        return {name: whole(*target) for name, target in unet_key_map(model.unet).items()}
+
     def matches_unet(self, shapes: Shapes, prefix: str) -> bool:
         """Whether a UNet alone (no text encoder in the file) has this family's full-size shapes."""
         return False
