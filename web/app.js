@@ -7,6 +7,7 @@ import { Api } from "./api.js";
 import { Editor } from "./editor.js";
 import { NodeDefs } from "./graph/definitions.js";
 import { notice, notify } from "./ui/notify.js";
+import { exportApi, openFile, openFileDialog, saveFile } from "./ui/files.js";
 import { Workspace } from "./workspace.js";
 import { WorkflowsPanel } from "./ui/workflows-panel.js";
 import { isFirstRun, showTemplates } from "./ui/templates.js";
@@ -24,9 +25,9 @@ function wireToolbar(editor) {
   on("btn-new", () => editor.workspace.newTab());
   on("btn-templates", () => editor.showTemplates());
   on("btn-workflows", () => editor.toggleSidebar("workflows"));
-  on("btn-open", () => editor.openFileDialog());
-  on("btn-save", () => editor.saveFile());
-  on("btn-export-api", () => editor.exportApi());
+  on("btn-open", () => openFileDialog(editor));
+  on("btn-save", () => saveFile(editor));
+  on("btn-export-api", () => exportApi(editor));
   on("btn-fit", () => { editor.canvas.fitView(); editor.viewChanged(); });
   on("btn-panel", () => editor.toggleSidebar());
   const queueLabel = document.getElementById("queue-size");
@@ -46,7 +47,7 @@ function wireDrop(editor) {
   window.addEventListener("drop", (event) => {
     event.preventDefault();
     const file = event.dataTransfer?.files?.[0];
-    if (file) editor.openFile(file, [event.clientX, event.clientY]);
+    if (file) openFile(editor, file, [event.clientX, event.clientY]);
   });
 }
 

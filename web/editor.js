@@ -3,7 +3,8 @@
  * (add, delete, duplicate, queue, open, save, ...). Widgets and pointer handling call back into it.
  */
 import { GraphCanvas } from "./canvas/canvas.js";
-import { Interaction, firstCompatibleSlot } from "./canvas/interaction.js";
+import { Interaction } from "./canvas/interaction.js";
+import { firstCompatibleSlot } from "./canvas/gestures/link-drag.js";
 import { fitNodeSize, minimumSize, widgetRect, IMAGE_MIN_HEIGHT } from "./canvas/layout.js";
 import { CONVERTED_WIDGET, Graph, MODE_ALWAYS } from "./graph/model.js";
 import { applyDynamicCombo } from "./graph/dynamic.js";
@@ -22,7 +23,7 @@ import { NODE_COLORS } from "./graph/types.js";
 import { DEFAULT_WORKFLOW } from "./graph/default-workflow.js";
 import { graphFromPrompt } from "./graph/from-api.js";
 import { Execution } from "./execution.js";
-import { readPngWorkflow } from "./png.js";
+import { saveFile } from "./ui/files.js";
 import { NodeSearch } from "./ui/search.js";
 import { closeMenus, showMenu } from "./ui/menus.js";
 import { showCanvasMenu, showGroupMenu, showLinkMenu, showNodeMenu, showSlotMenu } from "./ui/editor-menus.js";
@@ -31,17 +32,6 @@ import { notify } from "./ui/notify.js";
 
 const STORAGE_KEY = "loom.workflow";
 const AUTOSAVE_DELAY_MS = 300;
-
-function download(name, text) {
-  const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = name;
-  document.body.appendChild(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 1000);
-}
 
 function isApiPrompt(data) {
   const values = Object.values(data || {});
@@ -268,66 +258,7 @@ export class Editor {
 
   /** Ctrl+S: save on the server (the Workflows panel, when there is one), else download the JSON. */
   saveWorkflow() {
-    return this.workflowsPanel ? this.workflowsPanel.save() : this.saveFile();
-  }
-
-  saveFile() {
-    download("workflow.json", JSON.stringify(this.serializeWorkflow(), null, 2));
-  }
-
-  async exportApi() {
-    try {
-      const { prompt } = await this.api.convert(this.serializeWorkflow());
-      download("workflow_api.json", JSON.stringify(prompt, null, 2));
-    } catch (error) {
-      this.notify(`Export failed: ${error.message}`, "error");
-    }
-  }
-
-  openFileDialog() {
-    this.#pickFile(".json,application/json,image/png", (file) => this.openFile(file));
-  }
-
-  /** Open the browser's file chooser (a hidden input kept in the page, so the choice cannot get lost). */
-  #pickFile(accept, onFile) {
-    let input = document.getElementById("file-picker");
-    if (!input) {
-      input = document.createElement("input");
-      input.type = "file";
-      input.id = "file-picker";
-      input.hidden = true;
-      document.body.appendChild(input);
-    }
-    input.accept = accept;
-    input.value = "";
-    input.onchange = () => { if (input.files[0]) onFile(input.files[0]); };
-    input.click();
-  }
-
-  /** Open a dropped or chosen file: a workflow/prompt JSON, or a PNG with an embedded workflow. */
-  async openFile(file, clientPoint = null) {
-    try {
-      const isPng = file.type === "image/png" || /\.png$/i.test(file.name);
-      if (isPng || file.type.startsWith("image/")) {
-        const target = clientPoint && this.#loadImageNodeAt(clientPoint);
-        if (target) return await this.uploadToNode(target, file);
-        if (!isPng) throw new Error(`${file.name} is not a PNG; only PNG images carry workflows here`);
-        const { workflow, prompt } = await readPngWorkflow(await file.arrayBuffer());
-        if (workflow) return this.loadWorkflow(workflow);
-        if (prompt) return this.loadWorkflow(prompt);
-        throw new Error(`${file.name} has no workflow embedded`);
-      }
-      this.loadWorkflow(JSON.parse(await file.text()));
-    } catch (error) {
-      this.notify(`Could not open ${file.name}: ${error.message}`, "error");
-    }
-  }
-
-  #loadImageNodeAt([cx, cy]) {
-    const rect = this.canvas.element.getBoundingClientRect();
-    const point = this.canvas.viewport.toGraph(cx - rect.left, cy - rect.top);
-    const node = this.canvas.nodeAt(...point);
-    return node && node.widgets.some((w) => w.kind === "upload") ? node : null;
+    return this.workflowsPanel ? this.workflowsPanel.save() : saveFile(this);
   }
 
   // ---------------------------------------------------------------- running
@@ -692,26 +623,6 @@ export class Editor {
         if (text !== null) this.setWidgetValue(node, widget, text);
         this.canvas.setDirty();
       });
-  }
-
-  chooseUpload(node) {
-    this.#pickFile("image/png,image/jpeg,image/webp", (file) => this.uploadToNode(node, file));
-  }
-
-  /** Upload an image to the server's input folder and select it in the node's image combo. */
-  async uploadToNode(node, file) {
-    const upload = node.widgets.find((w) => w.kind === "upload");
-    const target = upload && node.widget(upload.target);
-    if (!target) return;
-    try {
-      const result = await this.api.uploadImage(file);
-      const name = result.subfolder ? `${result.subfolder}/${result.name}` : result.name;
-      if (!target.options.values.includes(name)) target.options.values.push(name);
-      this.setWidgetValue(node, target, name);
-      this.notify(`Uploaded ${name}`);
-    } catch (error) {
-      this.notify(`Upload failed: ${error.message}`, "error");
-    }
   }
 
   /** For nodes with an image upload (LoadImage): show the selected input image in the node. */

@@ -7,6 +7,7 @@ import { minimumSize } from "../canvas/layout.js";
 import { NODE_COLORS } from "../graph/types.js";
 import { GROUP_COLORS, nodesInGroup } from "../graph/groups.js";
 import { showMenu } from "./menus.js";
+import { exportApi, openFileDialog, saveFile } from "./files.js";
 
 export function showCanvasMenu(editor, graphPoint, event) {
   const categories = () => {
@@ -36,9 +37,9 @@ export function showCanvasMenu(editor, graphPoint, event) {
     null,
     { label: "New workflow", action: () => editor.newWorkflow() },
     { label: "Clear canvas", action: () => editor.clearWorkflow() },
-    { label: "Open…", action: () => editor.openFileDialog() },
-    { label: "Save", action: () => editor.saveFile() },
-    { label: "Export (API)", action: () => editor.exportApi() },
+    { label: "Open…", action: () => openFileDialog(editor) },
+    { label: "Save", action: () => saveFile(editor) },
+    { label: "Export (API)", action: () => exportApi(editor) },
   ], event.clientX, event.clientY);
 }
 

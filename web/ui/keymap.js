@@ -9,6 +9,7 @@
  * browser (no `preventDefault`).
  */
 import { MODE_BYPASS, MODE_NEVER } from "../graph/model.js";
+import { openFileDialog } from "./files.js";
 
 const zoomBy = (editor, factor) => {
   const canvas = editor.canvas;
@@ -39,7 +40,7 @@ export const KEYMAP = [
   { keys: [{ key: "Enter", ctrl: true, shift: true }], label: "Queue at the front", run: (e) => { e.queue({ front: true }); } },
   { keys: [{ key: "Enter", ctrl: true, alt: true }], label: "Interrupt the running prompt", run: (e) => { e.interrupt(); } },
   { keys: [{ key: "s", ctrl: true }], label: "Save the workflow on the server (Workflows panel)", run: (e) => { e.saveWorkflow(); } },
-  { keys: [{ key: "o", ctrl: true }], label: "Open a workflow file", run: (e) => e.openFileDialog() },
+  { keys: [{ key: "o", ctrl: true }], label: "Open a workflow file", run: (e) => openFileDialog(e) },
   { keys: [{ key: "z", ctrl: true }], label: "Undo", run: (e) => e.undo() },
   { keys: [{ key: "y", ctrl: true }, { key: "z", ctrl: true, shift: true }], label: "Redo", run: (e) => e.redo() },
   { keys: [{ key: "c", ctrl: true }], label: "Copy the selection (also across tabs)", run: (e) => e.copySelection() },

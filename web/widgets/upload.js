@@ -4,6 +4,7 @@
  */
 import { WIDGET_FONT } from "../canvas/layout.js";
 import { drawBox, WIDGET_TEXT } from "./base.js";
+import { chooseUpload } from "../ui/files.js";
 
 export const uploadWidget = {
   draw(ctx, widget, rect, look) {
@@ -18,6 +19,6 @@ export const uploadWidget = {
   },
 
   pointerDown({ widget, node, editor }) {
-    return { move() {}, up: () => editor.chooseUpload(node, widget) };
+    return { move() {}, up: () => chooseUpload(editor, node) };
   },
 };
