@@ -334,3 +334,39 @@ def test_sd3_lora_schemes_equal_the_hand_merged_network(scheme, sd3, base_dir):
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
     assert not torch.allclose(_sd3_call(model.unet), want, atol=1e-4)
     assert all(torch.equal(v, base[k]) for k, v in model.unet.named_parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Text encoders of the DiT families (ComfyUI's model_lora_keys_clip numbering)
+# ---------------------------------------------------------------------------------------------
+
+def test_text_encoder_names_follow_comfyui_numbering(flux, sd3, base_dir):
+    from loom.nodes.lora import LoraLoader
+    from loom.nodes.runtime.lora import text_encoder_key_map
+    from loom.nodes.runtime.text_encoding import encode_text
+
+    _model, flux_clip = flux
+    key_map = text_encoder_key_map(flux_clip)
+    q = ("l", "text_model.encoder.layers.0.self_attn.q_proj")
+    t5_q = ("t5xxl", "model.encoder.block.0.layer.0.SelfAttention.q")
+    assert key_map["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"] == q
+    assert key_map["lora_te_text_model_encoder_layers_0_self_attn_q_proj"] == q
+    assert key_map["lora_te2_encoder_block_0_layer_0_SelfAttention_q"] == t5_q  # OneTrainer FLUX
+    assert key_map["lora_te3_encoder_block_0_layer_0_SelfAttention_q"] == t5_q
+    _sd3_model, sd3_clip = sd3
+    key_map = text_encoder_key_map(sd3_clip)
+    assert key_map["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"][0] == "l"
+    assert key_map["lora_te2_text_model_encoder_layers_0_self_attn_q_proj"][0] == "g"
+
+    model, clip = flux
+    clip_width = clip.encoders["l"][1].get_submodule(q[1]).weight.shape
+    t5_width = clip.encoders["t5xxl"][1].get_submodule(t5_q[1]).weight.shape
+    state, _ = make_lora({"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": ("l", tuple(clip_width)),
+                          "lora_te2_encoder_block_0_layer_0_SelfAttention_q": ("t5", tuple(t5_width)),
+                          "lora_unet_img_in": ("img_in", (W, 64))}, "kohya")
+    name = _save(state, base_dir / "models" / "loras", "flux_te.safetensors")
+    patched, patched_clip = LoraLoader.execute(model, clip, name, 1.0, 1.0)
+    (stack,) = patched_clip.patches
+    assert sorted(target for target in stack.loras[0].updates) == sorted([q, t5_q])
+    plain, with_lora = encode_text(clip, "a red fox"), encode_text(patched_clip, "a red fox")
+    assert not torch.allclose(plain[0][0], with_lora[0][0], atol=1e-4)

@@ -426,19 +426,37 @@ def _clip_path(path: str) -> str:
     return "text_model." + path
 
 
+def _encoder_prefixes(names: set[str]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The LoRA name prefixes (and separators) of each text encoder, as ComfyUI's ``model_lora_keys_clip``:
+    CLIP-L is ``lora_te_``/``lora_te1_``/``text_encoder.``; with CLIP-L, CLIP-G is the second encoder
+    (``lora_te2_``/``text_encoder_2.``), alone the first; T5-XXL comes after the CLIPs (SD3: ``lora_te3_``;
+    FLUX, CLIP-L + T5: ``lora_te2_`` and ``lora_te3_``)."""
+    prefixes: dict[str, tuple[tuple[str, str], ...]] = {}
+    has_l, has_g = "l" in names, "g" in names
+    for name in names:
+        if name == "t5xxl":
+            index = 1 + has_g + has_l
+            found = (f"lora_te{index}_",) if not (has_l and index == 2) else ("lora_te2_", "lora_te3_")
+            prefixes[name] = tuple((prefix, "_") for prefix in found)
+        elif has_l and has_g:  # SDXL base, SD3: te1 is CLIP-L, te2 is bigG
+            prefixes[name] = ((("lora_te1_", "_"), ("text_encoder.", "."), ("te1.", "."), ("lora_te_", "_"))
+                              if name == "l" else (("lora_te2_", "_"), ("text_encoder_2.", "."), ("te2.", ".")))
+        else:
+            prefixes[name] = (("lora_te_", "_"), ("text_encoder.", "."), ("te.", "."))
+            if "t5xxl" in names:  # FLUX: CLIP-L is te1, T5 te2/te3
+                prefixes[name] += (("lora_te1_", "_"),)
+            else:  # SD1/SD2/refiner (as before: a single encoder also answers to lora_te2_)
+                prefixes[name] += (("lora_te2_", "_"),)
+    return prefixes
+
+
 def text_encoder_key_map(clip: Any) -> dict[str, tuple[str, str]]:
     """LoRA module name → ``(encoder name, module path)`` for the encoders of a ``TextEncoderModel``."""
-    names = set(clip.encoders)
-    if names == {"l", "g"}:  # SDXL: te1 is CLIP-L, te2 is bigG
-        prefixes = {"l": (("lora_te1_", "_"), ("text_encoder.", "."), ("te1.", ".")),
-                    "g": (("lora_te2_", "_"), ("text_encoder_2.", "."), ("te2.", "."))}
-    else:
-        prefixes = {name: (("lora_te_", "_"), ("text_encoder.", "."), ("lora_te2_", "_"), ("te.", "."))
-                    for name in names}
+    prefixes = _encoder_prefixes(set(clip.encoders))
     key_map: dict[str, tuple[str, str]] = {}
     for name, (_tokenizer, model) in clip.encoders.items():
         for path, _module in _patchable_modules(model):
-            full = _clip_path(path)
+            full = path.removeprefix("model.") if name == "t5xxl" else _clip_path(path)
             for prefix, sep in prefixes[name]:
                 key_map.setdefault(prefix + full.replace(".", sep), (name, path))
     return key_map
