@@ -1,6 +1,6 @@
 """ComfyUI's smaller routes, answered in ComfyUI's shapes (baseline 0.3.64), or with a clear JSON 404.
 
-The core routes (``/prompt``, ``/queue``, ``/history``, ``/view``, ...) live in :mod:`server.app`; these
+The core routes (``/prompt``, ``/queue``, ``/history``, ``/view``, ...) live in :mod:`server.routes`; these
 are the ones a ComfyUI client or frontend reads around them:
 
 * ``GET /extensions`` — ComfyUI lists its frontend extension scripts; Loom's editor has none: ``[]``.
@@ -42,7 +42,7 @@ SAFETENSORS_HEADER_LIMIT = 1024 * 1024
 
 
 def routes(server: Any) -> list[tuple[str, str, Handler]]:
-    """``(method, path, handler)`` for each route; ``server`` is the :class:`~server.app.LoomServer`."""
+    """``(method, path, handler)`` for each route; ``server`` is the :class:`~server.state.LoomServer`."""
     return [
         ("GET", "/extensions", get_extensions),
         ("GET", "/view_metadata/{folder_name}", get_view_metadata),

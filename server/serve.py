@@ -80,17 +80,21 @@ def run_server(args: argparse.Namespace | None = None, registry: Any = None, **o
         print(f"loom serve: cannot start: {error}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(_serve(app, host, port, open_browser))
+        return asyncio.run(_serve(app, host, port, open_browser))
     except OSError as error:
         print(f"loom serve: cannot listen on {host}:{port}: {error.strerror or error}", file=sys.stderr)
         return 1
-    return 0
 
 
-async def _serve(app: web.Application, host: str, port: int, open_browser: bool) -> None:
+async def _serve(app: web.Application, host: str, port: int, open_browser: bool) -> int:
     server = server_of(app)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()  # opens the queue and starts the workers (server.app.lifecycle)
+    except Exception as error:  # e.g. an unreadable queue database: refuse to start, say why
+        print(f"loom serve: cannot start: {error}", file=sys.stderr)
+        await runner.cleanup()
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,6 +137,7 @@ async def _serve(app: web.Application, host: str, port: int, open_browser: bool)
         print("Loom is stopping: pending prompts stay queued for the next start", flush=True)
     finally:
         await runner.cleanup()
+    return 0
 
 
 async def _also_ipv6_loopback(runner: web.AppRunner, port: int) -> None:

@@ -47,7 +47,7 @@ FILE_CSP = "default-src 'none'; sandbox"
 
 
 def routes(server: Any) -> list[tuple[str, str, Handler]]:
-    """``(method, path, handler)`` for each route; ``server`` is the :class:`~server.app.LoomServer`."""
+    """``(method, path, handler)`` for each route; ``server`` is the :class:`~server.state.LoomServer`."""
     def root() -> Path:
         return Path(server.user_dir) / USER
 
