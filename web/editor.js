@@ -1,12 +1,14 @@
 /**
- * The editor: ties the graph, the canvas, the server and the UI together and holds every command
- * (add, delete, duplicate, queue, open, save, ...). Widgets and pointer handling call back into it.
+ * The editor: ties the graph, the canvas, the server and the UI together and holds the commands that need
+ * more than the graph (add, delete, duplicate, paste, queue, subgraphs, workflows, menus, widget editors).
+ * Graph edits themselves are methods of graph/model.js, each emitting one typed change; pointer gestures
+ * live in canvas/gestures/, key bindings in ui/keymap.js, file open/save/upload in ui/files.js.
  */
 import { GraphCanvas } from "./canvas/canvas.js";
 import { Interaction } from "./canvas/interaction.js";
 import { firstCompatibleSlot } from "./canvas/gestures/link-drag.js";
 import { fitNodeSize, minimumSize, widgetRect, IMAGE_MIN_HEIGHT } from "./canvas/layout.js";
-import { CONVERTED_WIDGET, Graph, MODE_ALWAYS } from "./graph/model.js";
+import { Graph, MODE_ALWAYS } from "./graph/model.js";
 import { applyDynamicCombo } from "./graph/dynamic.js";
 import { History } from "./graph/history.js";
 import { copyPayload, pastePayload, readClipboard, writeClipboard } from "./graph/clipboard.js";
@@ -15,8 +17,6 @@ import { groupAround } from "./graph/groups.js";
 import { Minimap } from "./canvas/minimap.js";
 import { enterSubgraph, writeBack } from "./graph/subgraphs.js";
 import { createPrimitive, createReroute } from "./graph/frontend-nodes.js";
-import { nodeBounds } from "./canvas/layout.js";
-import { isValidConnection } from "./graph/types.js";
 import { Settings } from "./settings.js";
 import { SETTINGS, Sidebar } from "./ui/sidebar.js";
 import { NODE_COLORS } from "./graph/types.js";
@@ -388,66 +388,13 @@ export class Editor {
     });
   }
 
-  /** Splice `node` into `link`: origin -> node (first input of the type) -> target (first output of it). */
-  insertNodeOnLink(node, link) {
-    const inSlot = node.inputs.findIndex((i) => i.link == null && isValidConnection(link.type, i.type));
-    const outSlot = node.outputs.findIndex((o) => isValidConnection(o.type, link.type));
-    if (inSlot < 0 || outSlot < 0) return false;
-    const graph = this.graph;
-    const origin = graph.getNode(link.origin_id);
-    const target = graph.getNode(link.target_id);
-    const targetSlot = link.target_slot;
-    return graph.edit((spliced) => spliced && { type: "splice", node, link }, () => {
-      if (!graph.connect(origin, link.origin_slot, node, inSlot)) return false;
-      graph.connect(node, outSlot, target, targetSlot);
-      return true;
-    });
-  }
-
-  /** After a node without links is dropped: if a link's centre lies under it, splice it in. */
-  dropNodeOnLink(node) {
-    if (node.inputs.some((i) => i.link != null) || node.outputs.some((o) => o.links?.length)) return false;
-    const [x, y, w, h] = nodeBounds(node);
-    for (const link of this.graph.links.values()) {
-      const center = this.canvas.linkCenter(link);
-      if (center && center[0] >= x && center[0] <= x + w && center[1] >= y && center[1] <= y + h) {
-        return this.insertNodeOnLink(node, link);
-      }
-    }
-    return false;
-  }
-
   // ---------------------------------------------------------------- widgets as inputs, primitives
-
-  /** Give a widget a socket (ComfyUI's "convert widget to input"); its value is kept for converting back. */
-  convertWidgetToInput(node, widget) {
-    if (node.inputs.some((i) => i.widget?.name === widget.name)) return;
-    this.graph.edit({ type: "convert", node, name: widget.name, toInput: true }, () => {
-      node.inputs.push({ name: widget.name, type: widget.inputType === "COMBO" || widget.kind === "combo" ? "COMBO" : widget.inputType,
-        widget: { name: widget.name }, link: null, [CONVERTED_WIDGET]: true });
-    });
-  }
-
-  convertInputToWidget(node, widget) {
-    const index = node.inputs.findIndex((i) => i.widget?.name === widget.name);
-    if (index < 0) return;
-    const graph = this.graph;
-    graph.edit({ type: "convert", node, name: widget.name, toInput: false }, () => {
-      graph.disconnectInput(node, index);
-      // links point at input slots by index: renumber the ones after the removed input
-      for (let i = index + 1; i < node.inputs.length; i++) {
-        const link = graph.inputLink(node, i);
-        if (link) link.target_slot = i - 1;
-      }
-      node.inputs.splice(index, 1);
-    });
-  }
 
   /** A PrimitiveNode left of `node` feeding the widget (converted to an input first when needed). */
   addPrimitiveFor(node, widget) {
     const graph = this.graph;
     return graph.edit((primitive) => ({ type: "add-node", node: primitive }), () => {
-      this.convertWidgetToInput(node, widget);
+      graph.convertWidgetToInput(node, widget);
       const index = node.inputs.findIndex((i) => i.widget?.name === widget.name);
       const input = node.inputs[index];
       const primitive = graph.addNode(createPrimitive([node.pos[0] - 260, node.pos[1] + 20 * index], input, widget.value));

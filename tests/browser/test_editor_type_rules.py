@@ -28,8 +28,8 @@ def test_editor_refuses_to_link_a_string_into_a_combo_input(editor):
         const seeded = loom.editor.addNode('TestSeeded', [400, 300]);
         const int = loom.editor.addNode('TestConstInt', [0, 300]);
         const widget = (node, name) => node.widgets.find((w) => w.name === name);
-        loom.editor.convertWidgetToInput(combo, widget(combo, 'choice'));
-        loom.editor.convertWidgetToInput(seeded, widget(seeded, 'seed'));
+        loom.graph.convertWidgetToInput(combo, widget(combo, 'choice'));
+        loom.graph.convertWidgetToInput(seeded, widget(seeded, 'seed'));
         const slot = (node, name) => node.inputs.findIndex((i) => i.name === name);
         return {choice: slot(combo, 'choice'), seed: slot(seeded, 'seed'),
                 stringToCombo: loom.graph.canConnect(text, 0, combo, slot(combo, 'choice')),

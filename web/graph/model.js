@@ -474,6 +474,45 @@ export class Graph {
     if (notify) this.emit({ type: "disconnect", ids });
   }
 
+  /** Splice `node` into `link`: origin -> node (first input of the type) -> target (first output of it). */
+  spliceIntoLink(node, link) {
+    const inSlot = node.inputs.findIndex((i) => i.link == null && isValidConnection(link.type, i.type));
+    const outSlot = node.outputs.findIndex((o) => isValidConnection(o.type, link.type));
+    if (inSlot < 0 || outSlot < 0) return false;
+    const origin = this.getNode(link.origin_id);
+    const target = this.getNode(link.target_id);
+    const targetSlot = link.target_slot;
+    return this.edit((spliced) => spliced && { type: "splice", node, link }, () => {
+      if (!this.connect(origin, link.origin_slot, node, inSlot)) return false;
+      this.connect(node, outSlot, target, targetSlot);
+      return true;
+    });
+  }
+
+  /** Give a widget a socket (ComfyUI's "convert widget to input"); its value is kept for converting back. */
+  convertWidgetToInput(node, widget) {
+    if (node.inputs.some((i) => i.widget?.name === widget.name)) return;
+    this.edit({ type: "convert", node, name: widget.name, toInput: true }, () => {
+      node.inputs.push({ name: widget.name, type: widget.inputType === "COMBO" || widget.kind === "combo" ? "COMBO" : widget.inputType,
+        widget: { name: widget.name }, link: null, [CONVERTED_WIDGET]: true });
+    });
+  }
+
+  /** Take a converted widget's socket away again (its link with it); the widget shows its value. */
+  convertInputToWidget(node, widget) {
+    const index = node.inputs.findIndex((i) => i.widget?.name === widget.name);
+    if (index < 0) return;
+    this.edit({ type: "convert", node, name: widget.name, toInput: false }, () => {
+      this.disconnectInput(node, index);
+      // links point at input slots by index: renumber the ones after the removed input
+      for (let i = index + 1; i < node.inputs.length; i++) {
+        const link = this.inputLink(node, i);
+        if (link) link.target_slot = i - 1;
+      }
+      node.inputs.splice(index, 1);
+    });
+  }
+
   /** The link feeding an input, if any. */
   inputLink(node, slot) {
     const id = node.inputs[slot]?.link;

@@ -138,13 +138,13 @@ function widgetConversionItems(editor, node) {
   const items = [];
   if (toInput.length) {
     items.push({ label: "Convert widget to input", submenu: toInput.map((w) => ({ label: w.name,
-      action: () => editor.convertWidgetToInput(node, w) })) });
+      action: () => editor.graph.convertWidgetToInput(node, w) })) });
     items.push({ label: "Add primitive for", submenu: toInput.map((w) => ({ label: w.name,
       action: () => editor.addPrimitiveFor(node, w) })) });
   }
   if (toWidget.length) {
     items.push({ label: "Convert input to widget", submenu: toWidget.map((w) => ({ label: w.name,
-      action: () => editor.convertInputToWidget(node, w) })) });
+      action: () => editor.graph.convertInputToWidget(node, w) })) });
   }
   return items;
 }

@@ -4,7 +4,21 @@
  * dropped onto a link's centre is spliced into it; a plain click on one of several selected nodes
  * selects just it.
  */
+import { nodeBounds } from "../layout.js";
 import { CLICK_SLOP } from "./slop.js";
+
+/** A node without links dropped with a link's centre under it is spliced into that link. */
+function dropOnLink(canvas, node) {
+  if (node.inputs.some((i) => i.link != null) || node.outputs.some((o) => o.links?.length)) return false;
+  const [x, y, w, h] = nodeBounds(node);
+  for (const link of canvas.graph.links.values()) {
+    const center = canvas.linkCenter(link);
+    if (center && center[0] >= x && center[0] <= x + w && center[1] >= y && center[1] <= y + h) {
+      return canvas.graph.spliceIntoLink(node, link);
+    }
+  }
+  return false;
+}
 
 export function startNodeDrag({ canvas, editor }, node, start, event) {
   const modified = event.shiftKey || event.ctrlKey || event.metaKey;
@@ -33,7 +47,7 @@ export function startNodeDrag({ canvas, editor }, node, start, event) {
       canvas.setDirty();
     },
     up() {
-      if (delta && nodes.length === 1) editor.dropNodeOnLink(nodes[0]);
+      if (delta && nodes.length === 1) dropOnLink(canvas, nodes[0]);
       if (delta) canvas.graph.moveNodes(nodes, delta, origins);
       else if (plainClick && canvas.selected.size > 1) canvas.select(node); // click one of many: just it
     },
