@@ -1,10 +1,13 @@
-"""ComfyUI's ControlNet nodes: ControlNetLoader, ControlNetApply (old), ControlNetApplyAdvanced, and Canny.
+"""ComfyUI's ControlNet nodes: ControlNetLoader, ControlNetApply (old), ControlNetApplyAdvanced, ControlNetApplySD3
+(the same with a required VAE), and Canny.
 
 Applying a ControlNet runs nothing: it stores a :class:`nodes.runtime.controlnet.ControlApplication`
 (hint image, strength, start/end percent, the ControlNet already on that entry) under ``control`` in a
 copy of each conditioning entry's options; the denoiser asks it for residuals at every model call.
 Like ComfyUI, ControlNetApplyAdvanced gives the positive and negative entries that had the same previous
 ControlNet one shared application, so they still run as one batch; strength 0 returns the inputs as they were.
+SD3 and FLUX ControlNets take their image as VAE latents, so they need the ``vae`` input (UNet ControlNets
+ignore it, as ComfyUI's).
 """
 from __future__ import annotations
 
@@ -35,6 +38,28 @@ def _check_image(node: str, value: Any) -> Any:
     if not isinstance(value, torch.Tensor) or value.ndim != 4 or value.shape[-1] not in (1, 3, 4):
         raise ValueError(f"{node}: input 'image' is not an IMAGE ([batch, height, width, channels])")
     return value[..., :3] if value.shape[-1] == 4 else value
+
+
+def _check_vae(node: str, control_net: Any, vae: Any) -> Any:
+    """SD3/FLUX ControlNets need a VAE whose latents their hint embedder takes; UNet ones ignore it."""
+    from loom.nodes.runtime.controlnet_dit import KIND_NAMES
+    from loom.nodes.runtime.model_types import VAEModel
+
+    if control_net.kind == "unet":
+        return None
+    what = KIND_NAMES[control_net.kind]
+    if vae is None:
+        raise ValueError(f"{node}: input 'vae' is missing: this {what} ControlNet encodes its image with the "
+                         "model's VAE; connect the VAE")
+    if not isinstance(vae, VAEModel):
+        raise ValueError(f"{node}: input 'vae' is not a VAE (got {type(vae).__name__})")
+    config = control_net.model.config
+    channels = config.in_channels // 4 if control_net.kind == "flux" else \
+        config.in_channels + config.extra_conditioning_channels
+    if vae.latent_format.channels not in (channels, channels - 1):
+        raise ValueError(f"{node}: input 'vae' gives {vae.latent_format.channels}-channel latents; this {what} "
+                         f"ControlNet takes {channels}-channel ones (connect the {what} model's VAE)")
+    return vae
 
 
 def _hint(image: Any) -> Any:
@@ -86,6 +111,9 @@ class ControlNetApply(Node):
         conditioning = _check_conditioning("ControlNetApply", "conditioning", conditioning)
         control_net = _check_control_net("ControlNetApply", control_net)
         image = _check_image("ControlNetApply", image)
+        if control_net.kind != "unet":
+            raise ValueError("ControlNetApply: input 'control_net' is an SD3/FLUX ControlNet, which needs a VAE; use "
+                             "Apply ControlNet (ControlNetApplyAdvanced) with its vae input")
         if strength == 0:
             return (conditioning,)
         hint = _hint(image)
@@ -113,29 +141,56 @@ class ControlNetApplyAdvanced(Node):
     @classmethod
     def execute(cls, positive: Any, negative: Any, control_net: Any, image: Any, strength: float,
                 start_percent: float, end_percent: float, vae: Any = None) -> tuple:
-        from loom.nodes.runtime.controlnet import ControlApplication
+        return _apply_advanced("ControlNetApplyAdvanced", positive, negative, control_net, image, strength,
+                               start_percent, end_percent, vae)
 
-        node = "ControlNetApplyAdvanced"
-        positive = _check_conditioning(node, "positive", positive)
-        negative = _check_conditioning(node, "negative", negative)
-        control_net = _check_control_net(node, control_net)
-        image = _check_image(node, image)
-        if strength == 0:
-            return (positive, negative)
-        hint = _hint(image)
-        shared: dict[int, ControlApplication] = {}  # one application per previous ControlNet
 
-        def apply(conditioning: list) -> list:
-            out = []
-            for cond, options in conditioning:
-                previous = options.get("control")
-                if id(previous) not in shared:
-                    shared[id(previous)] = ControlApplication(control_net, hint, strength, start_percent,
-                                                              end_percent, previous=previous)
-                out.append([cond, {**options, "control": shared[id(previous)], "control_apply_to_uncond": False}])
-            return out
+def _apply_advanced(node: str, positive: Any, negative: Any, control_net: Any, image: Any, strength: float,
+                    start_percent: float, end_percent: float, vae: Any) -> tuple:
+    from loom.nodes.runtime.controlnet import ControlApplication
 
-        return (apply(positive), apply(negative))
+    positive = _check_conditioning(node, "positive", positive)
+    negative = _check_conditioning(node, "negative", negative)
+    control_net = _check_control_net(node, control_net)
+    image = _check_image(node, image)
+    vae = _check_vae(node, control_net, vae)
+    if strength == 0:
+        return (positive, negative)
+    hint = _hint(image)
+    shared: dict[int, ControlApplication] = {}  # one application per previous ControlNet
+
+    def apply(conditioning: list) -> list:
+        out = []
+        for cond, options in conditioning:
+            previous = options.get("control")
+            if id(previous) not in shared:
+                shared[id(previous)] = ControlApplication(control_net, hint, strength, start_percent,
+                                                          end_percent, previous=previous, vae=vae)
+            out.append([cond, {**options, "control": shared[id(previous)], "control_apply_to_uncond": False}])
+        return out
+
+    return (apply(positive), apply(negative))
+
+
+@register
+class ControlNetApplySD3(ControlNetApplyAdvanced):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "ControlNetApplySD3", display_name="Apply Controlnet with VAE", category="model/conditioning/controlnet",
+            deprecated=True,
+            inputs=[Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+                    Socket("control_net", "CONTROL_NET"), Socket("vae", "VAE"), Socket("image", "IMAGE"),
+                    Float("strength", default=1.0, min=0.0, max=10.0, step=0.01),
+                    Float("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
+                    Float("end_percent", default=1.0, min=0.0, max=1.0, step=0.001)],
+            outputs=[Output("CONDITIONING", "positive"), Output("CONDITIONING", "negative")])
+
+    @classmethod
+    def execute(cls, positive: Any, negative: Any, control_net: Any, vae: Any, image: Any, strength: float,
+                start_percent: float, end_percent: float) -> tuple:
+        return _apply_advanced("ControlNetApplySD3", positive, negative, control_net, image, strength,
+                               start_percent, end_percent, vae)
 
 
 @register

@@ -67,6 +67,14 @@ def _conditioning(node: str, name: str, value: Any) -> Any:
     return value
 
 
+def _controls(node: str, model: Any, **conditionings: Any) -> None:
+    """ControlNets on the conditionings must be made for the kind of model being sampled."""
+    from loom.nodes.runtime.controlnet import check_controls
+
+    for name, value in conditionings.items():
+        check_controls(node, name, value, model)
+
+
 def _sampler(node: str, sampler: Any) -> Any:
     from loom.nodes.runtime.custom_sampling import SamplerChoice
 
@@ -166,6 +174,7 @@ class SamplerCustom(Node):
         _conditioning(node, "positive", positive)
         if not isinstance(negative, (list, tuple)):
             raise ValueError(f"{node}: input 'negative' is not a CONDITIONING (a list of [tensor, options] pairs)")
+        _controls(node, model, positive=positive, negative=negative)
         _sampler(node, sampler)
         sigmas = _sigmas(node, sigmas)
         latent = _latent(node, latent_image)
@@ -785,6 +794,7 @@ class BasicGuider(Node):
 
         _model("BasicGuider", model)
         _conditioning("BasicGuider", "conditioning", conditioning)
+        _controls("BasicGuider", model, conditioning=conditioning)
         return (Guider(model, conditioning),)
 
 
@@ -806,6 +816,7 @@ class CFGGuider(Node):
         _conditioning("CFGGuider", "positive", positive)
         if not isinstance(negative, (list, tuple)):
             raise ValueError("CFGGuider: input 'negative' is not a CONDITIONING (a list of [tensor, options] pairs)")
+        _controls("CFGGuider", model, positive=positive, negative=negative)
         return (Guider(model, positive, negative, cfg),)
 
 
@@ -832,6 +843,7 @@ class DualCFGGuider(Node):
         for name, value in (("cond2", cond2), ("negative", negative)):
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"{node}: input '{name}' is not a CONDITIONING (a list of [tensor, options] pairs)")
+        _controls(node, model, cond1=cond1, cond2=cond2, negative=negative)
         return (Guider(model, cond1, cond2, negative, cfg_conds, cfg_cond2_negative, nested=style == "nested"),)
 
 

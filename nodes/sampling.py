@@ -28,6 +28,14 @@ def _check_conditioning(node: str, name: str, value: Any) -> None:
         raise ValueError(f"{node}: input '{name}' is not a CONDITIONING (a list of [tensor, options] pairs)")
 
 
+def _check_controls(node: str, model: Any, **conditionings: Any) -> None:
+    """ControlNets on the conditionings must be made for the kind of model being sampled."""
+    from loom.nodes.runtime.controlnet import check_controls
+
+    for name, value in conditionings.items():
+        check_controls(node, name, value, model)
+
+
 def _common_inputs() -> list:
     return [Int("steps", default=20, min=1, max=10000, tooltip="The number of steps used in the denoising process."),
             Float("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
@@ -77,6 +85,7 @@ class KSampler(Node):
         _check_latent("KSampler", latent_image)
         _check_conditioning("KSampler", "positive", positive)
         _check_conditioning("KSampler", "negative", negative)
+        _check_controls("KSampler", model, positive=positive, negative=negative)
         samples = sample(model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
                          sampler_name=sampler_name, scheduler=scheduler, denoise=denoise)
         out = dict(latent_image)
@@ -114,6 +123,7 @@ class KSamplerAdvanced(Node):
         _check_latent("KSamplerAdvanced", latent_image)
         _check_conditioning("KSamplerAdvanced", "positive", positive)
         _check_conditioning("KSamplerAdvanced", "negative", negative)
+        _check_controls("KSamplerAdvanced", model, positive=positive, negative=negative)
         samples = sample(model, positive, negative, latent_image, seed=noise_seed, steps=steps, cfg=cfg,
                          sampler_name=sampler_name, scheduler=scheduler, denoise=1.0,
                          disable_noise=add_noise == "disable", start_step=start_at_step, last_step=end_at_step,

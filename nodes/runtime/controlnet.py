@@ -7,7 +7,9 @@
 Layouts read: the original one (``control_model.input_blocks.*``, ``zero_convs.*``, ``input_hint_block.*``,
 ``middle_block_out.*``), the same without the ``control_model.`` prefix (how ControlNet 1.1 ``.pth`` files
 name their tensors, also when re-saved as safetensors), and the diffusers one (``down_blocks.*``,
-``controlnet_down_blocks.*``, ``controlnet_cond_embedding.*``). The architecture (levels, depths,
+``controlnet_down_blocks.*``, ``controlnet_cond_embedding.*``); the SD3 and FLUX ControlNets
+(``controlnet_blocks.*`` with ``pos_embed_input.*`` / ``controlnet_x_embedder.*``) are
+:mod:`nodes.runtime.controlnet_dit`'s. The architecture (levels, depths,
 cross-attention width, hint encoder widths, SDXL's added embedding) is read off the tensor shapes and a
 diffusers ``ControlNetModel`` is built from it; heads follow the UNet conventions (SD1 8 heads, SD2/SDXL 64
 channels per head).
@@ -45,8 +47,9 @@ class ControlNetError(ValueError):
 class ControlNet:
     """``CONTROL_NET``: a loaded ControlNet model and where it came from."""
 
-    model: torch.nn.Module  # diffusers ControlNetModel
+    model: torch.nn.Module  # diffusers ControlNetModel, SD3ControlNetModel or FluxControlNetModel
     options: dict[str, Any] = field(default_factory=dict)  # source, layout, config
+    kind: str = "unet"  # the models it steers: "unet" (SD1/SD2/SDXL), "sd3", "flux"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,8 +57,14 @@ class ControlNet:
 # ---------------------------------------------------------------------------------------------
 
 def detect_layout(keys: list[str]) -> str:
-    """``"ldm"`` (``control_model.``), ``"ldm_bare"`` (no prefix) or ``"diffusers"``; else a clear error."""
+    """``"ldm"`` (``control_model.``), ``"ldm_bare"`` (no prefix), ``"diffusers"``, or the DiT ControlNets'
+    ``"sd3"`` / ``"flux"``; else a clear error."""
+    from loom.nodes.runtime import controlnet_dit
+
     names = set(keys)
+    dit = controlnet_dit.detect_layout(names)
+    if dit is not None:
+        return dit
     if LDM_PREFIX + "zero_convs.0.0.weight" in names:
         return "ldm"
     if "zero_convs.0.0.weight" in names:
@@ -173,6 +182,13 @@ def _load(path: Path, device: torch.device) -> ControlNet:
         raise ControlNetError(str(exc)) from None
     except ControlNetError as exc:
         raise ControlNetError(f"{path.name} {exc}") from None
+    if layout in ("sd3", "flux"):
+        from loom.nodes.runtime import controlnet_dit
+
+        model, config = controlnet_dit.build(layout, tensors, path.name)
+        log.info("loaded %s ControlNet %s in %.2fs", layout, path.name, time.perf_counter() - started)
+        return ControlNet(model=model.to(device), options={"source": str(path), "layout": layout, "config": config},
+                          kind=layout)
     if layout != "diffusers":
         tensors = ldm_to_diffusers(tensors, path.name)
     try:
@@ -209,8 +225,9 @@ class ControlApplication:
     """
 
     def __init__(self, control_net: ControlNet, hint: torch.Tensor, strength: float, start_percent: float = 0.0,
-                 end_percent: float = 1.0, previous: "ControlApplication | None" = None) -> None:
+                 end_percent: float = 1.0, previous: "ControlApplication | None" = None, vae: Any = None) -> None:
         self.control_net = control_net
+        self.vae = vae  # the VAE that encodes the hint for SD3/FLUX ControlNets (ComfyUI: ignored for UNet ones)
         self.hint = hint  # [B, C, H, W] in 0..1 (the IMAGE moved channels-first)
         self.strength = float(strength)
         self.start_percent = float(start_percent)
@@ -277,6 +294,10 @@ class ControlApplication:
         """
         if model is None:
             raise ControlNetError("ControlNet residuals need the MODEL being sampled (for start/end percent)")
+        from loom.nodes.runtime.controlnet_dit import check_kind
+
+        for application in self.chain():
+            check_kind(application.control_net.kind, "unet")
         current = float(sigma[0])
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
@@ -296,3 +317,32 @@ class ControlApplication:
             return None
         return down, mid
 
+
+
+def model_kind(model: Any) -> str | None:
+    """Which ControlNets a MODEL takes: ``"unet"`` for the UNet families, else its family's ``controlnet_kind``."""
+    from loom.nodes.runtime import families
+    from loom.nodes.runtime.families.unet import UNetFamily
+
+    family = families.get(model.family)
+    return "unet" if isinstance(family, UNetFamily) else getattr(family, "controlnet_kind", None)
+
+
+def check_controls(node: str, name: str, conditioning: Any, model: Any) -> None:
+    """A clear error (naming ``node`` and input ``name``) when a ControlNet on ``conditioning`` was made for
+    another kind of model than ``model``; sampler nodes call it before sampling."""
+    from loom.nodes.runtime.controlnet_dit import check_kind
+
+    if not isinstance(conditioning, (list, tuple)) or not hasattr(model, "family"):
+        return
+    kind = model_kind(model)
+    for entry in conditioning:
+        options = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
+        control = options.get("control") if isinstance(options, dict) else None
+        if not isinstance(control, ControlApplication):
+            continue
+        try:
+            for application in control.chain():
+                check_kind(application.control_net.kind, kind)
+        except ControlNetError as exc:
+            raise ValueError(f"{node}: input '{name}': {exc}") from None

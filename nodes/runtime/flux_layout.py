@@ -406,8 +406,11 @@ class FluxNetwork(torch.nn.Module):
         return next(self.transformer.parameters()).device
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None, guidance: torch.Tensor | float | None = None) -> torch.Tensor:
-        """Prediction ``[B, C, H, W]`` (float32) for latent ``x`` at ``timestep`` (sigma for FLUX)."""
+                y: torch.Tensor | None = None, guidance: torch.Tensor | float | None = None,
+                control: Any = None) -> torch.Tensor:
+        """Prediction ``[B, C, H, W]`` (float32) for latent ``x`` at ``timestep`` (sigma for FLUX). ``control``
+        (ControlNets, :func:`nodes.runtime.controlnet_dit.flux_control`) maps the transformer's call kwargs to
+        extra kwargs (its residuals)."""
         if x.ndim != 4:
             raise ValueError(f"a FLUX latent must be [batch, channels, height, width], got {tuple(x.shape)}")
         config = self.transformer.config
@@ -434,6 +437,9 @@ class FluxNetwork(torch.nn.Module):
         with torch.no_grad():
             if self.guidance_embeds and guidance is not None:
                 kwargs["guidance"] = _per_item(guidance, batch).to(device=device, dtype=dtype)
+            if control is not None:
+                kwargs.update(control(kwargs))
+            if self.guidance_embeds and guidance is not None:
                 out = self.transformer(**kwargs)[0]
             elif self.guidance_embeds:
                 with _without_guidance(self.transformer):  # FluxDisableGuidance: no guidance embedding at all

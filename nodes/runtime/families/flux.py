@@ -60,6 +60,7 @@ class Flux(Family):
     latent_format = FLUX_LATENT
     detection_order = 6
     batch_repeat_context = False
+    controlnet_kind = "flux"  # which ControlNets it takes (nodes.runtime.controlnet_dit)
 
     # -- detection ---------------------------------------------------------------------------------
 
@@ -156,16 +157,23 @@ class Flux(Family):
     def apply_network(self, model: "DiffusionModel", xc: torch.Tensor, timestep: torch.Tensor,
                       sigma: torch.Tensor, context: torch.Tensor, extra: Mapping[str, torch.Tensor] | None,
                       control: Any = None, concat: torch.Tensor | None = None) -> torch.Tensor:
-        if control is not None:
-            raise ValueError("ControlNets for FLUX are not supported yet; this control was made for another model "
-                             "family")
         if concat is not None:
             raise ValueError("FLUX fill/depth models with extra input channels are not supported yet")
         extra = extra or {}
         network = model.unet
         if not isinstance(network, flux_layout.FluxNetwork):
             raise TypeError(f"a FLUX MODEL's network must be a FluxNetwork, not {type(network).__name__}")
-        return network(xc, timestep, context, extra.get("y"), extra.get("guidance"))
+        return network(xc, timestep, context, extra.get("y"), extra.get("guidance"),
+                       control=flux_controlnets(model, xc, sigma, control))
+
+
+def flux_controlnets(model: "DiffusionModel", xc: torch.Tensor, sigma: torch.Tensor, control: Any) -> Any:
+    """The ControlNets' residuals for the FLUX call (:mod:`nodes.runtime.controlnet_dit`), or ``None``."""
+    if control is None:
+        return None
+    from loom.nodes.runtime import controlnet_dit
+
+    return controlnet_dit.flux_control(control, model, xc, sigma)
 
 
 def sampling_for(dev: bool) -> Any:

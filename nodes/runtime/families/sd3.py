@@ -61,6 +61,7 @@ class SD3(Family):
     latent_format = SD3_LATENT
     detection_order = 5
     batch_repeat_context = False
+    controlnet_kind = "sd3"  # which ControlNets it takes (nodes.runtime.controlnet_dit)
 
     # -- detection ---------------------------------------------------------------------------------
 
@@ -195,9 +196,6 @@ class SD3(Family):
                       sigma: torch.Tensor, context: torch.Tensor, extra: Mapping[str, torch.Tensor] | None,
                       control: Any = None, concat: torch.Tensor | None = None) -> torch.Tensor:
         """The MMDiT on ``xc`` (padded circularly to whole 2x2 patches and cropped back, as ComfyUI's)."""
-        if control is not None:
-            raise ValueError("ControlNets for SD3 (ControlNetApplySD3) are not supported yet; this control was "
-                             "made for another model family")
         network = model.unet
         parameter = next(network.parameters())
         dtype, device = parameter.dtype, parameter.device
@@ -209,10 +207,25 @@ class SD3(Family):
         x_in = xc.to(device=device, dtype=dtype)
         if pad_h or pad_w:
             x_in = F.pad(x_in, (0, pad_w, 0, pad_h), mode="circular")
-        out = network(hidden_states=x_in, encoder_hidden_states=context.to(device=device, dtype=dtype),
-                      pooled_projections=extra["pooled_projections"].to(device=device, dtype=dtype),
-                      timestep=timestep.to(device=device, dtype=dtype), return_dict=False)[0]
+        context_in = context.to(device=device, dtype=dtype)
+        pooled = extra["pooled_projections"].to(device=device, dtype=dtype)
+        time_in = timestep.to(device=device, dtype=dtype)
+        with sd3_controlnets(model, x_in, sigma, time_in, context_in, pooled, control) as control_kwargs:
+            out = network(hidden_states=x_in, encoder_hidden_states=context_in, pooled_projections=pooled,
+                          timestep=time_in, return_dict=False, **control_kwargs)[0]
         return out[:, :, :height, :width]
+
+
+def sd3_controlnets(model: "DiffusionModel", x: torch.Tensor, sigma: torch.Tensor, timestep: torch.Tensor,
+                    context: torch.Tensor, pooled: torch.Tensor, control: Any) -> Any:
+    """A context giving the MMDiT call's ControlNet kwargs (:mod:`nodes.runtime.controlnet_dit`)."""
+    if control is None:
+        import contextlib
+
+        return contextlib.nullcontext({})
+    from loom.nodes.runtime import controlnet_dit
+
+    return controlnet_dit.sd3_control(control, model, x, sigma, timestep, context, pooled)
 
 
 def t5_encoder(file: "StateDictFile", slot: TextEncoderSlot, *, dtype: torch.dtype,
