@@ -6,17 +6,6 @@
  */
 export const NODE_DRAG_TYPE = "application/x-loom-node";
 
-export function element(tag, props = {}, children = []) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el[key] = value;
-  }
-  for (const child of children) el.append(child);
-  return el;
-}
-
 /** Make `el` draggable with `payload`. */
 export function makeDraggable(el, payload) {
   el.draggable = true;

@@ -4,7 +4,8 @@
  * name. A click adds the folder's loader node with that file selected, in the middle of the view; dragging a
  * file onto the canvas adds it where it is dropped. Refresh re-lists the folders and re-detects.
  */
-import { addFromLibrary, element, installLibraryDrop, makeDraggable, viewCentre } from "./library-drop.js";
+import { element } from "./dom.js";
+import { addFromLibrary, installLibraryDrop, makeDraggable, viewCentre } from "./library-drop.js";
 
 /** Folder -> the loader nodes that take its files, first preferred (ComfyUI's model-to-node defaults). */
 export const MODEL_LOADERS = {

@@ -4,7 +4,8 @@
  * entries shown, their categories opened). A click adds the node in the middle of the view; dragging one onto
  * the canvas adds it where it is dropped.
  */
-import { addFromLibrary, element, installLibraryDrop, makeDraggable, viewCentre } from "./library-drop.js";
+import { element } from "./dom.js";
+import { addFromLibrary, installLibraryDrop, makeDraggable, viewCentre } from "./library-drop.js";
 
 export class NodeLibrary {
   constructor(editor, sidebar) {

@@ -3,6 +3,7 @@
  * loads the workflow that made the images), gallery (every output image, a click shows it full size),
  * the keyboard shortcuts table and the settings (kept on the server through `/settings`).
  */
+import { element } from "./dom.js";
 import { shortcutRows } from "./keymap.js";
 
 const TABS = [["queue", "Queue"], ["history", "History"], ["gallery", "Gallery"], ["shortcuts", "Shortcuts"],
@@ -13,17 +14,6 @@ export const SETTINGS = [
   { id: "Loom.Minimap.Visible", label: "Show the minimap", kind: "boolean", default: true },
   { id: "Loom.Canvas.ZoomSpeed", label: "Wheel zoom speed", kind: "number", default: 1, min: 0.2, max: 3, step: 0.1 },
 ];
-
-function element(tag, props = {}, children = []) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el[key] = value;
-  }
-  for (const child of children) el.append(child);
-  return el;
-}
 
 /** Output images of a history entry, in node order. */
 function imagesOf(entry) {
