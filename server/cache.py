@@ -3,6 +3,10 @@
 A cache key is a hash of the node's type, its literal inputs, the keys of its upstream nodes (with the
 slot used) and its fingerprint, so the same sub-chain anywhere hits the same entry and a changed widget
 invalidates exactly its downstream closure. Entries a running prompt uses are protected from eviction.
+
+A fingerprint of :data:`ALWAYS_RERUN` (or a NaN anywhere in the key material: ComfyUI's ``IS_CHANGED``
+convention, ``float("nan")``, which a node's ``fingerprint`` may return) gives a key never seen before, so
+the node runs on every prompt.
 """
 from __future__ import annotations
 
@@ -13,6 +17,27 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
+
+
+class _AlwaysRerun:
+    """The type of :data:`ALWAYS_RERUN` (one instance; it pickles to itself)."""
+
+    _instance: "_AlwaysRerun | None" = None
+
+    def __new__(cls) -> "_AlwaysRerun":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __reduce__(self) -> str:
+        return "ALWAYS_RERUN"
+
+    def __repr__(self) -> str:
+        return "ALWAYS_RERUN"
+
+
+ALWAYS_RERUN = _AlwaysRerun()
+"""A fingerprint that matches nothing, not even itself: the node is never served from the cache."""
 
 
 @dataclass
@@ -131,7 +156,7 @@ def cache_key(class_type: str, literals: dict[str, Any], links: dict[str, tuple[
 
 
 def _canonical(value: Any) -> Any:
-    if isinstance(value, float) and value != value:  # NaN: never equal, never cached
+    if value is ALWAYS_RERUN or (isinstance(value, float) and value != value):  # never equal, never cached
         return os.urandom(16).hex()
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}

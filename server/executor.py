@@ -25,7 +25,9 @@ from typing import Any, Callable, Protocol
 from loom.nodes.progress import ExecutionContext, Interrupted, running_node
 from loom.nodes.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
 
-from loom.server.cache import OutputCache, cache_key
+from loom.server import events
+from loom.server.cache import ALWAYS_RERUN, OutputCache, cache_key
+from loom.server.queue import PromptState
 from loom.server.validation import ValidationResult, is_link, validate_prompt
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -44,7 +46,7 @@ class CancelToken(Protocol):
 @dataclass
 class ExecutionResult:
     prompt_id: str
-    status: str  # "success" | "error" | "interrupted"
+    status: str  # a PromptState: SUCCESS, ERROR or INTERRUPTED
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # output node id -> ui dict
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     error: dict[str, Any] | None = None
@@ -58,7 +60,7 @@ class ExecutionResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "success"
+        return self.status == PromptState.SUCCESS
 
 
 class NodeExecutionError(Exception):
@@ -67,10 +69,6 @@ class NodeExecutionError(Exception):
         self.node_id = node_id
         self.class_type = class_type
         self.cause = cause
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Executor:
@@ -143,7 +141,7 @@ class _Run:
         self.on_event = on_event
         self.cancel = cancel
         self.validation = validation
-        self.result = ExecutionResult(prompt_id=prompt_id, status="success")
+        self.result = ExecutionResult(prompt_id=prompt_id, status=PromptState.SUCCESS)
         self.values: dict[str, tuple[list[Any], ...]] = {}
 
     def cancelled(self) -> bool:
@@ -163,18 +161,18 @@ class _Run:
         validation = self.validation or validate_prompt(self.prompt, self.registry, self.requested_outputs)
         self.result.validation = validation
         if not validation.ok:
-            self.result.status = "error"
+            self.result.status = PromptState.ERROR
             self.result.error = validation.error
             return self.result
         outputs = [o for o in validation.outputs if self.requested_outputs is None
                    or o in set(map(str, self.requested_outputs))]
-        self.emit("execution_start", {"prompt_id": self.prompt_id, "timestamp": now_ms()})
+        self.emit(*events.execution_start(self.prompt_id))
         try:
             keys = self.compute_keys(validation)
             to_run = self.plan(validation, outputs, keys)
             cached = [n for n in validation.order if keys[n] in self.cache and n not in to_run]
             self.result.cached = cached
-            self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id, "timestamp": now_ms()})
+            self.emit(*events.execution_cached(cached, self.prompt_id))
             protected = set(keys.values())
             for node_id in cached:
                 entry = self.cache.get(keys[node_id])
@@ -183,8 +181,7 @@ class _Run:
                 self.values[node_id] = entry.outputs
                 if node_id in outputs:
                     self.result.outputs[node_id] = entry.ui or {}
-                    self.emit("executed", {"node": node_id, "display_node": node_id, "output": entry.ui,
-                                           "prompt_id": self.prompt_id})
+                    self.emit(*events.executed(node_id, entry.ui, self.prompt_id))
             for node_id in validation.order:
                 if node_id not in to_run:
                     continue
@@ -196,10 +193,10 @@ class _Run:
         except NodeExecutionError as failure:
             self.failed(failure)
         else:
-            self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": now_ms()})
+            self.emit(*events.execution_success(self.prompt_id))
         finally:
             self.result.duration = time.perf_counter() - started
-            self.emit("executing", {"node": None, "display_node": None, "prompt_id": self.prompt_id})
+            self.emit(*events.executing(None, self.prompt_id))
         return self.result
 
     def compute_keys(self, validation: ValidationResult) -> dict[str, str]:
@@ -243,13 +240,13 @@ class _Run:
         class_type = node["class_type"]
         node_class = self.registry.get(class_type)
         schema = node_class.schema()
-        self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
+        self.emit(*events.executing(node_id, self.prompt_id))
         inputs = self.gather_inputs(node_id, node, node_class, validation)
 
         def on_progress(value: int, total: int, preview: Any) -> None:
-            self.emit("progress", {"value": value, "max": total, "prompt_id": self.prompt_id, "node": node_id})
+            self.emit(*events.progress(value, total, self.prompt_id, node_id))
             if preview is not None:
-                self.emit("preview", {"node": node_id, "prompt_id": self.prompt_id, "image": preview})
+                self.emit(*events.preview(node_id, self.prompt_id, preview))
 
         context = ExecutionContext(self.prompt_id, node_id, class_type, on_progress, self.cancelled)
         started = time.perf_counter()
@@ -267,8 +264,7 @@ class _Run:
         if ui is not None or node_id in outputs:
             if node_id in outputs:
                 self.result.outputs[node_id] = ui or {}
-            self.emit("executed", {"node": node_id, "display_node": node_id, "output": ui,
-                                   "prompt_id": self.prompt_id})
+            self.emit(*events.executed(node_id, ui, self.prompt_id))
 
     def gather_inputs(self, node_id: str, node: dict, node_class: type[Node],
                       validation: ValidationResult) -> dict[str, list[Any]]:
@@ -292,15 +288,14 @@ class _Run:
         return inputs
 
     def interrupted(self, node_id: str) -> None:
-        self.result.status = "interrupted"
+        self.result.status = PromptState.INTERRUPTED
         node = self.prompt.get(node_id, {})
-        self.emit("execution_interrupted", {"prompt_id": self.prompt_id, "node_id": node_id,
-                                            "node_type": node.get("class_type"),
-                                            "executed": list(self.result.executed), "timestamp": now_ms()})
+        self.emit(*events.execution_interrupted(self.prompt_id, node_id, node.get("class_type"),
+                                                self.result.executed))
 
     def failed(self, failure: NodeExecutionError) -> None:
         cause = failure.cause
-        self.result.status = "error"
+        self.result.status = PromptState.ERROR
         message = str(cause) or type(cause).__name__
         exception_type = _qualified_name(type(cause))
         kind, reason = classify_failure(cause)
@@ -309,25 +304,15 @@ class _Run:
             extra["exception_class"] = exception_type
             exception_type = kind
             message = _failure_message(failure.class_type, kind, reason)
-        payload = {
-            "prompt_id": self.prompt_id,
-            "node_id": failure.node_id,
-            "node_type": failure.class_type,
-            "executed": list(self.result.executed),
-            "exception_message": message,
-            "exception_type": exception_type,
-            "traceback": traceback.format_exception(type(cause), cause, cause.__traceback__),
-            "current_inputs": {},
-            "current_outputs": list(self.values),
-            "timestamp": now_ms(),
-            **extra,
-        }
+        event, payload = events.execution_error(
+            self.prompt_id, failure.node_id, failure.class_type, self.result.executed, message, exception_type,
+            traceback.format_exception(type(cause), cause, cause.__traceback__), list(self.values), **extra)
         if kind == "oom":
             # the frames of the traceback hold the tensors that filled the memory: let them go
             _clear_frames(cause)
             self.values.clear()
         self.result.error = payload
-        self.emit("execution_error", payload)
+        self.emit(event, payload)
 
 
 _STORAGE_ERRNOS = frozenset(code for code in (getattr(errno, name, None) for name in
@@ -403,11 +388,11 @@ class _Interrupt(Exception):
 def _fingerprint(node_class: type[Node], literals: dict[str, Any]) -> Any:
     kwargs = literal_kwargs(node_class.fingerprint, literals)
     if kwargs is None:
-        return float("nan")  # it depends on a linked value: always re-run
+        return ALWAYS_RERUN  # it depends on a linked value
     try:
         return node_class.fingerprint(**kwargs)
     except Exception:
-        return float("nan")  # unknown state: always re-run
+        return ALWAYS_RERUN  # unknown state
 
 
 def _call(node_class: type[Node], inputs: dict[str, list[Any]],

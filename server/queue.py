@@ -18,10 +18,11 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from loom.server import json_chunked
+from loom.server import events, json_chunked
 from loom.server.routing import Pending
 
 SECRET_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -63,7 +64,28 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_finished ON history (finished_at);
 """
 
-TERMINAL_STATES = ("success", "error", "interrupted", "cancelled")
+
+
+class PromptState(str, Enum):
+    """A prompt's state: ``pending`` and ``running`` in the queue table, the others (terminal) in history.
+
+    str-valued: a member is equal to its value, binds to SQLite as it and encodes to JSON as it, so the
+    database rows, ``/history``'s ``status.state`` and the executor's ``status`` hold the same strings as
+    ComfyUI clients read. ``str()`` and f-strings give the value too.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = (PromptState.SUCCESS, PromptState.ERROR, PromptState.INTERRUPTED, PromptState.CANCELLED)
 
 
 class QueueStoreError(RuntimeError):
@@ -97,7 +119,7 @@ class QueueItem:
 class Outcome:
     """How a prompt ended: what the worker hands to :meth:`PromptQueue.finish`."""
 
-    state: str  # one of TERMINAL_STATES
+    state: str  # one of TERMINAL_STATES (a PromptState)
     outputs: dict[str, Any] = field(default_factory=dict)
     messages: list[Any] = field(default_factory=list)
     error: dict[str, Any] | None = None
@@ -173,11 +195,9 @@ class PromptQueue:
                 "SELECT prompt_id FROM queue WHERE state='running' ORDER BY seq").fetchall()
             for (prompt_id,) in rows:
                 self._to_history(prompt_id, Outcome(
-                    state="interrupted",
-                    messages=[["execution_interrupted", {
-                        "prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
-                        "timestamp": int(time.time() * 1000),
-                        "reason": "the server stopped while this prompt was running"}]],
+                    state=PromptState.INTERRUPTED,
+                    messages=[list(events.execution_interrupted(
+                        prompt_id, None, None, [], reason="the server stopped while this prompt was running"))],
                     error={"type": "server_restarted",
                            "message": "the server stopped while this prompt was running; re-queue it to run it"}))
             return [r[0] for r in rows]
@@ -334,10 +354,8 @@ class PromptQueue:
             if not self._db.execute("SELECT 1 FROM queue WHERE prompt_id=? AND state='pending'",
                                     (prompt_id,)).fetchone():
                 return False
-            self._to_history(prompt_id, Outcome(state="cancelled", messages=[[
-                "execution_interrupted", {"prompt_id": prompt_id, "node_id": None, "node_type": None,
-                                          "executed": [], "timestamp": int(time.time() * 1000),
-                                          "reason": "cancelled before it ran"}]]))
+            self._to_history(prompt_id, Outcome(state=PromptState.CANCELLED, messages=[list(
+                events.execution_interrupted(prompt_id, None, None, [], reason="cancelled before it ran"))]))
             self._trim_history()
         self._changed()
         return True
@@ -368,18 +386,18 @@ class PromptQueue:
                           required_models=_loads(r[7]) if r[7] else []) for r in rows]
 
     def pending(self) -> list[QueueItem]:
-        return self._items("pending")
+        return self._items(PromptState.PENDING)
 
     def running(self) -> list[QueueItem]:
-        return self._items("running")
+        return self._items(PromptState.RUNNING)
 
-    def state_of(self, prompt_id: str) -> str | None:
+    def state_of(self, prompt_id: str) -> PromptState | None:
         """``pending``, ``running``, a terminal state from history, or ``None`` when unknown."""
         with self._lock:
             row = self._db.execute("SELECT state FROM queue WHERE prompt_id=?", (prompt_id,)).fetchone()
             if row is None:
                 row = self._db.execute("SELECT state FROM history WHERE prompt_id=?", (prompt_id,)).fetchone()
-        return row[0] if row else None
+        return PromptState(row[0]) if row else None
 
     def counts(self) -> tuple[int, int]:
         """``(pending, running)``, as of the last change: read without waiting for the lock, so the event
@@ -391,7 +409,7 @@ class PromptQueue:
             if self._closed:
                 return
             rows = dict(self._db.execute("SELECT state, COUNT(*) FROM queue GROUP BY state").fetchall())
-            self._counts = (rows.get("pending", 0), rows.get("running", 0))
+            self._counts = (rows.get(PromptState.PENDING, 0), rows.get(PromptState.RUNNING, 0))
 
     def remaining(self) -> int:
         """ComfyUI's ``queue_remaining``: pending plus running."""
@@ -462,8 +480,8 @@ def _history_entry(row: tuple) -> dict[str, Any]:
     (prompt_id, number, prompt, extra_data, outputs_to_execute, state, outputs, messages, error,
      queued_at, started_at, finished_at, worker) = row
     status: dict[str, Any] = {
-        "status_str": "success" if state == "success" else "error",
-        "completed": state == "success",
+        "status_str": "success" if state == PromptState.SUCCESS else "error",
+        "completed": state == PromptState.SUCCESS,
         "messages": _loads(messages),
         "state": state,
     }

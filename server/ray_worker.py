@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from loom.server.executor import RECORDED_EVENTS, CancelToken, EventSink, ExecutionResult
+from loom.server.queue import PromptState
 from loom.server.worker_process import WorkerSpec, _build_executor, fault_result
 
 log = logging.getLogger("loom.server.ray_worker")
@@ -238,7 +239,8 @@ class LoomWorker:
                         result = item[1]
                         state = {name: getattr(result, name) for name in _RESULT_FIELDS}
                     else:
-                        state = {"status": "error", "error": {"type": "executor_error", "message": item[1]}}
+                        state = {"status": PromptState.ERROR,
+                                 "error": {"type": "executor_error", "message": item[1]}}
                     state["models_loaded"] = sorted(set(loaded) - models_before)
                     batch.append(("done", state, loaded))
                     finished = True

@@ -38,13 +38,14 @@ import threading
 import time
 from typing import Any
 
+from loom.server import events
 from loom.server.clients import ClientHub
-from loom.server.queue import Outcome, PromptQueue, QueueItem
+from loom.server.events import TERMINAL_EVENTS
+from loom.server.queue import Outcome, PromptQueue, PromptState, QueueItem
 from loom.server.security import scrub_paths
 
 log = logging.getLogger("loom.server")
 
-TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 PREVIEW_MAX_SIZE = 512
 PREVIEW_MIN_INTERVAL_S = 0.05
 PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
@@ -262,7 +263,7 @@ class Worker:
                 self.current_node = node
                 finish_running()
                 if node is None:
-                    held.append((event, {"node": None, "prompt_id": data.get("prompt_id")}))
+                    held.append(events.idle(data.get("prompt_id")))
                     return
                 send("progress_state", state.start(node))
             elif event == "progress":
@@ -300,8 +301,8 @@ class Worker:
         except Exception as error:  # the executor itself failed: the prompt fails, the worker lives on
             log.exception("executing prompt %s failed", item.prompt_id)
             payload = self._error_payload(item, "executor_error", f"{type(error).__name__}: {error}")
-            held[:] = [("execution_error", payload), ("executing", {"node": None, "prompt_id": item.prompt_id})]
-            outcome = Outcome(state="error", messages=[["execution_error", payload]], error=payload,
+            held[:] = [("execution_error", payload), events.idle(item.prompt_id)]
+            outcome = Outcome(state=PromptState.ERROR, messages=[["execution_error", payload]], error=payload,
                               worker=self._worker_label())
         self._update_models(item, result)
         if self.hub.loop is not None:
@@ -352,11 +353,12 @@ class Worker:
     # -- helpers -------------------------------------------------------------------------------
 
     def _outcome(self, item: QueueItem, result: Any, held: list) -> Outcome:
-        status = result.status if result.status in ("success", "error", "interrupted") else "error"
+        finished = (PromptState.SUCCESS, PromptState.ERROR, PromptState.INTERRUPTED)
+        status = PromptState(result.status) if result.status in finished else PromptState.ERROR
         messages = [[event, self._public_error(data) if event == "execution_error" else data]
                     for event, data in result.messages]
         error = result.error
-        if status == "error" and not any(e == "execution_error" for e, _ in result.messages):
+        if status == PromptState.ERROR and not any(e == "execution_error" for e, _ in result.messages):
             # failed before anything ran (e.g. an input file vanished after queueing): tell the client
             validation = result.validation
             lines = validation.messages() if validation is not None else []
@@ -365,10 +367,10 @@ class Worker:
             messages.append(["execution_error", payload])
             held.insert(0, ("execution_error", payload))
             if not any(e == "executing" for e, _ in held):
-                held.append(("executing", {"node": None, "prompt_id": item.prompt_id}))
+                held.append(events.idle(item.prompt_id))
             error = {"type": payload["exception_type"], "message": message,
                      "node_errors": validation.node_errors if validation is not None else {}}
-        elif status == "error" and error is not None:
+        elif status == PromptState.ERROR and error is not None:
             error = self._public_error(error)
         return Outcome(state=status, outputs=result.outputs or {}, messages=messages, error=error,
                        worker=result.worker or self._worker_label())
@@ -379,9 +381,7 @@ class Worker:
         return f"process:{pid}" if isinstance(pid, int) else "thread"
 
     def _error_payload(self, item: QueueItem, kind: str, message: str) -> dict[str, Any]:
-        return {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
-                "exception_message": message, "exception_type": kind, "traceback": [],
-                "current_inputs": {}, "current_outputs": [], "timestamp": int(time.time() * 1000)}
+        return events.execution_error(item.prompt_id, None, None, [], message, kind)[1]
 
     def _public_error(self, data: dict[str, Any]) -> dict[str, Any]:
         if self.expose_tracebacks:

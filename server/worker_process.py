@@ -51,7 +51,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from loom.server.executor import RECORDED_EVENTS, CancelToken, EventSink, ExecutionResult, now_ms
+from loom.server import events
+from loom.server.executor import RECORDED_EVENTS, CancelToken, EventSink, ExecutionResult
+from loom.server.queue import PromptState
 
 log = logging.getLogger("loom.server.worker_process")
 
@@ -173,7 +175,8 @@ def _child_main(spec: WorkerSpec, conn: Connection, interrupt: Any, parent_pid: 
                 return
             except Exception as error:  # something in the result does not pickle: send what does
                 log.exception("the result of prompt %s cannot be sent whole", prompt_id)
-                sender.send(("done", {**state, "validation": None, "outputs": {}, "status": "error",
+                sender.send(("done", {**state, "validation": None, "outputs": {},
+                                      "status": PromptState.ERROR,
                                       "error": {"type": "executor_error",
                                                 "message": f"the result cannot be sent back: {error}"}},
                              sender.held))
@@ -655,24 +658,18 @@ def fault_result(prompt: dict[str, Any], prompt_id: str, label: str, on_event: E
     (or interrupt) events, delivered to ``on_event``. A worker that died or was killed holds no models."""
     node_type = prompt.get(node_id, {}).get("class_type") if node_id is not None else None
     if kind == "interrupted":
-        event = "execution_interrupted"
-        payload: dict[str, Any] = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
-                                   "executed": list(executed), "timestamp": now_ms(), "reason": message}
-        status, error = "interrupted", None
+        event, payload = events.execution_interrupted(prompt_id, node_id, node_type, executed, reason=message)
+        status, error = PromptState.INTERRUPTED, None
     else:
-        event = "execution_error"
-        payload = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
-                   "executed": list(executed), "exception_message": message, "exception_type": kind,
-                   "traceback": [], "current_inputs": {}, "current_outputs": [], "timestamp": now_ms(),
-                   "worker": label}
-        status, error = "error", payload
+        event, payload = events.execution_error(prompt_id, node_id, node_type, executed, message, kind,
+                                                worker=label)
+        status, error = PromptState.ERROR, payload
     result = ExecutionResult(prompt_id=prompt_id, status=status, error=error,
                              messages=[*recorded, (event, payload)], executed=list(executed), worker=label)
     if kind in ("worker_died", "timeout"):
         result.loaded_models = []  # its worker is gone: the new one holds nothing
     if on_event is not None:
-        for name, data in ((event, payload),
-                           ("executing", {"node": None, "display_node": None, "prompt_id": prompt_id})):
+        for name, data in ((event, payload), events.executing(None, prompt_id)):
             try:
                 on_event(name, data)
             except Exception:

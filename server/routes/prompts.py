@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from loom.server.queue import QueueStoreError
+from loom.server.queue import PromptState, QueueStoreError
 from loom.server.routes.common import json_object
 from loom.server.security import ClientError, json_error, non_finite_error, non_finite_path, read_json, scrub_paths
 from loom.server.state import SERVER_KEY, LoomServer
@@ -76,11 +76,11 @@ async def cancel_prompt(request: web.Request) -> web.Response:
     for _ in range(100):
         if server.queue.cancel(prompt_id):
             log.info("prompt %s cancelled", prompt_id)
-            return web.json_response({"prompt_id": prompt_id, "state": "cancelled"})
+            return web.json_response({"prompt_id": prompt_id, "state": PromptState.CANCELLED})
         if server.interrupt(prompt_id):
             return web.json_response({"prompt_id": prompt_id, "state": "interrupting"})
         state = server.queue.state_of(prompt_id)
-        if state != "running":  # running but not yet handed to the executor: try again shortly
+        if state != PromptState.RUNNING:  # running but not yet handed to the executor: try again shortly
             break
         await asyncio.sleep(0.01)
     if state is None:

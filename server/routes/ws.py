@@ -6,6 +6,7 @@ import json
 
 from aiohttp import web
 
+from loom.server import events
 from loom.server.clients import SERVER_FEATURES
 from loom.server.state import SERVER_KEY
 
@@ -23,8 +24,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         for worker in server.workers:
             current, node = worker.current, worker.current_node
             if current is not None and current.client_id == client.client_id and node is not None:
-                server.hub.send("executing", {"node": node, "display_node": node,
-                                              "prompt_id": current.prompt_id}, client.client_id)
+                server.hub.send(*events.executing(node, current.prompt_id), client.client_id)
         async for message in ws:
             if message.type != web.WSMsgType.TEXT:
                 continue
