@@ -169,3 +169,17 @@ def test_a_features_extra_may_be_imported_only_lazily(tmp_path: Path) -> None:
     on_import = undeclared_imports([module], declared(), allow_local=False, lazy=False)
     assert on_import == [f"{module}:1: import ray (from ray, not declared in pyproject.toml)"]
     assert undeclared_imports([module], declared(*user_extras()), allow_local=False, lazy=True) == []
+
+
+def test_every_python_package_folder_is_declared_for_the_wheel():
+    """A folder with an __init__.py that pyproject's packages list misses is left out of a regular install
+    (an editable install hides it), so the installed loom fails on import."""
+    repo = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {folder: package for package, folder in project["package-dir"].items()}
+    found = set()
+    for folder, package in roots.items():
+        for init in (repo / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(repo / folder).parts
+            found.add(".".join((package, *relative)))
+    assert sorted(found - set(project["packages"])) == []
