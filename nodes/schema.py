@@ -607,6 +607,7 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.strings",
     "loom.nodes.logic",
     "loom.nodes.model_patches",
+    "loom.nodes.model_patches_guidance",
     "loom.nodes.model_merging",
     "loom.nodes.checkpoint_save",
     "loom.nodes.image_conditioning",

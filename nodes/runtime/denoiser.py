@@ -360,6 +360,17 @@ class GuidedDenoiser:
         self.unet_calls += 1
         return self.adapter(x, sigma, context, added or None, control, concat)
 
+    def calc_cond_batch_with_options(self, options: dict[str, Any], conds: Sequence[list[CondEntry] | None],
+                                     x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`calc_cond_batch` with the MODEL's ``options`` replaced for this evaluation (ComfyUI's
+        ``calc_cond_batch(model, conds, x, sigma, model_options)``, as PerturbedAttentionGuidance calls it)."""
+        adapter = self.adapter
+        self.adapter = ModelAdapter(self.model.replace(options=options))
+        try:
+            return self.calc_cond_batch(conds, x, sigma)
+        finally:
+            self.adapter = adapter
+
     # -- conditioning batches -------------------------------------------------------------------
 
     def _prepare(self, entry: CondEntry, which: int, x: torch.Tensor, sigma: torch.Tensor) -> _Run | None:
@@ -495,7 +506,8 @@ def combine_guidance(denoiser: "GuidedDenoiser", cond: torch.Tensor, uncond: tor
     Without patches: ``uncond + (cond - uncond) * cfg``. A MODEL's ``options`` may carry ComfyUI's
     ``sampler_cfg_function`` (replaces the combination; called with the args dict ComfyUI gives it, in
     which ``cond``/``uncond`` are ``x - denoised``, and its result is subtracted from ``x``) and
-    ``sampler_post_cfg_function`` (a sequence, applied in order to the combined ``denoised``).
+    ``sampler_post_cfg_function`` (a sequence, applied in order to the combined ``denoised``; besides ComfyUI's
+    args they get ``"denoiser"``, whose ``calc_cond_batch_with_options`` evaluates extra passes).
     """
     options = denoiser.model.options
     cfg_function = options.get("sampler_cfg_function")
@@ -512,7 +524,7 @@ def combine_guidance(denoiser: "GuidedDenoiser", cond: torch.Tensor, uncond: tor
         result = function({
             "denoised": result, "cond": denoiser.positive, "uncond": None if uncond_skipped else denoiser.negative,
             "cond_scale": denoiser.cfg, "model": denoiser.model, "uncond_denoised": uncond, "cond_denoised": cond,
-            "sigma": sigma, "model_options": options, "input": x})
+            "sigma": sigma, "model_options": options, "input": x, "denoiser": denoiser})
     return result
 
 

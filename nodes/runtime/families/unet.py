@@ -177,7 +177,10 @@ class UNetFamily(Family):
                 kwargs["mid_block_additional_residual"] = mid
         if concat is not None:
             xc = torch.cat([xc, concat.to(xc)], dim=1)
-        return unet(xc.to(device=device, dtype=dtype), timestep.to(device), **kwargs, return_dict=False)[0]
+        from loom.nodes.runtime import unet_patches
+
+        with unet_patches.applied(unet, model.options):  # FreeU's output-block patch, PAG's attention swap
+            return unet(xc.to(device=device, dtype=dtype), timestep.to(device), **kwargs, return_dict=False)[0]
 
 
 # ---------------------------------------------------------------------------------------------

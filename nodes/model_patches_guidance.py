@@ -1,0 +1,167 @@
+"""ComfyUI's UNet patches FreeU, FreeU_V2 and PerturbedAttentionGuidance (category ``model_patches/unet``).
+
+* **FreeU / FreeU_V2** add an output-block patch (``options["output_block_patch"]``, applied by
+  :mod:`nodes.runtime.unet_patches`): where the hidden state entering an output block has
+  ``model_channels * 4`` channels (b1, s1) or ``model_channels * 2`` (b2, s2), its first half of channels is
+  scaled by b (V2: by ``(b - 1) * m + 1``, ``m`` the channel mean of the hidden state min-max normalised per
+  sample) and the skip connection is Fourier-filtered: the centre 2x2 of its shifted spectrum scaled by s.
+* **PerturbedAttentionGuidance** adds a post-CFG function that evaluates the positive conditioning once more
+  with the middle block's self-attention replaced by its value passthrough and returns
+  ``cfg_result + (cond_pred - pag_pred) * scale``.
+
+The patch objects are small picklable classes; the MODEL handle is new, the input handle stays unpatched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from loom.nodes.model_patches import _check_model, with_post_cfg_function
+from loom.nodes.runtime.unet_patches import ATTN1_REPLACE, MIDDLE, OUTPUT_BLOCK_PATCH, ValuePassthroughProcessor
+from loom.nodes.schema import Float, Node, Output, Schema, Socket, register
+
+CATEGORY = "model_patches/unet"
+
+
+def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """FreeU's skip filter: the ``2*threshold`` square at the centre of the shifted 2-D spectrum times
+    ``scale``; the real part back in ``x``'s dtype. A scale of 1 is the identity and returns ``x`` itself."""
+    if scale == 1.0:
+        return x
+    spectrum = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))
+    mask = torch.ones(spectrum.shape, device=x.device)
+    rows, cols = spectrum.shape[-2] // 2, spectrum.shape[-1] // 2
+    mask[..., rows - threshold:rows + threshold, cols - threshold:cols + threshold] = scale
+    spectrum = torch.fft.ifftshift(spectrum * mask, dim=(-2, -1))
+    return torch.fft.ifftn(spectrum, dim=(-2, -1)).real.to(x.dtype)
+
+
+def _model_channels(node: str, model: Any) -> int:
+    config = getattr(model.unet, "config", None)
+    channels = getattr(config, "block_out_channels", None)
+    if not channels or getattr(model.unet, "up_blocks", None) is None:
+        raise ValueError(f"{node}: input 'model' is a {model.family} model; {node} patches UNet models only")
+    return int(channels[0])
+
+
+@dataclass(frozen=True)
+class FreeUPatch:
+    """One FreeU output-block patch: ``{channels: (b, s)}``; ``v2`` for FreeU_V2's mean modulation."""
+
+    scales: tuple[tuple[int, float, float], ...]
+    v2: bool = False
+
+    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: Any = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        found = next(((b, s) for width, b, s in self.scales if width == int(h.shape[1])), None)
+        if found is None:
+            return h, hsp
+        b, s = found
+        half = h.shape[1] // 2
+        factor: Any = b
+        if self.v2:
+            mean = h.mean(1).unsqueeze(1)
+            batch = mean.shape[0]
+            high = torch.max(mean.view(batch, -1), dim=-1, keepdim=True)[0].unsqueeze(2).unsqueeze(3)
+            low = torch.min(mean.view(batch, -1), dim=-1, keepdim=True)[0].unsqueeze(2).unsqueeze(3)
+            factor = (b - 1) * ((mean - low) / (high - low)) + 1
+        h = torch.cat([h[:, :half] * factor, h[:, half:]], dim=1)
+        return h, fourier_filter(hsp, threshold=1, scale=s)
+
+
+def _check_factor(node: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{node}: input '{name}' must be a number, got {value!r}")
+    if not 0.0 <= float(value) <= 10.0:
+        raise ValueError(f"{node}: input '{name}' must be between 0.0 and 10.0, got {value}")
+    return float(value)
+
+
+def _freeu(node: str, model: Any, b1: Any, b2: Any, s1: Any, s2: Any, v2: bool) -> Any:
+    model = _check_model(node, model)
+    channels = _model_channels(node, model)
+    b1, b2, s1, s2 = (_check_factor(node, n, v) for n, v in (("b1", b1), ("b2", b2), ("s1", s1), ("s2", s2)))
+    patch = FreeUPatch(((channels * 4, b1, s1), (channels * 2, b2, s2)), v2=v2)
+    patches = tuple(model.options.get(OUTPUT_BLOCK_PATCH, ())) + (patch,)
+    return model.replace(options={**model.options, OUTPUT_BLOCK_PATCH: patches})
+
+
+def _factor_inputs(b1: float, b2: float) -> list[Any]:
+    return [Socket("model", "MODEL"),
+            Float("b1", default=b1, min=0.0, max=10.0, step=0.01),
+            Float("b2", default=b2, min=0.0, max=10.0, step=0.01),
+            Float("s1", default=0.9, min=0.0, max=10.0, step=0.01),
+            Float("s2", default=0.2, min=0.0, max=10.0, step=0.01)]
+
+
+@register
+class FreeU(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("FreeU", display_name="FreeU", category=CATEGORY, inputs=_factor_inputs(1.1, 1.2),
+                      outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, b1: float, b2: float, s1: float, s2: float) -> tuple:
+        return (_freeu("FreeU", model, b1, b2, s1, s2, v2=False),)
+
+
+@register
+class FreeU_V2(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("FreeU_V2", display_name="FreeU (v2)", category=CATEGORY, inputs=_factor_inputs(1.3, 1.4),
+                      outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, b1: float, b2: float, s1: float, s2: float) -> tuple:
+        return (_freeu("FreeU_V2", model, b1, b2, s1, s2, v2=True),)
+
+
+@dataclass(frozen=True)
+class PAGFunction:
+    """PAG's post-CFG function: the positive conditioning again with the middle block's self-attention as
+    value passthrough; ``cfg_result + (cond_pred - pag_pred) * scale`` (the input unchanged at scale 0)."""
+
+    scale: float
+
+    def __call__(self, args: dict[str, Any]) -> torch.Tensor:
+        cfg_result = args["denoised"]
+        if self.scale == 0:
+            return cfg_result
+        denoiser = args.get("denoiser")
+        evaluate = getattr(denoiser, "calc_cond_batch_with_options", None)
+        if evaluate is None:
+            raise ValueError("PerturbedAttentionGuidance: this guider cannot evaluate the perturbed pass")
+        options = dict(args["model_options"])
+        replace = dict(options.get(ATTN1_REPLACE, {}) or {})
+        replace[MIDDLE] = ValuePassthroughProcessor()
+        options[ATTN1_REPLACE] = replace
+        (pag,) = evaluate(options, [args["cond"]], args["input"], args["sigma"])
+        return cfg_result + (args["cond_denoised"] - pag) * self.scale
+
+
+@register
+class PerturbedAttentionGuidance(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("PerturbedAttentionGuidance", category=CATEGORY,
+                      inputs=[Socket("model", "MODEL"),
+                              Float("scale", default=3.0, min=0.0, max=100.0, step=0.01, round=0.01)],
+                      outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, scale: float) -> tuple:
+        node = "PerturbedAttentionGuidance"
+        model = _check_model(node, model)
+        _model_channels(node, model)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale:
+            raise ValueError(f"{node}: input 'scale' must be a number, got {scale!r}")
+        if not 0.0 <= float(scale) <= 100.0:
+            raise ValueError(f"{node}: input 'scale' must be between 0.0 and 100.0, got {scale}")
+        return (with_post_cfg_function(model, PAGFunction(float(scale))),)
+
+
+__all__ = ["FreeU", "FreeU_V2", "PerturbedAttentionGuidance", "FreeUPatch", "PAGFunction", "fourier_filter"]

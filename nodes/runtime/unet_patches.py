@@ -1,0 +1,121 @@
+"""Patches inside a diffusers UNet call, as ComfyUI's ``transformer_options`` patches do for its UNet.
+
+A MODEL handle's ``options`` may carry:
+
+* ``"output_block_patch"``: a sequence of ``fn(h, hsp, transformer_options) -> (h, hsp)`` called, in order,
+  before every output block (diffusers: every resnet of an up block) with the hidden state ``h`` and the skip
+  connection ``hsp`` popped for it, just before they are concatenated (ComfyUI's
+  ``set_model_output_block_patch``; FreeU uses it);
+* ``"attn1_replace"``: ``{("middle", 0): processor}``, a diffusers attention processor that replaces the
+  self-attention (``attn1``) of every transformer block of the middle block (ComfyUI's
+  ``set_model_options_patch_replace(..., "attn1", "middle", 0)``; PerturbedAttentionGuidance uses it).
+
+:func:`applied` installs them on the UNet for the duration of one call and removes them afterwards, so the
+network module shared by every handle of a checkpoint is never left patched.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Mapping
+
+import torch
+
+OUTPUT_BLOCK_PATCH = "output_block_patch"
+ATTN1_REPLACE = "attn1_replace"
+MIDDLE = ("middle", 0)
+
+
+class ValuePassthroughProcessor:
+    """Self-attention replaced by its value projection: ``to_out(to_v(x))`` (ComfyUI's PAG
+    ``perturbed_attention(q, k, v) -> v``, which replaces only the attention product, keeping the output
+    projection)."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args: Any, **kwargs: Any) -> torch.Tensor:
+        residual = hidden_states
+        if getattr(attn, "spatial_norm", None) is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        shape = hidden_states.shape
+        if hidden_states.ndim == 4:
+            b, c, h, w = shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if getattr(attn, "group_norm", None) is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        out = attn.to_out[0](attn.to_v(source))
+        out = attn.to_out[1](out)
+        if len(shape) == 4:
+            out = out.transpose(-1, -2).reshape(shape)
+        if getattr(attn, "residual_connection", False):
+            out = out + residual
+        return out / getattr(attn, "rescale_output_factor", 1.0)
+
+
+def middle_self_attentions(unet: torch.nn.Module) -> list[Any]:
+    """The ``attn1`` modules of the middle block's transformer blocks."""
+    mid = getattr(unet, "mid_block", None)
+    found: list[Any] = []
+    for attention in getattr(mid, "attentions", None) or ():
+        for block in getattr(attention, "transformer_blocks", ()):
+            if getattr(block, "attn1", None) is not None:
+                found.append(block.attn1)
+    return found
+
+
+def _install_output_block_patches(unet: torch.nn.Module, patches: tuple[Any, ...],
+                                  transformer_options: dict[str, Any]) -> list[Any]:
+    handles: list[Any] = []
+    for up_block in getattr(unet, "up_blocks", ()):
+        skips: dict[str, tuple[torch.Tensor, ...]] = {}
+
+        def capture(_module: Any, args: tuple, kwargs: dict, skips: dict = skips) -> None:
+            tuple_ = kwargs.get("res_hidden_states_tuple", args[1] if len(args) > 1 else None)
+            skips["tuple"] = tuple(tuple_) if tuple_ is not None else ()
+
+        handles.append(up_block.register_forward_pre_hook(capture, with_kwargs=True))
+        for index, resnet in enumerate(up_block.resnets):
+            def patch(_module: Any, args: tuple, index: int = index, skips: dict = skips) -> tuple:
+                stored = skips.get("tuple", ())
+                if index >= len(stored):
+                    return args
+                width = int(stored[-1 - index].shape[1])
+                x = args[0]
+                h, hsp = x[:, :x.shape[1] - width], x[:, x.shape[1] - width:]
+                for fn in patches:
+                    h, hsp = fn(h, hsp, transformer_options)
+                return (torch.cat([h, hsp], dim=1),) + tuple(args[1:])
+
+            handles.append(resnet.register_forward_pre_hook(patch))
+    return handles
+
+
+@contextlib.contextmanager
+def applied(unet: torch.nn.Module, options: Mapping[str, Any]) -> Iterator[None]:
+    """The handle's UNet patches installed on ``unet`` for the body of the ``with``."""
+    output_patches = tuple(options.get(OUTPUT_BLOCK_PATCH, ()))
+    replace = dict(options.get(ATTN1_REPLACE, {}) or {})
+    if not output_patches and not replace:
+        yield
+        return
+    handles: list[Any] = []
+    swapped: list[tuple[Any, Any]] = []
+    try:
+        if output_patches:
+            handles = _install_output_block_patches(unet, output_patches, {"patches": dict(options)})
+        for block, processor in replace.items():
+            if tuple(block) != MIDDLE:
+                raise ValueError(f"attn1 replacement for UNet block {block!r} is not supported (only {MIDDLE})")
+            for attn in middle_self_attentions(unet):
+                swapped.append((attn, attn.processor))
+                attn.processor = processor
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for attn, processor in reversed(swapped):
+            attn.processor = processor
+
+
+__all__ = ["OUTPUT_BLOCK_PATCH", "ATTN1_REPLACE", "MIDDLE", "ValuePassthroughProcessor", "applied",
+           "middle_self_attentions"]
