@@ -217,3 +217,40 @@ def test_pag_stacks_after_freeu_and_rescale(sd1):
 def test_bad_inputs_name_node_and_input(sd1, call, message):
     with pytest.raises(ValueError, match=message):
         call(sd1[0])
+
+
+def test_patches_stack_with_lora(sd1):
+    from loom.nodes.runtime.lora import LoraPatch, parse_lora, with_lora
+    from tests.fixtures_lora import build_lora
+
+    model, positive, negative = sd1
+    updates = parse_lora(build_lora("kohya_sd1"), "a").for_unet(model)
+    lora_model = model.replace(patches=with_lora(model.patches, LoraPatch("a", 0.8, updates)))
+    (freeu,) = FreeU.execute(lora_model, 1.1, 1.5, 0.9, 0.4)
+    (patched,) = PerturbedAttentionGuidance.execute(freeu, 2.0)
+    assert patched.patches == lora_model.patches and not model.patches
+    without_lora = _step(patched.replace(patches=()), positive, negative)
+    with lora_model.patches[0].applied(lora_model):
+        out = _step(patched, positive, negative)
+        x, sigma = _inputs()
+        base = GuidedDenoiser(freeu, positive, negative, CFG, x.shape)
+        cfg_result = base(x, sigma)
+        cond, _uncond = base.calc_cond_batch([base.positive, base.negative], x, sigma)
+        pag = _perturbed_cond(freeu, positive, negative)
+    assert torch.equal(out, cfg_result + (cond - pag) * 2.0)
+    assert not torch.equal(out, without_lora)
+
+
+def test_sampling_with_the_patches(sd1):
+    from loom.nodes.runtime.sampling import sample
+
+    model, positive, negative = sd1
+    (freeu,) = FreeU_V2.execute(model, 1.3, 1.4, 0.9, 0.2)
+    (patched,) = PerturbedAttentionGuidance.execute(freeu, 3.0)
+    latent = {"samples": torch.zeros((1, 4, 8, 8))}
+    run = dict(seed=5, steps=3, cfg=CFG, sampler_name="euler", scheduler="normal")
+    plain = sample(model, positive, negative, latent, **run)
+    out = sample(patched, positive, negative, latent, **run)
+    assert torch.isfinite(out).all() and not torch.equal(out, plain)
+    assert torch.equal(sample(patched, positive, negative, latent, **run), out)
+    assert torch.equal(sample(model, positive, negative, latent, **run), plain)
