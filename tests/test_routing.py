@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from loom.server.routing import Lane, Pending, Router, choose
-from tests.fixtures_server import LiveServer, add_prompt, new_client_id, queue_prompt, run_async, wait_done, wait_history
+from tests.fixtures_server import (LiveServer, add_prompt, new_client_id, queue_prompt, run_async, wait_all_done,
+                                  wait_done, wait_history)
 
 A, B, C = "checkpoints/a.safetensors", "checkpoints/b.safetensors", "checkpoints/c.safetensors"
 
@@ -265,16 +266,25 @@ def test_two_process_lanes_route_each_checkpoint_to_the_lane_that_holds_it(tmp_p
             async with aiohttp.ClientSession() as session:
                 async with session.ws_connect(f"{server.ws_url}?clientId={client_id}") as ws:
                     await ws.receive_json()
-                    ids = [(await queue_prompt(session, server.url, _txt2img(seed, names[which]),
-                                               client_id))["prompt_id"] for seed, which in enumerate(order)]
-                    async with session.get(f"{server.url}/queue") as response:
-                        queued = await response.json()
-                    done = {}
-                    while len(done) < len(ids):
-                        message = await ws.receive_json(timeout=180)
-                        data = message.get("data") or {}
-                        if message["type"] == "executing" and data.get("node") is None:
-                            done[data["prompt_id"]] = True
+                    # a pair at a time, both lanes idle at each hand-out: which lane takes which prompt then
+                    # depends on what the lanes hold, not on which one finished first (with all six queued at
+                    # once, a lane that runs dry takes the other checkpoint while its lane is busy: the policy
+                    # keeps lanes working, and the timing decides)
+                    ids, queued = [], None
+                    for pair in range(0, len(order), 2):
+                        pair_ids = [(await queue_prompt(session, server.url, _txt2img(seed, names[which]),
+                                                        client_id))["prompt_id"]
+                                    for seed, which in list(enumerate(order))[pair:pair + 2]]
+                        ids += pair_ids
+                        while queued is None:  # the first pair: both lanes run at once
+                            async with session.get(f"{server.url}/queue") as response:
+                                snapshot = await response.json()
+                            if len(snapshot["queue_running"]) == 2:
+                                queued = snapshot
+                            elif not snapshot["queue_running"] and not snapshot["queue_pending"]:
+                                break
+                            await asyncio.sleep(0.02)
+                        await wait_all_done(ws, pair_ids, timeout=180)
                     entries = [await wait_history(session, server.url, i) for i in ids]
                     # interrupt by prompt_id reaches the lane running it; the other lane runs on
                     slow = [(await queue_prompt(session, server.url, add_prompt(n, sleep=s, steps=40),
@@ -302,7 +312,7 @@ def test_two_process_lanes_route_each_checkpoint_to_the_lane_that_holds_it(tmp_p
 
     assert all(e["status"]["state"] == "success" for e in entries), [e["status"] for e in entries]
     # /queue showed both lanes' running prompts
-    assert len(queued["queue_running"]) == 2, queued
+    assert queued is not None and len(queued["queue_running"]) == 2, queued
     by_checkpoint: dict[str, set[str]] = {"a": set(), "b": set()}
     for which, entry in zip(order, entries):
         by_checkpoint[which].add(entry["status"]["worker"])
