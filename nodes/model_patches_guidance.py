@@ -1,4 +1,5 @@
-"""ComfyUI's UNet patches FreeU, FreeU_V2 and PerturbedAttentionGuidance (category ``model_patches/unet``).
+"""ComfyUI's UNet patches FreeU, FreeU_V2, PerturbedAttentionGuidance (``model_patches/unet``) and
+SelfAttentionGuidance (``_for_testing``, experimental).
 
 * **FreeU / FreeU_V2** add an output-block patch (``options["output_block_patch"]``, applied by
   :mod:`nodes.runtime.unet_patches`): where the hidden state entering an output block has
@@ -8,11 +9,16 @@
 * **PerturbedAttentionGuidance** adds a post-CFG function that evaluates the positive conditioning once more
   with the middle block's self-attention replaced by its value passthrough and returns
   ``cfg_result + (cond_pred - pag_pred) * scale``.
+* **SelfAttentionGuidance** records the negative's attention probabilities in the first self-attention of the
+  middle block, blurs the negative's prediction where the averaged attention a token receives exceeds 1,
+  re-noises it, evaluates the negative on it and returns ``cfg_result + (degraded - sag_pred) * scale``
+  (the cfg = 1 shortcut is turned off so the negative is always evaluated).
 
 The patch objects are small picklable classes; the MODEL handle is new, the input handle stays unpatched.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,4 +170,161 @@ class PerturbedAttentionGuidance(Node):
         return (with_post_cfg_function(model, PAGFunction(float(scale))),)
 
 
-__all__ = ["FreeU", "FreeU_V2", "PerturbedAttentionGuidance", "FreeUPatch", "PAGFunction", "fourier_filter"]
+
+
+# ---------------------------------------------------------------------------------------------
+# SelfAttentionGuidance
+# ---------------------------------------------------------------------------------------------
+
+class AttentionRecorder:
+    """Where SAG's attention processor leaves the negative's self-attention scores of the last call."""
+
+    def __init__(self) -> None:
+        self.scores: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"scores": None}
+
+
+class RecordingAttentionProcessor:
+    """Plain softmax attention that, in a batch holding the negative conditioning, records the negative's
+    attention probabilities ``[batch * heads, tokens, tokens]`` (ComfyUI's SAG ``attn_and_record``)."""
+
+    def __init__(self, recorder: AttentionRecorder) -> None:
+        self.recorder = recorder
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args: Any, **kwargs: Any) -> torch.Tensor:
+        from loom.nodes.runtime.unet_patches import current_cond_or_uncond
+
+        which = current_cond_or_uncond()
+        if 1 not in which or hidden_states.ndim != 3 or encoder_hidden_states is not None:
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        residual = hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        batch, tokens, width = q.shape
+        heads = attn.heads
+        head_dim = width // heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, -1, heads, head_dim).permute(0, 2, 1, 3).reshape(batch * heads, -1, head_dim)
+
+        q, k, v = split(q), split(k), split(v)
+        if getattr(attn, "upcast_attention", False):
+            q, k = q.float(), k.float()
+        sim = torch.einsum("b i d, b j d -> b i j", q, k) * (head_dim ** -0.5)
+        sim = sim.softmax(dim=-1)
+        out = torch.einsum("b i j, b j d -> b i d", sim.to(v.dtype), v)
+        out = out.reshape(batch, heads, -1, head_dim).permute(0, 2, 1, 3).reshape(batch, -1, heads * head_dim)
+        slices = heads * (batch // len(which))
+        index = which.index(1)
+        self.recorder.scores = sim[slices * index:slices * (index + 1)]
+        out = attn.to_out[1](attn.to_out[0](out))
+        if getattr(attn, "residual_connection", False):
+            out = out + residual
+        return out / getattr(attn, "rescale_output_factor", 1.0)
+
+
+def gaussian_blur_2d(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """A separable Gaussian kernel applied per channel, with reflect padding (SAG's blur)."""
+    import torch.nn.functional as F
+
+    half = (kernel_size - 1) * 0.5
+    grid = torch.linspace(-half, half, steps=kernel_size)
+    pdf = torch.exp(-0.5 * (grid / sigma).pow(2))
+    kernel = (pdf / pdf.sum()).to(device=image.device, dtype=image.dtype)
+    kernel2d = torch.mm(kernel[:, None], kernel[None, :]).expand(image.shape[-3], 1, kernel_size, kernel_size)
+    pad = kernel_size // 2
+    image = F.pad(image, [pad, pad, pad, pad], mode="reflect")
+    return F.conv2d(image, kernel2d, groups=image.shape[-3])
+
+
+def blur_map(x0: torch.Tensor, attention: torch.Tensor, sigma: float, threshold: float = 1.0) -> torch.Tensor:
+    """``x0`` blurred where the head-averaged attention a token receives exceeds ``threshold`` (SAG's mask,
+    reshaped to the attention's grid with the latent's aspect ratio and upsampled, nearest, to ``x0``)."""
+    import torch.nn.functional as F
+
+    _, queries, keys = attention.shape
+    b, _, lh, lw = x0.shape
+    received = attention.reshape(b, -1, queries, keys).mean(1).sum(1) > threshold
+    total = received.shape[-1]
+    guess = round(math.sqrt((lh / lw) * total))
+    rows = None
+    for i in range(math.floor(math.sqrt(total) / 2)):
+        for j in (guess + i, max(1, guess - i)):
+            if total % j == 0:
+                rows = j
+                break
+        if rows is not None:
+            break
+    if rows is None:
+        raise ValueError(f"SelfAttentionGuidance: cannot lay {total} attention tokens out on a grid")
+    mask = received.reshape(b, rows, total // rows).unsqueeze(1).type(attention.dtype)
+    mask = F.interpolate(mask, (lh, lw))
+    blurred = gaussian_blur_2d(x0, kernel_size=9, sigma=sigma)
+    return blurred * mask + x0 * (1 - mask)
+
+
+@dataclass(frozen=True)
+class SAGFunction:
+    """SAG's post-CFG function: the negative's prediction blurred where its middle-block self-attention
+    looks, re-noised and evaluated again with the negative; ``cfg_result + (degraded - sag) * scale``."""
+
+    scale: float
+    blur_sigma: float
+    recorder: AttentionRecorder
+
+    def __call__(self, args: dict[str, Any]) -> torch.Tensor:
+        cfg_result = args["denoised"]
+        if min(cfg_result.shape[2:]) <= 4:  # too small for the blur's padding
+            return cfg_result
+        scores, uncond = self.recorder.scores, args["uncond"]
+        evaluate = getattr(args.get("denoiser"), "calc_cond_batch_with_options", None)
+        if scores is None or uncond is None or evaluate is None:
+            raise ValueError("SelfAttentionGuidance: the negative conditioning was not evaluated with the "
+                             "recording attention (use it with a CFG sampler and a UNet with a middle attention)")
+        uncond_pred, x = args["uncond_denoised"], args["input"]
+        degraded = blur_map(uncond_pred, scores, self.blur_sigma, 1.0)
+        (sag,) = evaluate(dict(args["model_options"]), [uncond], degraded + x - uncond_pred, args["sigma"])
+        return cfg_result + (degraded - sag) * self.scale
+
+
+def _check_range(node: str, name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{node}: input '{name}' must be a number, got {value!r}")
+    if not low <= float(value) <= high:
+        raise ValueError(f"{node}: input '{name}' must be between {low} and {high}, got {value}")
+    return float(value)
+
+
+@register
+class SelfAttentionGuidance(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("SelfAttentionGuidance", display_name="Self-Attention Guidance", category="_for_testing",
+                      experimental=True,
+                      inputs=[Socket("model", "MODEL"),
+                              Float("scale", default=0.5, min=-2.0, max=5.0, step=0.01),
+                              Float("blur_sigma", default=2.0, min=0.0, max=10.0, step=0.1)],
+                      outputs=[Output("MODEL")])
+
+    @classmethod
+    def execute(cls, model: Any, scale: float, blur_sigma: float) -> tuple:
+        node = "SelfAttentionGuidance"
+        model = _check_model(node, model)
+        _model_channels(node, model)
+        scale = _check_range(node, "scale", scale, -2.0, 5.0)
+        blur_sigma = _check_range(node, "blur_sigma", blur_sigma, 0.0, 10.0)
+        recorder = AttentionRecorder()
+        replace = dict(model.options.get(ATTN1_REPLACE, {}) or {})
+        replace[MIDDLE + (0,)] = RecordingAttentionProcessor(recorder)
+        patched = with_post_cfg_function(model, SAGFunction(scale, blur_sigma, recorder))
+        return (patched.replace(options={**patched.options, ATTN1_REPLACE: replace,
+                                         "disable_cfg1_optimization": True}),)
+
+
+__all__ = ["FreeU", "FreeU_V2", "PerturbedAttentionGuidance", "SelfAttentionGuidance", "FreeUPatch", "PAGFunction",
+           "SAGFunction", "fourier_filter", "blur_map", "gaussian_blur_2d"]

@@ -254,3 +254,87 @@ def test_sampling_with_the_patches(sd1):
     assert torch.isfinite(out).all() and not torch.equal(out, plain)
     assert torch.equal(sample(patched, positive, negative, latent, **run), out)
     assert torch.equal(sample(model, positive, negative, latent, **run), plain)
+
+
+# -- SelfAttentionGuidance (comfy_extras/nodes_sag.py) ----------------------------------------------------
+
+def test_sag_object_info(registry):
+    info = json.loads(json.dumps(registry.object_info("SelfAttentionGuidance")["SelfAttentionGuidance"]))
+    assert info["display_name"] == "Self-Attention Guidance" and info["category"] == "_for_testing"
+    assert info["experimental"] is True
+    assert info["input"]["required"] == {
+        "model": MODEL, "scale": ["FLOAT", {"default": 0.5, "min": -2.0, "max": 5.0, "step": 0.01}],
+        "blur_sigma": ["FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1}]}
+    assert info["output"] == ["MODEL"]
+
+
+def _negative_attention(model, negative, x, sigma) -> torch.Tensor:
+    """The negative's softmax(q k^T / sqrt(d)) in the middle block's first self-attention, per head."""
+    attn = model.unet.mid_block.attentions[0].transformer_blocks[0].attn1
+    seen: list[torch.Tensor] = []
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        q, k = module.to_q(hidden), module.to_k(hidden)
+        b, n, width = q.shape
+        heads = module.heads
+        q = q.view(b, n, heads, width // heads).transpose(1, 2)
+        k = k.view(b, n, heads, width // heads).transpose(1, 2)
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width // heads), dim=-1)
+        seen.append(probs.reshape(b * heads, n, n))
+
+    handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        plain = GuidedDenoiser(model, negative, negative, CFG, x.shape)
+        plain.calc_cond_batch([plain.negative], x, sigma)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    taps = torch.arange(9, dtype=torch.float32) - 4.0
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    padded = torch.nn.functional.pad(x, [4, 4, 4, 4], mode="reflect")
+    rows = torch.nn.functional.conv2d(padded, kernel.view(1, 1, 9, 1).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(rows, kernel.view(1, 1, 1, 9).repeat(c, 1, 1, 1), groups=c)
+
+
+def test_sag_is_comfyuis_formula(sd1):
+    from loom.nodes.model_patches_guidance import SelfAttentionGuidance
+
+    model, positive, negative = sd1
+    scale, blur_sigma = 0.8, 2.0
+    (patched,) = SelfAttentionGuidance.execute(model, scale, blur_sigma)
+    assert patched.options["disable_cfg1_optimization"] and "disable_cfg1_optimization" not in model.options
+    out = _step(patched, positive, negative)
+    x, sigma = _inputs()
+    plain = GuidedDenoiser(model, positive, negative, CFG, x.shape)
+    cfg_result = plain(x, sigma)
+    cond, uncond = plain.calc_cond_batch([plain.positive, plain.negative], x, sigma)
+    probs = _negative_attention(model, negative, x, sigma)  # [2 * heads, 16, 16]: the 4x4 middle grid
+    heads = probs.shape[0] // 2
+    recorded = patched.options["sampler_post_cfg_function"][-1].recorder.scores  # the negative's chunk of the batch
+    torch.testing.assert_close(recorded, probs, rtol=0, atol=1e-5)
+    received = probs.view(2, heads, 16, 16).mean(1).sum(1) > 1.0
+    assert 0 < int(received.sum()) < 32  # some tokens, not all
+    mask = received.view(2, 1, 4, 4).float().repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    degraded = _blur(uncond, blur_sigma) * mask + uncond * (1 - mask)
+    (sag,) = plain.calc_cond_batch([plain.negative], degraded + x - uncond, sigma)
+    expected = cfg_result + (degraded - sag) * scale
+    assert not torch.allclose(out, cfg_result, atol=1e-3)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(_step(model, positive, negative), cfg_result)  # the recording processor was removed
+
+
+def test_sag_bad_inputs(sd1):
+    from loom.nodes.model_patches_guidance import SelfAttentionGuidance
+
+    with pytest.raises(ValueError, match="SelfAttentionGuidance: input 'scale'"):
+        SelfAttentionGuidance.execute(sd1[0], 9.0, 2.0)
+    with pytest.raises(ValueError, match="SelfAttentionGuidance: input 'blur_sigma'"):
+        SelfAttentionGuidance.execute(sd1[0], 0.5, -1.0)
+    with pytest.raises(ValueError, match="SelfAttentionGuidance: input 'model'"):
+        SelfAttentionGuidance.execute(3, 0.5, 2.0)

@@ -459,7 +459,10 @@ class GuidedDenoiser:
         x_in = torch.cat([r.x for r in runs])
         sigma_in = sigma.repeat(len(runs))  # one sigma per latent of each run
         concat = torch.cat([r.concat for r in runs]) if runs[0].concat is not None else None
-        output = self.apply_model(x_in, sigma_in, context, added or None, runs[0].entry.control, concat)
+        from loom.nodes.runtime.unet_patches import cond_or_uncond
+
+        with cond_or_uncond(tuple(r.which for r in runs)):  # what attention patches see (SAG records the negative)
+            output = self.apply_model(x_in, sigma_in, context, added or None, runs[0].entry.control, concat)
         return list(output.chunk(len(runs)))
 
     def calc_cond_batch(self, conds: Sequence[list[CondEntry] | None], x: torch.Tensor,

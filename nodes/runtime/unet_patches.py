@@ -8,7 +8,12 @@ A MODEL handle's ``options`` may carry:
   ``set_model_output_block_patch``; FreeU uses it);
 * ``"attn1_replace"``: ``{("middle", 0): processor}``, a diffusers attention processor that replaces the
   self-attention (``attn1``) of every transformer block of the middle block (ComfyUI's
-  ``set_model_options_patch_replace(..., "attn1", "middle", 0)``; PerturbedAttentionGuidance uses it).
+  ``set_model_options_patch_replace(..., "attn1", "middle", 0)``; PerturbedAttentionGuidance uses it), or
+  ``{("middle", 0, i): processor}`` for the middle block's ``i``-th transformer block only (SAG's).
+
+:func:`cond_or_uncond` tells processors which conditioning each chunk of the current batch belongs to
+(0 = positive, 1 = negative: ComfyUI's ``transformer_options["cond_or_uncond"]``); the guided denoiser
+sets it around every model call.
 
 :func:`applied` installs them on the UNet for the duration of one call and removes them afterwards, so the
 network module shared by every handle of a checkpoint is never left patched.
@@ -16,6 +21,7 @@ network module shared by every handle of a checkpoint is never left patched.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -23,6 +29,24 @@ import torch
 OUTPUT_BLOCK_PATCH = "output_block_patch"
 ATTN1_REPLACE = "attn1_replace"
 MIDDLE = ("middle", 0)
+
+
+_COND_OR_UNCOND: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar("cond_or_uncond", default=())
+
+
+@contextlib.contextmanager
+def cond_or_uncond(which: tuple[int, ...]) -> Iterator[None]:
+    """The conditioning kind of each chunk of the batch the body of the ``with`` evaluates."""
+    token = _COND_OR_UNCOND.set(tuple(which))
+    try:
+        yield
+    finally:
+        _COND_OR_UNCOND.reset(token)
+
+
+def current_cond_or_uncond() -> tuple[int, ...]:
+    """What :func:`cond_or_uncond` set for the current model call (empty outside the guided denoiser)."""
+    return _COND_OR_UNCOND.get()
 
 
 class ValuePassthroughProcessor:
@@ -103,10 +127,15 @@ def applied(unet: torch.nn.Module, options: Mapping[str, Any]) -> Iterator[None]
     try:
         if output_patches:
             handles = _install_output_block_patches(unet, output_patches, {"patches": dict(options)})
-        for block, processor in replace.items():
-            if tuple(block) != MIDDLE:
+        # a whole-block replacement first, so that one for a single transformer block wins (ComfyUI's lookup)
+        for block, processor in sorted(replace.items(), key=lambda item: len(tuple(item[0]))):
+            block = tuple(block)
+            if block[:2] != MIDDLE or len(block) > 3:
                 raise ValueError(f"attn1 replacement for UNet block {block!r} is not supported (only {MIDDLE})")
-            for attn in middle_self_attentions(unet):
+            attns = middle_self_attentions(unet)
+            if len(block) == 3:
+                attns = attns[block[2]:block[2] + 1]
+            for attn in attns:
                 swapped.append((attn, attn.processor))
                 attn.processor = processor
         yield
@@ -118,4 +147,5 @@ def applied(unet: torch.nn.Module, options: Mapping[str, Any]) -> Iterator[None]
 
 
 __all__ = ["OUTPUT_BLOCK_PATCH", "ATTN1_REPLACE", "MIDDLE", "ValuePassthroughProcessor", "applied",
+           "cond_or_uncond", "current_cond_or_uncond",
            "middle_self_attentions"]
