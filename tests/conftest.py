@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# the fixture modules: their fixtures are available to every test without importing them
+pytest_plugins = ["tests.fixtures_checkpoints", "tests.fixtures_sampling", "tests.fixtures_flux"]
+
 REPO = Path(__file__).resolve().parents[1]
 NODEPACK = REPO / "tests" / "nodepack"
 # the project's shared read-only folder (ComfyUI's conformance cases and references), next to the checkout;

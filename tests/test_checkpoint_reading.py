@@ -5,7 +5,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.fixtures_checkpoints import tiny_checkpoints  # noqa: F401
 
 from loom.nodes.runtime import checkpoint
 

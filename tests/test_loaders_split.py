@@ -12,7 +12,6 @@ import torch
 from loom.nodes import folders
 from loom.nodes.runtime import split_loading, t5
 from tests import fixtures_flux
-from tests.fixtures_flux import conformance_file  # noqa: F401  (fixture)
 
 torch.set_num_threads(2)
 

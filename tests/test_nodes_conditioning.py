@@ -17,8 +17,8 @@ from loom.nodes.runtime.denoiser import (GuidedDenoiser, MaskedDenoiser, concat_
                                          resize_to_batch_size)
 from loom.nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
 from loom.nodes.runtime.sampling import sample
-from tests.fixtures_checkpoints import build_state_dict, tiny_checkpoints  # noqa: F401 (fixture)
-from tests.fixtures_sampling import CountingUNet, tiny_conds, tiny_model, tiny_unet  # noqa: F401 (fixtures)
+from tests.fixtures_checkpoints import build_state_dict
+from tests.fixtures_sampling import CountingUNet, tiny_unet
 
 COND = ["CONDITIONING", {}]
 STRENGTH = ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}]

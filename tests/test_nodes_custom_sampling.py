@@ -20,7 +20,6 @@ from loom.nodes import custom_sampling as cs
 from loom.nodes.runtime.custom_sampling import DualCFGDenoiser, EmptyNoise, RandomNoise, SamplerChoice
 from loom.nodes.runtime.denoiser import GuidedDenoiser
 from loom.nodes.sampling import KSampler, KSamplerAdvanced
-from tests.fixtures_sampling import tiny_conds, tiny_model  # noqa: F401 (fixtures)
 
 WORKFLOW = Path(__file__).resolve().parent / "fixtures" / "workflows" / "sampler_custom_advanced.json"
 

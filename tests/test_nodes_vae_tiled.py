@@ -8,7 +8,6 @@ import types
 import pytest
 import torch
 
-from tests.fixtures_checkpoints import tiny_checkpoints  # noqa: F401
 
 from loom.nodes.runtime import checkpoint
 from loom.nodes.runtime import vae as vae_runtime

@@ -21,7 +21,7 @@ from loom.nodes.schema import Node, NodeRegistry, Output, Schema, Socket, String
 from loom.server.cache import OutputCache
 from loom.server.executor import Executor
 from loom.server.validation import validate_prompt
-from tests.fixtures_checkpoints import FILE_NAMES, tiny_checkpoints, tiny_models_dir  # noqa: F401
+from tests.fixtures_checkpoints import FILE_NAMES
 
 PAYLOAD_KEYS = {"prompt_id", "node_id", "node_type", "executed", "exception_message", "exception_type",
                 "traceback", "current_inputs", "current_outputs", "timestamp"}

@@ -15,7 +15,6 @@ import torch
 
 from loom.nodes.runtime import flux_layout
 from tests import fixtures_flux
-from tests.fixtures_flux import conformance_file  # noqa: F401  (fixture)
 
 torch.set_num_threads(2)
 

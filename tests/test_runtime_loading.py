@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures_checkpoints import FAMILIES, build_state_dict, tiny_checkpoints, tiny_models_dir  # noqa: F401
+from tests.fixtures_checkpoints import FAMILIES, build_state_dict
 
 from loom.nodes.runtime import checkpoint, families, model_cache
 

@@ -13,7 +13,6 @@ import torch
 
 from loom.nodes.runtime import t5
 from tests import fixtures_flux
-from tests.fixtures_flux import conformance_file  # noqa: F401  (fixture)
 
 torch.set_num_threads(2)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.fixtures_checkpoints import tiny_checkpoints  # noqa: F401
 
 from loom.nodes.runtime import checkpoint, text_encoding
 from loom.nodes.runtime.text_encoding import encode_text, parse_prompt_weights, run_clip

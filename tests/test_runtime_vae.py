@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.fixtures_checkpoints import tiny_checkpoints  # noqa: F401
 
 from loom.nodes.runtime import checkpoint
 from loom.nodes.runtime import vae as vae_runtime

@@ -8,7 +8,7 @@ from loom.nodes import progress
 from loom.nodes.runtime.denoiser import GuidedDenoiser, calculate_denoised, percent_to_sigma
 from loom.nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
 from loom.nodes.runtime.sampling import sample
-from tests.fixtures_sampling import tiny_conds, tiny_model, tiny_unet  # noqa: F401 (fixtures)
+from tests.fixtures_sampling import tiny_unet
 
 SD = ModelSampling.scaled_linear()
 
