@@ -71,9 +71,11 @@ export class QueueControls {
   }
 
   #status(remaining) {
-    if (!this.instant || !this.armed || remaining !== 0) return;
-    if (this.busy) this.recheck = true; // the queue emptied while prompts were being sent: look again after
-    else this.queue();
+    if (!this.instant || remaining !== 0) return;
+    // the queue emptied while prompts were being sent (the first send arms instant mode only when its POST
+    // returns, and a fast prompt can end before that): look again once the sending is done
+    if (this.busy) this.recheck = true;
+    else if (this.armed) this.queue();
   }
 
   /** A fast prompt can finish before its POST returns: re-queue if the server's queue is empty now. */
