@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import time
@@ -24,14 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from bench.memory import peak_mb, rss_mb  # noqa: E402
 
 
 def main() -> int:
@@ -55,7 +47,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     from loom.nodes.runtime import checkpoint, sampling, text_encoding, vae as vae_ops
 
-    before = _rss_mb()
+    before = rss_mb()
     t = time.perf_counter()
     model, clip, vae = checkpoint.load_checkpoint(args.checkpoint, use_cache=False, device="cpu")
     load_s = time.perf_counter() - t
@@ -102,7 +94,7 @@ def main() -> int:
     print(f"sampling     {sample_s:.3f} s total, {calls['n']} network calls")
     print(f"per step     median {statistics.median(step_times) * 1000:.1f} ms, min {min(step_times) * 1000:.1f} ms, "
           f"max {max(step_times) * 1000:.1f} ms")
-    print(f"peak RSS     {_peak_mb():.0f} MiB (process), {_peak_mb() - before:.0f} MiB over the RSS before loading")
+    print(f"peak RSS     {peak_mb():.0f} MiB (process), {peak_mb() - before:.0f} MiB over the RSS before loading")
     return 0
 
 

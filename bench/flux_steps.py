@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import time
@@ -25,14 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from bench.memory import peak_mb, rss_mb  # noqa: E402
 
 
 def main() -> int:
@@ -61,7 +53,7 @@ def main() -> int:
         print(f"missing in {args.dir}: {', '.join(missing)} (build them with shared/conformance/make_checkpoint.py, "
               "or run tests/test_runtime_flux.py once)", file=sys.stderr)
         return 2
-    before = _rss_mb()
+    before = rss_mb()
     t = time.perf_counter()
     model = split_loading.load_diffusion_model(args.dir / names["unet"], args.weight_dtype, device="cpu",
                                                use_cache=False)
@@ -105,7 +97,7 @@ def main() -> int:
     print(f"encode prompt (CLIP-L + T5, 256 tokens): {encode_s:.2f}s")
     print(f"per step: median {statistics.median(step_times):.3f}s, min {min(step_times):.3f}s")
     print(f"VAE decode: {decode_s:.2f}s")
-    print(f"peak RSS {_peak_mb():.0f} MB ({_peak_mb() - before:.0f} MB over the {before:.0f} MB before loading)")
+    print(f"peak RSS {peak_mb():.0f} MB ({peak_mb() - before:.0f} MB over the {before:.0f} MB before loading)")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 

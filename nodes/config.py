@@ -37,9 +37,6 @@ class RuntimeConfig:
         if self.model_cache_bytes is not None and self.model_cache_bytes < 0:
             raise ValueError(f"the model cache size must be 0 or more bytes, not {self.model_cache_bytes}")
 
-    def replace(self, **changes: Any) -> "RuntimeConfig":
-        return dataclasses.replace(self, **changes)
-
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
