@@ -4,6 +4,8 @@
  * "Queue" queues on demand, "Queue (instant)" queues the batch again whenever the server's queue empties,
  * until the mode is switched back, a prompt is refused or one fails.
  */
+import { element } from "./dom.js";
+
 const MODES = [["queue", "Queue"], ["instant", "Queue (instant)"]];
 const MAX_BATCH = 100;
 
@@ -95,11 +97,4 @@ export class QueueControls {
     this.armed = false;
     this.editor.notify(`Queue (instant) stopped: ${why}`, "warn");
   }
-}
-
-function element(tag, props = {}, children = []) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) el[key] = value;
-  for (const child of children) el.append(child);
-  return el;
 }
