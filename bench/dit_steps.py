@@ -61,7 +61,7 @@ def main() -> int:
     step_times: list[float] = []
     calls = {"n": 0}
     hook = model.unet.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    from loom.nodes import progress
+    from loom.nodes.kernel import progress
 
     class Timer(progress.ProgressBar):
         last = [time.perf_counter()]

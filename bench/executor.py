@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loom.nodes.schema import default_registry  # noqa: E402
+from loom.nodes.kernel.schema import default_registry  # noqa: E402
 from loom.server.executor import Executor  # noqa: E402
 from loom.server.validation import validate_prompt  # noqa: E402
 

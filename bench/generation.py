@@ -138,8 +138,8 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from loom.nodes import folders
-    from loom.nodes.schema import default_registry
+    from loom.nodes.kernel import folders
+    from loom.nodes.kernel.schema import default_registry
     from loom.server.executor import Executor
 
     base = Path(tempfile.mkdtemp(prefix="loom-bench-"))

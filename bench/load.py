@@ -59,7 +59,7 @@ if module_file:  # another version of the loader, for before/after figures
     sys.modules[spec.name] = loom.nodes.runtime.checkpoint = checkpoint
     spec.loader.exec_module(checkpoint)
 from loom.nodes.runtime import checkpoint
-from loom.nodes.schema import default_registry
+from loom.nodes.kernel.schema import default_registry
 default_registry()  # what a server has imported when it is ready
 if {alone!r}:  # what the load imports on first use, so that "load" is the loading alone
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from loom.nodes.output_files import save_target
-from loom.nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, Node, NodeOutput, Schema, Socket, String,
+from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, Node, NodeOutput, Schema, Socket, String,
                                register)
 
 

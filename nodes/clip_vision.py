@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.loaders import _file_fingerprint, _load_error, _removed, _resolve
-from loom.nodes.schema import Combo, Float, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 
 UNCLIP_MARKERS = ("embedder.model.visual.", "noise_augmentor.")
 

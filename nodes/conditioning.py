@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from loom.nodes.schema import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Schema, Socket, String, register
+from loom.nodes.kernel.schema import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Schema, Socket, String, register
 
 logger = logging.getLogger(__name__)
 

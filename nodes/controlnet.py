@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.loaders import _file_fingerprint, _resolve
-from loom.nodes.schema import Combo, Float, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 
 
 def _check_conditioning(node: str, name: str, value: Any) -> list:

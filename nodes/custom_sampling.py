@@ -21,7 +21,7 @@ import torch
 
 from loom.nodes.runtime.samplers import SAMPLER_NAMES, unimplemented_reason
 from loom.nodes.runtime.schedules import SCHEDULER_NAMES
-from loom.nodes.schema import SEED_MAX, Boolean, Combo, Float, Int, Node, Output, Schema, Socket, String, register
+from loom.nodes.kernel.schema import SEED_MAX, Boolean, Combo, Float, Int, Node, Output, Schema, Socket, String, register
 
 CUSTOM = "model/sampling/custom"
 SCHEDULERS = "model/sampling/schedulers"

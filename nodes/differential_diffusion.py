@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from loom.nodes.schema import Float, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, register
 
 
 def differential_mask(sigma: Any, denoise_mask: Any, extra_options: dict[str, Any], strength: float = 1.0) -> Any:

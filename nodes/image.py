@@ -27,10 +27,10 @@ import torch
 from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.nodes.image_ops import CROP_METHODS, UPSCALE_METHODS, common_upscale, scale_image, tensor_to_pil
 from loom.nodes.output_files import metadata_texts, next_counter, save_target
-from loom.nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
+from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
                           NodeOutput, Output, Schema, Socket, String, register)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".apng", ".avif")

@@ -19,7 +19,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from loom.nodes.image_ops import tensor_to_pil
 from loom.nodes.output_files import save_target
-from loom.nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, Boolean, Combo, Float, Int, Node, NodeOutput,
+from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, Boolean, Combo, Float, Int, Node, NodeOutput,
                                Output, Schema, Socket, String, register)
 
 WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}

@@ -2,7 +2,7 @@
 
 ``BatchImagesNode`` has ComfyUI's growing input (``COMFY_AUTOGROW_V3``): the editor shows
 ``image0``, ``image1`` and adds a socket as each is linked, up to 50; a prompt names them
-``images.image0``, ``images.image1``, ... (see :class:`loom.nodes.schema.Autogrow`).
+``images.image0``, ``images.image1``, ... (see :class:`loom.nodes.kernel.schema.Autogrow`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from loom.nodes.image_ops import batch_images
-from loom.nodes.schema import MAX_RESOLUTION, Autogrow, Int, Node, Output, Schema, Socket, autogrow_values, register
+from loom.nodes.kernel.schema import MAX_RESOLUTION, Autogrow, Int, Node, Output, Schema, Socket, autogrow_values, register
 
 
 @register

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from loom.nodes.image import save_images
-from loom.nodes.schema import HIDDEN_PROMPT, InputSpec, Node, NodeOutput, Schema, Socket, register
+from loom.nodes.kernel.schema import HIDDEN_PROMPT, InputSpec, Node, NodeOutput, Schema, Socket, register
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.conditioning import _check_conditioning, set_values
-from loom.nodes.schema import Boolean, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Boolean, Node, Output, Schema, Socket, register
 from loom.nodes.vae import _check_image, _check_vae, _run
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from loom.nodes.image_ops import BLEND_MODES, blend, common_upscale, gaussian_blur, image_alpha_fix, sharpen
-from loom.nodes.schema import Combo, Float, Int, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Combo, Float, Int, Node, Output, Schema, Socket, register
 
 
 @register

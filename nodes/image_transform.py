@@ -12,7 +12,7 @@ import math
 import torch
 
 from loom.nodes.image_ops import UPSCALE_METHODS, common_upscale
-from loom.nodes.schema import (HIDDEN_UNIQUE_ID, MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output,
+from loom.nodes.kernel.schema import (HIDDEN_UNIQUE_ID, MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output,
                                Schema, Socket, register)
 
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.nodes.image import check_input_file, resolve_input_file
 from loom.nodes.image_ops import CROP_METHODS, LATENT_UPSCALE_METHODS, common_upscale
 from loom.nodes.output_files import metadata_texts, save_target
-from loom.nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
+from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
                           NodeOutput, Output, Schema, Socket, String, register)
 
 LATENT_VERSION_KEY = "latent_format_version_0"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from loom.nodes import folders
-from loom.nodes.schema import Combo, Node, Output, Schema, register
+from loom.nodes.kernel import folders
+from loom.nodes.kernel.schema import Combo, Node, Output, Schema, register
 
 
 def _removed(node: str, input_name: str, folder: str, name: str) -> ValueError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.loaders import _file_fingerprint, _load_error, _removed, _resolve
-from loom.nodes.schema import Combo, Float, Node, Output, Schema, Socket, String, register
+from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, String, register
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 CLIP_TYPES = ("stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",

@@ -20,7 +20,7 @@ import operator
 import string
 from typing import Any
 
-from loom.nodes.schema import (Autogrow, Boolean, Combo, Float, Int, Node, NodeOutput, Output, Schema, Socket,
+from loom.nodes.kernel.schema import (Autogrow, Boolean, Combo, Float, Int, Node, NodeOutput, Output, Schema, Socket,
                                String, autogrow_values, register)
 
 # --------------------------------------------------------------------------------------------

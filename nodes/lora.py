@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.loaders import _file_fingerprint, _resolve
-from loom.nodes.schema import Combo, Float, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 
 _STRENGTH = dict(default=1.0, min=-100.0, max=100.0, step=0.01)
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from loom.nodes.image import save_images
 from loom.nodes.image_ops import common_upscale
-from loom.nodes.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Boolean, Combo, Float, Int,
+from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Boolean, Combo, Float, Int,
                                Node, NodeOutput, Output, Schema, Socket, register)
 
 __all__ = ["MaskToImage", "ImageToMask", "ImageColorToMask", "SolidMask", "InvertMask", "CropMask",

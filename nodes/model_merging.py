@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from loom.nodes.schema import Float, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, register
 
 _RATIO = dict(default=1.0, min=0.0, max=1.0, step=0.01)
 _MULTIPLIER = dict(default=1.0, min=-10.0, max=10.0, step=0.01)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from loom.nodes.schema import Float, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, register
 
 
 def _check_model(node: str, model: Any) -> Any:

@@ -26,7 +26,7 @@ import torch
 
 from loom.nodes.model_patches import _check_model, with_post_cfg_function
 from loom.nodes.runtime.unet_patches import ATTN1_REPLACE, MIDDLE, OUTPUT_BLOCK_PATCH, ValuePassthroughProcessor
-from loom.nodes.schema import Float, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, register
 
 CATEGORY = "model_patches/unet"
 

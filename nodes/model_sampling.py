@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.nodes.schema import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Schema, Socket, register
 
 DISCRETE_SAMPLINGS = ("eps", "v_prediction", "lcm", "x0", "img_to_img")
 

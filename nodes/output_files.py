@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 
 _DATE_PATTERN = re.compile(r"%date:([^%]+)%")
 _DATE_TOKENS = re.compile(r"yyyy|yy|MM|M|dd|d|hh|h|mm|m|ss|s")

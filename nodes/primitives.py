@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from loom.nodes.schema import Boolean, Float, Int, Node, Output, Schema, String, register
+from loom.nodes.kernel.schema import Boolean, Float, Int, Node, Output, Schema, String, register
 
 
 @register

@@ -9,7 +9,7 @@ from typing import Any
 
 from loom.nodes.runtime.samplers import SAMPLER_NAMES, unimplemented_reason
 from loom.nodes.runtime.schedules import SCHEDULER_NAMES
-from loom.nodes.schema import SEED_MAX, Combo, Float, Int, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import SEED_MAX, Combo, Float, Int, Node, Output, Schema, Socket, register
 
 
 def _check_sampler(node: str, sampler_name: str) -> None:

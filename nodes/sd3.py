@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from loom.nodes.schema import MAX_RESOLUTION, Combo, Int, Node, Output, Schema, Socket, String, register
+from loom.nodes.kernel.schema import MAX_RESOLUTION, Combo, Int, Node, Output, Schema, Socket, String, register
 
 
 @register

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.nodes.output_files import save_target
-from loom.nodes.schema import Boolean, Combo, Int, Node, NodeOutput, Output, Schema, String, register
+from loom.nodes.kernel.schema import Boolean, Combo, Int, Node, NodeOutput, Output, Schema, String, register
 
 CATEGORY = "text"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from loom.nodes.schema import Int, Node, Output, Schema, Socket, register
+from loom.nodes.kernel.schema import Int, Node, Output, Schema, Socket, register
 
 
 def _check_vae(node: str, vae: Any) -> Any:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from loom.nodes.image_ops import tensor_to_pil
-from loom.nodes.progress import report_progress
-from loom.nodes.schema import Node, NodeOutput, Schema, Socket, register
+from loom.nodes.kernel.progress import report_progress
+from loom.nodes.kernel.schema import Node, NodeOutput, Schema, Socket, register
 
 PYTHON_MODULE = "custom_nodes.websocket_image_save"  # where ComfyUI's /object_info says it comes from
 

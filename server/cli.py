@@ -184,8 +184,8 @@ def _drop_stdout() -> None:
 
 def configure(args: argparse.Namespace, output_dir: Path | None = None):
     """The runtime configuration, folders, model paths and node packs; returns the registry."""
-    from loom.nodes import config, folders
-    from loom.nodes.schema import default_registry
+    from loom.nodes.kernel import config, folders
+    from loom.nodes.kernel.schema import default_registry
 
     try:
         cache_bytes = None if args.model_cache_bytes is None else config.parse_bytes(args.model_cache_bytes)
@@ -386,7 +386,7 @@ def run_single(args: argparse.Namespace) -> int:
 
 
 def print_outputs(outputs: dict[str, dict[str, Any]]) -> None:
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     for node_id, ui in outputs.items():
         for image in (ui or {}).get("images", []):

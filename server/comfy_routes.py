@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.server import userdata
 from loom.server.security import ClientError, read_json
 

@@ -22,8 +22,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from loom.nodes.progress import ExecutionContext, Interrupted, running_node
-from loom.nodes.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
+from loom.nodes.kernel.progress import ExecutionContext, Interrupted, running_node
+from loom.nodes.kernel.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
 
 from loom.server import events
 from loom.server.cache import ALWAYS_RERUN, OutputCache, cache_key

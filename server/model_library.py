@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.server.security import ClientError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

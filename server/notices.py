@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TypedDict
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 
 DEMO_CHECKPOINT = folders.DEMO_CHECKPOINT
 

@@ -255,7 +255,7 @@ class LoomWorker:
     # -- files -----------------------------------------------------------------------------------
 
     def _write_inputs(self, files: list[tuple[str, str, bytes | None, int]]) -> None:
-        from loom.nodes import folders
+        from loom.nodes.kernel import folders
 
         for kind, name, data, mtime_ns in files:
             if data is None:  # the server knows this actor has this version already
@@ -795,7 +795,7 @@ def serve_executors(registry: Any = None, *, address: str | None = None, actors:
         raise ValueError(f"--ray-actors must be at least 1, not {actors}")
     init_ray(address)
     if registry is None:
-        from loom.nodes.schema import default_registry
+        from loom.nodes.kernel.schema import default_registry
         registry = default_registry(list(node_packs))
     spec = WorkerSpec.current(registry, node_packs)
     executors = ray_executors(spec, actors, prompt_timeout_s=prompt_timeout_s, expected_nodes=registry.names())
@@ -810,7 +810,7 @@ def serve_executors(registry: Any = None, *, address: str | None = None, actors:
 def _input_files(prompt: dict[str, Any], actor: _Actor) -> list[tuple[str, str, bytes | None, int]]:
     """The server's files the prompt's string inputs name (input, or annotated output/temp), as
     ``(kind, name, bytes, mtime_ns)``; bytes None where the actor has that version already."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     found: dict[tuple[str, str], tuple[str, str, bytes | None, int]] = {}
     for node in prompt.values():
@@ -857,7 +857,7 @@ def _sent_versions(files: list[tuple[str, str, bytes | None, int]]) -> dict[tupl
 def _store_output(actor: _Actor, kind: str, subfolder: str, filename: str, data: bytes) -> None:
     """Write a file the actor produced into the server's ``kind`` folder under the next free name and
     remember the name it took (the actor's name -> the server's)."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     if kind not in _SHIPPED_KINDS:
         return

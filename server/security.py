@@ -12,7 +12,7 @@
   that send no ``Origin`` (curl, urllib) are accepted as ComfyUI accepts them.
 * **File names** given by clients are single path components; sub-folders are relative and have no
   ``..``; every path is resolved with ``realpath`` and must stay inside input/output/temp
-  (:func:`nodes.folders.resolve_data`), symlinks included.
+  (:func:`loom.nodes.kernel.folders.resolve_data`), symlinks included.
 * **Errors** carry a message, never a traceback or a server path.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.server import json_chunked
 
 log = logging.getLogger("loom.server")

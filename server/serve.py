@@ -68,7 +68,7 @@ def _timeout(value: Any) -> float | None:
 def run_server(args: argparse.Namespace | None = None, registry: Any = None, **options: Any) -> int:
     """Serve until stopped; returns an exit code. ``args``, ``registry`` and ``options`` are those of
     :func:`server_config`, plus ``no_browser`` / ``open_browser``. The base/models directories must already
-    be configured in :mod:`nodes.folders` (``loom serve`` does it)."""
+    be configured in :mod:`loom.nodes.kernel.folders` (``loom serve`` does it)."""
     config = server_config(args, registry, **options)
     open_browser = options.get("open_browser", not (options.get("no_browser", getattr(args, "no_browser", False))))
     host, port = config.host, config.port

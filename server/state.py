@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 from aiohttp import web
 
-from loom.nodes import folders
-from loom.nodes.schema import NodeRegistry
+from loom.nodes.kernel import folders
+from loom.nodes.kernel.schema import NodeRegistry
 from loom.server.budget import ResourceBudget
 from loom.server.clients import ClientHub
 from loom.server.queue import PromptQueue
@@ -71,7 +71,7 @@ class LoomServer:
         self.security = SecurityConfig.for_bind(config.host, config.token, allowed_hosts=config.allowed_hosts,
                                                 allowed_origins=config.allowed_origins)
         if config.registry is None:
-            from loom.nodes.schema import default_registry
+            from loom.nodes.kernel.schema import default_registry
             config.registry = default_registry(config.extra_node_packs)
         self.registry: NodeRegistry = config.registry
         self.user_dir = Path(config.user_dir or folders.base_dir() / "user")

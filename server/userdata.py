@@ -31,7 +31,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.server.security import WINDOWS_RESERVED, ClientError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

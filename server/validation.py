@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import networkx as nx
 
-from loom.nodes.schema import (Combo, InputSpec, InputValueError, Node, NodeRegistry, literal_kwargs,
+from loom.nodes.kernel.schema import (Combo, InputSpec, InputValueError, Node, NodeRegistry, literal_kwargs,
                                types_compatible)
 from loom.server.budget import ResourceBudget, available_memory
 
@@ -141,7 +141,7 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, partial_execution_targe
 
 def required_models(prompt: dict, registry: NodeRegistry, values: dict[str, dict[str, Any]]) -> list[str]:
     """The model files the nodes of ``values`` (node id -> literal inputs) name, as ``folder/name``, sorted:
-    the literal value of every input that is a :class:`~nodes.schema.Combo` of a model folder
+    the literal value of every input that is a :class:`~loom.nodes.kernel.schema.Combo` of a model folder
     (``ckpt_name`` of ``checkpoints``, ``lora_name`` of ``loras``, ...). A name that arrives through a link
     (e.g. from a primitive node) is not known before the prompt runs and is not listed. The queue stores
     them with the prompt; :mod:`server.routing` sends the prompt to a lane that holds them."""

@@ -60,7 +60,7 @@ def check_preview_method(value: str | None) -> str | None:
 
 def _real_path(model: str) -> str | None:
     """The real path of a ``folder/name`` model file here (None when it is not there)."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     folder, _, name = model.partition("/")
     try:

@@ -71,12 +71,12 @@ class WorkerSpec:
 
     base_dir: str
     models_dir: str
-    extra_paths: dict[str, list[str]] = field(default_factory=dict)  # nodes.folders extra model paths
+    extra_paths: dict[str, list[str]] = field(default_factory=dict)  # loom.nodes.kernel.folders extra model paths
     data_dirs: dict[str, str] = field(default_factory=dict)  # input/output/temp overrides
     builtin_nodes: bool = True  # the default registry (Loom's nodes) ...
     node_packs: list[str] = field(default_factory=list)  # ... plus these packs (loom serve --nodes)
     node_modules: list[str] = field(default_factory=list)  # ... plus these importable modules
-    runtime: dict[str, Any] = field(default_factory=dict)  # loom.nodes.config.RuntimeConfig, as a dict
+    runtime: dict[str, Any] = field(default_factory=dict)  # loom.nodes.kernel.config.RuntimeConfig, as a dict
     torch_threads: int | None = None  # torch.set_num_threads in the child, when the parent had set it
     log_level: int = logging.INFO
     rlimit_as_headroom: int | None = None
@@ -86,13 +86,13 @@ class WorkerSpec:
     def current(cls, registry: Any = None, node_packs: Any = (), **overrides: Any) -> "WorkerSpec":
         """The spec for this process as it is configured now (folders, pickle policy, torch threads), with
         the node packs and modules that ``registry`` was built from (or ``node_packs`` when given)."""
-        from loom.nodes import folders
+        from loom.nodes.kernel import folders
 
         current = folders.current()
         builtin, packs, modules = _registry_sources(registry)
         if node_packs:
             packs = [str(Path(p).resolve()) for p in node_packs]
-        from loom.nodes import config
+        from loom.nodes.kernel import config
 
         torch = sys.modules.get("torch")
         spec = cls(base_dir=str(current.base_dir), models_dir=str(current.models_dir),
@@ -109,7 +109,7 @@ class WorkerSpec:
 
 def _registry_sources(registry: Any) -> tuple[bool, list[str], list[str]]:
     """(built-in nodes?, node pack paths, other modules) that ``registry`` holds nodes from."""
-    from loom.nodes import schema
+    from loom.nodes.kernel import schema
 
     if registry is None:
         return True, [], []
@@ -190,7 +190,7 @@ def _child_main(spec: WorkerSpec, conn: Connection, interrupt: Any, parent_pid: 
 
 
 def _build_executor(spec: WorkerSpec) -> Any:
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     folders.configure(spec.base_dir, spec.models_dir,
                       extra_paths={k: [Path(p) for p in v] for k, v in spec.extra_paths.items()},
@@ -198,10 +198,10 @@ def _build_executor(spec: WorkerSpec) -> Any:
     if spec.torch_threads:
         import torch
         torch.set_num_threads(spec.torch_threads)
-    from loom.nodes import config
+    from loom.nodes.kernel import config
 
     config.configure(config.RuntimeConfig(**spec.runtime))
-    from loom.nodes.schema import NodeRegistry, default_registry
+    from loom.nodes.kernel.schema import NodeRegistry, default_registry
     from loom.server.executor import Executor
 
     if spec.builtin_nodes:

@@ -51,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def registry():
     """The default registry (built-in nodes) plus the test node pack."""
-    from loom.nodes.schema import default_registry
+    from loom.nodes.kernel.schema import default_registry
     return default_registry([NODEPACK])
 
 
@@ -64,7 +64,7 @@ def conformance_dir() -> Path:
 @pytest.fixture
 def base_dir(tmp_path, monkeypatch):
     """A fresh base directory with models/, input/, output/, temp/ configured for the node library."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     previous = folders.current()
     folders.configure(tmp_path)
     yield tmp_path

@@ -254,7 +254,7 @@ def conformance_path(name: str) -> Path:
     import subprocess
     import sys
 
-    from loom.nodes.folders import file_sha256
+    from loom.nodes.kernel.folders import file_sha256
     from tests.conftest import CONFORMANCE, require_shared
 
     if name in _VERIFIED:

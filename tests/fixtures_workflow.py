@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loom.nodes.schema import (SEED_MAX, Boolean, Combo, Float, Int, Node, NodeRegistry, Output, Schema, Socket,
+from loom.nodes.kernel.schema import (SEED_MAX, Boolean, Combo, Float, Int, Node, NodeRegistry, Output, Schema, Socket,
                           String)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "workflows"

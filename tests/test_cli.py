@@ -203,7 +203,7 @@ def test_nodes_lists_and_describes(capsys, base_dir):
 
 
 def test_output_dir_option(capsys, base_dir, tmp_path):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     out_dir = tmp_path / "elsewhere"
     prompt = {"1": {"class_type": "TestConstInt", "inputs": {"value": 4}},
               "2": {"class_type": "TestOutput", "inputs": {"value": ["1", 0]}}}

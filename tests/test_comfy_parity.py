@@ -30,7 +30,7 @@ CHECKPOINT = FILE_NAMES["sd1"]
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, registry):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.app import ServerConfig
 
     previous = folders.current()

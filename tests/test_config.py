@@ -1,11 +1,11 @@
 """The runtime configuration: one frozen record set once by the CLI (flags, environment fallbacks),
-read by the runtime through loom.nodes.config.current(), and handed to worker processes."""
+read by the runtime through loom.nodes.kernel.config.current(), and handed to worker processes."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from loom.nodes import config
+from loom.nodes.kernel import config
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from loom.nodes.folders import file_sha256
+from loom.nodes.kernel.folders import file_sha256
 from tests.conftest import CONFORMANCE, require_shared
 
 pytestmark = pytest.mark.conformance
@@ -58,7 +58,7 @@ def checkpoint() -> Path:
 @pytest.fixture(scope="module")
 def conformance_env(tmp_path_factory, checkpoint):
     """A base directory with the checkpoint in models/checkpoints and the shared inputs in input/."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     base = tmp_path_factory.mktemp("conformance-base")
     (base / "models" / "checkpoints").mkdir(parents=True)
@@ -72,7 +72,7 @@ def conformance_env(tmp_path_factory, checkpoint):
         shutil.copy(item, base / "input" / item.name)
     previous = folders.current()
     folders.configure(base)
-    from loom.nodes.schema import default_registry
+    from loom.nodes.kernel.schema import default_registry
     from loom.server.executor import Executor
 
     registry = default_registry()

@@ -44,7 +44,7 @@ def test_demo_checkpoint_is_listed_on_a_fresh_install(base_dir, registry):
 
 
 def test_a_file_of_the_same_name_in_models_wins(base_dir):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     own = base_dir / "models" / "checkpoints" / demo_eval.DEMO_CHECKPOINT
     own.write_bytes(b"mine")

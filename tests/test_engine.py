@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from loom.nodes.schema import Combo, Int, Node, NodeRegistry, Output, Schema, Socket, String, types_compatible
+from loom.nodes.kernel.schema import Combo, Int, Node, NodeRegistry, Output, Schema, Socket, String, types_compatible
 from loom.server.cache import OutputCache, estimate_bytes
 from loom.server.executor import Executor
 from loom.server.validation import validate_prompt
@@ -309,7 +309,7 @@ def test_output_lists_fan_out_downstream():
 
         @classmethod
         def execute(cls, text):
-            from loom.nodes.schema import NodeOutput
+            from loom.nodes.kernel.schema import NodeOutput
             return NodeOutput(ui={"text": [text]})
 
     for node_class in (Split, Upper, Show):

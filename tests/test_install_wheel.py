@@ -115,7 +115,7 @@ def test_the_wheel_carries_the_editor_workflows_and_data_files(installed: Scratc
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
     wanted = {"loom/web/index.html", "loom/web/app.js", "loom/workflows/txt2img.json",
-              "loom/nodes/runtime/data/bpe_simple_vocab_16e6.txt.gz", "loom/server/cli.py", "loom/nodes/schema.py",
+              "loom/nodes/runtime/data/bpe_simple_vocab_16e6.txt.gz", "loom/server/cli.py", "loom/nodes/kernel/schema.py",
               "loom/nodes/runtime/data/t5-v1_1-tokenizer/tokenizer.json.gz",
               "loom/nodes/runtime/data/t5-v1_1-tokenizer/LICENSE", "loom/nodes/runtime/data/t5-v1_1-tokenizer/README.md"}
     builtin = REPO / "nodes" / "builtin_models"
@@ -130,7 +130,7 @@ def test_the_wheel_carries_the_editor_workflows_and_data_files(installed: Scratc
 
 def test_the_installed_package_imports_from_the_scratch_site_packages(installed: ScratchInstall,
                                                                        empty_dir: Path) -> None:
-    probe = ("import json, loom.server, loom.nodes.folders as f; print(json.dumps({'server': loom.server.__file__, "
+    probe = ("import json, loom.server, loom.nodes.kernel.folders as f; print(json.dumps({'server': loom.server.__file__, "
              "'web': str(f.WEB_DIR), 'workflows': str(f.EXAMPLE_WORKFLOWS_DIR)}))")
     found = json.loads(_run([str(installed.python), "-c", probe], cwd=empty_dir, env=_clean_env()).stdout)
     for key, path in found.items():

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.nodes.runtime import split_loading, t5
 from tests import fixtures_flux
 

@@ -208,7 +208,7 @@ def test_text_encoder_lora_equals_encoding_with_merged_weights(sd1):
 
 
 def test_sdxl_lora_through_the_executor_leaves_the_plain_branch_as_it_was(base_dir, lora_files):
-    from loom.nodes.schema import default_registry
+    from loom.nodes.kernel.schema import default_registry
     from loom.server.executor import Executor
 
     (base_dir / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)

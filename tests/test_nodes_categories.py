@@ -93,7 +93,7 @@ def test_seed_widgets_keep_control_after_generate_true(registry):
 
 
 def test_control_after_generate_mode_is_a_widget_control():
-    from loom.nodes.schema import Int
+    from loom.nodes.kernel.schema import Int
     fixed, plain, none = Int("v", control_after_generate="fixed"), Int("v", control_after_generate=True), Int("v")
     assert fixed.has_control_after_generate and plain.has_control_after_generate
     assert not none.has_control_after_generate and "control_after_generate" not in none.options()

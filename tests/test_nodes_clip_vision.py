@@ -50,7 +50,7 @@ FOLDERS = {"clip_name": "clip_vision", "style_model_name": "style_models", "ckpt
 
 @pytest.mark.parametrize("name", sorted(COMFY))
 def test_object_info_is_comfyuis(registry, base_dir, name):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     display, category, required, outputs = COMFY[name]
     info = registry.object_info(name)[name]
@@ -68,7 +68,7 @@ def test_object_info_is_comfyuis(registry, base_dir, name):
 
 
 def test_model_folders_are_comfyuis(base_dir):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     assert folders.MODEL_FOLDERS["clip_vision"] == ("clip_vision",)
     assert folders.MODEL_FOLDERS["style_models"] == ("style_models",)

@@ -12,7 +12,7 @@ from loom.nodes.compositing import (ImageCompositeMasked, ImageCropToMask, JoinI
 from loom.nodes.mask import (BatchMasksNode, CropMask, FeatherMask, GrowMask, ImageColorToMask, ImageToMask,
                              InvertMask, MaskComposite, MaskPreview, MaskToImage, SolidMask, ThresholdMask)
 from loom.nodes.resize_image_mask import ResizeImageMaskNode
-from loom.nodes.schema import MAX_RESOLUTION
+from loom.nodes.kernel.schema import MAX_RESOLUTION
 
 R = MAX_RESOLUTION
 
@@ -457,7 +457,7 @@ def test_resize_and_batch_masks_through_the_engine(base_dir, registry):
 
 def test_mask_preview_saves_a_grey_png(base_dir):
     import numpy as np
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     mask = torch.tensor([[[0.0, 1.0], [0.5, 0.25]]])
     result = MaskPreview.execute(mask)
     (entry,) = result.ui["images"]

@@ -61,7 +61,7 @@ def test_json_extract_string(registry):
 
 
 def test_save_text(registry, base_dir):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     out = registry.get("SaveText").execute(text='{"a":1,"b":"é"}', filename_prefix="notes/t", format="json")
     assert out.values == ('{"a":1,"b":"é"}',)

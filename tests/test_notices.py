@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.server import notices
 from tests.fixtures_server import LiveServer, run_async
 

@@ -315,8 +315,8 @@ def main(out_path: str) -> None:  # noqa: C901 - one scenario, in order
     faulthandler.dump_traceback_later(SCENARIO_TIMEOUT_S - 60, exit=True)  # stuck: say where, then stop
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _loopback_up()
-    from loom.nodes import folders
-    from loom.nodes.schema import default_registry
+    from loom.nodes.kernel import folders
+    from loom.nodes.kernel.schema import default_registry
     from loom.server.executor import Executor
     from loom.server.ray_worker import init_ray, ray_executors
     from loom.server.worker_process import WorkerSpec

@@ -187,8 +187,8 @@ def test_an_older_queue_database_gains_the_routing_columns(tmp_path):
 
 
 def test_validation_records_the_model_files_a_prompt_needs(tmp_path):
-    from loom.nodes import folders
-    from loom.nodes.schema import default_registry
+    from loom.nodes.kernel import folders
+    from loom.nodes.kernel.schema import default_registry
     from loom.server.validation import validate_prompt
 
     previous = folders.current()
@@ -244,7 +244,7 @@ def _txt2img(seed: int, ckpt: str) -> dict:
 
 
 def test_two_process_lanes_route_each_checkpoint_to_the_lane_that_holds_it(tmp_path, registry):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.app import ServerConfig
     from tests.fixtures_checkpoints import write_checkpoint
 

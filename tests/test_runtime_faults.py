@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.nodes.runtime import checkpoint, model_cache
-from loom.nodes.schema import Node, NodeRegistry, Output, Schema, Socket, String
+from loom.nodes.kernel.schema import Node, NodeRegistry, Output, Schema, Socket, String
 from loom.server.cache import OutputCache
 from loom.server.executor import Executor
 from loom.server.validation import validate_prompt

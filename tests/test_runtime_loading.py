@@ -176,7 +176,7 @@ def test_pickles_need_the_flag_and_load_weights_only(tmp_path, monkeypatch):
     state = build_state_dict("sd1")
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": {k: v.half() for k, v in state.items()}}, path)
-    from loom.nodes import config
+    from loom.nodes.kernel import config
 
     monkeypatch.setattr(config, "_current", config.RuntimeConfig(allow_pickle=False))
     with pytest.raises(checkpoint.CheckpointError, match="--allow-pickle"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 
 
 def test_extra_model_paths_yaml(base_dir, tmp_path, monkeypatch):

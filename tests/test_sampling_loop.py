@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loom.nodes import progress
+from loom.nodes.kernel import progress
 from loom.nodes.runtime.denoiser import GuidedDenoiser, calculate_denoised, percent_to_sigma
 from loom.nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
 from loom.nodes.runtime.sampling import sample

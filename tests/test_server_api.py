@@ -21,7 +21,7 @@ from tests.fixtures_server import (LiveServer, add_prompt, new_client_id, queue_
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, registry):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.app import ServerConfig
 
     previous = folders.current()
@@ -185,7 +185,7 @@ def test_read_only_routes(live):
 
 
 def test_models_listing_shows_files(live):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     checkpoint = folders.current().model_paths("checkpoints")[0] / "sub" / "tiny.safetensors"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_bytes(b"x")
@@ -423,7 +423,7 @@ def test_concurrent_uploads_under_one_name_keep_every_image(live):
 def test_write_new_never_gives_one_name_twice(tmp_path):
     import threading
 
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     target, won = tmp_path / "x.png", []
     barrier = threading.Barrier(8)
@@ -662,7 +662,7 @@ def test_client_recipe_tiny_checkpoint(live):
     """§1.6 with a real (tiny, random-weight) SD1 checkpoint: txt2img -> SaveImage -> /view gives the PNG."""
     import shutil
 
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from tests.fixtures_checkpoints import checkpoint_path
     target = folders.current().model_paths("checkpoints")[0] / "tiny-sd1.safetensors"
     shutil.copyfile(checkpoint_path("sd1"), target)

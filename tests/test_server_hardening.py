@@ -23,7 +23,7 @@ HARDENING = ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy", "Co
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, registry):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.app import ServerConfig
 
     previous = folders.current()
@@ -202,7 +202,7 @@ async def _upload(session, url: str, data: bytes, filename: str) -> tuple[int, s
 
 
 def test_uploads_of_odd_but_valid_images_and_names(live):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     tiff32 = io.BytesIO()
     Image.frombytes("I", (4, 3), bytes(range(48))).save(tiff32, format="TIFF")
@@ -231,7 +231,7 @@ def test_uploads_of_odd_but_valid_images_and_names(live):
 
 
 def test_view_transforms_of_a_file_that_is_not_an_image(live):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     (folders.output_dir() / "fake.png").write_bytes(b"this is not a png")
     (folders.output_dir() / "notes.txt").write_text("hello")
@@ -439,7 +439,7 @@ def test_an_upload_to_a_full_disk_is_a_507_and_leaves_nothing(live, monkeypatch)
     import errno
     import os as os_module
 
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     real_write = os_module.write
 

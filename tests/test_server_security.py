@@ -27,7 +27,7 @@ TOKEN = "test-token-0123456789"
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, registry):
     """An open server (loopback, no token) with small limits, and one that requires a token."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.app import ServerConfig
     from loom.server.security import UploadLimits
 
@@ -280,7 +280,7 @@ def test_partial_execution_targets(live):
 
 def test_view_refuses_traversal(live):
     """F1, F2, F3, F6, F7."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     link = folders.input_dir() / "link"
     if not link.exists():
         link.symlink_to("/etc")
@@ -314,7 +314,7 @@ def test_view_refuses_traversal(live):
 
 def test_view_serves_legit_names_safely(live):
     """F4 no over-blocking; F6 header encoding; F9 nosniff/CSP/attachment for non-raster files."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     out = folders.output_dir()
     Image.new("RGB", (4, 4)).save(out / "test..png")
     Image.new("RGB", (4, 4)).save(out / "ünïcode name.png")
@@ -350,7 +350,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 def test_upload_refuses_non_images_and_bombs(live):
     """F7 names, F8 non-images, F10 size limit without partial files, F11 decompression bombs."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     hostile = {
         "page.html": b"<html><script>alert(1)</script></html>",
         "pic.svg": b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',

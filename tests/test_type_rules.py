@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loom.nodes.schema import default_registry, types_compatible
+from loom.nodes.kernel.schema import default_registry, types_compatible
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TYPE_CASES = json.loads((FIXTURES / "type_compat.json").read_text())["cases"]

@@ -18,7 +18,7 @@ TOKEN = "userdata-token-0123456789"
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, registry):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.app import ServerConfig
 
     previous = folders.current()
@@ -212,7 +212,7 @@ def test_the_token_rule_applies(servers):
 
 
 def test_templates_list_the_example_workflows(live):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     status, templates = call(live, "GET", "/api/workflows/templates")
     assert status == 200
     names = [t["name"] for t in templates]

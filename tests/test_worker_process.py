@@ -36,7 +36,7 @@ def pid_prompt(value: int) -> dict:
 
 
 def _start(registry, base, **options):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.app import ServerConfig
 
     folders.configure(base)
@@ -47,7 +47,7 @@ def _start(registry, base, **options):
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, registry):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     previous = folders.current()
     server = _start(registry, tmp_path_factory.mktemp("worker_process"), prompt_timeout_s=TIMEOUT_S)
@@ -263,7 +263,7 @@ def test_free_is_sent_to_the_worker(live):
 def test_a_memory_hog_under_an_rlimit_fails_and_the_next_prompt_succeeds(tmp_path, registry):
     """X10: the worker's address space is limited (a test-only spec option); the hog fails its prompt (as
     ``oom`` when Python raises MemoryError, ``worker_died`` when the process is killed), the next succeeds."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.worker_process import WorkerSpec
 
     previous = folders.current()
@@ -280,7 +280,7 @@ def test_a_memory_hog_under_an_rlimit_fails_and_the_next_prompt_succeeds(tmp_pat
 
 
 def test_the_spec_carries_the_configuration(tmp_path, registry):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.worker_process import WorkerSpec
 
     previous = folders.current()
@@ -338,7 +338,7 @@ async def _run_prompts(server, prompts: list[dict]) -> list[tuple[dict, list]]:
 
 
 def test_tiny_sd1_in_the_worker_keeps_its_caches_and_matches_the_thread_transport(tmp_path, registry):
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server.app import ServerConfig
     from tests.fixtures_checkpoints import FILE_NAMES, write_checkpoint
 

@@ -228,7 +228,7 @@ def test_group_node_reroute_input_named_with_a_prefix_and_a_null_origin_slot():
 # ---- SaveImage / PreviewImage pass their images on ----------------------------------------------
 
 def test_save_and_preview_image_have_comfyui_images_output(registry):
-    from loom.nodes.schema import Output
+    from loom.nodes.kernel.schema import Output
 
     for name in ("SaveImage", "PreviewImage"):
         schema = registry.get(name).schema()

@@ -20,7 +20,7 @@ import copy
 
 import pytest
 
-from loom.nodes.schema import default_registry
+from loom.nodes.kernel.schema import default_registry
 from loom.server.executor import Executor
 from loom.server.validation import validate_prompt
 from loom.server.workflow import ui_to_api
@@ -266,7 +266,7 @@ def test_math_expression_widget_and_autogrow_sockets(registry, base_dir):
 def test_dynamic_combo_option_widgets_keep_their_control_entries():
     """An option's seed-like widget brings its control_after_generate entry along (addNodeInput adds both,
     dynamicWidgets.ts splices both in after the combo); optional option inputs follow the required ones."""
-    from loom.nodes.schema import Combo, Float, Int, Node, NodeRegistry, Output, Schema
+    from loom.nodes.kernel.schema import Combo, Float, Int, Node, NodeRegistry, Output, Schema
 
     seed = Int("mode.seed", default=0, min=0, control_after_generate=True, optional=True)
     scale = Float("mode.scale", default=1.0, optional=True)

@@ -136,7 +136,7 @@ def test_randomly_damaged_workflows_never_crash(registry):
     import copy
     import random
 
-    from loom.nodes.schema import NodeRegistry
+    from loom.nodes.kernel.schema import NodeRegistry
     merged = NodeRegistry()
     for _, node_class in [*core_registry().items(), *registry.items()]:
         if node_class.schema().name not in merged:

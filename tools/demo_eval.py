@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from loom.nodes.folders import DEMO_CHECKPOINT
+from loom.nodes.kernel.folders import DEMO_CHECKPOINT
 from tools import demo_scenes
 
 
@@ -70,8 +70,8 @@ def prompt_for(caption: str, seed: int, settings: Settings, checkpoint: str = DE
 def evaluate(captions: list[str], base_dir: Path, settings: Settings = Settings(), first_seed: int = 1,
              checkpoint: str = DEMO_CHECKPOINT) -> list[Result]:
     """Run each caption once (seeds ``first_seed``, ``first_seed + 1``, ...) and check its picture."""
-    from loom.nodes import folders
-    from loom.nodes.schema import default_registry
+    from loom.nodes.kernel import folders
+    from loom.nodes.kernel.schema import default_registry
     from loom.server.executor import Executor
 
     folders.configure(base_dir)

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server import cli
     from loom.server.templates import THUMBNAILS, list_templates
 

@@ -9,7 +9,7 @@ an error naming the component and the keys, never a silently random weight. Modu
 the meta device and take the file's tensors directly, so nothing is initialised twice.
 
 Safetensors files load by default. Pickled ``.ckpt``/``.pt``/``.bin`` files load only when
-the runtime configuration allows them (``loom --allow-pickle``, :mod:`loom.nodes.config`), and then with
+the runtime configuration allows them (``loom --allow-pickle``, :mod:`loom.nodes.kernel.config`), and then with
 ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from loom.nodes import config
+from loom.nodes.kernel import config
 from loom.nodes.runtime import devices, families, model_cache
 from loom.nodes.runtime.families import Detected, TextEncoderSlot
 from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel, VAEModel

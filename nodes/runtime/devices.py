@@ -2,7 +2,7 @@
 
 CUDA when present (the diffusion model and text encoders in float16, the VAE in bfloat16 where the
 GPU supports it, else float32 — ComfyUI's defaults), otherwise the CPU in float32. The runtime
-configuration (:mod:`loom.nodes.config`: ``loom --device``, ``--force-fp32``) can pin a device or force
+configuration (:mod:`loom.nodes.kernel.config`: ``loom --device``, ``--force-fp32``) can pin a device or force
 float32. Tensors passed between nodes (latents, images,
 conditionings) live on the CPU, like ComfyUI's ``intermediate_device``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from loom.nodes import config
+from loom.nodes.kernel import config
 
 
 def compute_device() -> torch.device:

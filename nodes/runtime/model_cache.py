@@ -82,7 +82,7 @@ class ModelCache:
         """The byte budget in force now (None: only memory bounds the cache)."""
         if self.budget_bytes is not None:
             return self.budget_bytes
-        from loom.nodes import config
+        from loom.nodes.kernel import config
         return config.current().model_cache_bytes
 
     def __len__(self) -> int:

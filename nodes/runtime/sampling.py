@@ -12,7 +12,7 @@ tensor (in the VAE's space, like the input):
    ``sqrt(1 + sigma**2)`` when starting from pure noise; flow: ``sigma * noise + (1 - sigma) * latent``);
 4. the sampler runs over the sigmas with the guided denoiser (and the noise mask, if the latent has one:
    an inpainting model also takes it as its mask channel unless the conditioning sets ``concat_mask``),
-   reporting each step to :class:`nodes.progress.ProgressBar` with a latent preview;
+   reporting each step to :class:`loom.nodes.kernel.progress.ProgressBar` with a latent preview;
 5. ``inverse_noise_scaling`` at the last sigma, then the result leaves the model's space (``process_out``).
 
 Steps 3-5 are :func:`sample_guided`, which the custom-sampling nodes (SamplerCustom,
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from loom.nodes import progress
+from loom.nodes.kernel import progress
 from loom.nodes.runtime.custom_sampling import CFGGuider, SamplerChoice
 from loom.nodes.runtime.denoiser import MaskedDenoiser, prepare_noise_mask
 from loom.nodes.runtime.model_types import DiffusionModel

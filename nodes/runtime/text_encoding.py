@@ -133,13 +133,13 @@ def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
 # ---------------------------------------------------------------------------------------------
 
 def _embedding_dirs() -> list[Path]:
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     return [p for p in folders.current().model_paths("embeddings") if p.is_dir()]
 
 
 def find_embedding_file(name: str, directories: Sequence[Path]) -> Path | None:
     """The file ``name`` (or ``name`` + a known extension) in the embeddings folders, never outside them."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     for root in directories:
         for sub in [root] + sorted(p for p in root.rglob("*") if p.is_dir()):
@@ -176,7 +176,7 @@ def load_embedding(name: str, size: int, key: str, directories: Sequence[Path] |
 
 
 def _read_pickled_embedding(path: Path) -> Any:
-    from loom.nodes import config
+    from loom.nodes.kernel import config
     from loom.nodes.runtime import checkpoint
     if not config.current().allow_pickle:
         raise checkpoint.CheckpointError(f"{path.name} is pickled; start Loom with --allow-pickle to use it")

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from loom.nodes.progress import ProgressBar, check_interrupted
+from loom.nodes.kernel.progress import ProgressBar, check_interrupted
 from loom.nodes.runtime import devices
 from loom.nodes.runtime.model_types import VAEModel
 

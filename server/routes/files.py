@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.server import images
 from loom.server.security import (ClientError, content_disposition, data_path, sanitize_upload_name,
                                   split_annotation, view_content_type)

@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from loom.nodes import folders
-from loom.nodes.schema import NodeRegistry
+from loom.nodes.kernel import folders
+from loom.nodes.kernel.schema import NodeRegistry
 from loom.server.clients import SERVER_FEATURES
 from loom.server.notices import startup_notices
 from loom.server.security import ClientError

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from loom.nodes import folders
+from loom.nodes.kernel import folders
 from loom.server import workflow
 from loom.server.security import ClientError, read_json
 from loom.server.state import SERVER_KEY

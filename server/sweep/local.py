@@ -14,7 +14,7 @@ from loom.server.sweep.progress import SweepProgress
 
 def output_files(outputs: dict[str, dict[str, Any]]) -> list[Path]:
     """The files an execution's output nodes wrote (images and latents), in node order."""
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
 
     files: list[Path] = []
     for _node_id, ui in sorted(outputs.items(), key=lambda item: id_order(item[0])):

@@ -292,7 +292,7 @@ def sweep_remote(args: argparse.Namespace, print_invalid: Callable[[list[str]], 
 
     import aiohttp
 
-    from loom.nodes import folders
+    from loom.nodes.kernel import folders
     from loom.server import workflow as workflow_module
     from loom.server.cli import EXIT_FAILED, EXIT_OK, InvalidWorkflow
 

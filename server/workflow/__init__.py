@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from loom.nodes.schema import NodeRegistry
+from loom.nodes.kernel.schema import NodeRegistry
 from loom.server.workflow.convert import ConversionResult, Converter, WorkflowError
 from loom.server.workflow.media import PNG_SIGNATURE, embed_png_metadata, is_webp, read_image_metadata
 

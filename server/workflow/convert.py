@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loom.nodes.schema import NodeRegistry, Schema
+from loom.nodes.kernel.schema import NodeRegistry, Schema
 from loom.server.workflow.graph import (MODE_BYPASS, MODE_MUTED, SUBGRAPH_INPUT_NODE, Graph, bypass_input_index,
                                    build_graph, link_key, list_at, node_inputs, node_mode, node_properties, output_link,
                                    proxy_widgets, type_text, widget_name)

@@ -12,7 +12,7 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from loom.nodes.schema import types_compatible
+from loom.nodes.kernel.schema import types_compatible
 
 MODE_MUTED = 2
 MODE_BYPASS = 4

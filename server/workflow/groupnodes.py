@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from loom.nodes.schema import NodeRegistry
+from loom.nodes.kernel.schema import NodeRegistry
 from loom.server.workflow.graph import list_at, node_inputs, node_outputs, slot_index, widget_name
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
-from loom.nodes.schema import CONTROL_AFTER_GENERATE_VALUES, Boolean, Combo, Float, InputSpec, Int, Schema, String
+from loom.nodes.kernel.schema import CONTROL_AFTER_GENERATE_VALUES, Boolean, Combo, Float, InputSpec, Int, Schema, String
 
 CONTROL_VALUES = frozenset(CONTROL_AFTER_GENERATE_VALUES) | {"increment-wrap"}
 

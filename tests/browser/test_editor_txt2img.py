@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loom.nodes.folders import DEMO_CHECKPOINT
+from loom.nodes.kernel.folders import DEMO_CHECKPOINT
 from tests.browser.conftest import screenshot_path
 from tools import demo_scenes
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import time
 
-from loom.nodes import folders
-from loom.nodes.progress import ProgressBar
-from loom.nodes.schema import (HIDDEN_UNIQUE_ID, SEED_MAX, Combo, Float, Int, Node, NodeOutput, Output, Schema,
+from loom.nodes.kernel import folders
+from loom.nodes.kernel.progress import ProgressBar
+from loom.nodes.kernel.schema import (HIDDEN_UNIQUE_ID, SEED_MAX, Combo, Float, Int, Node, NodeOutput, Output, Schema,
                           Socket, String, register)
 
 

@@ -1,7 +1,7 @@
 /**
  * Slot types: which output may feed which input, and the colour each type is drawn in.
  *
- * The rule is the server's (loom.nodes.schema.types_compatible, ComfyUI's validate_node_input), so a
+ * The rule is the server's (loom.nodes.kernel.schema.types_compatible, ComfyUI's validate_node_input), so a
  * link drawn here is one the server accepts: `*` on either side matches anything; otherwise comma
  * lists (`"IMAGE,MASK"`) match when a member of one side equals a member of the other, letter case
  * counting; a COMBO input takes only a COMBO output. tests/fixtures/type_compat.json holds both sides

@@ -40,7 +40,7 @@ MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".pt
 
 DATA_DIRS = ("input", "output", "temp")
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The folder holding nodes/, server/, web/ and workflows/: the checkout in an editable install,
 ``site-packages/loom`` in a regular one (pyproject.toml maps both layouts onto the ``loom`` package)."""
 
@@ -50,7 +50,7 @@ WEB_DIR = PACKAGE_ROOT / "web"
 EXAMPLE_WORKFLOWS_DIR = PACKAGE_ROOT / "workflows"
 """The example workflows; ``txt2img.json`` is the one the editor opens first."""
 
-BUILTIN_MODELS_DIR = Path(__file__).resolve().parent / "builtin_models"
+BUILTIN_MODELS_DIR = Path(__file__).resolve().parents[1] / "builtin_models"
 """Models that ship with Loom (the demo checkpoint), one sub-folder per model folder; searched after
 the user's own folders, so a file of the same name in ``models/`` wins."""
 

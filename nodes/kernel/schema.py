@@ -284,7 +284,7 @@ class Combo(InputSpec):
 
     def choices(self) -> list[str]:
         if self.folder is not None:
-            from loom.nodes import folders
+            from loom.nodes.kernel import folders
             return folders.list_files(self.folder)
         source = self.options_source
         return list(source() if callable(source) else source)
