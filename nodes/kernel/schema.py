@@ -617,6 +617,8 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.sd3",
     "loom.nodes.custom_sampling",
     "loom.nodes.loaders_split",
+    "loom.nodes.skip_layer_guidance",
+    "loom.nodes.hypernetwork",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 

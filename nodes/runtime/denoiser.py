@@ -16,7 +16,9 @@ It does what ComfyUI's CFG guider does around any model family:
   (``concat_latent_image`` in the model's space, else the sampled latent, else the latent of a blank
   image); a model without extra channels ignores these options, as ComfyUI does;
 * **guidance:** ``uncond + (cond - uncond) * cfg``, or the MODEL's CFG patches (ComfyUI's
-  ``sampler_cfg_function``/``sampler_post_cfg_function`` in ``options``, see :func:`combine_guidance`);
+  ``sampler_cfg_function``/``sampler_post_cfg_function`` in ``options``, see :func:`combine_guidance`;
+  ``sampler_calc_cond_batch_function`` replaces the evaluation of ``[positive, negative]``: it gets
+  ComfyUI's args plus ``"denoiser"``, whose ``calc_cond_batch[_with_options]`` it calls);
   with ``cfg == 1`` the negative is not evaluated (unless ``options`` sets ``disable_cfg1_optimization``);
   positive and negative run as one batch when their shapes allow (for cross-attention UNets token counts are
   made equal by repeating the shorter context, which leaves attention unchanged; DiT families
@@ -496,7 +498,13 @@ class GuidedDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         skip_uncond = math.isclose(self.cfg, 1.0) and not self.disable_cfg1_optimization
-        cond, uncond = self.calc_cond_batch([self.positive, None if skip_uncond else self.negative], x, sigma)
+        conds = [self.positive, None if skip_uncond else self.negative]
+        calc_function = self.model.options.get("sampler_calc_cond_batch_function")
+        if calc_function is None:
+            cond, uncond = self.calc_cond_batch(conds, x, sigma)
+        else:  # ComfyUI's set_model_sampler_calc_cond_batch_function (SkipLayerGuidanceDiTSimple)
+            cond, uncond = calc_function({"conds": conds, "input": x, "sigma": sigma, "model": self.model,
+                                          "model_options": self.model.options, "denoiser": self})
         if self.keep_uncond:
             self.uncond_denoised = uncond
         return combine_guidance(self, cond, uncond, x, sigma, skip_uncond)

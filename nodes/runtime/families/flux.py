@@ -163,8 +163,11 @@ class Flux(Family):
         network = model.unet
         if not isinstance(network, flux_layout.FluxNetwork):
             raise TypeError(f"a FLUX MODEL's network must be a FluxNetwork, not {type(network).__name__}")
-        return network(xc, timestep, context, extra.get("y"), extra.get("guidance"),
-                       control=flux_controlnets(model, xc, sigma, control))
+        from loom.nodes.runtime.dit_patches import flux_blocks_skipped
+
+        with flux_blocks_skipped(network.transformer, model.options):  # SkipLayerGuidance's pass
+            return network(xc, timestep, context, extra.get("y"), extra.get("guidance"),
+                           control=flux_controlnets(model, xc, sigma, control))
 
 
 def flux_controlnets(model: "DiffusionModel", xc: torch.Tensor, sigma: torch.Tensor, control: Any) -> Any:

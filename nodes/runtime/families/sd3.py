@@ -210,9 +210,12 @@ class SD3(Family):
         context_in = context.to(device=device, dtype=dtype)
         pooled = extra["pooled_projections"].to(device=device, dtype=dtype)
         time_in = timestep.to(device=device, dtype=dtype)
+        from loom.nodes.runtime.dit_patches import sd3_skip_layers
+
+        skip_layers = sd3_skip_layers(network, model.options)  # SkipLayerGuidance's pass
         with sd3_controlnets(model, x_in, sigma, time_in, context_in, pooled, control) as control_kwargs:
             out = network(hidden_states=x_in, encoder_hidden_states=context_in, pooled_projections=pooled,
-                          timestep=time_in, return_dict=False, **control_kwargs)[0]
+                          timestep=time_in, return_dict=False, skip_layers=skip_layers, **control_kwargs)[0]
         return out[:, :, :height, :width]
 
 
