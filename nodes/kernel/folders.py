@@ -32,6 +32,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "vae_approx": ("vae_approx",),
     "clip_vision": ("clip_vision",),
     "style_models": ("style_models",),
+    "hypernetworks": ("hypernetworks",),
 }
 """Loom's folder names and the sub-folders of ``models/`` that hold them."""
 
@@ -209,7 +210,7 @@ EXTRA_PATH_KEYS: dict[str, str] = {
     "checkpoints": "checkpoints", "vae": "vae", "loras": "loras", "controlnet": "controlnet",
     "t2i_adapter": "controlnet", "embeddings": "embeddings", "upscale_models": "upscale_models",
     "clip": "clip", "text_encoders": "clip", "unet": "diffusion_models", "diffusion_models": "diffusion_models",
-    "vae_approx": "vae_approx",
+    "vae_approx": "vae_approx", "hypernetworks": "hypernetworks",
 }
 
 

@@ -9,7 +9,11 @@ A MODEL handle's ``options`` may carry:
 * ``"attn1_replace"``: ``{("middle", 0): processor}``, a diffusers attention processor that replaces the
   self-attention (``attn1``) of every transformer block of the middle block (ComfyUI's
   ``set_model_options_patch_replace(..., "attn1", "middle", 0)``; PerturbedAttentionGuidance uses it), or
-  ``{("middle", 0, i): processor}`` for the middle block's ``i``-th transformer block only (SAG's).
+  ``{("middle", 0, i): processor}`` for the middle block's ``i``-th transformer block only (SAG's);
+* ``"attn1_kv_patch"`` / ``"attn2_kv_patch"``: sequences of objects with ``key(x)`` and ``value(x)`` that
+  rework, in order, the key and value inputs of every transformer block's self-attention (``attn1``: the
+  normed hidden states) or cross-attention (``attn2``: the context), just before their projections
+  (ComfyUI's ``attn1_patch``/``attn2_patch`` as its HypernetworkLoader uses them, on ``k`` and ``v``).
 
 :func:`cond_or_uncond` tells processors which conditioning each chunk of the current batch belongs to
 (0 = positive, 1 = negative: ComfyUI's ``transformer_options["cond_or_uncond"]``); the guided denoiser
@@ -28,6 +32,8 @@ import torch
 
 OUTPUT_BLOCK_PATCH = "output_block_patch"
 ATTN1_REPLACE = "attn1_replace"
+ATTN1_KV_PATCH = "attn1_kv_patch"
+ATTN2_KV_PATCH = "attn2_kv_patch"
 MIDDLE = ("middle", 0)
 
 
@@ -114,12 +120,36 @@ def _install_output_block_patches(unet: torch.nn.Module, patches: tuple[Any, ...
     return handles
 
 
+def _install_kv_patches(unet: torch.nn.Module, attn1: tuple[Any, ...], attn2: tuple[Any, ...]) -> list[Any]:
+    from diffusers.models.attention import BasicTransformerBlock
+
+    def hook(patches: tuple[Any, ...], method: str) -> Any:
+        def rework(_module: Any, args: tuple) -> tuple:
+            x = args[0]
+            for patch in patches:
+                x = getattr(patch, method)(x)
+            return (x,) + tuple(args[1:])
+        return rework
+
+    handles: list[Any] = []
+    for block in unet.modules():
+        if not isinstance(block, BasicTransformerBlock):
+            continue
+        for attn, patches in ((block.attn1, attn1), (getattr(block, "attn2", None), attn2)):
+            if attn is None or not patches:
+                continue
+            handles.append(attn.to_k.register_forward_pre_hook(hook(patches, "key")))
+            handles.append(attn.to_v.register_forward_pre_hook(hook(patches, "value")))
+    return handles
+
+
 @contextlib.contextmanager
 def applied(unet: torch.nn.Module, options: Mapping[str, Any]) -> Iterator[None]:
     """The handle's UNet patches installed on ``unet`` for the body of the ``with``."""
     output_patches = tuple(options.get(OUTPUT_BLOCK_PATCH, ()))
     replace = dict(options.get(ATTN1_REPLACE, {}) or {})
-    if not output_patches and not replace:
+    kv_patches = tuple(options.get(ATTN1_KV_PATCH, ())), tuple(options.get(ATTN2_KV_PATCH, ()))
+    if not output_patches and not replace and not any(kv_patches):
         yield
         return
     handles: list[Any] = []
@@ -127,6 +157,8 @@ def applied(unet: torch.nn.Module, options: Mapping[str, Any]) -> Iterator[None]
     try:
         if output_patches:
             handles = _install_output_block_patches(unet, output_patches, {"patches": dict(options)})
+        if any(kv_patches):
+            handles += _install_kv_patches(unet, *kv_patches)
         # a whole-block replacement first, so that one for a single transformer block wins (ComfyUI's lookup)
         for block, processor in sorted(replace.items(), key=lambda item: len(tuple(item[0]))):
             block = tuple(block)
@@ -146,6 +178,6 @@ def applied(unet: torch.nn.Module, options: Mapping[str, Any]) -> Iterator[None]
             attn.processor = processor
 
 
-__all__ = ["OUTPUT_BLOCK_PATCH", "ATTN1_REPLACE", "MIDDLE", "ValuePassthroughProcessor", "applied",
+__all__ = ["OUTPUT_BLOCK_PATCH", "ATTN1_REPLACE", "ATTN1_KV_PATCH", "ATTN2_KV_PATCH", "MIDDLE", "ValuePassthroughProcessor", "applied",
            "cond_or_uncond", "current_cond_or_uncond",
            "middle_self_attentions"]
