@@ -595,6 +595,8 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.vae",
     "loom.nodes.lora",
     "loom.nodes.controlnet",
+    "loom.nodes.controlnet_diff",
+    "loom.nodes.controlnet_union",
     "loom.nodes.mask",
     "loom.nodes.compositing",
     "loom.nodes.resize_image_mask",

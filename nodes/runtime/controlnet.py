@@ -154,10 +154,15 @@ def controlnet_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     return config
 
 
-def load_controlnet(path: str | Path, *, device: torch.device | str | None = None,
+def load_controlnet(path: str | Path, *, model: Any = None, device: torch.device | str | None = None,
                     use_cache: bool = True) -> ControlNet:
-    """Load a ControlNet file (kept in the model cache like checkpoints)."""
+    """Load a ControlNet file (kept in the model cache like checkpoints). ``model``: the MODEL whose UNet weights
+    a diff ControlNet's differences are added to (DiffControlNetLoader); other files do not use it."""
+    from loom.nodes.runtime import controlnet_diff
+
     device = torch.device(device) if device is not None else devices.compute_device()
+    if model is not None and controlnet_diff.file_is_diff(path):
+        return _load(Path(path), device, model)  # built from the model's weights: not cached by file
     if not use_cache:
         return _load(Path(path), device)
     key = ("controlnet", model_cache.file_key(path), str(device))
@@ -166,16 +171,20 @@ def load_controlnet(path: str | Path, *, device: torch.device | str | None = Non
                                           expected_bytes=size * 2 if device.type == "cpu" else size, device=device)
 
 
-def _load(path: Path, device: torch.device) -> ControlNet:
+def _load(path: Path, device: torch.device, model: Any = None) -> ControlNet:
     from diffusers import ControlNetModel
 
-    from loom.nodes.runtime import checkpoint
+    from loom.nodes.runtime import checkpoint, controlnet_diff
 
     started = time.perf_counter()
     dtype = devices.diffusion_dtype(device)
     try:
         with checkpoint.StateDictFile(path) as file:
             layout = detect_layout(file.keys())
+            diff = controlnet_diff.is_diff(file.keys(), layout)
+            if diff and model is None:
+                raise ControlNetError("is a diff ControlNet (differences to a model's UNet weights); load it with "
+                                      "Load ControlNet Model (diff), which takes the MODEL")
             prefix = LDM_PREFIX if layout == "ldm" else ""
             tensors = {k[len(prefix):]: v for k, v in file.read_prefixed(prefix, dtype).items()}
     except checkpoint.CheckpointError as exc:
@@ -191,6 +200,8 @@ def _load(path: Path, device: torch.device) -> ControlNet:
                           kind=layout)
     if layout != "diffusers":
         tensors = ldm_to_diffusers(tensors, path.name)
+    if diff:
+        tensors = controlnet_diff.add_unet_weights(tensors, model, path.name)
     try:
         config = controlnet_config({k: tuple(v.shape) for k, v in tensors.items()})
     except KeyError as exc:
