@@ -79,3 +79,42 @@ def write_controlnet(family: str, path: str | Path, *, layout: str = "ldm", seed
     save_file({k: v.half().contiguous() for k, v in state.items()}, str(path),
               metadata={"note": "tiny random test ControlNet"})
     return path
+
+
+UNION_TYPES = 8  # ProMax: the eight UNION_CONTROLNET_TYPES
+
+
+def union_parts(width: int, time_width: int, *, types: int = UNION_TYPES, seed: int = 5) -> dict[str, torch.Tensor]:
+    """The union tensors of an SDXL ControlNet++ Union / ProMax file (xinsir), under the names and shapes of
+    diffusers' ``ControlNetUnionModel`` parts: ``width`` is the hint encoder's output (SDXL: 320)."""
+    from diffusers.models.controlnets.controlnet_union import ResidualAttentionBlock
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    torch.manual_seed(seed)
+    parts = {"task_embedding": torch.nn.Parameter(torch.randn(types, width)),
+             "transformer_layes.0": ResidualAttentionBlock(width, 8),
+             "control_add_embedding": TimestepEmbedding(256 * types, time_width),
+             "spatial_ch_projs": torch.nn.Linear(width, width)}
+    state: dict[str, torch.Tensor] = {}
+    generator = torch.Generator().manual_seed(seed)
+    for prefix, part in parts.items():
+        named = {"": part} if isinstance(part, torch.nn.Parameter) else part.state_dict()
+        for key, tensor in named.items():
+            noisy = tensor.detach() + torch.randn(tensor.shape, generator=generator) * 0.05
+            state[f"{prefix}.{key}" if key else prefix] = noisy
+    return state
+
+
+def write_union_controlnet(path: str | Path, *, types: int = UNION_TYPES, seed: int = 3) -> Path:
+    """A tiny SDXL union ControlNet (diffusers layout + the union parts), float32."""
+    from safetensors.torch import save_file
+
+    state = build_controlnet("sdxl", seed)
+    width = state["controlnet_cond_embedding.conv_out.weight"].shape[0]
+    time_width = state["time_embedding.linear_2.weight"].shape[0]
+    state.update(union_parts(width, time_width, types=types, seed=seed + 2))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.float().contiguous() for k, v in state.items()}, str(path),
+              metadata={"note": "tiny random test union ControlNet"})
+    return path

@@ -76,8 +76,9 @@ def flux_base_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def flux_controlnet_state_dict(seed: int = 0, *, doubles: int = FLUX_CN_DOUBLES, singles: int = FLUX_CN_SINGLES,
-                               scale: float = 0.05) -> dict[str, torch.Tensor]:
-    """A FLUX ControlNet in diffusers' ``FluxControlNetModel`` names (InstantX files), for the dev fixture."""
+                               scale: float = 0.05, modes: int | None = None) -> dict[str, torch.Tensor]:
+    """A FLUX ControlNet in diffusers' ``FluxControlNetModel`` names (InstantX files), for the dev fixture;
+    ``modes``: a union one (InstantX / Shakker-Labs Union: ``controlnet_mode_embedder``)."""
     from diffusers import FluxControlNetModel
 
     from loom.nodes.runtime.flux_layout import rope_axes
@@ -86,7 +87,7 @@ def flux_controlnet_state_dict(seed: int = 0, *, doubles: int = FLUX_CN_DOUBLES,
     net = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=doubles, num_single_layers=singles,
                               attention_head_dim=FLUX_HEAD_DIM, num_attention_heads=FLUX_WIDTH // FLUX_HEAD_DIM,
                               joint_attention_dim=FLUX_CONTEXT, pooled_projection_dim=FLUX_POOLED,
-                              guidance_embeds=True, axes_dims_rope=rope_axes(FLUX_HEAD_DIM))
+                              guidance_embeds=True, axes_dims_rope=rope_axes(FLUX_HEAD_DIM), num_mode=modes)
     _perturb(net, torch.Generator().manual_seed(seed + 31), scale)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 

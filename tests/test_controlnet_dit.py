@@ -254,9 +254,6 @@ def test_dit_controlnet_layouts_loom_does_not_run_are_named(controlnet_dir):
 
     cases = {"xlabs.safetensors": ({"controlnet_blocks.0.weight": torch.zeros(2, 2),
                                     "double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(2)}, "XLabs FLUX"),
-             "union.safetensors": ({"controlnet_blocks.0.weight": torch.zeros(2, 2),
-                                    "controlnet_x_embedder.weight": torch.zeros(2, 2),
-                                    "controlnet_mode_embedder.weight": torch.zeros(2, 2)}, "FLUX Union"),
              "sd35.safetensors": ({"controlnet_blocks.0.weight": torch.zeros(2, 2),
                                    "pos_embed_input.proj.weight": torch.zeros(2, 2),
                                    "transformer_blocks.0.adaLN_modulation.1.bias": torch.zeros(2)}, "Stability SD3.5")}

@@ -19,6 +19,8 @@ COMFY = {
     "LoraLoader": ("model/loaders", "Load LoRA (Model and CLIP)"),
     "LoraLoaderModelOnly": ("model/loaders", "Load LoRA"),
     "ControlNetLoader": ("model/loaders", "Load ControlNet Model"),
+    "DiffControlNetLoader": ("model/loaders", "Load ControlNet Model (diff)"),
+    "SetUnionControlNetType": ("model/conditioning/controlnet", "SetUnionControlNetType"),
     "ControlNetApply": ("model/conditioning/controlnet", "Apply ControlNet (DEPRECATED)"),
     "ControlNetApplyAdvanced": ("model/conditioning/controlnet", "Apply ControlNet"),
     "CLIPTextEncode": ("model/conditioning", "CLIP Text Encode (Prompt)"),

@@ -50,6 +50,8 @@ class ControlNet:
     model: torch.nn.Module  # diffusers ControlNetModel, SD3ControlNetModel or FluxControlNetModel
     options: dict[str, Any] = field(default_factory=dict)  # source, layout, config
     kind: str = "unet"  # the models it steers: "unet" (SD1/SD2/SDXL), "sd3", "flux"
+    union: torch.nn.Module | None = None  # a union ControlNet's type parts (nodes.runtime.controlnet_union)
+    control_type: tuple[int, ...] = ()  # SetUnionControlNetType's choice; () is "auto"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def load_controlnet(path: str | Path, *, model: Any = None, device: torch.device
 def _load(path: Path, device: torch.device, model: Any = None) -> ControlNet:
     from diffusers import ControlNetModel
 
-    from loom.nodes.runtime import checkpoint, controlnet_diff
+    from loom.nodes.runtime import checkpoint, controlnet_diff, controlnet_union
 
     started = time.perf_counter()
     dtype = devices.diffusion_dtype(device)
@@ -191,13 +193,15 @@ def _load(path: Path, device: torch.device, model: Any = None) -> ControlNet:
         raise ControlNetError(str(exc)) from None
     except ControlNetError as exc:
         raise ControlNetError(f"{path.name} {exc}") from None
+    union, tensors = controlnet_union.split_union(layout, tensors, path.name)
+    union = union.to(device) if union is not None else None
     if layout in ("sd3", "flux"):
         from loom.nodes.runtime import controlnet_dit
 
         model, config = controlnet_dit.build(layout, tensors, path.name)
         log.info("loaded %s ControlNet %s in %.2fs", layout, path.name, time.perf_counter() - started)
         return ControlNet(model=model.to(device), options={"source": str(path), "layout": layout, "config": config},
-                          kind=layout)
+                          kind=layout, union=union)
     if layout != "diffusers":
         tensors = ldm_to_diffusers(tensors, path.name)
     if diff:
@@ -213,7 +217,8 @@ def _load(path: Path, device: torch.device, model: Any = None) -> ControlNet:
     except checkpoint.CheckpointError as exc:
         raise ControlNetError(str(exc)) from None
     log.info("loaded ControlNet %s (%s layout) in %.2fs", path.name, layout, time.perf_counter() - started)
-    return ControlNet(model=model.to(device), options={"source": str(path), "layout": layout, "config": config})
+    return ControlNet(model=model.to(device), options={"source": str(path), "layout": layout, "config": config},
+                      union=union)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +293,9 @@ class ControlApplication:
         parameter = next(model.parameters())
         device, dtype = parameter.device, parameter.dtype
         extra = self._added(model, added, device, dtype)
-        with torch.no_grad():
+        from loom.nodes.runtime.controlnet_union import union_hooks
+
+        with torch.no_grad(), union_hooks(self.control_net):
             down, mid = model(x.to(device=device, dtype=dtype), timestep.to(device),
                               encoder_hidden_states=context.to(device=device, dtype=dtype),
                               controlnet_cond=self._hint_for(x, device, dtype), conditioning_scale=self.strength,

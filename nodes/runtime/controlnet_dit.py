@@ -9,8 +9,8 @@ Layouts read (as ComfyUI's ``load_controlnet_state_dict`` tells them apart):
   ``controlnet_x_embedder``, ``transformer_blocks.N.*``, ``single_transformer_blocks.N.*``,
   ``controlnet_blocks.N.*``, ``controlnet_single_blocks.N.*``).
 
-The XLabs / Mistoline FLUX layouts, the Union FLUX ControlNet's mode embedding and Stability's SD3.5
-ControlNets are recognised and refused with a clear message. Configs come from the shapes.
+The XLabs / Mistoline FLUX layouts and Stability's SD3.5 ControlNets are recognised and refused with a clear
+message; a FLUX union ControlNet's mode embedding is :mod:`nodes.runtime.controlnet_union`'s. Configs come from the shapes.
 
 As ComfyUI computes them (``comfy/controlnet.py``, ``comfy/cldm/mmdit.py``, ``comfy/ldm/flux/controlnet.py``):
 
@@ -74,10 +74,7 @@ def detect_layout(names: set[str]) -> str | None:
             raise _error("is an SD3 ControlNet without a text context embedder, which Loom does not run yet")
         return "sd3"
     if "controlnet_x_embedder.weight" in names:
-        if "controlnet_mode_embedder.weight" in names:
-            raise _error("is a FLUX Union ControlNet (control modes), which Loom does not run yet; use a "
-                         "single-purpose InstantX FLUX ControlNet")
-        return "flux"
+        return "flux"  # a union one's mode embedding is nodes.runtime.controlnet_union's
     return None
 
 
@@ -323,6 +320,7 @@ def flux_control(control: "ControlApplication | None", model: "DiffusionModel", 
                  sigma: torch.Tensor) -> Callable[[Mapping[str, Any]], dict[str, Any]] | None:
     """For ``FluxNetwork(control=...)``: a function of the transformer's call kwargs giving the extra kwargs
     (``controlnet_block_samples``, ``controlnet_single_block_samples``), or ``None`` when nothing is active."""
+    from loom.nodes.runtime import controlnet_union
     from loom.nodes.runtime.flux_layout import PATCH, patchify
 
     if control is None:
@@ -339,7 +337,8 @@ def flux_control(control: "ControlApplication | None", model: "DiffusionModel", 
             for application in active:
                 net = application.control_net.model
                 hint = encoded_hint(application, x, model, net.config.in_channels // (PATCH * PATCH))
-                own_double, own_single = flux_outputs(net, kwargs, patchify(_pad(hint, PATCH)))
+                with controlnet_union.flux_mode(application.control_net, kwargs) as call:
+                    own_double, own_single = flux_outputs(net, call, patchify(_pad(hint, PATCH)))
                 doubles = _merge(doubles, [o * application.strength for o in own_double])
                 singles = _merge(singles, [o * application.strength for o in own_single])
         hidden = kwargs["hidden_states"]
