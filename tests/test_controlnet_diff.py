@@ -112,3 +112,26 @@ def test_the_plain_loader_refuses_a_diff_file_with_a_pointer_to_the_diff_loader(
     with pytest.raises(ValueError, match=r"ControlNetLoader: input 'control_net_name'.*diff ControlNet.*"
                                          r"Load ControlNet Model \(diff\)"):
         ControlNetLoader.execute("cn-diff.safetensors")
+
+
+def test_the_model_weights_are_read_with_its_lora_applied(controlnet_dir, base_dir, sd1):
+    """ComfyUI adds the model's state dict as loaded for sampling, LoRA patches included."""
+    from loom.nodes.controlnet_diff import DiffControlNetLoader
+    from loom.nodes.lora import LoraLoaderModelOnly
+    from loom.nodes.runtime.checkpoint_save import _patched
+    from tests.fixtures_lora import write_lora
+
+    write_lora("kohya_sd1", base_dir / "models" / "loras" / "tiny.safetensors")
+    model = sd1[0]
+    (patched,) = LoraLoaderModelOnly.execute(model, "tiny.safetensors", 1.0)
+    (plain,) = DiffControlNetLoader.execute(model, "cn-diff.safetensors")
+    (built,) = DiffControlNetLoader.execute(patched, "cn-diff.safetensors")
+    with _patched(patched):
+        lora_unet = {k: v.clone() for k, v in patched.unet.state_dict().items()}
+    unet = model.unet.state_dict()
+    changed = [k for k in lora_unet if not torch.equal(lora_unet[k], unet[k])]
+    assert changed  # the LoRA touches the UNet
+    got, before = built.model.state_dict(), plain.model.state_dict()
+    for key in (k for k in changed if k in got):
+        torch.testing.assert_close(got[key] - before[key], lora_unet[key] - unet[key], rtol=1e-4, atol=1e-5)
+    assert any(k in got for k in changed)
