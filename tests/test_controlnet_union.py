@@ -77,7 +77,8 @@ def _type_vector(state: dict, control_type: list[int]) -> torch.Tensor:
     embedded = torch.cat(rows)[None]
     hidden = F.silu(F.linear(embedded, state["control_add_embedding.linear_1.weight"],
                              state["control_add_embedding.linear_1.bias"]))
-    return F.linear(hidden, state["control_add_embedding.linear_2.weight"], state["control_add_embedding.linear_2.bias"])
+    return F.linear(hidden, state["control_add_embedding.linear_2.weight"],
+                    state["control_add_embedding.linear_2.bias"])
 
 
 def _fused(state: dict, features: torch.Tensor, control_type: int) -> torch.Tensor:
@@ -131,7 +132,8 @@ def test_a_union_file_loads_with_its_union_parts(controlnet_dir):
     state = load_file(str(controlnet_dir / "union-promax.safetensors"))
     union = control_net.union.state_dict()
     assert {k for k in state if k.startswith(("task_", "control_add", "transformer_layes", "spatial_"))} == set(union)
-    assert torch.equal(union["transformer_layes.0.attn.in_proj_weight"], state["transformer_layes.0.attn.in_proj_weight"])
+    key = "transformer_layes.0.attn.in_proj_weight"
+    assert torch.equal(union[key], state[key])
 
 
 def test_the_type_is_set_on_a_copy_sharing_the_network(controlnet_dir):

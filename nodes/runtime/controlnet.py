@@ -9,10 +9,11 @@ Layouts read: the original one (``control_model.input_blocks.*``, ``zero_convs.*
 name their tensors, also when re-saved as safetensors), and the diffusers one (``down_blocks.*``,
 ``controlnet_down_blocks.*``, ``controlnet_cond_embedding.*``); the SD3 and FLUX ControlNets
 (``controlnet_blocks.*`` with ``pos_embed_input.*`` / ``controlnet_x_embedder.*``) are
-:mod:`nodes.runtime.controlnet_dit`'s. The architecture (levels, depths,
-cross-attention width, hint encoder widths, SDXL's added embedding) is read off the tensor shapes and a
-diffusers ``ControlNetModel`` is built from it; heads follow the UNet conventions (SD1 8 heads, SD2/SDXL 64
-channels per head).
+:mod:`nodes.runtime.controlnet_dit`'s, diff ControlNets (built from a MODEL's weights)
+:mod:`nodes.runtime.controlnet_diff`'s and union ControlNets' type parts :mod:`nodes.runtime.controlnet_union`'s.
+The architecture (levels, depths, cross-attention width, hint encoder widths, SDXL's added embedding) is read
+off the tensor shapes and a diffusers ``ControlNetModel`` is built from it; heads follow the UNet conventions
+(SD1 8 heads, SD2/SDXL 64 channels per head).
 
 At each model call the guided denoiser asks the conditioning's ``control`` for residuals
 (:meth:`ControlApplication.residuals`), as ComfyUI's ``get_control`` does: a ControlNet is used only while
@@ -164,7 +165,7 @@ def load_controlnet(path: str | Path, *, model: Any = None, device: torch.device
 
     device = torch.device(device) if device is not None else devices.compute_device()
     if model is not None and controlnet_diff.file_is_diff(path):
-        return _load(Path(path), device, model)  # built from the model's weights: not cached by file
+        return _load(Path(path), device, base_model=model)  # built from the model's weights: not cached by file
     if not use_cache:
         return _load(Path(path), device)
     key = ("controlnet", model_cache.file_key(path), str(device))
@@ -173,7 +174,7 @@ def load_controlnet(path: str | Path, *, model: Any = None, device: torch.device
                                           expected_bytes=size * 2 if device.type == "cpu" else size, device=device)
 
 
-def _load(path: Path, device: torch.device, model: Any = None) -> ControlNet:
+def _load(path: Path, device: torch.device, base_model: Any = None) -> ControlNet:
     from diffusers import ControlNetModel
 
     from loom.nodes.runtime import checkpoint, controlnet_diff, controlnet_union
@@ -184,7 +185,7 @@ def _load(path: Path, device: torch.device, model: Any = None) -> ControlNet:
         with checkpoint.StateDictFile(path) as file:
             layout = detect_layout(file.keys())
             diff = controlnet_diff.is_diff(file.keys(), layout)
-            if diff and model is None:
+            if diff and base_model is None:
                 raise ControlNetError("is a diff ControlNet (differences to a model's UNet weights); load it with "
                                       "Load ControlNet Model (diff), which takes the MODEL")
             prefix = LDM_PREFIX if layout == "ldm" else ""
@@ -205,7 +206,7 @@ def _load(path: Path, device: torch.device, model: Any = None) -> ControlNet:
     if layout != "diffusers":
         tensors = ldm_to_diffusers(tensors, path.name)
     if diff:
-        tensors = controlnet_diff.add_unet_weights(tensors, model, path.name)
+        tensors = controlnet_diff.add_unet_weights(tensors, base_model, path.name)
     try:
         config = controlnet_config({k: tuple(v.shape) for k, v in tensors.items()})
     except KeyError as exc:

@@ -10,7 +10,8 @@ Layouts read (as ComfyUI's ``load_controlnet_state_dict`` tells them apart):
   ``controlnet_blocks.N.*``, ``controlnet_single_blocks.N.*``).
 
 The XLabs / Mistoline FLUX layouts and Stability's SD3.5 ControlNets are recognised and refused with a clear
-message; a FLUX union ControlNet's mode embedding is :mod:`nodes.runtime.controlnet_union`'s. Configs come from the shapes.
+message; a FLUX union ControlNet's mode embedding is :mod:`nodes.runtime.controlnet_union`'s. Configs come from
+the shapes.
 
 As ComfyUI computes them (``comfy/controlnet.py``, ``comfy/cldm/mmdit.py``, ``comfy/ldm/flux/controlnet.py``):
 

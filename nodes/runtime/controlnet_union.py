@@ -20,8 +20,8 @@ Two families, told apart from the file's keys as ComfyUI does:
   ids); "auto" adds nothing.
 
 The type is the number SetUnionControlNetType gives (the index in ComfyUI's ``UNION_CONTROLNET_TYPES``,
-xinsir's order) for both families, as ComfyUI passes it: for the FLUX union, whose own modes are canny 0, tile 1, depth 2, blur 3, pose 4, gray 5, low quality
-6, "openpose" (0) selects canny.
+xinsir's order) for both families, as ComfyUI passes it: for the FLUX union, whose own modes are canny 0,
+tile 1, depth 2, blur 3, pose 4, gray 5, low quality 6, "openpose" (0) selects canny.
 """
 from __future__ import annotations
 
