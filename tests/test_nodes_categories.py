@@ -31,6 +31,7 @@ COMFY = {
     "SaveLatent": ("model/latent", "Save Latent"),
     "LoadLatent": ("model/latent", "Load Latent"),
     "LoadImage": ("image", "Load Image"),
+    "SaveImageAdvanced": ("image", "Save Image (Advanced)"),
     "LoadImageMask": ("image", "Load Image (as Mask)"),
     "EmptyImage": ("image", "Empty Image"),
     "ImageInvert": ("image/color", "Invert Image Colors"),

@@ -591,6 +591,7 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.latent",
     "loom.nodes.sampling",
     "loom.nodes.image",
+    "loom.nodes.image_save_advanced",
     "loom.nodes.websocket_image",
     "loom.nodes.vae",
     "loom.nodes.lora",
