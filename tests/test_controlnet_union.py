@@ -258,3 +258,28 @@ def test_flux_union_modes_match_diffusers_union_computation(flux_union):
     for name, value in outputs.items():
         assert (value - auto).abs().max() > 1e-4, name
     assert (outputs["openpose"] - outputs["depth"]).abs().max() > 1e-4
+
+
+def test_flux_union_sampling_steers_by_type_and_auto_is_the_plain_network(flux_union, base_dir, tmp_path):
+    from loom.nodes.controlnet import ControlNetApplyAdvanced, ControlNetLoader
+    from tests.fixtures_controlnet_dit import write_flux_base
+
+    path, state = flux_union
+    folder = base_dir / "models" / "controlnet"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "flux-union.safetensors").write_bytes(path.read_bytes())
+    save_file({k: v.contiguous() for k, v in state.items() if k != "controlnet_mode_embedder.weight"},
+              str(folder / "flux-plain.safetensors"))
+    model, clip, vae = load_checkpoint(write_flux_base(tmp_path / "flux-base.safetensors"), device="cpu")
+    positive, negative = encode_text(clip, "a house"), encode_text(clip, "")
+
+    def run(control_net):
+        pos, neg = ControlNetApplyAdvanced.execute(positive, negative, control_net, _image(), 0.8, 0.0, 1.0, vae=vae)
+        return sample(model, pos, neg, {"samples": torch.zeros(1, 16, 8, 8)}, seed=4, steps=2, cfg=1.0,
+                      sampler_name="euler", scheduler="simple")
+
+    (union,) = ControlNetLoader.execute("flux-union.safetensors")
+    (plain,) = ControlNetLoader.execute("flux-plain.safetensors")
+    auto, depth, tile = run(union), run(_set(union, "depth")), run(_set(union, "tile"))
+    torch.testing.assert_close(auto, run(plain))
+    assert (depth - auto).abs().max() > 1e-3 and (tile - depth).abs().max() > 1e-3
