@@ -13,6 +13,10 @@ from typing import Any
 
 from loom.nodes.loaders import _file_fingerprint, _load_error, _removed, _resolve
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
+from loom.nodes.kernel import services
+from loom.nodes.runtime.model_files import describe_clip_vision
+
+services.register_model_describer("clip_vision", describe_clip_vision)
 
 UNCLIP_MARKERS = ("embedder.model.visual.", "noise_augmentor.")
 

@@ -3,15 +3,19 @@
 The heavy lifting (family detection, key conversion, building modules) is in
 :mod:`nodes.runtime.checkpoint`, imported only when a node runs so that importing the node library
 stays cheap. A loader's cache key includes the file's modification time and size, so replacing a
-file under the same name loads it afresh.
+file under the same name loads it afresh. The checkpoints folder's files are described (model library)
+by the same detection.
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from loom.nodes.kernel import folders
+from loom.nodes.kernel import folders, services
 from loom.nodes.kernel.schema import Combo, Node, Output, Schema, register
+from loom.nodes.runtime.model_files import describe_checkpoint
+
+services.register_model_describer("checkpoints", describe_checkpoint)
 
 
 def _removed(node: str, input_name: str, folder: str, name: str) -> ValueError:

@@ -12,6 +12,10 @@ from typing import Any
 
 from loom.nodes.loaders import _file_fingerprint, _load_error, _removed, _resolve
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, String, register
+from loom.nodes.kernel import services
+from loom.nodes.runtime.model_files import describe_checkpoint
+
+services.register_model_describer("diffusion_models", describe_checkpoint)
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 CLIP_TYPES = ("stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",

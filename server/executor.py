@@ -22,6 +22,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from loom.nodes.kernel import services
 from loom.nodes.kernel.progress import ExecutionContext, Interrupted, running_node
 from loom.nodes.kernel.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
 
@@ -91,9 +92,7 @@ class Executor:
         if free_memory:
             self.cache.clear()
         if unload_models or free_memory:
-            from loom.nodes.runtime import model_cache
-
-            model_cache.free()
+            services.free_models()
 
     def execute(self, prompt: dict[str, Any], prompt_id: str, *, extra_data: dict[str, Any] | None = None,
                 outputs: list[str] | None = None, on_event: EventSink | None = None,
@@ -120,9 +119,7 @@ class Executor:
 
     def loaded_models(self) -> list[str]:
         """The real paths of the model files this process's model cache holds (what routing reads)."""
-        from loom.nodes.runtime import model_cache
-
-        return model_cache.models.files()
+        return services.loaded_model_files()
 
 
 class _Run:

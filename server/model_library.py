@@ -9,8 +9,9 @@
   listing after the first costs a ``stat`` per file. ``?refresh=1`` forgets the cache first.
 
 ComfyUI's own model listing (``/experiment/models``) hands out server paths; this one names files only, as
-``/models/{folder}`` does. The family detection is the model runtime's (``loom.nodes.runtime``), imported
-on first use, so the server starts without it.
+``/models/{folder}`` does. The family detection is the model runtime's, reached through the describer the
+loaders of each folder register (:func:`loom.nodes.kernel.services.model_describer`); a folder without one
+lists its files without a family.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from loom.nodes.kernel import folders
+from loom.nodes.kernel import folders, services
 from loom.server.security import ClientError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,9 +31,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CACHE_ENTRIES = 4096
 _cache: OrderedDict[tuple[str, int, int, str], tuple[str | None, str]] = OrderedDict()
 _lock = threading.Lock()
-
-CHECKPOINT_FOLDERS = ("checkpoints", "diffusion_models")
-"""Folders whose files the checkpoint family detection applies to (whole checkpoints, or a network alone)."""
 
 
 def routes() -> list[tuple[str, str, Handler]]:
@@ -51,29 +49,13 @@ def _fingerprint(path: Any) -> tuple[str, int, int]:
 
 def detect_family(folder: str, path: Any) -> tuple[str | None, str]:
     """``(family, detail)`` of one model file, as the loaders of ``folder`` would see it."""
-    if folder in CHECKPOINT_FOLDERS:
-        from loom.nodes.runtime import checkpoint
-        try:
-            detected = checkpoint.inspect_checkpoint(path)
-        except Exception as error:  # noqa: BLE001 - any unreadable or unknown file is listed, without a family
-            return None, _short(error)
-        family = detected.family
-        name = getattr(family, "display_name", None) or getattr(family, "name", None)
-        prediction = getattr(detected, "prediction", None)
-        return (str(name) if name else None), (f"{prediction} prediction" if prediction else "")
-    if folder == "clip_vision":
-        from loom.nodes.runtime import clip_vision
-        from loom.nodes.runtime.checkpoint import StateDictFile
-        try:
-            with StateDictFile(path) as file:
-                shapes = file.shapes
-                if clip_vision.is_openclip_layout(shapes, "visual."):
-                    shapes = clip_vision.openclip_shapes(shapes, "visual.")
-                architecture = clip_vision.detect(shapes, str(path))
-        except Exception as error:  # noqa: BLE001
-            return None, _short(error)
-        return architecture.kind, architecture.model_type
-    return None, ""
+    describe = services.model_describer(folder)
+    if describe is None:
+        return None, ""
+    try:
+        return describe(path)
+    except Exception as error:  # noqa: BLE001 - any unreadable or unknown file is listed, without a family
+        return None, _short(error)
 
 
 def _short(error: Exception) -> str:

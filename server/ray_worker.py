@@ -61,6 +61,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from loom.nodes.kernel import services
 from loom.server.executor import RECORDED_EVENTS, CancelToken, EventSink, ExecutionResult
 from loom.server.queue import PromptState
 from loom.server.worker_process import WorkerSpec, _build_executor, fault_result
@@ -305,21 +306,7 @@ class LoomWorker:
 
 def _loaded_models() -> list[str]:
     """The model files whose contents the model cache of this process holds (real paths)."""
-    import sys
-
-    model_cache = sys.modules.get("loom.nodes.runtime.model_cache")
-    if model_cache is None:
-        return []
-    files = getattr(model_cache.models, "files", None)
-    if callable(files):
-        return list(files())
-    paths: set[str] = set()
-    for key in model_cache.models.keys():
-        parts = key if isinstance(key, tuple) else (key,)
-        for part in parts:
-            if isinstance(part, tuple) and len(part) == 3 and isinstance(part[0], str):
-                paths.add(part[0])
-    return sorted(paths)
+    return services.loaded_model_files()
 
 
 def _remove_stale_dirs() -> None:

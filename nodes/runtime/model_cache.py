@@ -3,7 +3,8 @@
 The key is the file's real path, modification time and size (a replaced file loads afresh) plus
 the options that changed how it was built. Entries are evicted least-recently-used when the cache
 would grow past its byte budget, or when the device is short of memory for the next load.
-:func:`free` empties the cache (``POST /free`` with ``unload_models``).
+:func:`free` empties the cache (``POST /free`` with ``unload_models``). Importing this module registers
+:func:`free` and :func:`loaded_files` as the kernel's model-cache services (the server asks through those).
 
 A model evicted here stays alive while something else (a node output in the executor's cache)
 still holds it; eviction only drops the cache's own reference.
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 import torch
+
+from loom.nodes.kernel import services
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +202,11 @@ models = ModelCache()
 def free() -> int:
     """Unload every cached model (``POST /free``)."""
     return models.free()
+
+
+def loaded_files() -> list[str]:
+    """The real paths of the model files the process-wide cache holds something of."""
+    return models.files()
+
+
+services.register_model_cache(free=free, loaded_files=loaded_files)
