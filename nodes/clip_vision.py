@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.nodes.loaders import _file_fingerprint, _load_error, _removed, _resolve
-from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 from loom.nodes.kernel import services
+from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
+from loom.nodes.loader_inputs import load_error, model_fingerprint, removed_error, resolve_model
 from loom.nodes.runtime.model_files import describe_clip_vision
 
 services.register_model_describer("clip_vision", describe_clip_vision)
@@ -56,24 +56,24 @@ class CLIPVisionLoader(Node):
 
     @classmethod
     def fingerprint(cls, clip_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("clip_vision", clip_name)
+        return model_fingerprint("clip_vision", clip_name)
 
     @classmethod
     def execute(cls, clip_name: str) -> tuple:
         from loom.nodes.runtime.checkpoint import CheckpointError
         from loom.nodes.runtime.clip_vision import load_clip_vision
 
-        path = _resolve("CLIPVisionLoader", "clip_name", "clip_vision", clip_name)
+        path = resolve_model("CLIPVisionLoader", "clip_name", "clip_vision", clip_name)
         try:
             return (load_clip_vision(path),)
         except (FileNotFoundError, CheckpointError) as exc:  # ClipVisionError is a ValueError like CheckpointError
             if not path.exists():
-                raise _removed("CLIPVisionLoader", "clip_name", "clip_vision", clip_name) from None
+                raise removed_error("CLIPVisionLoader", "clip_name", "clip_vision", clip_name) from None
             if isinstance(exc, FileNotFoundError):
                 raise
-            raise _load_error("CLIPVisionLoader", "clip_name", clip_name, exc) from None
+            raise load_error("CLIPVisionLoader", "clip_name", clip_name, exc) from None
         except ValueError as exc:
-            raise _load_error("CLIPVisionLoader", "clip_name", clip_name, exc) from None
+            raise load_error("CLIPVisionLoader", "clip_name", clip_name, exc) from None
 
 
 @register
@@ -133,21 +133,21 @@ class StyleModelLoader(Node):
 
     @classmethod
     def fingerprint(cls, style_model_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("style_models", style_model_name)
+        return model_fingerprint("style_models", style_model_name)
 
     @classmethod
     def execute(cls, style_model_name: str) -> tuple:
         from loom.nodes.runtime.style_model import load_style_model
 
-        path = _resolve("StyleModelLoader", "style_model_name", "style_models", style_model_name)
+        path = resolve_model("StyleModelLoader", "style_model_name", "style_models", style_model_name)
         try:
             return (load_style_model(path),)
         except FileNotFoundError:
             if not path.exists():
-                raise _removed("StyleModelLoader", "style_model_name", "style_models", style_model_name) from None
+                raise removed_error("StyleModelLoader", "style_model_name", "style_models", style_model_name) from None
             raise
         except ValueError as exc:
-            raise _load_error("StyleModelLoader", "style_model_name", style_model_name, exc) from None
+            raise load_error("StyleModelLoader", "style_model_name", style_model_name, exc) from None
 
 
 @register
@@ -189,7 +189,7 @@ class unCLIPCheckpointLoader(Node):  # noqa: N801 (ComfyUI's name)
 
     @classmethod
     def fingerprint(cls, ckpt_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("checkpoints", ckpt_name)
+        return model_fingerprint("checkpoints", ckpt_name)
 
     @classmethod
     def execute(cls, ckpt_name: str) -> tuple:
@@ -197,7 +197,7 @@ class unCLIPCheckpointLoader(Node):  # noqa: N801 (ComfyUI's name)
         from loom.nodes.runtime.families import UnknownModelError
 
         node, name = "unCLIPCheckpointLoader", "ckpt_name"
-        path = _resolve(node, name, "checkpoints", ckpt_name)
+        path = resolve_model(node, name, "checkpoints", ckpt_name)
         try:
             with StateDictFile(path) as file:
                 markers = [m for m in UNCLIP_MARKERS if any(k.startswith(m) for k in file.shapes)]
@@ -211,8 +211,8 @@ class unCLIPCheckpointLoader(Node):  # noqa: N801 (ComfyUI's name)
             model, clip, vae = load_checkpoint(path)
         except (FileNotFoundError, CheckpointError, UnknownModelError) as exc:
             if not path.exists():
-                raise _removed(node, name, "checkpoints", ckpt_name) from None
+                raise removed_error(node, name, "checkpoints", ckpt_name) from None
             if isinstance(exc, FileNotFoundError):
                 raise
-            raise _load_error(node, name, ckpt_name, exc) from None
+            raise load_error(node, name, ckpt_name, exc) from None
         return (model, clip, vae, None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.nodes.loaders import _file_fingerprint, _resolve
+from loom.nodes.loader_inputs import model_fingerprint, resolve_model
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 
 
@@ -78,13 +78,13 @@ class ControlNetLoader(Node):
 
     @classmethod
     def fingerprint(cls, control_net_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("controlnet", control_net_name)
+        return model_fingerprint("controlnet", control_net_name)
 
     @classmethod
     def execute(cls, control_net_name: str) -> tuple:
         from loom.nodes.runtime.controlnet import ControlNetError, load_controlnet
 
-        path = _resolve("ControlNetLoader", "control_net_name", "controlnet", control_net_name)
+        path = resolve_model("ControlNetLoader", "control_net_name", "controlnet", control_net_name)
         try:
             return (load_controlnet(path),)
         except ControlNetError as exc:

@@ -13,13 +13,13 @@ from typing import Any
 
 from loom.nodes.conditioning import _check_conditioning, set_values
 from loom.nodes.kernel.schema import Boolean, Node, Output, Schema, Socket, register
-from loom.nodes.vae import _check_image, _check_vae, _run
+from loom.nodes.vae import _check_image, _check_vae, run_for_node
 
 
 def _encode(node: str, vae: Any, pixels: Any) -> Any:
     from loom.nodes.runtime import vae as vae_runtime
 
-    return _run(node, vae_runtime.encode, vae, pixels)
+    return run_for_node(node, vae_runtime.encode, vae, pixels)
 
 
 def _crop_to_8(pixels: Any) -> tuple[Any, int, int, int, int]:

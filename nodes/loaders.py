@@ -8,42 +8,14 @@ by the same detection.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from loom.nodes.kernel import folders, services
+from loom.nodes.kernel import services
 from loom.nodes.kernel.schema import Combo, Node, Output, Schema, register
+from loom.nodes.loader_inputs import load_error, model_fingerprint, removed_error, resolve_model
 from loom.nodes.runtime.model_files import describe_checkpoint
 
 services.register_model_describer("checkpoints", describe_checkpoint)
-
-
-def _removed(node: str, input_name: str, folder: str, name: str) -> ValueError:
-    """The error for a model file that is not there when its node runs (validation found it: so it was
-    deleted or renamed since)."""
-    return ValueError(f"{node}: input '{input_name}': '{name}' is not in the {folder} folder: file not found "
-                      f"(was it removed or renamed after the prompt was queued?)")
-
-
-def _resolve(node: str, input_name: str, folder: str, name: str):
-    try:
-        return folders.resolve(folder, name)
-    except FileNotFoundError:
-        raise _removed(node, input_name, folder, name) from None
-    except PermissionError as exc:
-        raise ValueError(f"{node}: input '{input_name}': {exc}") from None
-
-
-def _file_fingerprint(folder: str, name: str) -> Any:
-    try:
-        stat = os.stat(folders.resolve(folder, name))
-    except (OSError, PermissionError):
-        return None  # validation reports the missing file
-    return (stat.st_mtime_ns, stat.st_size)
-
-
-def _load_error(node: str, input_name: str, name: str, exc: Exception) -> ValueError:
-    return ValueError(f"{node}: input '{input_name}': could not load '{name}': {exc}")
 
 
 @register
@@ -61,22 +33,22 @@ class CheckpointLoaderSimple(Node):
 
     @classmethod
     def fingerprint(cls, ckpt_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("checkpoints", ckpt_name)
+        return model_fingerprint("checkpoints", ckpt_name)
 
     @classmethod
     def execute(cls, ckpt_name: str) -> tuple:
         from loom.nodes.runtime.checkpoint import CheckpointError, load_checkpoint
         from loom.nodes.runtime.families import UnknownModelError
 
-        path = _resolve("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name)
+        path = resolve_model("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name)
         try:
             model, clip, vae = load_checkpoint(path)
         except (FileNotFoundError, CheckpointError, UnknownModelError) as exc:
             if not path.exists():  # removed between finding it and reading it
-                raise _removed("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name) from None
+                raise removed_error("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name) from None
             if isinstance(exc, FileNotFoundError):
                 raise
-            raise _load_error("CheckpointLoaderSimple", "ckpt_name", ckpt_name, exc) from None
+            raise load_error("CheckpointLoaderSimple", "ckpt_name", ckpt_name, exc) from None
         return (model, clip, vae)
 
 
@@ -91,18 +63,18 @@ class VAELoader(Node):
 
     @classmethod
     def fingerprint(cls, vae_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("vae", vae_name)
+        return model_fingerprint("vae", vae_name)
 
     @classmethod
     def execute(cls, vae_name: str) -> tuple:
         from loom.nodes.runtime.checkpoint import CheckpointError, load_vae
 
-        path = _resolve("VAELoader", "vae_name", "vae", vae_name)
+        path = resolve_model("VAELoader", "vae_name", "vae", vae_name)
         try:
             return (load_vae(path),)
         except (FileNotFoundError, CheckpointError) as exc:
             if not path.exists():  # removed between finding it and reading it
-                raise _removed("VAELoader", "vae_name", "vae", vae_name) from None
+                raise removed_error("VAELoader", "vae_name", "vae", vae_name) from None
             if isinstance(exc, FileNotFoundError):
                 raise
-            raise _load_error("VAELoader", "vae_name", vae_name, exc) from None
+            raise load_error("VAELoader", "vae_name", vae_name, exc) from None

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.nodes.loaders import _file_fingerprint, _load_error, _removed, _resolve
-from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, String, register
 from loom.nodes.kernel import services
+from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, String, register
+from loom.nodes.loader_inputs import load_error, model_fingerprint, removed_error, resolve_model
 from loom.nodes.runtime.model_files import describe_checkpoint
 
 services.register_model_describer("diffusion_models", describe_checkpoint)
@@ -34,7 +34,7 @@ TRIPLE_CLIP_LOADER_DESCRIPTION = "[Recipes]\n\nsd3: clip-l, clip-g, t5"
 
 
 def _clip_fingerprint(**names: Any) -> Any:
-    return tuple(_file_fingerprint("clip", name) for key, name in sorted(names.items())
+    return tuple(model_fingerprint("clip", name) for key, name in sorted(names.items())
                  if key.startswith("clip_name"))
 
 
@@ -42,7 +42,7 @@ def _load_clips(node: str, names: dict[str, str], clip_type: str, device: str) -
     from loom.nodes.runtime.checkpoint import CheckpointError
     from loom.nodes.runtime.split_loading import SplitLoadError, load_clip
 
-    paths = [_resolve(node, key, "clip", name) for key, name in names.items()]
+    paths = [resolve_model(node, key, "clip", name) for key, name in names.items()]
     try:
         return load_clip(node, paths, clip_type, device="cpu" if device == "cpu" else None)
     except SplitLoadError as exc:
@@ -50,7 +50,7 @@ def _load_clips(node: str, names: dict[str, str], clip_type: str, device: str) -
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
         for (key, name), path in zip(names.items(), paths):
             if not path.exists():
-                raise _removed(node, key, "clip", name) from None
+                raise removed_error(node, key, "clip", name) from None
         inputs = ", ".join(f"'{key}'" for key in names)
         raise ValueError(f"{node}: inputs {inputs}: could not load "
                          f"{', '.join(repr(n) for n in names.values())}: {exc}") from None
@@ -68,7 +68,7 @@ class UNETLoader(Node):
 
     @classmethod
     def fingerprint(cls, unet_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("diffusion_models", unet_name)
+        return model_fingerprint("diffusion_models", unet_name)
 
     @classmethod
     def execute(cls, unet_name: str, weight_dtype: str) -> tuple:
@@ -76,15 +76,15 @@ class UNETLoader(Node):
         from loom.nodes.runtime.flux_layout import FluxLoadError
         from loom.nodes.runtime.split_loading import SplitLoadError, load_diffusion_model
 
-        path = _resolve("UNETLoader", "unet_name", "diffusion_models", unet_name)
+        path = resolve_model("UNETLoader", "unet_name", "diffusion_models", unet_name)
         try:
             return (load_diffusion_model(path, weight_dtype),)
         except (FileNotFoundError, CheckpointError, FluxLoadError, SplitLoadError) as exc:
             if not path.exists():
-                raise _removed("UNETLoader", "unet_name", "diffusion_models", unet_name) from None
+                raise removed_error("UNETLoader", "unet_name", "diffusion_models", unet_name) from None
             if isinstance(exc, FileNotFoundError):
                 raise
-            raise _load_error("UNETLoader", "unet_name", unet_name, exc) from None
+            raise load_error("UNETLoader", "unet_name", unet_name, exc) from None
 
 
 @register

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.nodes.loaders import _file_fingerprint, _resolve
+from loom.nodes.loader_inputs import model_fingerprint, resolve_model
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 
 _STRENGTH = dict(default=1.0, min=-100.0, max=100.0, step=0.01)
@@ -28,7 +28,7 @@ def _check_handle(node: str, name: str, value: Any, kind: str) -> Any:
 def _load(node: str, lora_name: str):
     from loom.nodes.runtime.lora import LoraError, load_lora_file
 
-    path = _resolve(node, "lora_name", "loras", lora_name)
+    path = resolve_model(node, "lora_name", "loras", lora_name)
     try:
         return load_lora_file(path)
     except LoraError as exc:
@@ -73,7 +73,7 @@ class LoraLoader(Node):
 
     @classmethod
     def fingerprint(cls, lora_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("loras", lora_name)
+        return model_fingerprint("loras", lora_name)
 
     @classmethod
     def execute(cls, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float) -> tuple:
@@ -100,7 +100,7 @@ class LoraLoaderModelOnly(Node):
 
     @classmethod
     def fingerprint(cls, lora_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("loras", lora_name)
+        return model_fingerprint("loras", lora_name)
 
     @classmethod
     def execute(cls, model: Any, lora_name: str, strength_model: float) -> tuple:

@@ -33,7 +33,8 @@ def _check_image(node: str, name: str, image: Any) -> Any:
     return image
 
 
-def _run(node: str, function: Any, *args: Any) -> Any:
+def run_for_node(node: str, function: Any, *args: Any) -> Any:
+    """``function(*args)``; a ValueError it raises is raised again with ``node``'s name in front."""
     try:
         return function(*args)
     except ValueError as exc:
@@ -59,7 +60,7 @@ class VAEDecode(Node):
         vae = _check_vae("VAEDecode", vae)
         if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
             raise ValueError("VAEDecode: input 'samples' is not a LATENT (a dict with a 'samples' tensor)")
-        return (_run("VAEDecode", vae_runtime.decode, vae, samples["samples"]),)
+        return (run_for_node("VAEDecode", vae_runtime.decode, vae, samples["samples"]),)
 
 
 @register
@@ -77,7 +78,7 @@ class VAEEncode(Node):
 
         vae = _check_vae("VAEEncode", vae)
         pixels = _check_image("VAEEncode", "pixels", pixels)
-        return ({"samples": _run("VAEEncode", vae_runtime.encode, vae, pixels[:, :, :, :3])},)
+        return ({"samples": run_for_node("VAEEncode", vae_runtime.encode, vae, pixels[:, :, :, :3])},)
 
 
 @register
@@ -125,7 +126,7 @@ class VAEEncodeForInpaint(Node):
         keep = (1.0 - mask.round()).squeeze(1)
         pixels = pixels[:, :, :, :3]
         pixels = (pixels - 0.5) * keep.unsqueeze(-1) + 0.5
-        samples = _run(node, vae_runtime.encode, vae, pixels)
+        samples = run_for_node(node, vae_runtime.encode, vae, pixels)
         return ({"samples": samples, "noise_mask": grown[:, :, :height, :width].round()},)
 
 
@@ -165,7 +166,7 @@ class VAEDecodeTiled(Node):
         if tile_size < overlap * 4:
             overlap = tile_size // 4
         factor = vae.downscale
-        return (_run("VAEDecodeTiled", vae_runtime.decode_tiled, vae, samples["samples"],
+        return (run_for_node("VAEDecodeTiled", vae_runtime.decode_tiled, vae, samples["samples"],
                      tile_size // factor, tile_size // factor, overlap // factor),)
 
 
@@ -187,5 +188,5 @@ class VAEEncodeTiled(Node):
 
         vae = _check_vae("VAEEncodeTiled", vae)
         pixels = _check_image("VAEEncodeTiled", "pixels", pixels)
-        return ({"samples": _run("VAEEncodeTiled", vae_runtime.encode_tiled, vae, pixels[:, :, :, :3],
+        return ({"samples": run_for_node("VAEEncodeTiled", vae_runtime.encode_tiled, vae, pixels[:, :, :, :3],
                                  tile_size, tile_size, overlap)},)
