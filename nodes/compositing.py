@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from loom.nodes.image_ops import common_upscale
+from loom.nodes.runtime.resample import common_upscale
 from loom.nodes.kernel.schema import MAX_RESOLUTION, Boolean, Float, Int, Node, Output, Schema, Socket, String, register
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageErro
 from PIL.PngImagePlugin import PngInfo
 
 from loom.nodes.kernel import folders
-from loom.nodes.image_ops import CROP_METHODS, UPSCALE_METHODS, common_upscale, scale_image, tensor_to_pil
+from loom.nodes.image_ops import tensor_to_pil
+from loom.nodes.runtime.resample import CROP_METHODS, UPSCALE_METHODS, common_upscale, scale_image
 from loom.nodes.output_files import metadata_texts, next_counter, save_target
 from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
                           NodeOutput, Output, Schema, Socket, String, register)

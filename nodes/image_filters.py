@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from loom.nodes.image_ops import BLEND_MODES, blend, common_upscale, gaussian_blur, image_alpha_fix, sharpen
+from loom.nodes.image_ops import BLEND_MODES, blend, gaussian_blur, image_alpha_fix, sharpen
+from loom.nodes.runtime.resample import common_upscale
 from loom.nodes.kernel.schema import Combo, Float, Int, Node, Output, Schema, Socket, register
 
 

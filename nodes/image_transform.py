@@ -3,7 +3,7 @@ crop, stitch, flip and rotate.
 
 Each keeps ComfyUI's arithmetic exactly (``int`` truncation where it truncates, ``round`` where it
 rounds), since a shared workflow's later nodes depend on the sizes these produce. Resampling goes
-through :func:`loom.nodes.image_ops.common_upscale`, the one ComfyUI resize.
+through :func:`loom.nodes.runtime.resample.common_upscale`, the one ComfyUI resize.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from loom.nodes.image_ops import UPSCALE_METHODS, common_upscale
+from loom.nodes.runtime.resample import UPSCALE_METHODS, common_upscale
 from loom.nodes.kernel.schema import (HIDDEN_UNIQUE_ID, MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output,
                                Schema, Socket, register)
 

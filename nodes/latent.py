@@ -17,7 +17,7 @@ import torch
 
 from loom.nodes.kernel import folders
 from loom.nodes.image import check_input_file, resolve_input_file
-from loom.nodes.image_ops import CROP_METHODS, LATENT_UPSCALE_METHODS, common_upscale
+from loom.nodes.runtime.resample import CROP_METHODS, LATENT_UPSCALE_METHODS, common_upscale
 from loom.nodes.output_files import metadata_texts, save_target
 from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Combo, Float, Int, Node,
                           NodeOutput, Output, Schema, Socket, String, register)

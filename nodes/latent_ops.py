@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from loom.nodes.image_ops import common_upscale
+from loom.nodes.runtime.resample import common_upscale
 from loom.nodes.kernel.schema import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Schema, Socket, register
 
 CATEGORY = "model/latent/advanced"

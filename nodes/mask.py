@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from loom.nodes.image import save_images
-from loom.nodes.image_ops import common_upscale
+from loom.nodes.runtime.resample import common_upscale
 from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, MAX_RESOLUTION, Boolean, Combo, Float, Int,
                                Node, NodeOutput, Output, Schema, Socket, register)
 

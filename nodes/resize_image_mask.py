@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from loom.nodes.image_ops import CROP_METHODS, UPSCALE_METHODS, common_upscale
+from loom.nodes.runtime.resample import CROP_METHODS, UPSCALE_METHODS, common_upscale
 from loom.nodes.kernel.schema import MAX_RESOLUTION, Combo, Float, InputSpec, Int, Node, Output, Schema, Socket, register
 
 __all__ = ["ResizeImageMaskNode", "RESIZE_TYPES"]

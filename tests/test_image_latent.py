@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from loom.nodes import image_ops
+from loom.nodes.runtime import resample
 from loom.nodes.image import (EmptyImage, ImageBatch, ImageInvert, ImagePadForOutpaint, ImageScale, ImageScaleBy,
                          LoadImage, LoadImageMask, PreviewImage, SaveImage)
 from loom.nodes.latent import (EmptyLatentImage, LatentComposite, LatentCrop, LatentFromBatch, LatentUpscale,
@@ -31,7 +31,7 @@ def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 @pytest.mark.parametrize("method", ["nearest-exact", "bilinear", "area", "bicubic"])
 def test_interpolating_methods_are_torch_interpolate(method):
     samples = torch.rand(2, 4, 6, 10)
-    out = image_ops.common_upscale(samples, 15, 9, method, "disabled")
+    out = resample.common_upscale(samples, 15, 9, method, "disabled")
     expected = torch.nn.functional.interpolate(samples, size=(9, 15), mode=method)
     assert out.shape == (2, 4, 9, 15)
     assert torch.equal(out, expected)
@@ -40,17 +40,17 @@ def test_interpolating_methods_are_torch_interpolate(method):
 def test_center_crop_trims_the_longer_side_symmetrically():
     wide = torch.arange(6 * 10, dtype=torch.float32).reshape(1, 1, 6, 10)
     # aspect 10/6 to 1: x = round((10 - 10 * (1 / (10/6))) / 2) = 2 columns off each side
-    assert torch.equal(image_ops.center_crop_to_aspect(wide, 4, 4), wide[:, :, :, 2:8])
+    assert torch.equal(resample.center_crop_to_aspect(wide, 4, 4), wide[:, :, :, 2:8])
     tall = wide.transpose(-1, -2)
-    assert torch.equal(image_ops.center_crop_to_aspect(tall, 4, 4), tall[:, :, 2:8, :])
+    assert torch.equal(resample.center_crop_to_aspect(tall, 4, 4), tall[:, :, 2:8, :])
     # crop, then resize: a 6x6 nearest resize of the cropped square
-    out = image_ops.common_upscale(wide, 6, 6, "nearest-exact", "center")
+    out = resample.common_upscale(wide, 6, 6, "nearest-exact", "center")
     assert torch.equal(out, torch.nn.functional.interpolate(wide[:, :, :, 2:8], size=(6, 6), mode="nearest-exact"))
 
 
 def test_lanczos_resizes_8bit_pixels_with_pillow():
     image = torch.rand(1, 5, 7, 3)
-    out = image_ops.scale_image(image, 11, 9, "lanczos")
+    out = resample.scale_image(image, 11, 9, "lanczos")
     pixels = np.clip(255.0 * image[0].numpy(), 0, 255).astype(np.uint8)
     expected = np.array(Image.fromarray(pixels).resize((11, 9), Image.Resampling.LANCZOS)).astype(np.float32) / 255
     assert out.shape == (1, 9, 11, 3)
@@ -85,7 +85,7 @@ def _reference_taps(size_in: int, size_out: int) -> list[tuple[int, int, float]]
 def test_bislerp_slerps_channel_vectors_along_width_then_height():
     torch.manual_seed(0)
     samples = torch.randn(1, 4, 3, 4)
-    out = image_ops.common_upscale(samples, 7, 5, "bislerp", "disabled")
+    out = resample.common_upscale(samples, 7, 5, "bislerp", "disabled")
     assert out.shape == (1, 4, 5, 7)
     data = samples[0].numpy().transpose(1, 2, 0)  # [H, W, C]
     rows = np.stack([[_reference_slerp(data[y, a], data[y, b], r) for a, b, r in _reference_taps(4, 7)]

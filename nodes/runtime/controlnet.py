@@ -267,7 +267,7 @@ class ControlApplication:
         return percent_to_sigma(sampling, self.end_percent) <= sigma <= percent_to_sigma(sampling, self.start_percent)
 
     def _hint_for(self, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        from loom.nodes.image_ops import common_upscale
+        from loom.nodes.runtime.resample import common_upscale
 
         size = (int(x.shape[2]) * 8, int(x.shape[3]) * 8)
         if self._resized is None or self._resized[0] != size:

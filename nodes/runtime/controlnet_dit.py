@@ -165,7 +165,7 @@ def hint_latent_format(kind: str, model_format: "LatentFormat") -> "LatentFormat
 def encoded_hint(application: "ControlApplication", latent: torch.Tensor, model: "DiffusionModel",
                  channels: int) -> torch.Tensor:
     """The hint for a latent like ``latent``: resized to its size x 8, VAE-encoded, ``process_in``; cached."""
-    from loom.nodes.image_ops import common_upscale
+    from loom.nodes.runtime.resample import common_upscale
     from loom.nodes.runtime import vae as vae_runtime
 
     vae = application.vae

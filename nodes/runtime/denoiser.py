@@ -125,7 +125,7 @@ def extra_input_channels(model: DiffusionModel) -> str | None:
 
 
 def _upscale_to(tensor: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    from loom.nodes.image_ops import common_upscale
+    from loom.nodes.runtime.resample import common_upscale
 
     return common_upscale(tensor, int(shape[-1]), int(shape[-2]), "bilinear", "center")
 
