@@ -20,6 +20,7 @@ import sys
 import sysconfig
 import time
 import tomllib
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -126,6 +127,9 @@ def test_the_wheel_carries_the_editor_workflows_and_data_files(installed: Scratc
     assert not missing, f"{installed.wheel.name} lacks {missing}"
     stray = sorted(name for name in names if not re.match(r"loom/|loom-[^/]+\.dist-info/", name))
     assert not stray, f"{installed.wheel.name} installs files outside loom/: {stray}"
+    assert (REPO / "web" / "testing" / "hook.js").is_file()  # so its absence below is the wheel's doing
+    test_only = sorted(name for name in names if name.startswith("loom/web/testing/"))
+    assert not test_only, f"{installed.wheel.name} carries the browser tests' hook: {test_only}"
 
 
 def test_the_installed_package_imports_from_the_scratch_site_packages(installed: ScratchInstall,
@@ -177,6 +181,9 @@ def test_installed_loom_serves_the_editor_and_its_default_workflow(installed: Sc
         assert b'<script type="module"' in body or b"app.js" in body, body[:300]
         status, _, body = _get(url + "/app.js")
         assert status == 200 and b"import" in body
+        with pytest.raises(urllib.error.HTTPError) as missing:  # `?test-hook` warns and the editor runs on
+            _get(url + "/testing/hook.js")
+        assert missing.value.code == 404
         status, content_type, body = _get(url + "/api/workflows/default")
         assert status == 200 and content_type.startswith("application/json")
         workflow = json.loads(body)
