@@ -1,1 +1,1 @@
-"""Model code on diffusers/transformers/safetensors. Never imports ``server``."""
+"""Model code on diffusers/transformers/safetensors. Imports neither ``loom.server`` nor the node library."""
