@@ -33,7 +33,8 @@ PRIVATE_IMPORTS_ALLOWED = {
 
 @dataclass(frozen=True)
 class Import:
-    """One module named by ``module`` at ``path:line``: ``names`` are what a ``from`` import takes of it."""
+    """An import in ``module`` at ``path:line`` (or, ``by_string``, a string constant naming a module):
+    ``target`` is the module it names, ``names`` what a ``from`` import takes of it."""
 
     module: str
     path: Path
