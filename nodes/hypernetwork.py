@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
-from loom.nodes.loaders import _file_fingerprint, _resolve
+from loom.nodes.loader_inputs import model_fingerprint, resolve_model
 from loom.nodes.lora import _check_handle
 
 NODE = "HypernetworkLoader"
@@ -33,7 +33,7 @@ class HypernetworkLoader(Node):
 
     @classmethod
     def fingerprint(cls, hypernetwork_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint(FOLDER, hypernetwork_name)
+        return model_fingerprint(FOLDER, hypernetwork_name)
 
     @classmethod
     def execute(cls, model: Any, hypernetwork_name: str, strength: float) -> tuple:
@@ -45,7 +45,7 @@ class HypernetworkLoader(Node):
             raise ValueError(f"{NODE}: input 'strength' must be a number, got {strength!r}")
         if not -10.0 <= float(strength) <= 10.0:
             raise ValueError(f"{NODE}: input 'strength' must be between -10.0 and 10.0, got {strength}")
-        path = _resolve(NODE, "hypernetwork_name", FOLDER, hypernetwork_name)
+        path = resolve_model(NODE, "hypernetwork_name", FOLDER, hypernetwork_name)
         try:
             patch = load_hypernetwork(path, float(strength))
         except HypernetworkError as exc:

@@ -21,12 +21,14 @@ ROOTS = {"server": "loom.server", "nodes": "loom.nodes"}
 
 PRIVATE_IMPORTS_ALLOWED = {
     # h2 removes these: the per-module input guards give way to the executor's typed socket checks
+    ("loom.nodes.hypernetwork", "loom.nodes.lora", "_check_handle"),
     ("loom.nodes.image_conditioning", "loom.nodes.conditioning", "_check_conditioning"),
     ("loom.nodes.image_conditioning", "loom.nodes.vae", "_check_image"),
     ("loom.nodes.image_conditioning", "loom.nodes.vae", "_check_vae"),
     ("loom.nodes.loaders_split", "loom.nodes.conditioning", "_check_clip"),
     ("loom.nodes.model_patches_guidance", "loom.nodes.model_patches", "_check_model"),
     ("loom.nodes.sd3", "loom.nodes.conditioning", "_check_clip"),
+    ("loom.nodes.skip_layer_guidance", "loom.nodes.model_patches", "_check_model"),
 }
 """``(importer, module, name)``: the only private helpers one library module may still take from another."""
 
