@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.kernel.schema import Combo, Node, Output, Schema, Socket, register
-from loom.nodes.loaders import _file_fingerprint, _resolve
+from loom.nodes.loader_inputs import model_fingerprint, resolve_model
 
 
 @register
@@ -23,12 +23,12 @@ class DiffControlNetLoader(Node):
 
     @classmethod
     def fingerprint(cls, control_net_name: str = "", **_: Any) -> Any:
-        return _file_fingerprint("controlnet", control_net_name)
+        return model_fingerprint("controlnet", control_net_name)
 
     @classmethod
     def execute(cls, model: Any, control_net_name: str) -> tuple:
         from loom.nodes.runtime.controlnet import ControlNetError, load_controlnet
-        path = _resolve("DiffControlNetLoader", "control_net_name", "controlnet", control_net_name)
+        path = resolve_model("DiffControlNetLoader", "control_net_name", "controlnet", control_net_name)
         try:
             return (load_controlnet(path, model=model),)
         except ControlNetError as exc:
