@@ -12,7 +12,9 @@ from loom.nodes.kernel.schema import default_registry, types_compatible
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TYPE_CASES = json.loads((FIXTURES / "type_compat.json").read_text())["cases"]
-WIDGET_LAYOUTS = json.loads((FIXTURES / "widget_layout.json").read_text())["nodes"]
+WIDGET_LAYOUT_TABLE = json.loads((FIXTURES / "widget_layout.json").read_text())
+WIDGET_LAYOUTS = WIDGET_LAYOUT_TABLE["nodes"]
+DYNAMIC_LAYOUTS = WIDGET_LAYOUT_TABLE["dynamic_combos"]["cases"]
 NODEPACK = Path(__file__).parent / "nodepack"
 _SLOT_NAMES = {"control": "control_after_generate", "filter": "control_filter_list", "upload": "upload"}
 
@@ -44,3 +46,21 @@ def test_server_reads_saved_widgets_in_the_editor_layout(node_type):
     slots = widget_slots(registry.get(node_type).schema())
     names = [_SLOT_NAMES.get(slot.kind, slot.spec.name) for slot in slots]
     assert names == WIDGET_LAYOUTS[node_type]
+
+
+@pytest.mark.parametrize("case", DYNAMIC_LAYOUTS,
+                         ids=[f"{c['node']}-{'-'.join(v for _, v in c['choose']) or 'fresh'}" for c in DYNAMIC_LAYOUTS])
+def test_server_reads_dynamic_combo_widgets_in_the_editor_layout(case):
+    """Saved values laid out as the table says map back to those names; the other options' inputs are inactive."""
+    from loom.server.workflow.widgets import assign_widget_values, dynamic_combos, widget_default
+
+    node_class = default_registry([NODEPACK]).get(case["node"])
+    schema = node_class.schema()
+    combos = dynamic_combos(node_class.object_info())
+    chosen = {name: widget_default(schema.input(name)) for name in combos} | dict(case["choose"])
+    saved = [chosen.get(name, f"value of {name}") for name in case["widgets"]]
+    assigned = assign_widget_values(schema, saved, None, combos)
+    assert assigned.values == dict(zip(case["widgets"], saved))
+    assert assigned.defaulted == []
+    option_inputs = {name for combo in combos.values() for names in combo.options.values() for name in names}
+    assert assigned.inactive == option_inputs - set(case["widgets"])

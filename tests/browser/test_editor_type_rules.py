@@ -12,7 +12,9 @@ pytestmark = pytest.mark.browser
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TYPE_CASES = json.loads((FIXTURES / "type_compat.json").read_text())["cases"]
-WIDGET_LAYOUTS = json.loads((FIXTURES / "widget_layout.json").read_text())["nodes"]
+WIDGET_LAYOUT_TABLE = json.loads((FIXTURES / "widget_layout.json").read_text())
+WIDGET_LAYOUTS = WIDGET_LAYOUT_TABLE["nodes"]
+DYNAMIC_LAYOUTS = WIDGET_LAYOUT_TABLE["dynamic_combos"]["cases"]
 
 
 def test_editor_link_rule_follows_the_shared_table(editor):
@@ -48,3 +50,17 @@ def test_editor_lays_out_widgets_as_the_shared_table(editor, node_type):
                 saved: (saved.widgets_values || []).length}; }""", node_type)
     assert got["names"] == WIDGET_LAYOUTS[node_type]
     assert got["saved"] == len(WIDGET_LAYOUTS[node_type])
+
+
+@pytest.mark.parametrize("case", DYNAMIC_LAYOUTS,
+                         ids=[f"{c['node']}-{'-'.join(v for _, v in c['choose']) or 'fresh'}" for c in DYNAMIC_LAYOUTS])
+def test_editor_lays_out_dynamic_combo_widgets_as_the_shared_table(editor, case):
+    got = editor.js("""({node: type, choose}) => {
+        loom.clear();
+        const node = loom.editor.addNode(type, [0, 0]);
+        for (const [name, value] of choose) loom.editor.setWidgetValue(node, node.widget(name), value);
+        const saved = loom.serialize().nodes.find((n) => n.id === node.id);
+        loom.load(loom.serialize());
+        return {names: node.widgets.map((w) => w.name), saved: saved.widgets_values.length,
+                reloaded: loom.graph.getNode(node.id).widgets.map((w) => w.name)}; }""", case)
+    assert got == {"names": case["widgets"], "saved": len(case["widgets"]), "reloaded": case["widgets"]}

@@ -33,7 +33,6 @@ export class NodeDef {
     this.widgets = [];
     this.autogrow = {}; // group name -> { min, max, names, prefix, specs: [{ name, type, optional }] }
     this.matchInputs = {}; // input name -> { template, allowed }
-    this.dynamicCombos = {}; // combo widget name -> { option key -> { sockets, widgets } }
     const inputs = info.input || {};
     for (const group of ["required", "optional"]) {
       const specs = inputs[group] || {};
@@ -104,7 +103,12 @@ export class NodeDef {
     for (let ordinal = 0; ordinal === 0 || ordinal < min + 1; ordinal++) this.sockets.push(...this.autogrowSockets(name, ordinal));
   }
 
-  #addDynamicCombo(name, options, optional) {
+  /**
+   * A dynamic combo's widget; its `choices` hold, by option key, the sockets and widgets the option brings
+   * (`combo.input`, labelled `input`). An option may hold a dynamic combo of its own (`format.save_mode`,
+   * whose options bring `format.save_mode.fps`).
+   */
+  #addDynamicCombo(name, options, optional, into, label) {
     const choices = {};
     for (const option of options.options || []) {
       const collected = { sockets: [], widgets: [] };
@@ -115,22 +119,21 @@ export class NodeDef {
       }
       choices[String(option.key)] = collected;
     }
-    this.dynamicCombos[name] = choices;
     const values = Object.keys(choices);
-    this.widgets.push({
-      name, kind: "combo", inputType: "COMBO", optional, dynamic: true, tooltip: options.tooltip,
+    const widget = {
+      name, kind: "combo", inputType: "COMBO", optional, dynamic: true, choices, tooltip: options.tooltip,
       options: { values }, default: options.default ?? values[0] ?? "",
-    });
+    };
+    if (label) widget.label = label;
+    into.widgets.push(widget);
   }
 
   #addInput(name, spec, optional, into = this, label = undefined) {
     const [rawType, options = {}] = Array.isArray(spec) ? spec : [spec, {}];
     const isCombo = Array.isArray(rawType) || rawType === "COMBO";
     const type = isCombo ? "COMBO" : String(rawType);
-    if (into === this) {
-      if (type === AUTOGROW) { this.#addAutogrow(name, options); return; }
-      if (type === DYNAMICCOMBO) { this.#addDynamicCombo(name, options, optional); return; }
-    }
+    if (type === AUTOGROW && into === this) { this.#addAutogrow(name, options); return; }
+    if (type === DYNAMICCOMBO) { this.#addDynamicCombo(name, options, optional, into, label); return; }
     if (type === "IMAGECOMPARE") {
       // the before/after slider: drawn in the node's image area, kept out of widgets_values (as ComfyUI does)
       into.widgets.push({ name, kind: "imagecompare", inputType: type, optional, options: { ...options }, saved: false,

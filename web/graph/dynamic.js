@@ -11,7 +11,9 @@
  *   output offers what the template allows.
  * - COMFY_DYNAMICCOMBO_V3: a combo whose chosen option brings its own inputs, named `combo.input`,
  *   inserted right after the combo (widgets) and after the combo's input or the last socket (sockets).
- *   Switching options swaps them; values typed for an option come back when it is chosen again.
+ *   Switching options swaps them; values typed for an option come back when it is chosen again. An
+ *   option may hold a dynamic combo itself (SaveImageAdvanced's `format.save_mode`, whose option brings
+ *   `format.save_mode.fps`): its option's widgets follow it, and they go when the outer option goes.
  *
  * Links point at input slots by index, so whenever inputs are inserted or removed the links into the
  * node are renumbered (`setInputs`).
@@ -187,35 +189,27 @@ export function updateMatchTypes(graph, node, seen = new Set()) {
 // ------------------------------------------------------------------ dynamic combo
 
 /**
- * Show the inputs of the option a dynamic combo holds. While a saved node is being read
- * (`loading`), saved inputs are kept as they are (links point at them by slot) and only missing
- * sockets are added at the end.
+ * Show the inputs of the option a dynamic combo holds, its own dynamic combos' options included
+ * (`format` = avif brings `format.save_mode`, whose "animated" brings `format.save_mode.fps` right after
+ * it). While a saved node is being read (`loading`), saved inputs are kept as they are (links point at
+ * them by slot) and only missing sockets are added at the end.
  */
 export function applyDynamicCombo(graph, node, widget, { loading = false } = {}) {
-  const choices = node.def?.dynamicCombos[widget.name];
-  if (!choices) return;
+  if (!widget.choices) return;
   const prefix = widget.name + ".";
-  const option = choices[widget.value] ? String(widget.value) : null;
   const state = (node.dynamicState ||= {});
-  const stash = (state[widget.name] ||= { active: undefined, values: {} });
-  // widgets: the old option's go (their values kept for coming back), the new option's come in after the combo
-  const kept = stash.values[stash.active] ||= {};
+  // widgets: the old option's go (each combo they belong to keeps their values for coming back), the new
+  // option's come in after the combo
   const widgets = [];
   for (const w of node.widgets) {
-    if (w.name.startsWith(prefix)) kept[w.name] = w.value;
+    if (w.name.startsWith(prefix)) rememberValue(state, w);
     else widgets.push(w);
   }
-  const added = (option ? choices[option].widgets : []).map((spec) => {
-    const fresh = createWidget(spec);
-    const remembered = stash.values[option]?.[fresh.name];
-    if (remembered !== undefined) fresh.value = remembered;
-    return fresh;
-  });
+  for (const [name, stash] of Object.entries(state)) if (name.startsWith(prefix)) stash.active = undefined;
+  const { widgets: added, sockets } = optionInputs(widget, state);
   widgets.splice(widgets.indexOf(widget) + 1, 0, ...added);
   node.widgets = widgets;
-  stash.active = option ?? undefined;
   // sockets
-  const sockets = option ? choices[option].sockets : [];
   if (loading) {
     const missing = sockets.filter((s) => !node.inputs.some((i) => i.name === s.name));
     if (missing.length) setInputs(graph, node, [...node.inputs, ...missing.map(socketInput)]);
@@ -235,4 +229,34 @@ export function applyDynamicCombo(graph, node, widget, { loading = false } = {})
   const widgetInputs = [...reused.values()].filter((i) => i.widget);
   inputs.splice(own < 0 ? inputs.length : own + 1, 0, ...fresh, ...widgetInputs);
   setInputs(graph, node, inputs);
+}
+
+/** Keep a leaving widget's value with every dynamic combo whose option it belongs to. */
+function rememberValue(state, widget) {
+  for (const [name, stash] of Object.entries(state)) {
+    if (stash.active !== undefined && widget.name.startsWith(name + ".")) {
+      (stash.values[stash.active] ||= {})[widget.name] = widget.value;
+    }
+  }
+}
+
+/** The widgets (in order, nested combos followed by their option's) and sockets of a combo's current option. */
+function optionInputs(widget, state) {
+  const option = widget.choices[widget.value] ? String(widget.value) : undefined;
+  const stash = (state[widget.name] ||= { active: undefined, values: {} });
+  stash.active = option;
+  const widgets = [];
+  const sockets = option ? widget.choices[option].sockets.slice() : [];
+  for (const spec of option ? widget.choices[option].widgets : []) {
+    const fresh = createWidget(spec);
+    const remembered = stash.values[option]?.[fresh.name];
+    if (remembered !== undefined) fresh.value = remembered;
+    widgets.push(fresh);
+    if (fresh.dynamic) {
+      const inner = optionInputs(fresh, state);
+      widgets.push(...inner.widgets);
+      sockets.push(...inner.sockets);
+    }
+  }
+  return { widgets, sockets };
 }

@@ -4,6 +4,7 @@
  * columns by depth.
  */
 import { GraphNode } from "./model.js";
+import { applyDynamicCombo } from "./dynamic.js";
 import { fitNodeSize } from "../canvas/layout.js";
 
 const COLUMN_GAP = 80;
@@ -20,9 +21,14 @@ export function graphFromPrompt(graph, prompt) {
     const node = new GraphNode(data.class_type, def);
     node.id = /^\d+$/.test(id) ? Number(id) : ++graph.last_node_id;
     if (data._meta?.title && data._meta.title !== def.displayName) node.title = data._meta.title;
-    for (const [name, value] of Object.entries(data.inputs || {})) {
-      const widget = node.widget(name);
-      if (widget && !Array.isArray(value)) widget.value = value?.__value__ ?? value;
+    // one widget at a time: a dynamic combo's value brings its option's widgets right after it
+    const inputs = data.inputs || {};
+    for (let i = 0; i < node.widgets.length; i++) {
+      const widget = node.widgets[i];
+      const value = Object.hasOwn(inputs, widget.name) ? inputs[widget.name] : undefined;
+      if (value === undefined || Array.isArray(value)) continue;
+      widget.value = value?.__value__ ?? value;
+      if (widget.dynamic) applyDynamicCombo(null, node, widget);
     }
     fitNodeSize(node);
     graph.addNode(node, false);

@@ -66,7 +66,7 @@ export function createWidget(spec) {
   };
   if (spec.label) widget.label = spec.label;
   if (spec.saved === false) widget.saved = false; // kept out of widgets_values (ComfyUI's image compare)
-  if (spec.dynamic) widget.dynamic = true; // a dynamic combo: its option brings more inputs
+  if (spec.dynamic) Object.assign(widget, { dynamic: true, choices: spec.choices }); // its option brings more inputs
   if (widget.kind === "combo" || widget.kind === "control") widget.options.values = (spec.options.values || []).slice();
   return widget;
 }
