@@ -3,7 +3,9 @@
 * ``COMFY_DYNAMICCOMBO_V3`` (``ResizeImageMaskNode``'s ``resize_type``): ``widgets_values`` holds the combo,
   then only the chosen option's widgets (dynamicWidgets.ts splices them in right after the combo), then
   the next top-level widget; only the chosen option's inputs are sent, as ``resize_type.<key>``; an
-  option's socket (``match``) is linked by its input name.
+  option's socket (``match``) is linked by its input name. A combo inside an option (SaveImageAdvanced's
+  ``format.save_mode``) is followed by its own option's widgets (``format.save_mode.fps``), and its inputs
+  go with the outer option.
 * ``IMAGECOMPARE`` (``ImageCompare``'s ``compare_view``): not in ``widgets_values`` (the node saves ``[]``,
   useImageCompareWidget.ts sets ``widget.serialize = false``) but sent with the widget's initial value
   ``['', '']``, wrapped as a list literal; ComfyUI's backend requires the input.
@@ -191,6 +193,67 @@ def test_dynamic_combo_layout_helpers():
     # an unknown option (renamed upstream) brings no widgets: the next value is the next top-level widget
     assigned = assign_widget_values(node_class.schema(), ["no such option", "bilinear"], None, combos)
     assert assigned.values == {"resize_type": "no such option", "scale_method": "bilinear"}
+
+
+# ---- nested dynamic combo -------------------------------------------------------------------------
+# SaveImageAdvanced's ``format`` = avif holds a dynamic combo of its own, ``format.save_mode``, whose "animated"
+# brings ``format.save_mode.fps`` and ``format.save_mode.loop_count``: its widgets follow it in widgets_values
+# (the inner combo's updateWidgets splices them in after it while the outer one's are being added).
+
+def _widget_input(name, kind, link=None):
+    """A widget's input as the frontend saves it; an option's inputs are labelled with their own key."""
+    entry = {"name": name, "type": kind, "widget": {"name": name}, "link": link}
+    if "." in name:
+        entry["label"] = name.rsplit(".", 1)[-1]
+    return entry
+
+
+def _save_advanced(widgets_values, option_inputs, node_id=3, image_link=3):
+    inputs = [{"name": "images", "type": "IMAGE", "link": image_link}, _widget_input("filename_prefix", "STRING"),
+              _widget_input("format", "COMFY_DYNAMICCOMBO_V3"), *[_widget_input(*spec) for spec in option_inputs]]
+    return {"id": node_id, "type": "SaveImageAdvanced", "mode": 0, "inputs": inputs,
+            "outputs": [{"name": "images", "type": "IMAGE", "links": []}], "widgets_values": widgets_values}
+
+
+AVIF_INPUTS = [("format.bit_depth", "COMBO"), ("format.input_color_space", "COMBO"), ("format.crf", "INT"),
+               ("format.save_mode", "COMFY_DYNAMICCOMBO_V3")]
+
+
+def test_nested_dynamic_combo_option_widgets_follow_the_inner_combo(registry):
+    """avif, animated: the inner combo's widgets come right after it; fps fed by a primitive node by name."""
+    primitive = {"id": 6, "type": "PrimitiveFloat", "mode": 0, "inputs": [],
+                 "outputs": [{"name": "FLOAT", "type": "FLOAT", "links": [8]}], "widgets_values": [12.5]}
+    save = _save_advanced(["clip", "avif", "10-bit YUV420", "HDR", 30, "animated", 8.0, 2],
+                          [*AVIF_INPUTS, ("format.save_mode.fps", "FLOAT", 8), ("format.save_mode.loop_count", "INT")])
+    ui = _workflow([_image(1, [3]), primitive, save], [[3, 1, 0, 3, 0, "IMAGE"], [8, 6, 0, 3, 7, "FLOAT"]])
+    prompt = _convert(registry, ui)
+    assert prompt["3"]["inputs"] == {"images": ["1", 0], "filename_prefix": "clip", "format": "avif",
+                                     "format.bit_depth": "10-bit YUV420", "format.input_color_space": "HDR",
+                                     "format.crf": 30, "format.save_mode": "animated",
+                                     "format.save_mode.fps": ["6", 0], "format.save_mode.loop_count": 2}
+    # still images: the inner combo's option brings nothing, so nothing follows it
+    still = _save_advanced(["frames", "avif", "auto", "sRGB", 18, "still images"], AVIF_INPUTS)
+    prompt = _convert(registry, _workflow([_image(1, [3]), still], [[3, 1, 0, 3, 0, "IMAGE"]]))
+    assert prompt["3"]["inputs"] == {"images": ["1", 0], "filename_prefix": "frames", "format": "avif",
+                                     "format.bit_depth": "auto", "format.input_color_space": "sRGB",
+                                     "format.crf": 18, "format.save_mode": "still images"}
+
+
+def test_nested_dynamic_combo_inputs_go_with_the_outer_option(registry, base_dir):
+    """exr chosen: a link still saved into the avif option's nested fps input is not sent, and the prompt runs."""
+    primitive = {"id": 6, "type": "PrimitiveFloat", "mode": 0, "inputs": [],
+                 "outputs": [{"name": "FLOAT", "type": "FLOAT", "links": [8]}], "widgets_values": [12.5]}
+    save = _save_advanced(["linear", "exr", "32-bit float", "linear"],
+                          [("format.bit_depth", "COMBO"), ("format.input_color_space", "COMBO"),
+                           ("format.save_mode.fps", "FLOAT", 8)])
+    ui = _workflow([_image(1, [3], width=4, height=2), primitive, save],
+                   [[3, 1, 0, 3, 0, "IMAGE"], [8, 6, 0, 3, 5, "FLOAT"]])
+    prompt = _convert(registry, ui)
+    assert prompt["3"]["inputs"] == {"images": ["1", 0], "filename_prefix": "linear", "format": "exr",
+                                     "format.bit_depth": "32-bit float", "format.input_color_space": "linear"}
+    result = _run(registry, prompt)
+    assert result.outputs["3"]["images"] == [{"filename": "linear_00001.exr", "subfolder": "", "type": "output"}]
+    assert (base_dir / "output" / "linear_00001.exr").read_bytes()[:4] == b"\x76\x2f\x31\x01"
 
 
 # ---- image compare --------------------------------------------------------------------------------
