@@ -5,6 +5,8 @@ Input names and ``widgets_values`` are the ones ComfyUI's frontend uses (``image
 ``resize_type.multiplier``, the chosen option's values right after the combo)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.browser.conftest import screenshot_path
@@ -228,6 +230,83 @@ def test_dynamic_combo_prompt_has_only_the_chosen_options_inputs(editor):
                                              "resize_type.multiplier": 2, "scale_method": "bilinear"}
     run_and_wait(editor, save, "s.images.length === 1 && s.images[0].loaded")
     assert editor.js(f"loom.nodeState({save})")["images"][0]["width"] == 64
+
+
+# ------------------------------------------------------------------------------ 3b nested dynamic combo
+# SaveImageAdvanced's format = avif brings a dynamic combo of its own, format.save_mode, whose "animated"
+# brings format.save_mode.fps and format.save_mode.loop_count right after it.
+
+PNG_WIDGETS = ["filename_prefix", "format", "format.bit_depth", "format.input_color_space"]
+AVIF_WIDGETS = PNG_WIDGETS + ["format.crf", "format.save_mode"]
+ANIMATED_WIDGETS = AVIF_WIDGETS + ["format.save_mode.fps", "format.save_mode.loop_count"]
+
+
+def test_nested_dynamic_combo_switches_saves_reloads_and_queues(editor):
+    image, save = build(editor, """const i = add('EmptyImage', 40, 60); i.widget('width').value = 8;
+        i.widget('height').value = 4; const s = add('SaveImageAdvanced', 400, 60); link(i, 0, s, 0);""")
+    assert widget_names(editor, save) == PNG_WIDGETS
+    editor.choose_combo(save, "format", "avif", "avif")
+    assert widget_names(editor, save) == AVIF_WIDGETS
+    assert editor.js(f"loom.graph.getNode({save}).widget('format.save_mode').label") == "save_mode"
+    editor.type_into_widget(save, "format.crf", "30")
+    editor.choose_combo(save, "format.save_mode", "anim", "animated")
+    assert widget_names(editor, save) == ANIMATED_WIDGETS
+    assert editor.js(f"loom.graph.getNode({save}).widget('format.save_mode.fps').label") == "fps"
+    editor.type_into_widget(save, "format.save_mode.fps", "12.5")
+    editor.type_into_widget(save, "format.save_mode.loop_count", "3")
+    animated = ["ComfyUI", "avif", "auto", "sRGB", 30, "animated", 12.5, 3]
+    assert saved_node(editor.workflow(), save)["widgets_values"] == animated
+    expected = {"images": [str(image), 0], "filename_prefix": "ComfyUI", "format": "avif", "format.bit_depth": "auto",
+                "format.input_color_space": "sRGB", "format.crf": 30, "format.save_mode": "animated",
+                "format.save_mode.fps": 12.5, "format.save_mode.loop_count": 3}
+    assert convert(editor)[str(save)]["inputs"] == expected
+
+    # another format: the nested combo and its widgets go; back to avif, every typed value comes back
+    editor.choose_combo(save, "format", "exr", "exr")
+    assert widget_names(editor, save) == PNG_WIDGETS
+    assert saved_node(editor.workflow(), save)["widgets_values"] == ["ComfyUI", "exr", "32-bit float", "sRGB"]
+    assert set(convert(editor)[str(save)]["inputs"]) == {"images", "filename_prefix", "format", "format.bit_depth",
+                                                         "format.input_color_space"}
+    editor.choose_combo(save, "format", "avif", "avif")
+    assert saved_node(editor.workflow(), save)["widgets_values"] == animated
+    # the inner combo alone: still images drops fps and loop_count, animated brings back what was typed
+    editor.choose_combo(save, "format.save_mode", "still", "still images")
+    assert widget_names(editor, save) == AVIF_WIDGETS
+    editor.choose_combo(save, "format.save_mode", "anim", "animated")
+    assert saved_node(editor.workflow(), save)["widgets_values"] == animated
+
+    # saved and loaded again (and loaded from the API prompt alone): the same widgets, values and prompt
+    workflow = editor.workflow()
+    editor.js("(w) => loom.load(w)", workflow)
+    assert widget_names(editor, save) == ANIMATED_WIDGETS
+    assert saved_node(editor.workflow(), save)["widgets_values"] == animated
+    assert convert(editor)[str(save)]["inputs"] == expected
+    editor.frame()
+    assert editor.js(f"loom.widgetPoint({save}, 'format.save_mode.loop_count')")  # drawn in the body
+    prompt = convert(editor)
+    editor.js("(p) => loom.load(p)", prompt)
+    assert widget_names(editor, save) == ANIMATED_WIDGETS
+    assert saved_node(editor.workflow(), save)["widgets_values"] == animated
+
+
+@pytest.mark.parametrize("fmt, options, extension", [("png", {"format.bit_depth": "16-bit"}, "png"),
+                                                      ("exr", {"format.input_color_space": "linear"}, "exr")])
+def test_save_image_advanced_runs_from_the_editor(editor, loom_server, fmt, options, extension):
+    image, save = build(editor, f"""const i = add('EmptyImage', 40, 60); i.widget('width').value = 8;
+        i.widget('height').value = 4; const s = add('SaveImageAdvanced', 400, 60); link(i, 0, s, 0);
+        s.widget('filename_prefix').value = 'editor_{fmt}';
+        loom.editor.setWidgetValue(s, s.widget('format'), '{fmt}');
+        for (const [name, value] of Object.entries({json.dumps(options)}))
+            loom.editor.setWidgetValue(s, s.widget(name), value);""")
+    assert editor.js("loom.queue()")["prompt_id"]
+    editor.page.wait_for_function(f"loom.nodeState({save}).images.length === 1", timeout=30000)
+    state = editor.js(f"loom.nodeState({save})")
+    assert state["error"] is None
+    assert f"filename=editor_{fmt}_00001.{extension}" in state["images"][0]["src"]
+    data = (loom_server.base_dir / "output" / f"editor_{fmt}_00001.{extension}").read_bytes()
+    assert data[:4] == (b"\x89PNG" if fmt == "png" else b"\x76\x2f\x31\x01")
+    if fmt == "png":
+        assert data[24] == 16  # IHDR bit depth
 
 
 # ---------------------------------------------------------------------------------------- 4 image compare
