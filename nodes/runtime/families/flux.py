@@ -12,6 +12,8 @@
   conditioning (FluxGuidance, CLIPTextEncodeFlux) and defaults to 3.5; ``guidance: None`` (FluxDisableGuidance)
   leaves the guidance embedding out.
 * Conditionings of different shapes are never batched together (joint attention over the tokens).
+* Reference latents (ReferenceLatent, FLUX.1 Kontext) join the image tokens, each with its own position ids
+  (:meth:`nodes.runtime.flux_layout.FluxNetwork.forward`); the prediction is read from the latent's tokens.
 """
 from __future__ import annotations
 
@@ -42,6 +44,10 @@ FLUX_LATENT = LatentFormat(
                  (-0.1262, -0.0982, -0.0778)),
     rgb_bias=(-0.0329, -0.0718, -0.0851),
 )
+
+REFERENCE_KEY = "ref_latent."  # extra inputs ref_latent.0, .1, ...: ReferenceLatent's latents, in order
+REFERENCE_METHOD_KEY = "ref_latents_method"
+REFERENCE_METHODS = ("offset", "index", "uxo")  # FluxKontextMultiReferenceLatentMethod; FLUX.1's default first
 
 DEV_SHIFT = 1.15
 DEFAULT_GUIDANCE = 3.5
@@ -152,6 +158,15 @@ class Flux(Family):
         guidance = options.get("guidance", DEFAULT_GUIDANCE)
         if guidance is not None:
             out["guidance"] = torch.tensor([float(guidance)])
+        references = options.get("reference_latents") or ()
+        for index, latent in enumerate(references):  # ReferenceLatent (Kontext); ComfyUI's process_latent_in
+            out[f"{REFERENCE_KEY}{index}"] = self.latent_format.process_in(latent.float())
+        if references:
+            method = options.get("reference_latents_method", "offset")
+            if method not in REFERENCE_METHODS:
+                raise ValueError(f"unknown reference_latents_method {method!r}; expected one of "
+                                 f"{', '.join(REFERENCE_METHODS)}")
+            out[REFERENCE_METHOD_KEY] = torch.tensor([[float(REFERENCE_METHODS.index(method))]])
         return out
 
     def apply_network(self, model: "DiffusionModel", xc: torch.Tensor, timestep: torch.Tensor,
@@ -163,11 +178,17 @@ class Flux(Family):
         network = model.unet
         if not isinstance(network, flux_layout.FluxNetwork):
             raise TypeError(f"a FLUX MODEL's network must be a FluxNetwork, not {type(network).__name__}")
+        references = [extra[f"{REFERENCE_KEY}{i}"] for i in range(len(extra)) if f"{REFERENCE_KEY}{i}" in extra]
+        if references and control is not None:
+            raise ValueError("a ControlNet together with reference latents (ReferenceLatent) is not supported yet "
+                             "on FLUX")
+        method = REFERENCE_METHODS[int(extra[REFERENCE_METHOD_KEY].flatten()[0])] if references else "offset"
         from loom.nodes.runtime.dit_patches import flux_blocks_skipped
 
         with flux_blocks_skipped(network.transformer, model.options):  # SkipLayerGuidance's pass
             return network(xc, timestep, context, extra.get("y"), extra.get("guidance"),
-                           control=flux_controlnets(model, xc, sigma, control))
+                           control=flux_controlnets(model, xc, sigma, control), references=references,
+                           reference_method=method)
 
 
 def flux_controlnets(model: "DiffusionModel", xc: torch.Tensor, sigma: torch.Tensor, control: Any) -> Any:
