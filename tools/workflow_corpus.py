@@ -232,7 +232,7 @@ def wrong_input(spec: Any, value: Any) -> str | None:
         if spec.folder is not None:
             return None if MODEL_FILE.search(value) else "model COMBO got a value that is not a file name"
         if spec.image_upload:
-            return None if FILE_NAME.search(value) else "file COMBO got a value that is not a file name"
+            return None if FILE_NAME.search(value.split(" [")[0]) else "file COMBO got a value that is not a file name"
         try:
             choices = spec.choices()
         except Exception:
@@ -283,6 +283,7 @@ def one_pixel_png() -> bytes:
 def place_files(prompt: dict[str, Any], registry: Any, root: Path) -> None:
     """Placeholders for every model file and input picture the prompt names (see the docstring)."""
     from loom.nodes.kernel import folders
+    from loom.nodes.image import split_annotation
     from loom.nodes.kernel.schema import Combo
     from loom.server.validation import is_link
 
@@ -297,8 +298,9 @@ def place_files(prompt: dict[str, Any], registry: Any, root: Path) -> None:
             if spec.folder is not None and MODEL_FILE.search(value):
                 target = folders.current().model_paths(spec.folder)[0] / value
                 content = b""
-            elif spec.image_upload and FILE_NAME.search(value):
-                target = folders.current().data_dir("input") / value.split(" [")[0]
+            elif spec.image_upload and FILE_NAME.search(value.split(" [")[0]):
+                plain, kind = split_annotation(value)  # "x.png [output]" lives in the output folder
+                target = folders.current().data_dir(kind) / plain
                 content = one_pixel_png()
             else:
                 continue
