@@ -90,7 +90,23 @@ def test_checkpoint_save_writes_comfyuis_edm_vpred_marks(base_dir):
         assert "v_pred" not in keys and "modelspec.predict_key" not in (f.metadata() or {})
         assert math.isclose(float(f.get_tensor("edm_vpred.sigma_max")), 120.0, rel_tol=1e-5)
         assert math.isclose(float(f.get_tensor("edm_vpred.sigma_min")), 0.002, rel_tol=1e-5)
+    reloaded, _clip, _vae = load_checkpoint(saved, device="cpu")  # the marks make it a CosXL-style model again
+    assert isinstance(reloaded.sampling, ContinuousEDMSampling) and reloaded.sampling.prediction == "v"
     os.remove(saved)
+
+
+def test_a_checkpoint_with_edm_vpred_marks_loads_as_v_prediction_edm(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(checkpoint_path("sdxl")))
+    tensors.update({"edm_vpred.sigma_max": torch.tensor(80.0), "edm_vpred.sigma_min": torch.tensor(0.03)})
+    save_file(tensors, str(tmp_path / "cosxl.safetensors"))
+    model, _clip, _vae = load_checkpoint(tmp_path / "cosxl.safetensors", device="cpu")
+    assert isinstance(model.sampling, ContinuousEDMSampling) and model.sampling.prediction == "v"
+    assert math.isclose(float(model.sampling.sigma_max), 80.0, rel_tol=1e-5)
+    assert math.isclose(float(model.sampling.sigma_min), 0.03, rel_tol=1e-5)
+    plain, _clip, _vae = load_checkpoint(checkpoint_path("sdxl"), device="cpu")
+    assert not isinstance(plain.sampling, ContinuousEDMSampling)
 
 
 def test_a_ksampler_runs_on_the_patched_model():

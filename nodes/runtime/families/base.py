@@ -60,6 +60,7 @@ class Detected:
     vae_prefix: str | None
     text_encoders: list[TextEncoderSlot] = field(default_factory=list)
     zero_terminal_snr: bool = False    # a ``ztsnr`` marker key: sigmas rescaled to zero terminal SNR
+    edm_sigmas: tuple[float, float] | None = None  # ``edm_vpred.sigma_min/max`` marks: v-prediction EDM (CosXL)
 
     @property
     def diffusion_prefix(self) -> str | None:
