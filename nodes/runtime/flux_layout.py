@@ -395,6 +395,14 @@ class FluxNetwork(torch.nn.Module):
 
     @property
     def latent_channels(self) -> int:
+        """The channels of the latent it denoises (its output; diffusers' ``out_channels`` is unset or None when
+        it equals ``in_channels``)."""
+        config = self.transformer.config
+        return (getattr(config, "out_channels", None) or config.in_channels) // (PATCH * PATCH)
+
+    @property
+    def input_channels(self) -> int:
+        """The channels it takes: the latent's, plus the Fill/Canny/Depth models' extra input (``concat``)."""
         return self.transformer.config.in_channels // (PATCH * PATCH)
 
     @property
@@ -408,24 +416,30 @@ class FluxNetwork(torch.nn.Module):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None, guidance: torch.Tensor | float | None = None,
                 control: Any = None, references: Sequence[torch.Tensor] = (),
-                reference_method: str = "offset") -> torch.Tensor:
+                reference_method: str = "offset", concat: torch.Tensor | None = None) -> torch.Tensor:
         """Prediction ``[B, C, H, W]`` (float32) for latent ``x`` at ``timestep`` (sigma for FLUX). ``control``
         (ControlNets, :func:`nodes.runtime.controlnet_dit.flux_control`) maps the transformer's call kwargs to
         extra kwargs (its residuals). ``references`` (Kontext's reference latents, ``[B, C, h, w]`` each, in the
         model's latent space) are appended to the image tokens with the position ids :func:`reference_ids`
-        gives them; only the latent's own tokens are read back."""
+        gives them; only the latent's own tokens are read back. ``concat`` (the Fill/Canny/Depth models' extra
+        input channels, :meth:`nodes.runtime.families.flux.Flux.concat_input`) is appended to the latent's
+        channels before patching, as ComfyUI's ``Flux.forward`` does."""
         if x.ndim != 4:
             raise ValueError(f"a FLUX latent must be [batch, channels, height, width], got {tuple(x.shape)}")
         config = self.transformer.config
         if x.shape[1] != self.latent_channels:
             raise ValueError(f"this FLUX model takes {self.latent_channels}-channel latents; the latent has "
                              f"{x.shape[1]}")
+        extra = 0 if concat is None else concat.shape[1]
+        if x.shape[1] + extra != self.input_channels:
+            raise ValueError(f"this FLUX model takes {self.input_channels} input channels; the latent has "
+                             f"{x.shape[1]} and the extra input {extra}")
         if context.shape[-1] != config.joint_attention_dim:
             raise ValueError(f"this FLUX model takes a {config.joint_attention_dim}-wide text context (T5-XXL); "
                              f"the conditioning is {context.shape[-1]} wide (is it from another model's text encoder?)")
         device, dtype = self.device, self.compute_dtype
         batch, _, height, width = x.shape
-        padded = pad_to_patch(x)
+        padded = pad_to_patch(x if concat is None else torch.cat([x, concat.to(x)], dim=1))
         rows, cols = padded.shape[-2] // PATCH, padded.shape[-1] // PATCH
         tokens = patchify(padded).to(device=device, dtype=dtype)
         ids = image_ids(rows, cols, device=device)

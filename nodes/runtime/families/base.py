@@ -154,6 +154,15 @@ class Family:
         SD3's pooled projection), batched with the context. Empty by default."""
         return {}
 
+    def concat_input(self, model: "DiffusionModel", options: Mapping[str, Any], shape: Sequence[int],
+                     latent_image: "torch.Tensor | None", denoise_mask: "torch.Tensor | None"
+                     ) -> "torch.Tensor | None":
+        """The channels one conditioning entry appends to the network input (ComfyUI's ``concat_cond``), or
+        ``None``: the UNet rule of :func:`nodes.runtime.denoiser.concat_input` unless a family has its own."""
+        from loom.nodes.runtime.denoiser import concat_input
+
+        return concat_input(model, dict(options), shape, latent_image, denoise_mask)
+
     def apply_network(self, model: "DiffusionModel", xc: "torch.Tensor", timestep: "torch.Tensor",
                       sigma: "torch.Tensor", context: "torch.Tensor", extra: Mapping[str, "torch.Tensor"] | None,
                       control: Any = None, concat: "torch.Tensor | None" = None) -> "torch.Tensor":
