@@ -129,13 +129,12 @@ def test_an_image_is_compared_with_the_prompt_it_saved():
 def test_unknown_node_types_are_grouped_by_why(tmp_path):
     ui = _txt2img()
     ui["nodes"] += [node(30, "ImageResizeKJ", [], [], [], properties={"cnr_id": "comfyui-kjnodes"}),
-                    node(31, "SetUnionControlNetType", [], [], []),
                     node(32, "UpscaleModelLoader", [], [], []),
                     node(33, "GLIGENLoader", [], [], [], properties={"cnr_id": "comfy-core"})]
     outcome = corpus.measure(_loaded(ui), default_registry(), set())
     assert sorted(outcome.reasons) == [
         "custom node pack (comfyui-kjnodes): ImageResizeKJ", "missing core node: GLIGENLoader",
-        "node being added by other work: SetUnionControlNetType", "node blocked (needs spandrel): UpscaleModelLoader"]
+        "node blocked (needs spandrel): UpscaleModelLoader"]
 
 
 def test_the_command_reads_json_and_png_and_prints_the_table(tmp_path, capsys):

@@ -38,9 +38,8 @@ SD1.5. A workflow that loads no model (API nodes, image utilities) is "no model"
 
 Failure reasons are grouped: unknown node types split into custom node packs (a node whose saved
 ``properties.cnr_id`` is not ``comfy-core``, or a type that no core node of the corpus carries and whose
-name has a pack suffix), nodes other work is adding (:data:`IN_PROGRESS`), nodes blocked here
-(:data:`BLOCKED`) and missing core nodes; then converter errors, wrong-input values, saved-prompt
-differences and validation errors by message, node type and input.
+name has a pack suffix), nodes blocked here (:data:`BLOCKED`) and missing core nodes; then converter
+errors, wrong-input values, saved-prompt differences and validation errors by message, node type and input.
 """
 from __future__ import annotations
 
@@ -88,9 +87,6 @@ CHECKPOINT_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "unCLIPCheck
                       "ImageOnlyCheckpointLoader")
 TEXT_ENCODER_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader")
 
-IN_PROGRESS = frozenset({"SkipLayerGuidanceDiT", "SkipLayerGuidanceDiTSimple", "HypernetworkLoader",
-                         "DiffControlNetLoader", "SetUnionControlNetType", "SaveImageAdvanced"})
-"""Core nodes other work is adding while this was measured: counted apart, not as Loom's gaps."""
 BLOCKED = frozenset({"UpscaleModelLoader", "ImageUpscaleWithModel"})
 """Core nodes that need spandrel, which cannot be installed here (it needs torchvision)."""
 PACK_SUFFIX = re.compile(r"\(rgthree\)|\|pysssss|//|🐍|KJ$|_Zho|Impact|WAS ", re.IGNORECASE)
@@ -196,8 +192,6 @@ class Outcome:
 
 
 def unknown_type_reason(type_name: str, ui: dict[str, Any] | None, core: set[str]) -> str:
-    if type_name in IN_PROGRESS:
-        return f"node being added by other work: {type_name}"
     if type_name in BLOCKED:
         return f"node blocked (needs spandrel): {type_name}"
     packs = {str((n.get("properties") or {}).get("cnr_id") or (n.get("properties") or {}).get("aux_id") or "")
@@ -415,7 +409,7 @@ def report(outcomes: list[Outcome], details: bool) -> str:
 
 
 def _counted_apart(reason: str) -> bool:
-    return reason.startswith(("node being added", "node blocked", "custom node pack"))
+    return reason.startswith(("node blocked", "custom node pack"))
 
 
 def main(argv: list[str] | None = None) -> int:
