@@ -247,6 +247,42 @@ class LoadImageMask(Node):
         return check_input_file(image)
 
 
+def list_output_images() -> list[str]:
+    """The image files at the top of the output directory, annotated ``"name [output]"``, sorted."""
+    return sorted(f"{name} [output]" for name in folders.data_files("output") if _is_image_name(name))
+
+
+@register
+class LoadImageOutput(Node):
+    """ComfyUI's LoadImageOutput (``nodes.py``): LoadImage over the output folder's pictures, for feeding a
+    result back in; a plain name still means the input folder, as LoadImage reads it."""
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema(
+            "LoadImageOutput", display_name="Load Image (from Outputs)", category="image",
+            description="Load an image from the output folder. When the refresh button is clicked, the node will "
+                        "update the image list and automatically select the first image, allowing for easy "
+                        "iteration.",
+            inputs=[Combo("image", options_source=list_output_images, image_upload=True, validate_membership=False)],
+            outputs=[Output("IMAGE"), Output("MASK")], experimental=True)
+
+    @classmethod
+    def execute(cls, image: str) -> tuple:
+        try:
+            return load_image_file(resolve_input_file(image))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"LoadImageOutput: input 'image': {error}") from None
+
+    @classmethod
+    def fingerprint(cls, image: str) -> Any:
+        return LoadImage.fingerprint(image)
+
+    @classmethod
+    def validate_inputs(cls, image: Any) -> bool | str:
+        return check_input_file(image)
+
+
 # --------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------

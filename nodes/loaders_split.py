@@ -2,8 +2,8 @@
 TripleCLIPLoader, FluxGuidance and CLIPTextEncodeFlux, with ComfyUI's names, inputs and options.
 
 The CLIP types ComfyUI lists that Loom cannot build yet (``stable_cascade``, ``mochi``, ``hidream``, ...) are
-offered as in ComfyUI, so shared workflows validate, and fail when the node runs with a message naming the
-types Loom supports. What each type builds is in :mod:`nodes.runtime.split_loading`; VAELoader (in
+offered as in ComfyUI (the same ``/object_info``), and a prompt that picks one fails validation with a message
+naming the model family Loom lacks and the types it supports (the node, run anyway, says the same). What each type builds is in :mod:`nodes.runtime.split_loading`; VAELoader (in
 :mod:`nodes.loaders`) reads 16-channel VAEs (FLUX ``ae.safetensors``, SD3) as well.
 """
 from __future__ import annotations
@@ -22,6 +22,22 @@ CLIP_TYPES = ("stable_diffusion", "stable_cascade", "sd3", "stable_audio", "moch
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image")
 DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image")
 DEVICES = ("default", "cpu")
+TYPE_FAMILIES = {"stable_cascade": "Stable Cascade", "stable_audio": "Stable Audio", "mochi": "Mochi",
+                 "ltxv": "LTX-Video", "pixart": "PixArt", "cosmos": "Cosmos", "lumina2": "Lumina 2", "wan": "Wan",
+                 "hidream": "HiDream", "chroma": "Chroma", "ace": "ACE-Step", "omnigen2": "OmniGen2",
+                 "qwen_image": "Qwen-Image", "hunyuan_image": "HunyuanImage", "hunyuan_video": "HunyuanVideo"}
+"""The model family each text-encoder type of ComfyUI's lists is for, where Loom lacks it."""
+
+
+def check_clip_type(clip_type: str) -> bool | str:
+    """``validate_inputs`` of the CLIP loaders: True, or why Loom cannot build a text encoder of this type."""
+    from loom.nodes.runtime.split_loading import SUPPORTED_CLIP_TYPES
+
+    if clip_type in SUPPORTED_CLIP_TYPES:
+        return True
+    family = TYPE_FAMILIES.get(clip_type, clip_type)
+    return (f"type {clip_type!r} is the text encoder of {family}, a model family Loom does not support yet "
+            f"(supported types: {', '.join(SUPPORTED_CLIP_TYPES)})")
 
 CLIP_LOADER_DESCRIPTION = (
     "[Recipes]\n\nstable_diffusion: clip-l\nstable_cascade: clip-g\nsd3: t5 xxl/ clip-g / clip-l\nstable_audio: "
@@ -104,6 +120,10 @@ class CLIPLoader(Node):
         return _clip_fingerprint(**inputs)
 
     @classmethod
+    def validate_inputs(cls, type: str) -> bool | str:
+        return check_clip_type(type)
+
+    @classmethod
     def execute(cls, clip_name: str, type: str = "stable_diffusion", device: str = "default") -> tuple:
         return (_load_clips("CLIPLoader", {"clip_name": clip_name}, type, device),)
 
@@ -123,6 +143,10 @@ class DualCLIPLoader(Node):
     @classmethod
     def fingerprint(cls, **inputs: Any) -> Any:
         return _clip_fingerprint(**inputs)
+
+    @classmethod
+    def validate_inputs(cls, type: str) -> bool | str:
+        return check_clip_type(type)
 
     @classmethod
     def execute(cls, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple:

@@ -1,5 +1,5 @@
-"""ComfyUI's model-sampling nodes: ModelSamplingDiscrete, ModelSamplingSD3, ModelSamplingAuraFlow and
-ModelSamplingFlux (``comfy_extras/nodes_model_advanced.py``).
+"""ComfyUI's model-sampling nodes: ModelSamplingDiscrete, ModelSamplingSD3, ModelSamplingAuraFlow,
+ModelSamplingFlux and ModelSamplingContinuousEDM (``comfy_extras/nodes_model_advanced.py``).
 
 Each returns a new MODEL handle with another model-sampling object (:mod:`nodes.runtime.model_sampling`),
 ComfyUI's ``add_object_patch("model_sampling", ...)``: the schedules, the samplers' flow branches and the
@@ -12,6 +12,10 @@ from typing import Any
 from loom.nodes.kernel.schema import MAX_RESOLUTION, Boolean, Combo, Float, Int, Node, Output, Schema, Socket, register
 
 DISCRETE_SAMPLINGS = ("eps", "v_prediction", "lcm", "x0", "img_to_img")
+EDM_SAMPLINGS = ("v_prediction", "edm", "edm_playground_v2.5", "eps", "cosmos_rflow")
+EDM_UNSUPPORTED = {"edm_playground_v2.5": "Playground v2.5's latent format",
+                   "cosmos_rflow": "the Cosmos model family"}
+"""ComfyUI's choices that need something Loom does not have."""
 
 
 def _check_model(node: str, model: Any) -> Any:
@@ -97,3 +101,36 @@ class ModelSamplingFlux(Node):
         model = _check_model("ModelSamplingFlux", model)
         mu = flux_mu(int(width), int(height), float(max_shift), float(base_shift))
         return (model.replace(sampling=FluxSampling(shift=mu)),)
+
+
+@register
+class ModelSamplingContinuousEDM(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("ModelSamplingContinuousEDM", category="advanced/model",
+                      inputs=[Socket("model", "MODEL"), Combo("sampling", options_source=EDM_SAMPLINGS),
+                              Float("sigma_max", default=120.0, min=0.0, max=1000.0, step=0.001, round=False),
+                              Float("sigma_min", default=0.002, min=0.0, max=1000.0, step=0.001, round=False)],
+                      outputs=[Output("MODEL")])
+
+    @classmethod
+    def validate_inputs(cls, sampling: str) -> bool | str:
+        if sampling in EDM_UNSUPPORTED:
+            return f"sampling {sampling!r} needs {EDM_UNSUPPORTED[sampling]}, which Loom does not support"
+        return True
+
+    @classmethod
+    def execute(cls, model: Any, sampling: str, sigma_max: float, sigma_min: float) -> tuple:
+        from loom.nodes.runtime.model_sampling import ContinuousEDMSampling
+
+        model = _check_model("ModelSamplingContinuousEDM", model)
+        verdict = cls.validate_inputs(sampling)
+        if verdict is not True:
+            raise ValueError(f"ModelSamplingContinuousEDM: input 'sampling': {verdict}")
+        prediction = {"v_prediction": "v", "eps": "eps", "edm": "edm"}[sampling]
+        try:
+            table = ContinuousEDMSampling(prediction, float(sigma_min), float(sigma_max),
+                                          sigma_data=0.5 if sampling == "edm" else 1.0)
+        except ValueError as problem:
+            raise ValueError(f"ModelSamplingContinuousEDM: {problem}") from None
+        return (model.replace(sampling=table),)

@@ -34,8 +34,9 @@ CLIP_WIDTH = 32
 
 def flux_bfl_shapes(*, width: int = FLUX_WIDTH, head_dim: int = FLUX_HEAD_DIM, doubles: int = 1, singles: int = 1,
                     context: int = FLUX_CONTEXT, pooled: int = FLUX_POOLED, in_channels: int = 64,
-                    guidance: bool = True) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of a BFL-layout FLUX transformer (as in ``flux1-dev.safetensors``)."""
+                    guidance: bool = True, out_channels: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a BFL-layout FLUX transformer (as in ``flux1-dev.safetensors``; ``in_channels`` 384
+    and ``out_channels`` 64 as in ``flux1-fill-dev.safetensors``)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def linear(name: str, out: int, inp: int) -> None:
@@ -65,7 +66,7 @@ def flux_bfl_shapes(*, width: int = FLUX_WIDTH, head_dim: int = FLUX_HEAD_DIM, d
         shapes[b + "norm.key_norm.scale"] = (head_dim,)
         linear(b + "modulation.lin", 3 * width, width)
     linear("final_layer.adaLN_modulation.1", 2 * width, width)
-    linear("final_layer.linear", in_channels, width)
+    linear("final_layer.linear", out_channels or in_channels, width)
     return shapes
 
 

@@ -432,3 +432,33 @@ def test_tiny_flux_ksampler_matches_a_reference_loop(flux_models, registry, vari
         x = x + (x - denoised) / sigma * (sigmas[i + 1] - sigma)
     expected = x / 0.3611 + 0.1159
     assert float((out - expected).norm() / expected.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("node, inputs, family", [
+    ("CLIPLoader", {"clip_name": "tiny-t5.safetensors", "type": "wan"}, "Wan"),
+    ("CLIPLoader", {"clip_name": "tiny-t5.safetensors", "type": "hidream"}, "HiDream"),
+    ("DualCLIPLoader", {"clip_name1": "tiny-clip-l.safetensors", "clip_name2": "tiny-t5.safetensors",
+                        "type": "hunyuan_video"}, "HunyuanVideo"),
+])
+def test_a_type_of_a_family_loom_lacks_fails_validation_naming_it(flux_models, registry, node, inputs, family):
+    from loom.server.validation import validate_prompt
+
+    prompt = {"1": {"class_type": node, "inputs": inputs},
+              "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": "a fox"}},
+              "3": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}},
+              "4": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-flux-dev.safetensors",
+                                                           "weight_dtype": "default"}},
+              "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+              "6": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                         "latent_image": ["5", 0], "seed": 1, "steps": 1, "cfg": 1.0,
+                                                         "sampler_name": "euler", "scheduler": "simple",
+                                                         "denoise": 1.0}},
+              "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "x"}}}
+    result = validate_prompt(prompt, registry)
+    assert not result.ok
+    [line] = result.messages()
+    assert line.startswith(f"node 1 ({node}) input 'type': Failed to validate prompt for output - type "
+                           f"{inputs['type']!r} is the text encoder of {family}, a model family Loom does not "
+                           "support yet (supported types: flux, sd3, sdxl, stable_diffusion)")
+    prompt["1"]["inputs"]["type"] = "flux" if node == "DualCLIPLoader" else "sd3"  # a type Loom builds
+    assert validate_prompt(prompt, registry).ok

@@ -622,6 +622,7 @@ OPTIONAL_BUILTIN_NODE_MODULES: tuple[str, ...] = (
     "loom.nodes.loaders_split",
     "loom.nodes.skip_layer_guidance",
     "loom.nodes.hypernetwork",
+    "loom.nodes.reference_latents",
 )
 """Built-in modules that exist once their part of the library has landed; missing ones are skipped."""
 

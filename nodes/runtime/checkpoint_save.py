@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from loom.nodes.runtime.ldm_layout import clip_to_hf_ldm, clip_to_openclip, unet_to_ldm, vae_to_ldm
+from loom.nodes.runtime.model_sampling import ContinuousEDMSampling
 
 TEXT_ENCODER_SAVE_DTYPE = torch.float16
 
@@ -77,7 +78,11 @@ def checkpoint_state_dict(model: Any, clip: Any | None = None, vae: Any | None =
         state.update(vae_to_ldm(_detached(vae.vae), vae.vae.config))
     with _patched(model):
         state.update(unet_to_ldm(_detached(model.unet), model.unet.config))
-    if model.sampling.prediction == "v":
+    if isinstance(model.sampling, ContinuousEDMSampling):
+        if model.sampling.prediction == "v":  # ComfyUI's marks of a v-prediction EDM model (CosXL)
+            state["edm_vpred.sigma_max"] = model.sampling.sigma_max.clone().float()
+            state["edm_vpred.sigma_min"] = model.sampling.sigma_min.clone().float()
+    elif model.sampling.prediction == "v":
         state["v_pred"] = torch.tensor([])
     return {k: v.contiguous() for k, v in state.items()}
 
@@ -92,7 +97,7 @@ def checkpoint_metadata(model: Any, *, title: str, prompt: Any = None,
         metadata["modelspec.sai_model_spec"] = "1.0.0"
         metadata["modelspec.implementation"] = "sgm"
         metadata["modelspec.title"] = title
-    prediction = model.sampling.prediction
+    prediction = None if isinstance(model.sampling, ContinuousEDMSampling) else model.sampling.prediction
     if prediction in ("eps", "v"):
         metadata["modelspec.predict_key"] = "epsilon" if prediction == "eps" else "v"
     if include_prompt:

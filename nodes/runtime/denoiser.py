@@ -260,7 +260,7 @@ def resolve_conditioning(model: DiffusionModel, conditioning: Sequence[Any], lat
         if "end_percent" in options:
             entry.sigma_end = percent_to_sigma(model.sampling, float(options["end_percent"]))
         entry.added = family.extra_conds(model, options, latent_shape, prompt_type)
-        entry.concat = concat_input(model, options, latent_shape, latent_image, denoise_mask)
+        entry.concat = family.concat_input(model, options, latent_shape, latent_image, denoise_mask)
         entries.append(entry)
     return entries
 

@@ -395,6 +395,14 @@ class FluxNetwork(torch.nn.Module):
 
     @property
     def latent_channels(self) -> int:
+        """The channels of the latent it denoises (its output; diffusers' ``out_channels`` is unset or None when
+        it equals ``in_channels``)."""
+        config = self.transformer.config
+        return (getattr(config, "out_channels", None) or config.in_channels) // (PATCH * PATCH)
+
+    @property
+    def input_channels(self) -> int:
+        """The channels it takes: the latent's, plus the Fill/Canny/Depth models' extra input (``concat``)."""
         return self.transformer.config.in_channels // (PATCH * PATCH)
 
     @property
@@ -407,24 +415,45 @@ class FluxNetwork(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None, guidance: torch.Tensor | float | None = None,
-                control: Any = None) -> torch.Tensor:
+                control: Any = None, references: Sequence[torch.Tensor] = (),
+                reference_method: str = "offset", concat: torch.Tensor | None = None) -> torch.Tensor:
         """Prediction ``[B, C, H, W]`` (float32) for latent ``x`` at ``timestep`` (sigma for FLUX). ``control``
         (ControlNets, :func:`nodes.runtime.controlnet_dit.flux_control`) maps the transformer's call kwargs to
-        extra kwargs (its residuals)."""
+        extra kwargs (its residuals). ``references`` (Kontext's reference latents, ``[B, C, h, w]`` each, in the
+        model's latent space) are appended to the image tokens with the position ids :func:`reference_ids`
+        gives them; only the latent's own tokens are read back. ``concat`` (the Fill/Canny/Depth models' extra
+        input channels, :meth:`nodes.runtime.families.flux.Flux.concat_input`) is appended to the latent's
+        channels before patching, as ComfyUI's ``Flux.forward`` does."""
         if x.ndim != 4:
             raise ValueError(f"a FLUX latent must be [batch, channels, height, width], got {tuple(x.shape)}")
         config = self.transformer.config
         if x.shape[1] != self.latent_channels:
             raise ValueError(f"this FLUX model takes {self.latent_channels}-channel latents; the latent has "
                              f"{x.shape[1]}")
+        extra = 0 if concat is None else concat.shape[1]
+        if x.shape[1] + extra != self.input_channels:
+            raise ValueError(f"this FLUX model takes {self.input_channels} input channels; the latent has "
+                             f"{x.shape[1]} and the extra input {extra}")
         if context.shape[-1] != config.joint_attention_dim:
             raise ValueError(f"this FLUX model takes a {config.joint_attention_dim}-wide text context (T5-XXL); "
                              f"the conditioning is {context.shape[-1]} wide (is it from another model's text encoder?)")
         device, dtype = self.device, self.compute_dtype
         batch, _, height, width = x.shape
-        padded = pad_to_patch(x)
+        padded = pad_to_patch(x if concat is None else torch.cat([x, concat.to(x)], dim=1))
         rows, cols = padded.shape[-2] // PATCH, padded.shape[-1] // PATCH
         tokens = patchify(padded).to(device=device, dtype=dtype)
+        ids = image_ids(rows, cols, device=device)
+        image_tokens = tokens.shape[1]
+        if references:
+            extra_tokens, extra_ids = [tokens], [ids]
+            for reference, (index, row_offset, col_offset) in zip(references, reference_ids(
+                    height, width, [tuple(r.shape[-2:]) for r in references], reference_method)):
+                padded_ref = pad_to_patch(reference)
+                ref_rows, ref_cols = padded_ref.shape[-2] // PATCH, padded_ref.shape[-1] // PATCH
+                extra_tokens.append(patchify(padded_ref).to(device=device, dtype=dtype).expand(batch, -1, -1))
+                extra_ids.append(image_ids(ref_rows, ref_cols, index=index, row_offset=row_offset,
+                                           col_offset=col_offset, device=device))
+            tokens, ids = torch.cat(extra_tokens, dim=1), torch.cat(extra_ids, dim=0)
         timestep = _per_item(timestep, batch).to(device=device, dtype=dtype)
         if y is None:
             y = torch.zeros(batch, config.pooled_projection_dim)
@@ -432,7 +461,7 @@ class FluxNetwork(torch.nn.Module):
         kwargs: dict[str, Any] = dict(
             hidden_states=tokens, encoder_hidden_states=context.to(device=device, dtype=dtype),
             pooled_projections=y, timestep=timestep,
-            img_ids=image_ids(rows, cols, device=device), txt_ids=torch.zeros(context.shape[1], 3, device=device),
+            img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3, device=device),
             return_dict=False)
         with torch.no_grad():
             if self.guidance_embeds and guidance is not None:
@@ -446,7 +475,41 @@ class FluxNetwork(torch.nn.Module):
                     out = self.transformer(**kwargs)[0]
             else:
                 out = self.transformer(**kwargs)[0]
-        return unpatchify(out.float(), rows, cols)[:, :, :height, :width]
+        return unpatchify(out[:, :image_tokens].float(), rows, cols)[:, :, :height, :width]
+
+
+def reference_ids(height: int, width: int, sizes: Sequence[tuple[int, int]],
+                  method: str = "offset") -> list[tuple[float, int, int]]:
+    """``(index, row offset, column offset)`` of each reference latent's position ids, in patches, for a latent of
+    ``height`` × ``width`` and references of ``sizes`` (latent pixels), as ComfyUI's ``Flux._forward``:
+
+    * ``offset`` (FLUX.1's default): index 1, each reference placed after the previous ones along the side
+      that keeps the references' bounding box squarest;
+    * ``index``: index 1, 2, ... and no offset;
+    * ``uxo``: index 0, shifted diagonally past the latent and the previous references.
+    """
+    rows, cols = (height + PATCH // 2) // PATCH, (width + PATCH // 2) // PATCH
+    placed: list[tuple[float, int, int]] = []
+    h = w = 0
+    index = 0
+    for ref_h, ref_w in sizes:
+        if method == "index":
+            index += 1
+            h_offset = w_offset = 0
+        elif method == "uxo":
+            index = 0
+            h_offset, w_offset = rows * PATCH + h, cols * PATCH + w
+            h, w = h + ref_h, w + ref_w
+        else:
+            index = 1
+            h_offset = w_offset = 0
+            if ref_h + h > ref_w + w:
+                w_offset = w
+            else:
+                h_offset = h
+            h, w = max(h, ref_h + h_offset), max(w, ref_w + w_offset)
+        placed.append((float(index), (h_offset + PATCH // 2) // PATCH, (w_offset + PATCH // 2) // PATCH))
+    return placed
 
 
 def _per_item(value: torch.Tensor | float, batch: int) -> torch.Tensor:

@@ -20,6 +20,9 @@ Kinds:
   (50 of the 1000 timesteps);
 * :class:`FlowSampling` — ``sigma = s*t / (1 + (s-1)*t)`` with ``t = timestep / multiplier`` (SD3 shift 3,
   multiplier 1000; AuraFlow multiplier 1; FLUX schnell shift 1, multiplier 1);
+* :class:`ContinuousEDMSampling` — continuous EDM noise levels (``ModelSamplingContinuousEDM``: CosXL, SVD):
+  1000 sigmas log-spaced between sigma_min and sigma_max, time input ``0.25 * log(sigma)``, ``eps`` | ``v`` |
+  ``edm`` predictions scaled by ``sigma_data``;
 * :class:`FluxSampling` — FLUX dev's time shift ``e^mu / (e^mu + (1/t - 1))`` over a 10,000-entry table; the
   network gets sigma itself.
 """
@@ -156,6 +159,74 @@ class DistilledSampling(ModelSampling):
         low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
         log_sigmas = self.sigmas.log()
         return ((1 - w) * log_sigmas[low_idx] + w * log_sigmas[high_idx]).exp().to(timestep.device)
+
+
+EDM_PREDICTIONS = ("eps", "v", "edm")
+
+
+class ContinuousEDMSampling:
+    """ComfyUI's ``ModelSamplingContinuousEDM`` with ``EPS``, ``V_PREDICTION`` or ``EDM``: a continuous noise
+    level, 1000 table entries evenly spaced in ``log(sigma)`` (for the schedules that read the table), the
+    network's time input ``0.25 * log(sigma)``, inputs and outputs scaled with ``sigma_data``."""
+
+    is_flow = False
+
+    def __init__(self, prediction: str = "v", sigma_min: float = 0.002, sigma_max: float = 120.0,
+                 sigma_data: float = 1.0) -> None:
+        if prediction not in EDM_PREDICTIONS:
+            raise ValueError(f"unsupported prediction type {prediction!r}; expected one of {', '.join(EDM_PREDICTIONS)}")
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"sigma_min ({sigma_min}) must be above 0 and below sigma_max ({sigma_max})")
+        self.prediction = prediction
+        self.sigma_data = float(sigma_data)
+        self.sigmas = torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000).exp()
+
+    def __repr__(self) -> str:
+        return (f"ContinuousEDMSampling({self.prediction}, sigma {float(self.sigma_min):g}..{float(self.sigma_max):g}, "
+                f"sigma_data {self.sigma_data:g})")
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return 0.25 * sigma.log()
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        return (timestep / 0.25).exp()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        log_min = math.log(float(self.sigma_min))
+        return math.exp((math.log(float(self.sigma_max)) - log_min) * (1.0 - percent) + log_min)
+
+    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x / (_view(sigma, x) ** 2 + self.sigma_data ** 2) ** 0.5
+
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor,
+                           x: torch.Tensor) -> torch.Tensor:
+        s, data = _view(sigma, model_output), self.sigma_data
+        if self.prediction == "eps":
+            return x - model_output * s
+        skip = x * data ** 2 / (s ** 2 + data ** 2)
+        scaled = model_output * s * data / (s ** 2 + data ** 2) ** 0.5
+        return skip - scaled if self.prediction == "v" else skip + scaled
+
+    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor,
+                      max_denoise: bool = False) -> torch.Tensor:
+        s = _view(sigma, noise)
+        scale = torch.sqrt(1.0 + s ** 2.0) if max_denoise else s
+        return noise * scale + latent_image
+
+    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        return latent
 
 
 def time_snr_shift(alpha: float, t: torch.Tensor | float) -> torch.Tensor | float:

@@ -136,6 +136,8 @@ def _load_part(info: TextEncoderFile, *, device: torch.device, t5_min_length: in
 # (loader, type) -> the family of the CLIP handle, allowed kinds per file count, T5 minimum length
 _RECIPES: dict[str, tuple[str, int]] = {"flux": ("flux", 256), "sd3": ("sd3", 77), "sdxl": ("sdxl", 77),
                                         "stable_diffusion": ("sd1", 77)}
+SUPPORTED_CLIP_TYPES = tuple(_RECIPES)
+"""The text-encoder ``type`` values Loom builds a CLIP handle for."""
 _ENCODER_NAMES = {"clip_l": "l", "clip_h": "h", "clip_g": "g", "t5xxl": "t5xxl"}
 
 
@@ -145,7 +147,7 @@ def plan_clip(node: str, clip_type: str, files: Sequence[TextEncoderFile]) -> tu
     names = ", ".join(f.display for f in files)
     if clip_type not in _RECIPES:
         raise SplitLoadError(f"{node}: type {clip_type!r} is not supported by Loom yet (supported: "
-                             f"{', '.join(_RECIPES)})")
+                             f"{', '.join(SUPPORTED_CLIP_TYPES)})")
     if len(set(kinds)) != len(kinds):
         raise SplitLoadError(f"{node}: the files are the same kind of text encoder twice: {names}")
     family, t5_length = _RECIPES[clip_type]

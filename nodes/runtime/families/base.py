@@ -60,6 +60,7 @@ class Detected:
     vae_prefix: str | None
     text_encoders: list[TextEncoderSlot] = field(default_factory=list)
     zero_terminal_snr: bool = False    # a ``ztsnr`` marker key: sigmas rescaled to zero terminal SNR
+    edm_sigmas: tuple[float, float] | None = None  # ``edm_vpred.sigma_min/max`` marks: v-prediction EDM (CosXL)
 
     @property
     def diffusion_prefix(self) -> str | None:
@@ -152,6 +153,15 @@ class Family:
         """The network's extra inputs from one conditioning entry's options (SDXL's added conditioning,
         SD3's pooled projection), batched with the context. Empty by default."""
         return {}
+
+    def concat_input(self, model: "DiffusionModel", options: Mapping[str, Any], shape: Sequence[int],
+                     latent_image: "torch.Tensor | None", denoise_mask: "torch.Tensor | None"
+                     ) -> "torch.Tensor | None":
+        """The channels one conditioning entry appends to the network input (ComfyUI's ``concat_cond``), or
+        ``None``: the UNet rule of :func:`nodes.runtime.denoiser.concat_input` unless a family has its own."""
+        from loom.nodes.runtime.denoiser import concat_input
+
+        return concat_input(model, dict(options), shape, latent_image, denoise_mask)
 
     def apply_network(self, model: "DiffusionModel", xc: "torch.Tensor", timestep: "torch.Tensor",
                       sigma: "torch.Tensor", context: "torch.Tensor", extra: Mapping[str, "torch.Tensor"] | None,

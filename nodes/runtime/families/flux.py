@@ -12,6 +12,10 @@
   conditioning (FluxGuidance, CLIPTextEncodeFlux) and defaults to 3.5; ``guidance: None`` (FluxDisableGuidance)
   leaves the guidance embedding out.
 * Conditionings of different shapes are never batched together (joint attention over the tokens).
+* FLUX.1 Fill (384 input features) and Canny/Depth (128) take extra input channels after the latent's
+  (:meth:`Flux.concat_input`): the conditioning's image latent, and for Fill the mask in 8x8 patches.
+* Reference latents (ReferenceLatent, FLUX.1 Kontext) join the image tokens, each with its own position ids
+  (:meth:`nodes.runtime.flux_layout.FluxNetwork.forward`); the prediction is read from the latent's tokens.
 """
 from __future__ import annotations
 
@@ -43,6 +47,16 @@ FLUX_LATENT = LatentFormat(
     rgb_bias=(-0.0329, -0.0718, -0.0851),
 )
 
+INPUT_FEATURES = {64: "dev and schnell: 16 latent channels in 2x2 patches",
+                  128: "Canny and Depth: the latent and the control image's latent",
+                  384: "Fill: the latent, the image's latent and the mask in 8x8 patches"}
+"""The FLUX.1 transformers' ``img_in`` widths (ComfyUI's ``in_channels``) and what each takes."""
+MASK_PATCH = 8  # Fill's mask: each latent pixel's 8x8 pixel-space mask as 64 channels
+
+REFERENCE_KEY = "ref_latent."  # extra inputs ref_latent.0, .1, ...: ReferenceLatent's latents, in order
+REFERENCE_METHOD_KEY = "ref_latents_method"
+REFERENCE_METHODS = ("offset", "index", "uxo")  # FluxKontextMultiReferenceLatentMethod; FLUX.1's default first
+
 DEV_SHIFT = 1.15
 DEFAULT_GUIDANCE = 3.5
 TEXT_PREFIX = "text_encoders."
@@ -70,9 +84,9 @@ class Flux(Family):
         if found is None or found[1] != UNET_PREFIX:
             return None
         channels = shapes[UNET_PREFIX + ("img_in.weight" if found[0] == "bfl" else "x_embedder.weight")][1]
-        if channels != 64:
-            raise UnknownModelError(f"{source} has a FLUX transformer with {channels} input features; FLUX.1 dev and "
-                                    "schnell take 64 (16 latent channels in 2x2 patches)")
+        if channels not in INPUT_FEATURES:
+            raise UnknownModelError(f"{source} has a FLUX transformer with {channels} input features; FLUX.1 takes "
+                                    + ", ".join(f"{n} ({what})" for n, what in INPUT_FEATURES.items()))
         if prediction is not None:
             raise ValueError(f"{source} is a FLUX model (flow matching); it has no {prediction!r} prediction to "
                              "choose")
@@ -152,22 +166,65 @@ class Flux(Family):
         guidance = options.get("guidance", DEFAULT_GUIDANCE)
         if guidance is not None:
             out["guidance"] = torch.tensor([float(guidance)])
+        references = options.get("reference_latents") or ()
+        for index, latent in enumerate(references):  # ReferenceLatent (Kontext); ComfyUI's process_latent_in
+            out[f"{REFERENCE_KEY}{index}"] = self.latent_format.process_in(latent.float())
+        if references:
+            method = options.get("reference_latents_method", "offset")
+            if method not in REFERENCE_METHODS:
+                raise ValueError(f"unknown reference_latents_method {method!r}; expected one of "
+                                 f"{', '.join(REFERENCE_METHODS)}")
+            out[REFERENCE_METHOD_KEY] = torch.tensor([[float(REFERENCE_METHODS.index(method))]])
         return out
 
     def apply_network(self, model: "DiffusionModel", xc: torch.Tensor, timestep: torch.Tensor,
                       sigma: torch.Tensor, context: torch.Tensor, extra: Mapping[str, torch.Tensor] | None,
                       control: Any = None, concat: torch.Tensor | None = None) -> torch.Tensor:
-        if concat is not None:
-            raise ValueError("FLUX fill/depth models with extra input channels are not supported yet")
         extra = extra or {}
         network = model.unet
         if not isinstance(network, flux_layout.FluxNetwork):
             raise TypeError(f"a FLUX MODEL's network must be a FluxNetwork, not {type(network).__name__}")
+        references = [extra[f"{REFERENCE_KEY}{i}"] for i in range(len(extra)) if f"{REFERENCE_KEY}{i}" in extra]
+        if references and control is not None:
+            raise ValueError("a ControlNet together with reference latents (ReferenceLatent) is not supported yet "
+                             "on FLUX")
+        method = REFERENCE_METHODS[int(extra[REFERENCE_METHOD_KEY].flatten()[0])] if references else "offset"
         from loom.nodes.runtime.dit_patches import flux_blocks_skipped
 
         with flux_blocks_skipped(network.transformer, model.options):  # SkipLayerGuidance's pass
             return network(xc, timestep, context, extra.get("y"), extra.get("guidance"),
-                           control=flux_controlnets(model, xc, sigma, control))
+                           control=flux_controlnets(model, xc, sigma, control), references=references,
+                           reference_method=method, concat=concat)
+
+    def concat_input(self, model: "DiffusionModel", options: Mapping[str, Any], shape: Sequence[int],
+                     latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """ComfyUI's ``model_base.Flux.concat_cond``: nothing for dev/schnell; the conditioning's
+        ``concat_latent_image`` (InstructPixToPixConditioning, InpaintModelConditioning; zeros without one) in
+        the model's latent space for Canny/Depth; for Fill also the mask (``concat_mask``, else the latent's
+        noise mask, else all ones), each latent pixel's 8x8 pixel-space patch as 64 channels."""
+        from loom.nodes.image_ops import common_upscale
+        from loom.nodes.runtime.denoiser import resize_to_batch_size
+
+        network = model.unet
+        extra = network.input_channels - network.latent_channels
+        if extra <= 0:
+            return None
+        batch, _, height, width = (int(v) for v in shape)
+        image = options.get("concat_latent_image")
+        image = torch.zeros(tuple(int(v) for v in shape)) if image is None else image.float()
+        image = common_upscale(image, width, height, "bilinear", "center")
+        image = self.latent_format.process_in(resize_to_batch_size(image, batch))
+        if extra <= network.latent_channels:
+            return image
+        mask = options.get("concat_mask", denoise_mask)
+        mask = torch.ones((batch, 1, height, width)) if mask is None else mask.float()
+        if mask.ndim < 4:  # [H, W] or [B, H, W]
+            mask = mask.reshape((-1, 1) + tuple(mask.shape[-2:]))
+        mask = mask.mean(dim=1, keepdim=True)
+        mask = common_upscale(mask, width * MASK_PATCH, height * MASK_PATCH, "bilinear", "center")
+        mask = mask.view(mask.shape[0], height, MASK_PATCH, width, MASK_PATCH).permute(0, 2, 4, 1, 3)
+        mask = resize_to_batch_size(mask.reshape(mask.shape[0], MASK_PATCH * MASK_PATCH, height, width), batch)
+        return torch.cat([image, mask], dim=1)
 
 
 def flux_controlnets(model: "DiffusionModel", xc: torch.Tensor, sigma: torch.Tensor, control: Any) -> Any:

@@ -1,7 +1,7 @@
 """What the UNet families (SD1.x, SD2.x, SDXL base and refiner) share: the LDM-layout UNet's config from
 shapes, building it as ``diffusers.UNet2DConditionModel``, the network call (ControlNet residuals and extra
-input channels included), SDXL's added conditioning, discrete eps/v sampling and the detection rules that
-need the UNet's cross-attention width.
+input channels included), SDXL's added conditioning, discrete eps/v sampling (continuous EDM v-prediction for a file with ComfyUI's
+``edm_vpred`` marks: CosXL) and the detection rules that need the UNet's cross-attention width.
 
 The family subclasses (:mod:`.sd1`, :mod:`.sd2`, :mod:`.sdxl`) decide what the shapes cannot tell
 (ComfyUI's conventions): attention heads (SD1 8 heads; SD2/SDXL 64 channels per head, at least one), the
@@ -17,7 +17,7 @@ import torch
 from loom.nodes.runtime.families.base import (Detected, Family, Reader, Shapes, TextEncoderSlot,
                                               UnknownModelError)
 from loom.nodes.runtime.families.parts import clip_width, count
-from loom.nodes.runtime.model_sampling import PREDICTIONS, ModelSampling
+from loom.nodes.runtime.model_sampling import PREDICTIONS, ContinuousEDMSampling, ModelSampling
 
 if TYPE_CHECKING:
     from loom.nodes.runtime.checkpoint import StateDictFile
@@ -73,9 +73,11 @@ class UNetFamily(Family):
         if prediction is not None and prediction not in UNET_PREDICTIONS:
             raise ValueError(f"prediction must be one of {UNET_PREDICTIONS}, not {prediction!r}")
         self._check_context_dim(shapes, unet_prefix, encoders, source)
-        chosen, why = self._prediction(shapes, read, unet_prefix, prediction)
+        edm = edm_vpred_sigmas(shapes, read) if prediction is None else None
+        chosen, why = ("v", "marker key (EDM)") if edm else self._prediction(shapes, read, unet_prefix, prediction)
         return Detected(family=self, prediction=chosen, prediction_source=why, unet_prefix=unet_prefix,
-                        vae_prefix=vae_prefix(shapes), text_encoders=encoders, zero_terminal_snr="ztsnr" in shapes)
+                        vae_prefix=vae_prefix(shapes), text_encoders=encoders, zero_terminal_snr="ztsnr" in shapes,
+                        edm_sigmas=edm)
 
     def _check_context_dim(self, shapes: Shapes, prefix: str, encoders: list[TextEncoderSlot], source: str) -> None:
         if not encoders:
@@ -100,8 +102,11 @@ class UNetFamily(Family):
             return "v", "marker key"
         return "eps", "family default"
 
-    def model_sampling(self, detected: Detected) -> ModelSampling:
-        """SD's scaled-linear betas, rescaled to zero terminal SNR when the file says so."""
+    def model_sampling(self, detected: Detected) -> ModelSampling | ContinuousEDMSampling:
+        """SD's scaled-linear betas, rescaled to zero terminal SNR when the file says so; continuous EDM
+        v-prediction for a file with ComfyUI's ``edm_vpred`` marks (CosXL)."""
+        if detected.edm_sigmas is not None:
+            return ContinuousEDMSampling("v", *detected.edm_sigmas)
         return ModelSampling.scaled_linear(prediction=detected.prediction,
                                            zero_terminal_snr=detected.zero_terminal_snr)
 
@@ -275,3 +280,17 @@ def unet_config(shapes: Shapes, prefix: str, family: Family, *, pooled_dim: int 
 
 
 __all__ = ["UNET_PREFIX", "VAE_PREFIXES", "UNetFamily", "unet_config", "context_dim", "vae_prefix", "PREDICTIONS"]
+
+
+EDM_DEFAULT_SIGMAS = (0.002, 120.0)  # ModelSamplingContinuousEDM's range when the marks cannot be read
+
+
+def edm_vpred_sigmas(shapes: Shapes, read: Reader | None) -> tuple[float, float] | None:
+    """``(sigma_min, sigma_max)`` of a checkpoint marked as v-prediction EDM (ComfyUI's ``edm_vpred.sigma_max``
+    and ``edm_vpred.sigma_min`` scalars, as CosXL and CheckpointSave write them), or None."""
+    if "edm_vpred.sigma_max" not in shapes:
+        return None
+    if read is None:
+        return EDM_DEFAULT_SIGMAS
+    low = float(read("edm_vpred.sigma_min")) if "edm_vpred.sigma_min" in shapes else EDM_DEFAULT_SIGMAS[0]
+    return low, float(read("edm_vpred.sigma_max"))
