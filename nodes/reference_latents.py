@@ -66,7 +66,7 @@ class FluxKontextImageScale(Node):
 
     @classmethod
     def execute(cls, image: torch.Tensor) -> tuple:
-        from loom.nodes.image_ops import common_upscale
+        from loom.nodes.runtime.resample import common_upscale
 
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             raise ValueError("FluxKontextImageScale: input 'image' is not an IMAGE batch [B, H, W, C]")

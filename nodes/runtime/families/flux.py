@@ -202,7 +202,7 @@ class Flux(Family):
         ``concat_latent_image`` (InstructPixToPixConditioning, InpaintModelConditioning; zeros without one) in
         the model's latent space for Canny/Depth; for Fill also the mask (``concat_mask``, else the latent's
         noise mask, else all ones), each latent pixel's 8x8 pixel-space patch as 64 channels."""
-        from loom.nodes.image_ops import common_upscale
+        from loom.nodes.runtime.resample import common_upscale
         from loom.nodes.runtime.denoiser import resize_to_batch_size
 
         network = model.unet
