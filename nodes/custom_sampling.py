@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from loom.nodes.runtime.samplers import SAMPLER_NAMES, unimplemented_reason
+from loom.nodes.runtime.samplers import SAMPLER_NAMES
 from loom.nodes.runtime.schedules import SCHEDULER_NAMES
+from loom.nodes.sampling import sampler_name_problem
 from loom.nodes.kernel.schema import SEED_MAX, Boolean, Combo, Float, Int, Node, Output, Schema, Socket, String, register
 
 CUSTOM = "model/sampling/custom"
@@ -108,10 +109,10 @@ def _positive(node: str, name: str, value: float) -> float:
 def _sampler_output(node: str, name: str, **options: Any) -> tuple:
     from loom.nodes.runtime.custom_sampling import SamplerChoice
 
-    reason = unimplemented_reason(name)
-    if reason is not None:
-        raise ValueError(f"{node}: {reason}")
-    return (SamplerChoice(name, options),)
+    try:
+        return (SamplerChoice(name, options),)
+    except ValueError as exc:  # an unknown or unimplemented sampler name
+        raise ValueError(f"{node}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,8 +539,7 @@ class KSamplerSelect(Node):
 
     @classmethod
     def validate_inputs(cls, sampler_name: str) -> bool | str:
-        reason = unimplemented_reason(sampler_name)
-        return True if reason is None else f"sampler_name: {reason}"
+        return sampler_name_problem(sampler_name) or True
 
     @classmethod
     def execute(cls, sampler_name: str) -> tuple:

@@ -7,15 +7,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.nodes.runtime.samplers import SAMPLER_NAMES, unimplemented_reason
+from loom.nodes.runtime.samplers import SAMPLER_NAMES, sampler_spec
 from loom.nodes.runtime.schedules import SCHEDULER_NAMES
 from loom.nodes.kernel.schema import SEED_MAX, Combo, Float, Int, Node, Output, Schema, Socket, register
 
 
+def sampler_name_problem(sampler_name: str) -> str | None:
+    """What is wrong with a ``sampler_name`` input (unknown, not implemented), or ``None``."""
+    try:
+        sampler_spec(sampler_name)
+    except ValueError as exc:
+        return f"sampler_name: {exc}"
+    return None
+
+
 def _check_sampler(node: str, sampler_name: str) -> None:
-    reason = unimplemented_reason(sampler_name)
-    if reason is not None:
-        raise ValueError(f"{node}: input 'sampler_name': {reason}")
+    try:
+        sampler_spec(sampler_name)
+    except ValueError as exc:
+        raise ValueError(f"{node}: input 'sampler_name': {exc}") from None
 
 
 def _check_latent(node: str, latent: Any) -> None:
@@ -73,8 +83,7 @@ class KSampler(Node):
 
     @classmethod
     def validate_inputs(cls, sampler_name: str) -> bool | str:
-        reason = unimplemented_reason(sampler_name)
-        return True if reason is None else f"sampler_name: {reason}"
+        return sampler_name_problem(sampler_name) or True
 
     @classmethod
     def execute(cls, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
@@ -110,8 +119,7 @@ class KSamplerAdvanced(Node):
 
     @classmethod
     def validate_inputs(cls, sampler_name: str) -> bool | str:
-        reason = unimplemented_reason(sampler_name)
-        return True if reason is None else f"sampler_name: {reason}"
+        return sampler_name_problem(sampler_name) or True
 
     @classmethod
     def execute(cls, model: Any, add_noise: str, noise_seed: int, steps: int, cfg: float, sampler_name: str,

@@ -207,11 +207,11 @@ def test_flow_euler_ancestral_renoises_as_comfyui():
 @pytest.mark.parametrize("name", ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "er_sde", "seeds_2", "seeds_3",
                                   "sa_solver", "lcm"])
 def test_half_log_snr_samplers_reach_a_flow_models_data(name):
-    from loom.nodes.runtime.samplers import get_sampler
+    from loom.nodes.runtime.samplers import sampler_spec
 
     target = torch.full((1, 2, 4, 4), 0.7)
     toy = _FlowToy(target)
-    out = get_sampler(name)(toy, torch.randn(1, 2, 4, 4), _flow_sigmas(), seed=3)
+    out = sampler_spec(name).function(toy, torch.randn(1, 2, 4, 4), _flow_sigmas(), seed=3)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, target.expand_as(out), atol=1e-4, rtol=0)
 

@@ -414,7 +414,7 @@ def test_sampler_options_reach_the_sampler(tiny_model, tiny_conds):
     (choice,) = cs.SamplerDPMPP_2M_SDE.execute("heun", 0.5, 1.0, "cpu")
     assert choice == SamplerChoice("dpmpp_2m_sde", {"eta": 0.5, "s_noise": 1.0, "solver_type": "heun"})
     assert cs.SamplerDPMPP_SDE.execute(1.0, 1.0, 0.5, "gpu")[0].name == "dpmpp_sde_gpu"
-    assert cs.SamplerEulerAncestralCFGPP.execute(1.0, 1.0)[0].cfg_pp
+    assert cs.SamplerEulerAncestralCFGPP.execute(1.0, 1.0)[0].spec.cfg_pp
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_deterministic_samplers_solve_the_probability_flow_ode(name):
     denoiser = GaussianDenoiser(s=0.5)
     sigmas = calculate_sigmas(SD, "karras", 30)
     x0 = _start(sigmas)
-    out = samplers.get_sampler(name)(denoiser, x0, sigmas, seed=0)
+    out = samplers.sampler_spec(name).function(denoiser, x0, sigmas, seed=0)
     # the ODE's exact end point at sigma -> 0
     exact = denoiser.ode_solution(x0, float(sigmas[0]), 0.0)
     error = float((out - exact).norm() / exact.norm())
@@ -41,7 +41,7 @@ def test_dpm_solver_samplers_integrate_between_the_schedule_end_points(name, tol
     denoiser = GaussianDenoiser(s=0.5)
     sigmas = calculate_sigmas(SD, "karras", 30)
     x0 = _start(sigmas)
-    out = samplers.get_sampler(name)(denoiser, x0, sigmas, seed=0)
+    out = samplers.sampler_spec(name).function(denoiser, x0, sigmas, seed=0)
     exact = denoiser.ode_solution(x0, float(sigmas[0]), float(sigmas[-2]))  # they stop at the last sigma > 0
     assert float((out - exact).norm() / exact.norm()) < tolerance
     if name == "dpm_fast":
@@ -55,7 +55,7 @@ def test_higher_order_samplers_are_more_accurate_than_euler():
     exact = denoiser.ode_solution(x0, float(sigmas[0]), float(sigmas[-2]))
     errors = {}
     for name in ("euler", "heun", "dpmpp_2m"):
-        out = samplers.get_sampler(name)(denoiser, x0, sigmas[:-1], seed=0)  # stop before the last jump
+        out = samplers.sampler_spec(name).function(denoiser, x0, sigmas[:-1], seed=0)  # stop before the last jump
         errors[name] = float((out - exact).norm() / exact.norm())
     assert errors["heun"] < errors["euler"] / 4
     assert errors["dpmpp_2m"] < errors["euler"] / 4
@@ -67,7 +67,7 @@ def test_stochastic_samplers_draw_from_the_data_distribution(name):
     denoiser = GaussianDenoiser(s=s)
     sigmas = calculate_sigmas(SD, "karras", 100)
     x0 = _start(sigmas, shape=(1, 4, 64, 64))
-    out = samplers.get_sampler(name)(denoiser, x0, sigmas, seed=3)
+    out = samplers.sampler_spec(name).function(denoiser, x0, sigmas, seed=3)
     # samples of the data distribution have std s; the ODE's end point (no fresh noise) would not keep it
     assert float(out.std()) == pytest.approx(s, rel=0.05), name
     assert abs(float(out.mean())) < 0.05
@@ -77,7 +77,7 @@ def test_stochastic_samplers_draw_from_the_data_distribution(name):
 def test_stochastic_samplers_are_reproducible_by_seed(name):
     sigmas = calculate_sigmas(SD, "normal", 6)
     x0 = _start(sigmas)
-    run = samplers.get_sampler(name)
+    run = samplers.sampler_spec(name).function
     a = run(GaussianDenoiser(), x0, sigmas, seed=11)
     b = run(GaussianDenoiser(), x0, sigmas, seed=11)
     c = run(GaussianDenoiser(), x0, sigmas, seed=12)
@@ -90,7 +90,7 @@ def test_model_evaluations_per_step():
     counts = {}
     for name in ("euler", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "dpmpp_2s_ancestral"):
         denoiser = GaussianDenoiser()
-        samplers.get_sampler(name)(denoiser, _start(sigmas), sigmas, seed=0)
+        samplers.sampler_spec(name).function(denoiser, _start(sigmas), sigmas, seed=0)
         counts[name] = denoiser.calls
     # second-order single-step samplers take two evaluations except on the last (to sigma 0) step
     assert counts == {"euler": 5, "heun": 9, "dpm_2": 9, "dpmpp_2m": 5, "dpmpp_sde": 9, "dpmpp_2s_ancestral": 9}
@@ -120,15 +120,28 @@ def test_callback_sees_every_step():
 
 def test_registry_lists_comfyui_names_and_refuses_missing_ones():
     assert len(samplers.SAMPLER_NAMES) == 42
-    assert set(samplers.SAMPLERS) <= set(samplers.SAMPLER_NAMES)
+    assert samplers.SAMPLER_NAMES == tuple(spec.name for spec in samplers.SAMPLER_TABLE)
+    implemented = {spec.name for spec in samplers.SAMPLER_TABLE if spec.function is not None}
     for required in ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
                      "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "ddim", "lcm", "ddpm"):
-        assert required in samplers.SAMPLERS
-    missing = next(name for name in samplers.SAMPLER_NAMES if name not in samplers.SAMPLERS)
+        assert required in implemented
+    missing = next(name for name in samplers.SAMPLER_NAMES if name not in implemented)
     with pytest.raises(ValueError, match=f"'{missing}' is a ComfyUI sampler that Loom does not implement"):
-        samplers.get_sampler(missing)
+        samplers.sampler_spec(missing)
     with pytest.raises(ValueError, match="unknown sampler 'bogus'"):
-        samplers.get_sampler("bogus")
+        samplers.sampler_spec("bogus")
+
+
+def test_sampler_specs_say_what_the_loop_does_for_them():
+    spec = samplers.sampler_spec
+    cfg_pp = {s.name for s in samplers.SAMPLER_TABLE if s.cfg_pp}
+    assert cfg_pp == {name for name in samplers.SAMPLER_NAMES if name.endswith("_cfg_pp")}
+    assert [s.name for s in samplers.SAMPLER_TABLE if s.random_inpaint_noise] == ["ddim"]
+    assert spec("ddim").function is spec("euler").function
+    assert {s.name for s in samplers.SAMPLER_TABLE if s.discard_penultimate_sigma} == {
+        "dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
+    with pytest.raises(AttributeError):
+        spec("euler").cfg_pp = True  # frozen
 
 
 class _KeepsUncond(GaussianDenoiser):
@@ -145,6 +158,6 @@ class _KeepsUncond(GaussianDenoiser):
 def test_cfg_pp_samplers_reduce_to_their_plain_versions_without_guidance(cfg_pp, plain):
     sigmas = calculate_sigmas(SD, "karras", 8)
     x0 = _start(sigmas)
-    a = samplers.get_sampler(cfg_pp)(_KeepsUncond(), x0, sigmas, seed=5)
-    b = samplers.get_sampler(plain)(GaussianDenoiser(), x0, sigmas, seed=5)
+    a = samplers.sampler_spec(cfg_pp).function(_KeepsUncond(), x0, sigmas, seed=5)
+    b = samplers.sampler_spec(plain).function(GaussianDenoiser(), x0, sigmas, seed=5)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)

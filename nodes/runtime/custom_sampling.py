@@ -27,8 +27,7 @@ from loom.nodes.runtime.denoiser import (GuidedDenoiser, add_matching_areas, com
                                          resolve_conditioning, share_control_with_negative)
 from loom.nodes.runtime.model_types import DiffusionModel
 from loom.nodes.runtime.noise import initial_noise
-from loom.nodes.runtime.samplers import (CFG_PP_SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, Sampler, get_sampler,
-                                         unimplemented_reason)
+from loom.nodes.runtime.samplers import Sampler, SamplerSpec, sampler_spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,25 +42,18 @@ class SamplerChoice:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        reason = unimplemented_reason(self.name)
-        if reason is not None:
-            raise ValueError(reason)
+        sampler_spec(self.name)  # refuses an unknown or unimplemented name
+
+    @property
+    def spec(self) -> SamplerSpec:
+        """The sampler's function and what the sampling loop must do for it (CFG++, inpaint noise)."""
+        return sampler_spec(self.name)
 
     def function(self) -> Sampler:
         """``sample(model, x, sigmas, *, seed, callback)`` with this choice's options bound."""
-        sampler = get_sampler(self.name)
+        sampler = self.spec.function
+        assert sampler is not None  # sampler_spec refuses unimplemented names
         return functools.partial(sampler, **self.options) if self.options else sampler
-
-    @property
-    def cfg_pp(self) -> bool:
-        """CFG++ samplers step along the unconditional prediction, so the guider keeps it (and evaluates
-        the negative even at cfg 1, as ComfyUI's ``disable_cfg1_optimization``)."""
-        return self.name in CFG_PP_SAMPLERS
-
-    @property
-    def random_inpaint_noise(self) -> bool:
-        """ComfyUI's ``inpaint_options={"random": True}`` (``ddim``): a noise mask re-noises from seed + 1."""
-        return self.name in RANDOM_INPAINT_NOISE_SAMPLERS
 
 
 # --------------------------------------------------------------------------------------------

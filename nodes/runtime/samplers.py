@@ -13,13 +13,17 @@ Names and numerics follow ComfyUI's ``KSampler.SAMPLERS`` (which are k-diffusion
 Where ComfyUI's sampler has a flow-specific branch (the denoiser's ``.sampling.is_flow``: SD3, FLUX,
 AuraFlow), so does Loom's: the ancestral samplers (euler/dpm_2/dpmpp_2s ancestral) take the RF form, and the
 half-log-SNR samplers (dpmpp_sde, dpmpp_2m/3m_sde, er_sde, seeds_2/3, sa_solver, euler_ancestral_cfg_pp)
-use ``-logit(sigma)`` with the first sigma moved off 1; lcm renoises by the model's noise scaling. :data:`SAMPLER_NAMES` lists all of ComfyUI's names, so shared workflows
-validate their shape; :data:`SAMPLERS` holds those Loom implements, and :func:`get_sampler` refuses the
-others with a clear message.
+use ``-logit(sigma)`` with the first sigma moved off 1; lcm renoises by the model's noise scaling.
+
+:data:`SAMPLER_TABLE` holds one :class:`SamplerSpec` per ComfyUI sampler name, in ComfyUI's order: the
+function (``None`` for a name Loom does not implement yet, so shared workflows still validate their shape)
+and what the sampling loop and the schedule must do for it. :func:`sampler_spec` looks a name up and
+refuses an unknown or unimplemented one with a clear message.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
@@ -34,16 +38,6 @@ class Denoiser(Protocol):
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-SAMPLER_NAMES: tuple[str, ...] = (
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
-    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
-    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
-    "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
-    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
-    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
-)
-"""ComfyUI's ``KSampler.SAMPLERS`` (42 names), in its order."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1277,7 +1271,7 @@ def sample_sa_solver_pece(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor
 # CFG++ samplers (Chung et al. 2024): step along the unconditional prediction, re-add the guided one
 # --------------------------------------------------------------------------------------------
 # They read ``model.uncond_denoised`` after each call; the loop asks the denoiser to keep it (and to
-# evaluate the negative even at cfg 1) for the names in CFG_PP_SAMPLERS.
+# evaluate the negative even at cfg 1) for the samplers whose SamplerSpec says cfg_pp.
 
 def _uncond(model: Denoiser) -> torch.Tensor:
     uncond = getattr(model, "uncond_denoised", None)
@@ -1358,11 +1352,6 @@ def sample_gradient_estimation_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: 
                 x = x + (ge_gamma - 1) * (d - old_d) * dt
         old_d = d
     return x
-
-
-CFG_PP_SAMPLERS = frozenset({"euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp",
-                             "gradient_estimation_cfg_pp", "res_multistep_cfg_pp",
-                             "res_multistep_ancestral_cfg_pp"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -1519,70 +1508,82 @@ def sample_uni_pc_bh2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
 
 Sampler = Callable[..., torch.Tensor]
 
-SAMPLERS: dict[str, Sampler] = {
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "heunpp2": sample_heunpp2,
-    "dpm_2": sample_dpm_2,
-    "dpm_2_ancestral": sample_dpm_2_ancestral,
-    "lms": sample_lms,
-    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
-    "dpmpp_sde": sample_dpmpp_sde,
-    "dpmpp_sde_gpu": sample_dpmpp_sde,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "dpmpp_2m_sde_gpu": sample_dpmpp_2m_sde,
-    "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
-    "dpmpp_2m_sde_heun_gpu": sample_dpmpp_2m_sde_heun,
-    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
-    "dpmpp_3m_sde_gpu": sample_dpmpp_3m_sde,
-    "ddpm": sample_ddpm,
-    "lcm": sample_lcm,
-    "ipndm": sample_ipndm,
-    "ipndm_v": sample_ipndm_v,
-    "deis": sample_deis,
-    "res_multistep": sample_res_multistep,
-    "res_multistep_ancestral": sample_res_multistep_ancestral,
-    "gradient_estimation": sample_gradient_estimation,
-    "euler_cfg_pp": sample_euler_cfg_pp,
-    "euler_ancestral_cfg_pp": sample_euler_ancestral_cfg_pp,
-    "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
-    "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
-    "res_multistep_cfg_pp": sample_res_multistep_cfg_pp,
-    "res_multistep_ancestral_cfg_pp": sample_res_multistep_ancestral_cfg_pp,
-    "dpm_fast": sample_dpm_fast,
-    "dpm_adaptive": sample_dpm_adaptive,
-    "er_sde": sample_er_sde,
-    "seeds_2": sample_seeds_2,
-    "seeds_3": sample_seeds_3,
-    "sa_solver": sample_sa_solver,
-    "sa_solver_pece": sample_sa_solver_pece,
-    "uni_pc": sample_uni_pc,
-    "uni_pc_bh2": sample_uni_pc_bh2,
-    "ddim": sample_euler,  # ComfyUI's "ddim" is Euler (the same update for eps models), with random inpaint noise
-}
-"""The samplers Loom implements, by ComfyUI name."""
 
-# "ddim" differs from "euler" only in how a noise mask re-noises the kept latent: from seed + 1.
-RANDOM_INPAINT_NOISE_SAMPLERS = frozenset({"ddim"})
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One ComfyUI sampler name: its function and what the sampling around it must do for it."""
 
-def implemented_sampler_names() -> list[str]:
-    return [name for name in SAMPLER_NAMES if name in SAMPLERS]
+    name: str
+    function: Sampler | None
+    """``sample(model, x, sigmas, *, seed, callback, **options)``; ``None``: not implemented in Loom yet."""
+    cfg_pp: bool = False
+    """CFG++: steps along the unconditional prediction, so the denoiser keeps it (and evaluates the negative
+    even at cfg 1, ComfyUI's ``disable_cfg1_optimization``)."""
+    random_inpaint_noise: bool = False
+    """ComfyUI's ``inpaint_options={"random": True}``: a noise mask re-noises the kept latent from seed + 1."""
+    discard_penultimate_sigma: bool = False
+    """The KSampler gives it a schedule for one more step and drops the penultimate sigma."""
 
 
-def unimplemented_reason(name: str) -> str | None:
-    """``None`` if ``name`` can be sampled with, else a message saying why not."""
-    if name in SAMPLERS:
-        return None
-    if name in SAMPLER_NAMES:
-        return (f"sampler '{name}' is a ComfyUI sampler that Loom does not implement yet; "
-                f"implemented samplers: {', '.join(implemented_sampler_names())}")
-    return f"unknown sampler '{name}'; the samplers are {', '.join(SAMPLER_NAMES)}"
+SAMPLER_TABLE: tuple[SamplerSpec, ...] = (
+    SamplerSpec("euler", sample_euler),
+    SamplerSpec("euler_cfg_pp", sample_euler_cfg_pp, cfg_pp=True),
+    SamplerSpec("euler_ancestral", sample_euler_ancestral),
+    SamplerSpec("euler_ancestral_cfg_pp", sample_euler_ancestral_cfg_pp, cfg_pp=True),
+    SamplerSpec("heun", sample_heun),
+    SamplerSpec("heunpp2", sample_heunpp2),
+    SamplerSpec("dpm_2", sample_dpm_2, discard_penultimate_sigma=True),
+    SamplerSpec("dpm_2_ancestral", sample_dpm_2_ancestral, discard_penultimate_sigma=True),
+    SamplerSpec("lms", sample_lms),
+    SamplerSpec("dpm_fast", sample_dpm_fast),
+    SamplerSpec("dpm_adaptive", sample_dpm_adaptive),
+    SamplerSpec("dpmpp_2s_ancestral", sample_dpmpp_2s_ancestral),
+    SamplerSpec("dpmpp_2s_ancestral_cfg_pp", None, cfg_pp=True),
+    SamplerSpec("dpmpp_sde", sample_dpmpp_sde),
+    SamplerSpec("dpmpp_sde_gpu", sample_dpmpp_sde),
+    SamplerSpec("dpmpp_2m", sample_dpmpp_2m),
+    SamplerSpec("dpmpp_2m_cfg_pp", sample_dpmpp_2m_cfg_pp, cfg_pp=True),
+    SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde),
+    SamplerSpec("dpmpp_2m_sde_gpu", sample_dpmpp_2m_sde),
+    SamplerSpec("dpmpp_2m_sde_heun", sample_dpmpp_2m_sde_heun),
+    SamplerSpec("dpmpp_2m_sde_heun_gpu", sample_dpmpp_2m_sde_heun),
+    SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde),
+    SamplerSpec("dpmpp_3m_sde_gpu", sample_dpmpp_3m_sde),
+    SamplerSpec("ddpm", sample_ddpm),
+    SamplerSpec("lcm", sample_lcm),
+    SamplerSpec("ipndm", sample_ipndm),
+    SamplerSpec("ipndm_v", sample_ipndm_v),
+    SamplerSpec("deis", sample_deis),
+    SamplerSpec("res_multistep", sample_res_multistep),
+    SamplerSpec("res_multistep_cfg_pp", sample_res_multistep_cfg_pp, cfg_pp=True),
+    SamplerSpec("res_multistep_ancestral", sample_res_multistep_ancestral),
+    SamplerSpec("res_multistep_ancestral_cfg_pp", sample_res_multistep_ancestral_cfg_pp, cfg_pp=True),
+    SamplerSpec("gradient_estimation", sample_gradient_estimation),
+    SamplerSpec("gradient_estimation_cfg_pp", sample_gradient_estimation_cfg_pp, cfg_pp=True),
+    SamplerSpec("er_sde", sample_er_sde),
+    SamplerSpec("seeds_2", sample_seeds_2),
+    SamplerSpec("seeds_3", sample_seeds_3),
+    SamplerSpec("sa_solver", sample_sa_solver),
+    SamplerSpec("sa_solver_pece", sample_sa_solver_pece),
+    # ComfyUI's "ddim" is Euler (the same update for eps models) with random inpaint noise
+    SamplerSpec("ddim", sample_euler, random_inpaint_noise=True),
+    SamplerSpec("uni_pc", sample_uni_pc, discard_penultimate_sigma=True),
+    SamplerSpec("uni_pc_bh2", sample_uni_pc_bh2, discard_penultimate_sigma=True),
+)
+"""ComfyUI's ``KSampler.SAMPLERS`` (42 names), in its order, which the sampler combos show."""
+
+SAMPLER_NAMES: tuple[str, ...] = tuple(spec.name for spec in SAMPLER_TABLE)
+
+_BY_NAME: dict[str, SamplerSpec] = {spec.name: spec for spec in SAMPLER_TABLE}
 
 
-def get_sampler(name: str) -> Sampler:
-    reason = unimplemented_reason(name)
-    if reason is not None:
-        raise ValueError(reason)
-    return SAMPLERS[name]
+def sampler_spec(name: str) -> SamplerSpec:
+    """The implemented sampler ``name``, or a ``ValueError`` saying why it cannot be sampled with."""
+    spec = _BY_NAME.get(name)
+    if spec is None:
+        raise ValueError(f"unknown sampler '{name}'; the samplers are {', '.join(SAMPLER_NAMES)}")
+    if spec.function is None:
+        implemented = ", ".join(s.name for s in SAMPLER_TABLE if s.function is not None)
+        raise ValueError(f"sampler '{name}' is a ComfyUI sampler that Loom does not implement yet; "
+                         f"implemented samplers: {implemented}")
+    return spec

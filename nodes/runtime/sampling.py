@@ -110,11 +110,10 @@ def sample_guided(guider: CFGGuider, sampler: SamplerChoice, noise: torch.Tensor
     mask = None
     if noise_mask is not None:
         mask = prepare_noise_mask(noise_mask, noise.shape).to(device)
-    cfg_pp = sampler.cfg_pp  # these step along the unconditional prediction too
-    denoiser: Any = guider.denoiser(latent_image.shape, latent_image, mask, cfg_pp=cfg_pp)
+    denoiser: Any = guider.denoiser(latent_image.shape, latent_image, mask, cfg_pp=sampler.spec.cfg_pp)
     if mask is not None:
         inpaint_noise = noise
-        if sampler.random_inpaint_noise:
+        if sampler.spec.random_inpaint_noise:
             generator = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
             inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
         denoiser = MaskedDenoiser(denoiser, mask, latent_image, inpaint_noise, sigmas=sigmas,

@@ -6,7 +6,7 @@ A schedule is a descending float32 tensor of ``steps + 1`` noise levels ending i
 
 :func:`sampling_sigmas` adds what the KSampler does on top: ``denoise < 1`` builds the schedule for
 ``int(steps / denoise)`` steps and keeps the last ``steps + 1`` sigmas, and some samplers drop the
-penultimate sigma.
+penultimate sigma (their :class:`~nodes.runtime.samplers.SamplerSpec` says so).
 """
 from __future__ import annotations
 
@@ -16,14 +16,11 @@ from typing import Callable
 import torch
 
 from loom.nodes.runtime.model_types import ModelSampling
+from loom.nodes.runtime.samplers import sampler_spec
 
 SCHEDULER_NAMES: tuple[str, ...] = ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta",
                                     "normal", "linear_quadratic", "kl_optimal")
 """ComfyUI's ``KSampler.SCHEDULERS``, in its order (the combo shows them so)."""
-
-# samplers that are given a schedule for one more step, with the penultimate sigma dropped
-DISCARD_PENULTIMATE_SIGMA_SAMPLERS = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
-
 
 def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
@@ -169,7 +166,7 @@ def sampling_sigmas(sampling: ModelSampling, scheduler: str, steps: int, denoise
     for ``int(steps / denoise)`` steps and keeps its last ``steps + 1`` sigmas.
     """
     def full(n: int) -> torch.Tensor:
-        discard = sampler_name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+        discard = bool(sampler_name) and sampler_spec(sampler_name).discard_penultimate_sigma
         sigmas = calculate_sigmas(sampling, scheduler, n + 1 if discard else n)
         return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
 
