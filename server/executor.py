@@ -4,7 +4,10 @@ Events use ComfyUI's WebSocket message types and payloads (``execution_start``, 
 ``executing``, ``progress``, ``executed``, ``execution_success``, ``execution_error``,
 ``execution_interrupted``) plus ``preview`` (``{"node", "prompt_id", "image": PIL.Image}``) for latent
 previews. A node's exception fails its prompt with the node id, type and message, and leaves the
-executor ready for the next prompt. Interruption is checked before every node and on every progress tick.
+executor ready for the next prompt. Before a node runs, every value linked into one of its sockets is
+checked against the socket's type (:mod:`loom.nodes.kernel.sockets`): a wrong one fails the prompt with
+``exception_type`` ``invalid_input_type`` and a message naming the node, the input and the problem,
+and the node does not run. Interruption is checked before every node and on every progress tick.
 
 Two kinds of failure are named in ``exception_type`` instead of the exception's class (which then goes
 in ``exception_class``): ``oom`` (an out-of-memory error, also one wrapped by the node: every model is
@@ -24,7 +27,7 @@ from typing import Any, Callable, Protocol
 
 from loom.nodes.kernel import services
 from loom.nodes.kernel.progress import ExecutionContext, Interrupted, running_node
-from loom.nodes.kernel.schema import Node, NodeOutput, NodeRegistry, literal_kwargs
+from loom.nodes.kernel.schema import InputValueError, Node, NodeOutput, NodeRegistry, Socket, literal_kwargs
 
 from loom.server import events
 from loom.server.cache import ALWAYS_RERUN, OutputCache, cache_key
@@ -239,6 +242,7 @@ class _Run:
         schema = node_class.schema()
         self.emit(*events.executing(node_id, self.prompt_id))
         inputs = self.gather_inputs(node_id, node, node_class, validation)
+        _check_sockets(node_id, class_type, node, schema.inputs, inputs)
 
         def on_progress(value: int, total: int, preview: Any) -> None:
             self.emit(*events.progress(value, total, self.prompt_id, node_id))
@@ -297,7 +301,10 @@ class _Run:
         exception_type = _qualified_name(type(cause))
         kind, reason = classify_failure(cause)
         extra: dict[str, Any] = {}
-        if kind is not None:
+        if isinstance(cause, InputValueError):  # a socket received a value of another type
+            extra["exception_class"] = exception_type
+            exception_type = cause.code
+        elif kind is not None:
             extra["exception_class"] = exception_type
             exception_type = kind
             message = _failure_message(failure.class_type, kind, reason)
@@ -380,6 +387,25 @@ class _Interrupt(Exception):
     def __init__(self, node_id: str) -> None:
         super().__init__(node_id)
         self.node_id = node_id
+
+
+def _check_sockets(node_id: str, class_type: str, node: dict, specs: list, inputs: dict[str, list[Any]]) -> None:
+    """Refuse a value linked into a socket that is not of the socket's type (literals were checked by
+    validation), naming the node, the input and the problem."""
+    raw = node.get("inputs") or {}
+    for spec in specs:
+        if not isinstance(spec, Socket) or not is_link(raw.get(spec.name)):
+            continue
+        values = inputs.get(spec.name, [])
+        for index, value in enumerate(values):
+            problem = spec.check_linked(value)
+            if problem is None:
+                continue
+            item = f" (item {index} of the {len(values)} it received)" if len(values) > 1 else ""
+            source = raw[spec.name]
+            message = f"{class_type}: input '{spec.name}'{item} {problem}"
+            raise NodeExecutionError(node_id, class_type, InputValueError(
+                "invalid_input_type", message, f"{spec.name}: linked from output {source[1]} of node {source[0]}"))
 
 
 def _fingerprint(node_class: type[Node], literals: dict[str, Any]) -> Any:

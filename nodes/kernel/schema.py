@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
+from loom.nodes.kernel.sockets import SocketType, socket_type
+
 MAX_RESOLUTION = 16384
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -322,7 +324,31 @@ class Combo(InputSpec):
 
 @dataclass
 class Socket(InputSpec):
-    """An input that only takes a link (MODEL, LATENT, IMAGE, ...)."""
+    """An input that takes a link (MODEL, LATENT, IMAGE, ...); ``type`` is a type name or a
+    :class:`~loom.nodes.kernel.sockets.SocketType`. The executor checks every value it receives
+    (:meth:`check_linked`) before the node runs."""
+
+    type: str | SocketType = "*"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.type, SocketType):
+            self.type = self.type.name
+
+    def check_linked(self, value: Any) -> str | None:
+        """What is wrong with a value this input received (``None``: nothing); an optional input also
+        takes ``None``."""
+        kind = socket_type(str(self.type))
+        if kind is None or (value is None and self.optional):
+            return None
+        return kind.check(value)
+
+    def check_value(self, value: Any) -> Any:
+        """A literal in place of a link: only what a link could bring (nothing, for the model types)."""
+        problem = self.check_linked(value)
+        if problem is not None:
+            raise InputValueError("invalid_input_type", f"Failed to convert an input value to a {self.type} value",
+                                  f"{self.name} {problem}; a {self.type} input takes a link")
+        return value
 
 
 AUTOGROW_MAX_NAMES = 100

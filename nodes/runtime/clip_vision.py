@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
+from loom.nodes.kernel import sockets
 from loom.nodes.runtime import devices, model_cache
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,9 @@ class ClipVisionOutput:
         return f"ClipVisionOutput({shapes})"
 
 
+sockets.CLIP_VISION_OUTPUT.register(ClipVisionOutput)
+
+
 @dataclass
 class ClipVisionModel:
     """``CLIP_VISION``: a vision tower with its preprocessing."""
@@ -321,6 +325,9 @@ class ClipVisionModel:
             result["all_hidden_states"] = torch.stack(out.hidden_states[1:], dim=1).to(target)
         result["mm_projected"] = None
         return result
+
+
+sockets.CLIP_VISION.register(ClipVisionModel)
 
 
 # ---------------------------------------------------------------------------------------------

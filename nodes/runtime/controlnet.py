@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
+from loom.nodes.kernel import sockets
 from loom.nodes.runtime import devices, model_cache
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class ControlNet:
     kind: str = "unet"  # the models it steers: "unet" (SD1/SD2/SDXL), "sd3", "flux"
     union: torch.nn.Module | None = None  # a union ControlNet's type parts (nodes.runtime.controlnet_union)
     control_type: tuple[int, ...] = ()  # SetUnionControlNetType's choice; () is "auto"
+
+
+sockets.CONTROL_NET.register(ControlNet)
 
 
 # ---------------------------------------------------------------------------------------------

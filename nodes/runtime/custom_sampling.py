@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from loom.nodes.kernel import sockets
 from loom.nodes.runtime.denoiser import (GuidedDenoiser, add_matching_areas, combine_guidance,
                                          resolve_conditioning, share_control_with_negative)
 from loom.nodes.runtime.model_types import DiffusionModel
@@ -56,6 +57,9 @@ class SamplerChoice:
         return functools.partial(sampler, **self.options) if self.options else sampler
 
 
+sockets.SAMPLER.register(SamplerChoice)
+
+
 # --------------------------------------------------------------------------------------------
 # NOISE
 # --------------------------------------------------------------------------------------------
@@ -80,6 +84,9 @@ class EmptyNoise:
     def generate(self, latent: Mapping[str, Any]) -> torch.Tensor:
         samples = latent["samples"]
         return torch.zeros(samples.shape, dtype=samples.dtype, layout=samples.layout, device="cpu")
+
+
+sockets.NOISE.register(RandomNoise, EmptyNoise)
 
 
 Noise = RandomNoise | EmptyNoise
@@ -124,6 +131,9 @@ class CFGGuider:
                                   latent_image=latent_image, denoise_mask=denoise_mask)
         overrides = self.model.options.get(CFG_OVERRIDES_OPTION)
         return CFGOverrideDenoiser(denoiser, overrides) if overrides else denoiser
+
+
+sockets.GUIDER.register(CFGGuider)
 
 
 CFG_OVERRIDES_OPTION = "cfg_overrides"

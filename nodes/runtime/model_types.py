@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from loom.nodes.kernel import sockets
 from loom.nodes.runtime.model_sampling import ModelSampling  # noqa: F401  (re-exported: MODEL.sampling's type)
 
 
@@ -107,3 +108,8 @@ class VAEModel:
     latent_format: LatentFormat
     downscale: int = 8
     options: dict[str, Any] = field(default_factory=dict)
+
+
+sockets.MODEL.register(DiffusionModel)
+sockets.CLIP.register(TextEncoderModel)
+sockets.VAE.register(VAEModel)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from loom.nodes.kernel import sockets
 from loom.nodes.runtime import devices, model_cache
 
 
@@ -52,6 +53,9 @@ class StyleModel:
                 "(FLUX Redux expects the SigLIP so400m vision model, sigclip_vision_patch14_384)")
         device = self.module.redux_up.weight.device
         return self.module(hidden.to(device=device, dtype=torch.float32)).to(devices.intermediate_device())
+
+
+sockets.STYLE_MODEL.register(StyleModel)
 
 
 def load_style_model(path: str | Path, *, device: torch.device | str | None = None,
