@@ -59,13 +59,6 @@ class CheckpointSave(Node):
     def execute(cls, model: Any, clip: Any, vae: Any, filename_prefix: str = "checkpoints/ComfyUI",
                 prompt: Any = None, extra_pnginfo: dict[str, Any] | None = None) -> NodeOutput:
         from loom.nodes.runtime.checkpoint_save import checkpoint_metadata, checkpoint_state_dict
-        from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel, VAEModel
-
-        for name, value, kind in (("model", model, DiffusionModel), ("clip", clip, TextEncoderModel),
-                                  ("vae", vae, VAEModel)):
-            if not isinstance(value, kind):
-                raise ValueError(f"CheckpointSave: input '{name}' is not a {name.upper()} "
-                                 f"(got {type(value).__name__})")
         try:
             state = checkpoint_state_dict(model, clip, vae)
         except (KeyError, ValueError) as exc:

@@ -21,31 +21,6 @@ services.register_model_describer("clip_vision", describe_clip_vision)
 UNCLIP_MARKERS = ("embedder.model.visual.", "noise_augmentor.")
 
 
-def _check_conditioning(node: str, name: str, value: Any) -> list:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in value):
-        raise ValueError(f"{node}: input '{name}' is not a CONDITIONING (a list of [tensor, options] pairs)")
-    return list(value)
-
-
-def _check_clip_vision(node: str, value: Any) -> Any:
-    from loom.nodes.runtime.clip_vision import ClipVisionModel
-
-    if value is None:
-        raise ValueError(f"{node}: input 'clip_vision' is None: the checkpoint it came from has no CLIP vision model "
-                         "(connect a Load CLIP Vision node)")
-    if not isinstance(value, ClipVisionModel):
-        raise ValueError(f"{node}: input 'clip_vision' is not a CLIP_VISION (got {type(value).__name__}); "
-                         "connect a Load CLIP Vision node")
-    return value
-
-
-def _check_vision_output(node: str, value: Any) -> Any:
-    if getattr(value, "last_hidden_state", None) is None:
-        raise ValueError(f"{node}: input 'clip_vision_output' is not a CLIP_VISION_OUTPUT (got "
-                         f"{type(value).__name__}); connect a CLIP Vision Encode node")
-    return value
-
-
 @register
 class CLIPVisionLoader(Node):
     @classmethod
@@ -87,11 +62,6 @@ class CLIPVisionEncode(Node):
 
     @classmethod
     def execute(cls, clip_vision: Any, image: Any, crop: str) -> tuple:
-        import torch
-
-        clip_vision = _check_clip_vision("CLIPVisionEncode", clip_vision)
-        if not isinstance(image, torch.Tensor) or image.ndim != 4:
-            raise ValueError("CLIPVisionEncode: input 'image' is not an IMAGE ([batch, height, width, channels])")
         return (clip_vision.encode_image(image, crop=crop == "center"),)
 
 
@@ -108,10 +78,8 @@ class unCLIPConditioning(Node):  # noqa: N801 (ComfyUI's name)
 
     @classmethod
     def execute(cls, conditioning: Any, clip_vision_output: Any, strength: float, noise_augmentation: float) -> tuple:
-        conditioning = _check_conditioning("unCLIPConditioning", "conditioning", conditioning)
         if strength == 0:
             return (conditioning,)
-        clip_vision_output = _check_vision_output("unCLIPConditioning", clip_vision_output)
         entry = {"clip_vision_output": clip_vision_output, "strength": strength,
                  "noise_augmentation": noise_augmentation}
         out = []
@@ -164,14 +132,9 @@ class StyleModelApply(Node):
     @classmethod
     def execute(cls, conditioning: Any, style_model: Any, clip_vision_output: Any, strength: float,
                 strength_type: str) -> tuple:
-        from loom.nodes.runtime.style_model import StyleModel, StyleModelError, apply_style
+        from loom.nodes.runtime.style_model import StyleModelError, apply_style
 
         node = "StyleModelApply"
-        conditioning = _check_conditioning(node, "conditioning", conditioning)
-        if not isinstance(style_model, StyleModel):
-            raise ValueError(f"{node}: input 'style_model' is not a STYLE_MODEL (got {type(style_model).__name__}); "
-                             "connect a Load Style Model node")
-        clip_vision_output = _check_vision_output(node, clip_vision_output)
         try:
             tokens = style_model.get_cond(clip_vision_output)
             return (apply_style(conditioning, tokens, strength, strength_type),)

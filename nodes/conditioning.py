@@ -16,23 +16,6 @@ from loom.nodes.kernel.schema import MAX_RESOLUTION, Combo, Float, Int, Node, Ou
 logger = logging.getLogger(__name__)
 
 
-def _check_conditioning(node: str, name: str, value: Any) -> list:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in value):
-        raise ValueError(f"{node}: input '{name}' is not a CONDITIONING (a list of [tensor, options] pairs)")
-    return list(value)
-
-
-def _check_clip(node: str, clip: Any) -> Any:
-    from loom.nodes.runtime.model_types import TextEncoderModel
-
-    if clip is None:
-        raise ValueError(f"{node}: input 'clip' is invalid: None. If the clip is from a checkpoint loader node, "
-                         "the checkpoint does not contain a valid clip or text encoder model.")
-    if not isinstance(clip, TextEncoderModel):
-        raise ValueError(f"{node}: input 'clip' is not a CLIP model (got {type(clip).__name__})")
-    return clip
-
-
 def set_values(conditioning: list, values: dict[str, Any]) -> list:
     """Copies of the entries with ``values`` set in their options."""
     return [[cond, {**options, **values}] for cond, options in conditioning]
@@ -50,7 +33,6 @@ class CLIPSetLastLayer(Node):
 
     @classmethod
     def execute(cls, clip: Any, stop_at_clip_layer: int) -> tuple:
-        clip = _check_clip("CLIPSetLastLayer", clip)
         return (clip.replace(layer_idx=int(stop_at_clip_layer)),)
 
 
@@ -71,7 +53,6 @@ class CLIPTextEncode(Node):
     def execute(cls, text: str, clip: Any) -> tuple:
         from loom.nodes.runtime.text_encoding import encode_text
 
-        clip = _check_clip("CLIPTextEncode", clip)
         return (encode_text(clip, text),)
 
 
@@ -86,9 +67,7 @@ class ConditioningCombine(Node):
 
     @classmethod
     def execute(cls, conditioning_1: Any, conditioning_2: Any) -> tuple:
-        first = _check_conditioning("ConditioningCombine", "conditioning_1", conditioning_1)
-        second = _check_conditioning("ConditioningCombine", "conditioning_2", conditioning_2)
-        return (first + second,)
+        return (list(conditioning_1) + list(conditioning_2),)
 
 
 @register
@@ -107,7 +86,6 @@ class ConditioningSetArea(Node):
 
     @classmethod
     def execute(cls, conditioning: Any, width: int, height: int, x: int, y: int, strength: float) -> tuple:
-        conditioning = _check_conditioning("ConditioningSetArea", "conditioning", conditioning)
         # the area is kept in latent pixels: (height, width, y, x) / 8
         return (set_values(conditioning, {"area": (height // 8, width // 8, y // 8, x // 8),
                                           "strength": strength, "set_area_to_bounds": False}),)
@@ -126,7 +104,6 @@ class ConditioningZeroOut(Node):
     def execute(cls, conditioning: Any) -> tuple:
         import torch
 
-        conditioning = _check_conditioning("ConditioningZeroOut", "conditioning", conditioning)
         out = []
         for cond, options in conditioning:
             options = dict(options)
@@ -162,13 +139,11 @@ class ConditioningAverage(Node):
         import torch
 
         node = "ConditioningAverage"
-        to = _check_conditioning(node, "conditioning_to", conditioning_to)
-        source, source_options = _first_entry(node, _check_conditioning(node, "conditioning_from",
-                                                                        conditioning_from))
+        source, source_options = _first_entry(node, conditioning_from)
         strength = conditioning_to_strength
         pooled_from = source_options.get("pooled_output", None)
         out = []
-        for target, options in to:
+        for target, options in conditioning_to:
             pooled_to = options.get("pooled_output", pooled_from)
             blended_from = source[:, :target.shape[1]]
             if blended_from.shape[1] < target.shape[1]:  # ComfyUI pads with one batch item of zeros
@@ -200,9 +175,8 @@ class ConditioningConcat(Node):
         import torch
 
         node = "ConditioningConcat"
-        to = _check_conditioning(node, "conditioning_to", conditioning_to)
-        source, _ = _first_entry(node, _check_conditioning(node, "conditioning_from", conditioning_from))
-        return ([[torch.cat((target, source), 1), dict(options)] for target, options in to],)
+        source, _ = _first_entry(node, conditioning_from)
+        return ([[torch.cat((target, source), 1), dict(options)] for target, options in conditioning_to],)
 
 
 @register
@@ -222,7 +196,6 @@ class ConditioningSetAreaPercentage(Node):
     @classmethod
     def execute(cls, conditioning: Any, width: float, height: float, x: float, y: float,
                 strength: float) -> tuple:
-        conditioning = _check_conditioning("ConditioningSetAreaPercentage", "conditioning", conditioning)
         # fractions of the latent, resolved when sampling starts: ("percentage", h, w, y, x)
         return (set_values(conditioning, {"area": ("percentage", height, width, y, x), "strength": strength,
                                           "set_area_to_bounds": False}),)
@@ -241,7 +214,6 @@ class ConditioningSetAreaStrength(Node):
 
     @classmethod
     def execute(cls, conditioning: Any, strength: float) -> tuple:
-        conditioning = _check_conditioning("ConditioningSetAreaStrength", "conditioning", conditioning)
         return (set_values(conditioning, {"strength": strength}),)
 
 
@@ -261,7 +233,6 @@ class ConditioningSetTimestepRange(Node):
 
     @classmethod
     def execute(cls, conditioning: Any, start: float, end: float) -> tuple:
-        conditioning = _check_conditioning("ConditioningSetTimestepRange", "conditioning", conditioning)
         return (set_values(conditioning, {"start_percent": start, "end_percent": end}),)
 
 
@@ -280,11 +251,9 @@ class ConditioningSetMask(Node):
     def execute(cls, conditioning: Any, mask: Any, strength: float, set_cond_area: str) -> tuple:
         """The mask weights the entry per pixel (times ``strength``, stored as ``mask_strength``);
         ``mask bounds`` also evaluates the entry only on the mask's bounding box."""
-        import torch
-
-        conditioning = _check_conditioning("ConditioningSetMask", "conditioning", conditioning)
-        if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
-            raise ValueError("ConditioningSetMask: input 'mask' is not a MASK ([batch, height, width])")
+        if mask.ndim not in (2, 3):
+            raise ValueError(f"ConditioningSetMask: input 'mask' has {mask.ndim} dimensions; it takes a "
+                             "[batch, height, width] or [height, width] MASK")
         if mask.ndim < 3:
             mask = mask.unsqueeze(0)
         return (set_values(conditioning, {"mask": mask, "set_area_to_bounds": set_cond_area != "default",

@@ -36,36 +36,19 @@ SIGMA_MIN_DEFAULT = 0.0291675
 
 
 # --------------------------------------------------------------------------------------------
-# input checks: every message names the node and the input
+# input checks beyond the socket types (the executor checks those); every message names the node and input
 # --------------------------------------------------------------------------------------------
 
-def _model(node: str, model: Any, name: str = "model") -> Any:
-    from loom.nodes.runtime.model_types import DiffusionModel
-
-    if not isinstance(model, DiffusionModel):
-        raise ValueError(f"{node}: input '{name}' is not a MODEL (got {type(model).__name__})")
-    return model
-
-
-def _sigmas(node: str, sigmas: Any, name: str = "sigmas") -> torch.Tensor:
-    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1:
-        shape = tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__
-        raise ValueError(f"{node}: input '{name}' is not SIGMAS (a 1-D tensor of noise levels), got {shape}")
+def _sigmas(node: str, sigmas: torch.Tensor, name: str = "sigmas") -> torch.Tensor:
     if not torch.isfinite(sigmas).all():
         raise ValueError(f"{node}: input '{name}' has values that are not finite: {sigmas.tolist()}")
     return sigmas
 
 
-def _latent(node: str, latent: Any) -> dict:
-    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
-        raise ValueError(f"{node}: input 'latent_image' is not a LATENT (a dict with a 'samples' tensor)")
-    return latent
-
-
-def _conditioning(node: str, name: str, value: Any) -> Any:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{node}: input '{name}' is not a CONDITIONING (a non-empty list of [tensor, options] pairs)")
-    return value
+def _non_empty(node: str, name: str, value: Any) -> None:
+    if not value:
+        raise ValueError(f"{node}: input '{name}' is an empty CONDITIONING: there is nothing to guide the "
+                         "sampling towards")
 
 
 def _controls(node: str, model: Any, **conditionings: Any) -> None:
@@ -74,30 +57,6 @@ def _controls(node: str, model: Any, **conditionings: Any) -> None:
 
     for name, value in conditionings.items():
         check_controls(node, name, value, model)
-
-
-def _sampler(node: str, sampler: Any) -> Any:
-    from loom.nodes.runtime.custom_sampling import SamplerChoice
-
-    if not isinstance(sampler, SamplerChoice):
-        raise ValueError(f"{node}: input 'sampler' is not a SAMPLER (got {type(sampler).__name__})")
-    return sampler
-
-
-def _noise(node: str, noise: Any) -> Any:
-    from loom.nodes.runtime.custom_sampling import EmptyNoise, RandomNoise
-
-    if not isinstance(noise, (RandomNoise, EmptyNoise)):
-        raise ValueError(f"{node}: input 'noise' is not a NOISE (got {type(noise).__name__})")
-    return noise
-
-
-def _guider(node: str, guider: Any) -> Any:
-    from loom.nodes.runtime.custom_sampling import CFGGuider
-
-    if not isinstance(guider, CFGGuider):
-        raise ValueError(f"{node}: input 'guider' is not a GUIDER (got {type(guider).__name__})")
-    return guider
 
 
 def _positive(node: str, name: str, value: float) -> float:
@@ -171,17 +130,11 @@ class SamplerCustom(Node):
         from loom.nodes.runtime.custom_sampling import CFGGuider, EmptyNoise, RandomNoise
 
         node = "SamplerCustom"
-        _model(node, model)
-        _conditioning(node, "positive", positive)
-        if not isinstance(negative, (list, tuple)):
-            raise ValueError(f"{node}: input 'negative' is not a CONDITIONING (a list of [tensor, options] pairs)")
+        _non_empty(node, "positive", positive)
         _controls(node, model, positive=positive, negative=negative)
-        _sampler(node, sampler)
-        sigmas = _sigmas(node, sigmas)
-        latent = _latent(node, latent_image)
         source = RandomNoise(int(noise_seed)) if add_noise else EmptyNoise()
-        return _run(node, CFGGuider(model, positive, negative, cfg), sampler, source, sigmas, latent,
-                    seed=int(noise_seed))
+        return _run(node, CFGGuider(model, positive, negative, cfg), sampler, source, _sigmas(node, sigmas),
+                    latent_image, seed=int(noise_seed))
 
 
 @register
@@ -200,12 +153,7 @@ class SamplerCustomAdvanced(Node):
     @classmethod
     def execute(cls, noise: Any, guider: Any, sampler: Any, sigmas: Any, latent_image: Any) -> tuple:
         node = "SamplerCustomAdvanced"
-        _noise(node, noise)
-        _guider(node, guider)
-        _sampler(node, sampler)
-        sigmas = _sigmas(node, sigmas)
-        latent = _latent(node, latent_image)
-        return _run(node, guider, sampler, noise, sigmas, latent, seed=int(noise.seed))
+        return _run(node, guider, sampler, noise, _sigmas(node, sigmas), latent_image, seed=int(noise.seed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +185,6 @@ class BasicScheduler(Node):
     def execute(cls, model: Any, scheduler: str, steps: int, denoise: float) -> tuple:
         from loom.nodes.runtime.schedules import calculate_sigmas
 
-        _model("BasicScheduler", model)
         total_steps = steps
         if denoise < 1.0:
             if denoise <= 0.0:
@@ -353,7 +300,6 @@ class SDTurboScheduler(Node):
 
     @classmethod
     def execute(cls, model: Any, steps: int, denoise: float) -> tuple:
-        _model("SDTurboScheduler", model)
         start_step = 10 - int(10 * denoise)
         timesteps = torch.flip(torch.arange(1, 11) * 100 - 1, (0,))[start_step:start_step + steps]
         sigmas = model.sampling.sigma(timesteps)
@@ -375,7 +321,6 @@ class BetaSamplingScheduler(Node):
     def execute(cls, model: Any, steps: int, alpha: float, beta: float) -> tuple:
         from loom.nodes.runtime.schedules import beta as beta_schedule
 
-        _model("BetaSamplingScheduler", model)
         _positive("BetaSamplingScheduler", "alpha", alpha)
         _positive("BetaSamplingScheduler", "beta", beta)
         return (beta_schedule(model.sampling, steps, alpha=alpha, beta_=beta),)
@@ -503,7 +448,6 @@ class SamplingPercentToSigma(Node):
 
     @classmethod
     def execute(cls, model: Any, sampling_percent: float, return_actual_sigma: bool) -> tuple:
-        _model("SamplingPercentToSigma", model)
         sigma = float(model.sampling.percent_to_sigma(sampling_percent))
         if return_actual_sigma:
             if sampling_percent == 0.0:
@@ -747,7 +691,6 @@ class SamplerSASolver(Node):
     @classmethod
     def execute(cls, model: Any, eta: float, sde_start_percent: float, sde_end_percent: float, s_noise: float,
                 predictor_order: int, corrector_order: int, use_pece: bool, simple_order_2: bool) -> tuple:
-        _model("SamplerSASolver", model)
         tau = SATauInterval(float(model.sampling.percent_to_sigma(sde_start_percent)),
                             float(model.sampling.percent_to_sigma(sde_end_percent)), eta)
         return _sampler_output("SamplerSASolver", "sa_solver", tau_func=tau, s_noise=s_noise,
@@ -792,8 +735,7 @@ class BasicGuider(Node):
     def execute(cls, model: Any, conditioning: Any) -> tuple:
         from loom.nodes.runtime.custom_sampling import BasicGuider as Guider
 
-        _model("BasicGuider", model)
-        _conditioning("BasicGuider", "conditioning", conditioning)
+        _non_empty("BasicGuider", "conditioning", conditioning)
         _controls("BasicGuider", model, conditioning=conditioning)
         return (Guider(model, conditioning),)
 
@@ -812,10 +754,7 @@ class CFGGuider(Node):
     def execute(cls, model: Any, positive: Any, negative: Any, cfg: float) -> tuple:
         from loom.nodes.runtime.custom_sampling import CFGGuider as Guider
 
-        _model("CFGGuider", model)
-        _conditioning("CFGGuider", "positive", positive)
-        if not isinstance(negative, (list, tuple)):
-            raise ValueError("CFGGuider: input 'negative' is not a CONDITIONING (a list of [tensor, options] pairs)")
+        _non_empty("CFGGuider", "positive", positive)
         _controls("CFGGuider", model, positive=positive, negative=negative)
         return (Guider(model, positive, negative, cfg),)
 
@@ -838,11 +777,7 @@ class DualCFGGuider(Node):
         from loom.nodes.runtime.custom_sampling import DualCFGGuider as Guider
 
         node = "DualCFGGuider"
-        _model(node, model)
-        _conditioning(node, "cond1", cond1)
-        for name, value in (("cond2", cond2), ("negative", negative)):
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{node}: input '{name}' is not a CONDITIONING (a list of [tensor, options] pairs)")
+        _non_empty(node, "cond1", cond1)
         _controls(node, model, cond1=cond1, cond2=cond2, negative=negative)
         return (Guider(model, cond1, cond2, negative, cfg_conds, cfg_cond2_negative, nested=style == "nested"),)
 
@@ -864,7 +799,6 @@ class CFGOverride(Node):
     def execute(cls, model: Any, cfg: float, start_percent: float, end_percent: float) -> tuple:
         from loom.nodes.runtime.custom_sampling import CFG_OVERRIDES_OPTION
 
-        _model("CFGOverride", model)
         sigma_high = float(model.sampling.percent_to_sigma(start_percent))  # percent -> sigma decreases
         sigma_low = float(model.sampling.percent_to_sigma(end_percent))
         overrides = tuple(model.options.get(CFG_OVERRIDES_OPTION, ())) + ((sigma_low, sigma_high, float(cfg)),)
@@ -915,10 +849,8 @@ class AddNoise(Node):
     @classmethod
     def execute(cls, model: Any, noise: Any, sigmas: Any, latent_image: Any) -> tuple:
         node = "AddNoise"
-        _model(node, model)
-        _noise(node, noise)
         sigmas = _sigmas(node, sigmas)
-        latent = _latent(node, latent_image)
+        latent = latent_image
         if len(sigmas) == 0:
             return (latent,)
         noisy = noise.generate(latent)

@@ -48,9 +48,5 @@ class DifferentialDiffusion(Node):
 
     @classmethod
     def execute(cls, model: Any, strength: float = 1.0) -> tuple:
-        from loom.nodes.runtime.model_types import DiffusionModel
-
-        if not isinstance(model, DiffusionModel):
-            raise ValueError(f"DifferentialDiffusion: input 'model' is not a MODEL (got {type(model).__name__})")
         function = functools.partial(differential_mask, strength=strength)
         return (model.replace(options={**model.options, "denoise_mask_function": function}),)

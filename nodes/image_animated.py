@@ -25,10 +25,9 @@ from loom.nodes.kernel.schema import (HIDDEN_EXTRA_PNGINFO, HIDDEN_PROMPT, Boole
 WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
 
 
-def _check_batch(images: Any) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"input 'images': expected a non-empty IMAGE batch [B, H, W, C], got {shape}")
+def _check_batch(images: torch.Tensor) -> None:
+    if images.shape[0] == 0:
+        raise ValueError(f"input 'images': an animation needs at least one frame, got {tuple(images.shape)}")
 
 
 def webp_exif(frame: Image.Image, prompt: Any, extra_pnginfo: Any) -> Image.Exif:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.nodes.conditioning import _check_conditioning, set_values
+from loom.nodes.conditioning import set_values
 from loom.nodes.kernel.schema import Boolean, Node, Output, Schema, Socket, register
-from loom.nodes.vae import _check_image, _check_vae, run_for_node
+from loom.nodes.vae import run_for_node
 
 
 def _encode(node: str, vae: Any, pixels: Any) -> Any:
@@ -50,10 +50,7 @@ class InstructPixToPixConditioning(Node):
         import torch
 
         node = "InstructPixToPixConditioning"
-        positive = _check_conditioning(node, "positive", positive)
-        negative = _check_conditioning(node, "negative", negative)
-        vae = _check_vae(node, vae)
-        pixels, *_ = _crop_to_8(_check_image(node, "pixels", pixels))
+        pixels, *_ = _crop_to_8(pixels)
         concat_latent = _encode(node, vae, pixels)
         values = {"concat_latent_image": concat_latent}
         return (set_values(positive, values), set_values(negative, values),
@@ -79,28 +76,21 @@ class InpaintModelConditioning(Node):
                 noise_mask: bool = True) -> tuple:
         """The latent of the whole image (with the mask as its noise mask), and conditionings carrying the
         latent of the image with the masked pixels set to grey plus the mask."""
-        import torch
         import torch.nn.functional as F
 
         node = "InpaintModelConditioning"
-        positive = _check_conditioning(node, "positive", positive)
-        negative = _check_conditioning(node, "negative", negative)
-        vae = _check_vae(node, vae)
-        original = _check_image(node, "pixels", pixels)
-        if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3, 4):
-            raise ValueError(f"{node}: input 'mask' is not a MASK ([batch, height, width])")
         mask = F.interpolate(mask.float().reshape((-1, 1, mask.shape[-2], mask.shape[-1])),
-                             size=(original.shape[1], original.shape[2]), mode="bilinear")
-        pixels, y, x, height, width = _crop_to_8(original.clone())
+                             size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
+        grey, y, x, height, width = _crop_to_8(pixels.clone())
         mask = mask[:, :, y:y + height, x:x + width]
 
         keep = (1.0 - mask.round()).squeeze(1)
         for channel in range(3):  # masked pixels become grey (0.5)
-            pixels[:, :, :, channel] -= 0.5
-            pixels[:, :, :, channel] *= keep
-            pixels[:, :, :, channel] += 0.5
-        concat_latent = _encode(node, vae, pixels)
-        latent: dict[str, Any] = {"samples": _encode(node, vae, original)}
+            grey[:, :, :, channel] -= 0.5
+            grey[:, :, :, channel] *= keep
+            grey[:, :, :, channel] += 0.5
+        concat_latent = _encode(node, vae, grey)
+        latent: dict[str, Any] = {"samples": _encode(node, vae, pixels)}
         if noise_mask:
             latent["noise_mask"] = mask
         values = {"concat_latent_image": concat_latent, "concat_mask": mask}

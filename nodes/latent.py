@@ -31,12 +31,6 @@ def list_input_latents() -> list[str]:
     return [name for name in folders.data_files("input") if name.endswith(".latent")]
 
 
-def _samples(latent: Any, node: str, name: str = "samples") -> torch.Tensor:
-    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
-        raise ValueError(f"{node}: input '{name}' is not a LATENT (a dict with a 'samples' tensor)")
-    return latent["samples"]
-
-
 @register
 class EmptyLatentImage(Node):
     @classmethod
@@ -72,7 +66,7 @@ class LatentUpscale(Node):
 
     @classmethod
     def execute(cls, samples: dict, upscale_method: str, width: int, height: int, crop: str) -> tuple:
-        tensor = _samples(samples, "LatentUpscale")
+        tensor = samples["samples"]
         if width == 0 and height == 0:
             return (samples,)
         # width/height are in pixels; 0 on one side keeps the aspect ratio; 64 px is the floor
@@ -103,7 +97,7 @@ class LatentUpscaleBy(Node):
 
     @classmethod
     def execute(cls, samples: dict, upscale_method: str, scale_by: float) -> tuple:
-        tensor = _samples(samples, "LatentUpscaleBy")
+        tensor = samples["samples"]
         width = round(tensor.shape[-1] * scale_by)
         height = round(tensor.shape[-2] * scale_by)
         if width < 1 or height < 1:
@@ -128,8 +122,8 @@ class LatentComposite(Node):
 
     @classmethod
     def execute(cls, samples_to: dict, samples_from: dict, x: int, y: int, feather: int = 0) -> tuple:
-        target = _samples(samples_to, "LatentComposite", "samples_to")
-        source = _samples(samples_from, "LatentComposite", "samples_from")
+        target = samples_to["samples"]
+        source = samples_from["samples"]
         x, y, feather = x // 8, y // 8, feather // 8
         result = target.clone()
         source = source[:, :, :target.shape[2] - y, :target.shape[3] - x]
@@ -166,8 +160,8 @@ class LatentBlend(Node):
 
     @classmethod
     def execute(cls, samples1: dict, samples2: dict, blend_factor: float) -> tuple:
-        first = _samples(samples1, "LatentBlend", "samples1")
-        second = _samples(samples2, "LatentBlend", "samples2")
+        first = samples1["samples"]
+        second = samples2["samples"]
         if first.shape != second.shape:
             second = common_upscale(second, first.shape[-1], first.shape[-2], "bicubic", crop="center")
         out = samples1.copy()
@@ -189,7 +183,7 @@ class LatentRotate(Node):
     def execute(cls, samples: dict, rotation: str) -> tuple:
         turns = {"90": 1, "180": 2, "270": 3}.get(rotation.split(" ")[0], 0)
         out = samples.copy()
-        out["samples"] = torch.rot90(_samples(samples, "LatentRotate"), k=turns, dims=[3, 2])
+        out["samples"] = torch.rot90(samples["samples"], k=turns, dims=[3, 2])
         return (out,)
 
 
@@ -205,7 +199,7 @@ class LatentFlip(Node):
 
     @classmethod
     def execute(cls, samples: dict, flip_method: str) -> tuple:
-        tensor = _samples(samples, "LatentFlip")
+        tensor = samples["samples"]
         out = samples.copy()
         out["samples"] = torch.flip(tensor, dims=[2] if flip_method.startswith("x") else [3])
         return (out,)
@@ -226,7 +220,7 @@ class LatentCrop(Node):
 
     @classmethod
     def execute(cls, samples: dict, width: int, height: int, x: int, y: int) -> tuple:
-        tensor = _samples(samples, "LatentCrop")
+        tensor = samples["samples"]
         # keep at least 8 latent pixels (64 px) right of / below the crop origin
         x = min(x // 8, tensor.shape[3] - 8)
         y = min(y // 8, tensor.shape[2] - 8)
@@ -245,7 +239,6 @@ class SetLatentNoiseMask(Node):
 
     @classmethod
     def execute(cls, samples: dict, mask: torch.Tensor) -> tuple:
-        _samples(samples, "SetLatentNoiseMask")
         out = samples.copy()
         out["noise_mask"] = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))
         return (out,)
@@ -270,7 +263,7 @@ class LatentFromBatch(Node):
 
     @classmethod
     def execute(cls, samples: dict, batch_index: int, length: int) -> tuple:
-        tensor = _samples(samples, "LatentFromBatch")
+        tensor = samples["samples"]
         if batch_index < 0:  # counts from the end
             batch_index += tensor.shape[0]
         batch_index = max(0, min(tensor.shape[0] - 1, batch_index))
@@ -302,7 +295,7 @@ class RepeatLatentBatch(Node):
 
     @classmethod
     def execute(cls, samples: dict, amount: int) -> tuple:
-        tensor = _samples(samples, "RepeatLatentBatch")
+        tensor = samples["samples"]
         out = samples.copy()
         out["samples"] = tensor.repeat((amount,) + (1,) * (tensor.ndim - 1))
         if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
@@ -331,7 +324,7 @@ class SaveLatent(Node):
                 extra_pnginfo: dict[str, Any] | None = None) -> NodeOutput:
         from safetensors.torch import save
 
-        tensor = _samples(samples, "SaveLatent")
+        tensor = samples["samples"]
         target = save_target(filename_prefix, "output")
         metadata = {"prompt": ""} | metadata_texts(prompt, extra_pnginfo)
         tensors = {"latent_tensor": tensor.detach().cpu().contiguous(),

@@ -9,7 +9,6 @@ the end, so the same nodes work on image ``[B, C, H, W]`` and video ``[B, C, T, 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -17,12 +16,6 @@ from loom.nodes.runtime.resample import common_upscale
 from loom.nodes.kernel.schema import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Schema, Socket, register
 
 CATEGORY = "model/latent/advanced"
-
-
-def _samples(latent: Any, node: str, name: str = "samples") -> torch.Tensor:
-    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
-        raise ValueError(f"{node}: input '{name}' is not a LATENT (a dict with a 'samples' tensor)")
-    return latent["samples"]
 
 
 def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int, dim: int = 0) -> torch.Tensor:
@@ -65,8 +58,8 @@ class LatentAdd(Node):
 
     @classmethod
     def execute(cls, samples1: dict, samples2: dict) -> tuple:
-        first = _samples(samples1, "LatentAdd", "samples1")
-        second = reshape_latent_to(first.shape, _samples(samples2, "LatentAdd", "samples2"))
+        first = samples1["samples"]
+        second = reshape_latent_to(first.shape, samples2["samples"])
         return (samples1 | {"samples": first + second},)
 
 
@@ -79,8 +72,8 @@ class LatentSubtract(Node):
 
     @classmethod
     def execute(cls, samples1: dict, samples2: dict) -> tuple:
-        first = _samples(samples1, "LatentSubtract", "samples1")
-        second = reshape_latent_to(first.shape, _samples(samples2, "LatentSubtract", "samples2"))
+        first = samples1["samples"]
+        second = reshape_latent_to(first.shape, samples2["samples"])
         return (samples1 | {"samples": first - second},)
 
 
@@ -95,7 +88,7 @@ class LatentMultiply(Node):
 
     @classmethod
     def execute(cls, samples: dict, multiplier: float) -> tuple:
-        return (samples | {"samples": _samples(samples, "LatentMultiply") * multiplier},)
+        return (samples | {"samples": samples["samples"] * multiplier},)
 
 
 @register
@@ -111,8 +104,8 @@ class LatentInterpolate(Node):
 
     @classmethod
     def execute(cls, samples1: dict, samples2: dict, ratio: float) -> tuple:
-        first = _samples(samples1, "LatentInterpolate", "samples1")
-        second = reshape_latent_to(first.shape, _samples(samples2, "LatentInterpolate", "samples2"))
+        first = samples1["samples"]
+        second = reshape_latent_to(first.shape, samples2["samples"])
         norm1 = torch.linalg.vector_norm(first, dim=1, keepdim=True)
         norm2 = torch.linalg.vector_norm(second, dim=1, keepdim=True)
         mixed = torch.nan_to_num(first / norm1) * ratio + torch.nan_to_num(second / norm2) * (1.0 - ratio)
@@ -132,8 +125,8 @@ class LatentConcat(Node):
 
     @classmethod
     def execute(cls, samples1: dict, samples2: dict, dim: str) -> tuple:
-        first = _samples(samples1, "LatentConcat", "samples1")
-        second = repeat_to_batch_size(_samples(samples2, "LatentConcat", "samples2"), first.shape[0])
+        first = samples1["samples"]
+        second = repeat_to_batch_size(samples2["samples"], first.shape[0])
         parts = (second, first) if dim.startswith("-") else (first, second)
         axis = {"x": -1, "y": -2, "t": -3}[dim.lstrip("-")]
         try:
@@ -156,7 +149,7 @@ class LatentCut(Node):
 
     @classmethod
     def execute(cls, samples: dict, dim: str, index: int, amount: int) -> tuple:
-        tensor = _samples(samples, "LatentCut")
+        tensor = samples["samples"]
         axis = _axis(tensor, dim)
         size = tensor.shape[axis]
         if index >= 0:
@@ -181,7 +174,7 @@ class LatentCutToBatch(Node):
 
     @classmethod
     def execute(cls, samples: dict, dim: str, slice_size: int) -> tuple:
-        tensor = _samples(samples, "LatentCutToBatch")
+        tensor = samples["samples"]
         axis = _axis(tensor, dim)
         if axis < 2:  # a 't' cut of an image latent: nothing to cut
             return (samples,)
@@ -203,8 +196,8 @@ class LatentBatch(Node):
 
     @classmethod
     def execute(cls, samples1: dict, samples2: dict) -> tuple:
-        first = _samples(samples1, "LatentBatch", "samples1")
-        second = reshape_latent_to(first.shape, _samples(samples2, "LatentBatch", "samples2"), repeat_batch=False)
+        first = samples1["samples"]
+        second = reshape_latent_to(first.shape, samples2["samples"], repeat_batch=False)
         indices = (list(samples1.get("batch_index", range(first.shape[0])))
                    + list(samples2.get("batch_index", range(second.shape[0]))))
         return (samples1 | {"samples": torch.cat((first, second), dim=0), "batch_index": indices},)
@@ -224,7 +217,7 @@ class LatentBatchSeedBehavior(Node):
 
     @classmethod
     def execute(cls, samples: dict, seed_behavior: str) -> tuple:
-        tensor = _samples(samples, "LatentBatchSeedBehavior")
+        tensor = samples["samples"]
         out = samples.copy()
         if seed_behavior == "random":
             out.pop("batch_index", None)

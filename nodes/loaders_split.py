@@ -208,10 +208,8 @@ class CLIPTextEncodeFlux(Node):
 
     @classmethod
     def execute(cls, clip: Any, clip_l: str, t5xxl: str, guidance: float) -> tuple:
-        from loom.nodes.conditioning import _check_clip
         from loom.nodes.runtime.text_encoding import encode_tokens_extra, tokenize_for
 
-        clip = _check_clip("CLIPTextEncodeFlux", clip)
         if "t5xxl" not in clip.encoders:
             raise ValueError(f"CLIPTextEncodeFlux: input 'clip' has no T5-XXL text encoder (it is a {clip.family} "
                              "CLIP); load CLIP-L and T5-XXL with DualCLIPLoader type flux")

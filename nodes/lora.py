@@ -14,17 +14,6 @@ from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket,
 _STRENGTH = dict(default=1.0, min=-100.0, max=100.0, step=0.01)
 
 
-def _check_handle(node: str, name: str, value: Any, kind: str) -> Any:
-    from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel
-
-    expected = DiffusionModel if kind == "MODEL" else TextEncoderModel
-    if value is None:
-        raise ValueError(f"{node}: input '{name}' is None; connect a {kind} (a checkpoint loader's output)")
-    if not isinstance(value, expected):
-        raise ValueError(f"{node}: input '{name}' is not a {kind} (got {type(value).__name__})")
-    return value
-
-
 def _load(node: str, lora_name: str):
     from loom.nodes.runtime.lora import LoraError, load_lora_file
 
@@ -62,7 +51,8 @@ class LoraLoader(Node):
             description="LoRAs are used to modify diffusion and CLIP models, altering the way in which latents are "
                         "denoised such as applying styles. Multiple LoRA nodes can be linked together.",
             inputs=[Socket("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
-                    Socket("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+                    Socket("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to.",
+                           takes_none=True),  # a checkpoint without a text encoder: the model still gets the LoRA
                     Combo("lora_name", folder="loras", tooltip="The name of the LoRA."),
                     Float("strength_model", **_STRENGTH,
                           tooltip="How strongly to modify the diffusion model. This value can be negative."),
@@ -77,9 +67,6 @@ class LoraLoader(Node):
 
     @classmethod
     def execute(cls, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float) -> tuple:
-        model = _check_handle("LoraLoader", "model", model, "MODEL")
-        if clip is not None:  # a checkpoint without a text encoder gives None; the model still gets the LoRA
-            clip = _check_handle("LoraLoader", "clip", clip, "CLIP")
         if strength_model == 0 and strength_clip == 0:
             return (model, clip)
         return apply_lora("LoraLoader", lora_name, model, clip, strength_model, strength_clip)
@@ -104,7 +91,6 @@ class LoraLoaderModelOnly(Node):
 
     @classmethod
     def execute(cls, model: Any, lora_name: str, strength_model: float) -> tuple:
-        model = _check_handle("LoraLoaderModelOnly", "model", model, "MODEL")
         if strength_model == 0:
             return (model,)
         model, _clip = apply_lora("LoraLoaderModelOnly", lora_name, model, None, strength_model, 0.0)

@@ -17,22 +17,9 @@ _RATIO = dict(default=1.0, min=0.0, max=1.0, step=0.01)
 _MULTIPLIER = dict(default=1.0, min=-10.0, max=10.0, step=0.01)
 
 
-def _check(node: str, name: str, value: Any, kind: str) -> Any:
-    from loom.nodes.runtime.model_types import DiffusionModel, TextEncoderModel
-
-    expected = DiffusionModel if kind == "MODEL" else TextEncoderModel
-    if not isinstance(value, expected):
-        raise ValueError(f"{node}: input '{name}' is not a {kind} (got {type(value).__name__})")
-    return value
-
-
-def _merged(node: str, first: Any, second: Any, strengths: Callable[[str], tuple[float, float]],
-            kind: str = "MODEL") -> Any:
+def _merged(node: str, first: Any, second: Any, strengths: Callable[[str], tuple[float, float]]) -> Any:
     from loom.nodes.runtime.merging import merge_patch
 
-    names = ("model1", "model2") if kind == "MODEL" else ("clip1", "clip2")
-    first = _check(node, names[0], first, kind)
-    second = _check(node, names[1], second, kind)
     patch = merge_patch(first, second, strengths, name=node)
     return first.replace(patches=tuple(first.patches) + (patch,))
 
@@ -90,7 +77,7 @@ class CLIPMergeSimple(Node):
 
     @classmethod
     def execute(cls, clip1: Any, clip2: Any, ratio: float) -> tuple:
-        return (_merged("CLIPMergeSimple", clip1, clip2, lambda _key: (1.0 - ratio, ratio), "CLIP"),)
+        return (_merged("CLIPMergeSimple", clip1, clip2, lambda _key: (1.0 - ratio, ratio)),)
 
 
 @register
@@ -102,7 +89,7 @@ class CLIPMergeSubtract(Node):
 
     @classmethod
     def execute(cls, clip1: Any, clip2: Any, multiplier: float) -> tuple:
-        return (_merged("CLIPMergeSubtract", clip1, clip2, lambda _key: (-multiplier, multiplier), "CLIP"),)
+        return (_merged("CLIPMergeSubtract", clip1, clip2, lambda _key: (-multiplier, multiplier)),)
 
 
 @register
@@ -114,7 +101,7 @@ class CLIPMergeAdd(Node):
 
     @classmethod
     def execute(cls, clip1: Any, clip2: Any) -> tuple:
-        return (_merged("CLIPMergeAdd", clip1, clip2, lambda _key: (1.0, 1.0), "CLIP"),)
+        return (_merged("CLIPMergeAdd", clip1, clip2, lambda _key: (1.0, 1.0)),)
 
 
 def _block_merge(node: str, model1: Any, model2: Any, ratios: dict[str, float]) -> Any:

@@ -16,14 +16,6 @@ import torch
 from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, register
 
 
-def _check_model(node: str, model: Any) -> Any:
-    from loom.nodes.runtime.model_types import DiffusionModel
-
-    if not isinstance(model, DiffusionModel):
-        raise ValueError(f"{node}: input 'model' is not a MODEL (got {type(model).__name__})")
-    return model
-
-
 def with_cfg_function(model: Any, function: Any) -> Any:
     """ComfyUI's ``set_model_sampler_cfg_function`` on a new handle (replacing any earlier one)."""
     return model.replace(options={**model.options, "sampler_cfg_function": function})
@@ -101,7 +93,6 @@ class RescaleCFG(Node):
 
     @classmethod
     def execute(cls, model: Any, multiplier: float) -> tuple:
-        model = _check_model("RescaleCFG", model)
         return (with_cfg_function(model, RescaleCFGFunction(float(multiplier))),)
 
 
@@ -115,7 +106,6 @@ class CFGZeroStar(Node):
 
     @classmethod
     def execute(cls, model: Any) -> tuple:
-        model = _check_model("CFGZeroStar", model)
         return (with_post_cfg_function(model, CFGZeroStarFunction()),)
 
 
@@ -130,5 +120,4 @@ class CFGNorm(Node):
 
     @classmethod
     def execute(cls, model: Any, strength: float) -> tuple:
-        model = _check_model("CFGNorm", model)
         return (with_post_cfg_function(model, CFGNormFunction(float(strength))),)

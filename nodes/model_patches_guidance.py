@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from loom.nodes.model_patches import _check_model, with_post_cfg_function
+from loom.nodes.model_patches import with_post_cfg_function
 from loom.nodes.runtime.unet_patches import ATTN1_REPLACE, MIDDLE, OUTPUT_BLOCK_PATCH, ValuePassthroughProcessor
 from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, register
 
@@ -86,7 +86,6 @@ def _check_factor(node: str, name: str, value: Any) -> float:
 
 
 def _freeu(node: str, model: Any, b1: Any, b2: Any, s1: Any, s2: Any, v2: bool) -> Any:
-    model = _check_model(node, model)
     channels = _model_channels(node, model)
     b1, b2, s1, s2 = (_check_factor(node, n, v) for n, v in (("b1", b1), ("b2", b2), ("s1", s1), ("s2", s2)))
     patch = FreeUPatch(((channels * 4, b1, s1), (channels * 2, b2, s2)), v2=v2)
@@ -161,7 +160,6 @@ class PerturbedAttentionGuidance(Node):
     @classmethod
     def execute(cls, model: Any, scale: float) -> tuple:
         node = "PerturbedAttentionGuidance"
-        model = _check_model(node, model)
         _model_channels(node, model)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale:
             raise ValueError(f"{node}: input 'scale' must be a number, got {scale!r}")
@@ -314,7 +312,6 @@ class SelfAttentionGuidance(Node):
     @classmethod
     def execute(cls, model: Any, scale: float, blur_sigma: float) -> tuple:
         node = "SelfAttentionGuidance"
-        model = _check_model(node, model)
         _model_channels(node, model)
         scale = _check_range(node, "scale", scale, -2.0, 5.0)
         blur_sigma = _check_range(node, "blur_sigma", blur_sigma, 0.0, 10.0)

@@ -18,14 +18,6 @@ EDM_UNSUPPORTED = {"edm_playground_v2.5": "Playground v2.5's latent format",
 """ComfyUI's choices that need something Loom does not have."""
 
 
-def _check_model(node: str, model: Any) -> Any:
-    from loom.nodes.runtime.model_types import DiffusionModel
-
-    if not isinstance(model, DiffusionModel):
-        raise ValueError(f"{node}: input 'model' is not a MODEL (got {type(model).__name__})")
-    return model
-
-
 def _shift(name: str, default: float) -> Float:
     return Float(name, default=default, min=0.0, max=100.0, step=0.01)
 
@@ -43,7 +35,6 @@ class ModelSamplingDiscrete(Node):
     def execute(cls, model: Any, sampling: str, zsnr: bool) -> tuple:
         from loom.nodes.runtime.model_sampling import DistilledSampling, ModelSampling
 
-        model = _check_model("ModelSamplingDiscrete", model)
         if sampling not in DISCRETE_SAMPLINGS:
             raise ValueError(f"ModelSamplingDiscrete: input 'sampling': {sampling!r} is not one of "
                              f"{', '.join(DISCRETE_SAMPLINGS)}")
@@ -65,7 +56,6 @@ class ModelSamplingSD3(Node):
     def execute(cls, model: Any, shift: float) -> tuple:
         from loom.nodes.runtime.model_sampling import FlowSampling
 
-        model = _check_model("ModelSamplingSD3", model)
         return (model.replace(sampling=FlowSampling(shift=float(shift), multiplier=1000)),)
 
 
@@ -80,7 +70,6 @@ class ModelSamplingAuraFlow(Node):
     def execute(cls, model: Any, shift: float) -> tuple:
         from loom.nodes.runtime.model_sampling import FlowSampling
 
-        model = _check_model("ModelSamplingAuraFlow", model)
         return (model.replace(sampling=FlowSampling(shift=float(shift), multiplier=1.0)),)
 
 
@@ -98,7 +87,6 @@ class ModelSamplingFlux(Node):
     def execute(cls, model: Any, max_shift: float, base_shift: float, width: int, height: int) -> tuple:
         from loom.nodes.runtime.model_sampling import FluxSampling, flux_mu
 
-        model = _check_model("ModelSamplingFlux", model)
         mu = flux_mu(int(width), int(height), float(max_shift), float(base_shift))
         return (model.replace(sampling=FluxSampling(shift=mu)),)
 
@@ -123,7 +111,6 @@ class ModelSamplingContinuousEDM(Node):
     def execute(cls, model: Any, sampling: str, sigma_max: float, sigma_min: float) -> tuple:
         from loom.nodes.runtime.model_sampling import ContinuousEDMSampling
 
-        model = _check_model("ModelSamplingContinuousEDM", model)
         verdict = cls.validate_inputs(sampling)
         if verdict is not True:
             raise ValueError(f"ModelSamplingContinuousEDM: input 'sampling': {verdict}")

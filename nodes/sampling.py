@@ -28,14 +28,10 @@ def _check_sampler(node: str, sampler_name: str) -> None:
         raise ValueError(f"{node}: input 'sampler_name': {exc}") from None
 
 
-def _check_latent(node: str, latent: Any) -> None:
-    if not isinstance(latent, dict) or "samples" not in latent:
-        raise ValueError(f"{node}: input 'latent_image' is not a LATENT (a dict with a 'samples' tensor)")
-
-
-def _check_conditioning(node: str, name: str, value: Any) -> None:
-    if not isinstance(value, (list, tuple)) or (name == "positive" and not value):
-        raise ValueError(f"{node}: input '{name}' is not a CONDITIONING (a list of [tensor, options] pairs)")
+def _check_positive(node: str, positive: Any) -> None:
+    if not positive:
+        raise ValueError(f"{node}: input 'positive' is an empty CONDITIONING: there is nothing to guide the "
+                         "sampling towards")
 
 
 def _check_controls(node: str, model: Any, **conditionings: Any) -> None:
@@ -91,9 +87,7 @@ class KSampler(Node):
         from loom.nodes.runtime.sampling import sample
 
         _check_sampler("KSampler", sampler_name)
-        _check_latent("KSampler", latent_image)
-        _check_conditioning("KSampler", "positive", positive)
-        _check_conditioning("KSampler", "negative", negative)
+        _check_positive("KSampler", positive)
         _check_controls("KSampler", model, positive=positive, negative=negative)
         samples = sample(model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
                          sampler_name=sampler_name, scheduler=scheduler, denoise=denoise)
@@ -128,9 +122,7 @@ class KSamplerAdvanced(Node):
         from loom.nodes.runtime.sampling import sample
 
         _check_sampler("KSamplerAdvanced", sampler_name)
-        _check_latent("KSamplerAdvanced", latent_image)
-        _check_conditioning("KSamplerAdvanced", "positive", positive)
-        _check_conditioning("KSamplerAdvanced", "negative", negative)
+        _check_positive("KSamplerAdvanced", positive)
         _check_controls("KSamplerAdvanced", model, positive=positive, negative=negative)
         samples = sample(model, positive, negative, latent_image, seed=noise_seed, steps=steps, cfg=cfg,
                          sampler_name=sampler_name, scheduler=scheduler, denoise=1.0,

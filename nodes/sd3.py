@@ -40,10 +40,8 @@ class CLIPTextEncodeSD3(Node):
 
     @classmethod
     def execute(cls, clip: Any, clip_l: str, clip_g: str, t5xxl: str, empty_padding: str) -> tuple:
-        from loom.nodes.conditioning import _check_clip
         from loom.nodes.runtime.text_encoding import encode_tokens_extra, tokenize_for
 
-        clip = _check_clip("CLIPTextEncodeSD3", clip)
         missing = {"l", "g"} - set(clip.encoders)
         if missing:
             raise ValueError(f"CLIPTextEncodeSD3: input 'clip' has no {' or '.join(sorted(missing)).upper()} text "

@@ -13,26 +13,6 @@ from typing import Any
 from loom.nodes.kernel.schema import Int, Node, Output, Schema, Socket, register
 
 
-def _check_vae(node: str, vae: Any) -> Any:
-    from loom.nodes.runtime.model_types import VAEModel
-
-    if vae is None:
-        raise ValueError(f"{node}: input 'vae' is invalid: None. If the VAE is from a checkpoint loader node, "
-                         "the checkpoint does not contain a valid VAE model.")
-    if not isinstance(vae, VAEModel):
-        raise ValueError(f"{node}: input 'vae' is not a VAE (got {type(vae).__name__})")
-    return vae
-
-
-def _check_image(node: str, name: str, image: Any) -> Any:
-    import torch
-
-    if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"{node}: input '{name}' is not an IMAGE ([batch, height, width, channels]); got {shape}")
-    return image
-
-
 def run_for_node(node: str, function: Any, *args: Any) -> Any:
     """``function(*args)``; a ValueError it raises is raised again with ``node``'s name in front."""
     try:
@@ -54,12 +34,8 @@ class VAEDecode(Node):
 
     @classmethod
     def execute(cls, samples: Any, vae: Any) -> tuple:
-        import torch
         from loom.nodes.runtime import vae as vae_runtime
 
-        vae = _check_vae("VAEDecode", vae)
-        if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
-            raise ValueError("VAEDecode: input 'samples' is not a LATENT (a dict with a 'samples' tensor)")
         return (run_for_node("VAEDecode", vae_runtime.decode, vae, samples["samples"]),)
 
 
@@ -76,8 +52,6 @@ class VAEEncode(Node):
     def execute(cls, pixels: Any, vae: Any) -> tuple:
         from loom.nodes.runtime import vae as vae_runtime
 
-        vae = _check_vae("VAEEncode", vae)
-        pixels = _check_image("VAEEncode", "pixels", pixels)
         return ({"samples": run_for_node("VAEEncode", vae_runtime.encode, vae, pixels[:, :, :, :3])},)
 
 
@@ -98,10 +72,6 @@ class VAEEncodeForInpaint(Node):
         from loom.nodes.runtime import vae as vae_runtime
 
         node = "VAEEncodeForInpaint"
-        vae = _check_vae(node, vae)
-        pixels = _check_image(node, "pixels", pixels)
-        if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3, 4):
-            raise ValueError(f"{node}: input 'mask' is not a MASK ([batch, height, width])")
         factor = vae.downscale
         height = (pixels.shape[1] // factor) * factor
         width = (pixels.shape[2] // factor) * factor
@@ -157,17 +127,13 @@ class VAEDecodeTiled(Node):
     @classmethod
     def execute(cls, samples: Any, vae: Any, tile_size: int, overlap: int = 64, temporal_size: int = 64,
                 temporal_overlap: int = 8) -> tuple:
-        import torch
         from loom.nodes.runtime import vae as vae_runtime
 
-        vae = _check_vae("VAEDecodeTiled", vae)
-        if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
-            raise ValueError("VAEDecodeTiled: input 'samples' is not a LATENT (a dict with a 'samples' tensor)")
         if tile_size < overlap * 4:
             overlap = tile_size // 4
         factor = vae.downscale
         return (run_for_node("VAEDecodeTiled", vae_runtime.decode_tiled, vae, samples["samples"],
-                     tile_size // factor, tile_size // factor, overlap // factor),)
+                             tile_size // factor, tile_size // factor, overlap // factor),)
 
 
 @register
@@ -186,7 +152,5 @@ class VAEEncodeTiled(Node):
                 temporal_overlap: int = 8) -> tuple:
         from loom.nodes.runtime import vae as vae_runtime
 
-        vae = _check_vae("VAEEncodeTiled", vae)
-        pixels = _check_image("VAEEncodeTiled", "pixels", pixels)
         return ({"samples": run_for_node("VAEEncodeTiled", vae_runtime.encode_tiled, vae, pixels[:, :, :, :3],
-                                 tile_size, tile_size, overlap)},)
+                                         tile_size, tile_size, overlap)},)

@@ -22,6 +22,7 @@ from loom.nodes.clip_vision import (CLIPVisionEncode, CLIPVisionLoader, StyleMod
                                     unCLIPCheckpointLoader, unCLIPConditioning)
 from loom.nodes.runtime import clip_vision as cv
 from tests.fixtures_checkpoints import build_state_dict, write_checkpoint
+from tests.fixtures_sockets import run_node
 
 COND = ["CONDITIONING", {}]
 
@@ -281,8 +282,9 @@ def test_loader_errors_name_the_node_and_the_file(base_dir):
     save_file(state, str(folder / "damaged.safetensors"))
     with pytest.raises(ValueError, match="CLIPVisionLoader.*damaged.safetensors.*1 missing.*layers.5.mlp.fc2.bias"):
         CLIPVisionLoader.execute("damaged.safetensors")
-    with pytest.raises(ValueError, match="CLIPVisionEncode: input 'clip_vision' is None"):
-        CLIPVisionEncode.execute(None, _image(28, 28), "center")
+    with pytest.raises(ValueError, match="CLIPVisionEncode: input 'clip_vision' is None, not a CLIP_VISION: the "
+                                         "checkpoint it came from has no CLIP vision model"):
+        run_node("CLIPVisionEncode", clip_vision=None, image=_image(28, 28), crop="center")
 
 
 def _siglip(seed: int = 0):

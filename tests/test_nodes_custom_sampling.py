@@ -20,6 +20,7 @@ from loom.nodes import custom_sampling as cs
 from loom.nodes.runtime.custom_sampling import DualCFGDenoiser, EmptyNoise, RandomNoise, SamplerChoice
 from loom.nodes.runtime.denoiser import GuidedDenoiser
 from loom.nodes.sampling import KSampler, KSamplerAdvanced
+from tests.fixtures_sockets import run_node
 
 WORKFLOW = Path(__file__).resolve().parent / "fixtures" / "workflows" / "sampler_custom_advanced.json"
 
@@ -500,20 +501,23 @@ def test_validation_errors_name_the_node_and_input(registry):
 def test_runtime_errors_name_the_node_and_input(tiny_model, tiny_conds):
     positive, negative = tiny_conds
     sigmas = torch.tensor([1.0, 0.0])
-    with pytest.raises(ValueError, match=r"SamplerCustomAdvanced: input 'sigmas' is not SIGMAS"):
-        cs.SamplerCustomAdvanced.execute(RandomNoise(1), cs.CFGGuider.execute(tiny_model, positive, negative, 2.0)[0],
-                                         SamplerChoice("euler"), [1.0, 0.0], latent())
-    with pytest.raises(ValueError, match=r"SamplerCustomAdvanced: input 'guider' is not a GUIDER"):
-        cs.SamplerCustomAdvanced.execute(RandomNoise(1), tiny_model, SamplerChoice("euler"), sigmas, latent())
+    guider = cs.CFGGuider.execute(tiny_model, positive, negative, 2.0)[0]
+    advanced = dict(noise=RandomNoise(1), guider=guider, sampler=SamplerChoice("euler"), sigmas=sigmas,
+                    latent_image=latent())
+    with pytest.raises(ValueError, match=r"SamplerCustomAdvanced: input 'sigmas' is not a SIGMAS"):
+        run_node("SamplerCustomAdvanced", **advanced | {"sigmas": [1.0, 0.0]})
+    with pytest.raises(ValueError, match=r"SamplerCustomAdvanced: input 'guider' is not a GUIDER .*; got DiffusionModel"):
+        run_node("SamplerCustomAdvanced", **advanced | {"guider": tiny_model})
+    custom = dict(model=tiny_model, add_noise=True, noise_seed=1, cfg=2.0, positive=positive, negative=negative,
+                  sampler=SamplerChoice("euler"), sigmas=sigmas, latent_image=latent())
     with pytest.raises(ValueError, match=r"SamplerCustom: input 'latent_image' is not a LATENT"):
-        cs.SamplerCustom.execute(tiny_model, True, 1, 2.0, positive, negative, SamplerChoice("euler"), sigmas,
-                                 torch.zeros(1, 4, 8, 8))
-    with pytest.raises(ValueError, match=r"SamplerCustom: input 'sampler' is not a SAMPLER"):
-        cs.SamplerCustom.execute(tiny_model, True, 1, 2.0, positive, negative, "euler", sigmas, latent())
-    with pytest.raises(ValueError, match=r"CFGGuider: input 'positive' is not a CONDITIONING"):
+        run_node("SamplerCustom", **custom | {"latent_image": torch.zeros(1, 4, 8, 8)})
+    with pytest.raises(ValueError, match=r"SamplerCustom: input 'sampler' is not a SAMPLER .*; got str"):
+        run_node("SamplerCustom", **custom | {"sampler": "euler"})
+    with pytest.raises(ValueError, match=r"CFGGuider: input 'positive' is an empty CONDITIONING"):
         cs.CFGGuider.execute(tiny_model, [], negative, 2.0)
     with pytest.raises(ValueError, match=r"BasicGuider: input 'model' is not a MODEL"):
-        cs.BasicGuider.execute("model", positive)
+        run_node("BasicGuider", model="model", conditioning=positive)
     with pytest.raises(ValueError, match=r"KarrasScheduler: input 'rho' must be greater than 0"):
         cs.KarrasScheduler.execute(4, 14.6, 0.03, 0.0)
     with pytest.raises(ValueError, match=r"ExponentialScheduler: input 'sigma_min' must be greater than 0"):

@@ -16,6 +16,7 @@ from loom.nodes.runtime.checkpoint import load_checkpoint
 from loom.nodes.runtime.denoiser import GuidedDenoiser
 from loom.nodes.runtime.text_encoding import encode_text
 from tests.fixtures_checkpoints import checkpoint_path
+from tests.fixtures_sockets import run_node
 
 MODEL = ["MODEL", {}]
 
@@ -207,12 +208,14 @@ def test_pag_stacks_after_freeu_and_rescale(sd1):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m: FreeU.execute("not a model", 1.1, 1.2, 0.9, 0.2), "FreeU: input 'model'"),
+    (lambda m: run_node("FreeU", model="not a model", b1=1.1, b2=1.2, s1=0.9, s2=0.2),
+     "FreeU: input 'model' is not a MODEL .*; got str"),
     (lambda m: FreeU.execute(m, 1.1, -1.0, 0.9, 0.2), "FreeU: input 'b2'"),
     (lambda m: FreeU_V2.execute(m, 1.3, 1.4, math.nan, 0.2), "FreeU_V2: input 's1'"),
     (lambda m: FreeU_V2.execute(m, 1.3, 1.4, 0.9, "x"), "FreeU_V2: input 's2'"),
     (lambda m: PerturbedAttentionGuidance.execute(m, 200.0), "PerturbedAttentionGuidance: input 'scale'"),
-    (lambda m: PerturbedAttentionGuidance.execute(None, 1.0), "PerturbedAttentionGuidance: input 'model'"),
+    (lambda m: run_node("PerturbedAttentionGuidance", model=None, scale=1.0),
+     "PerturbedAttentionGuidance: input 'model' is None, not a MODEL"),
 ])
 def test_bad_inputs_name_node_and_input(sd1, call, message):
     with pytest.raises(ValueError, match=message):
@@ -336,5 +339,5 @@ def test_sag_bad_inputs(sd1):
         SelfAttentionGuidance.execute(sd1[0], 9.0, 2.0)
     with pytest.raises(ValueError, match="SelfAttentionGuidance: input 'blur_sigma'"):
         SelfAttentionGuidance.execute(sd1[0], 0.5, -1.0)
-    with pytest.raises(ValueError, match="SelfAttentionGuidance: input 'model'"):
-        SelfAttentionGuidance.execute(3, 0.5, 2.0)
+    with pytest.raises(ValueError, match="SelfAttentionGuidance: input 'model' is not a MODEL .*; got int"):
+        run_node("SelfAttentionGuidance", model=3, scale=0.5, blur_sigma=2.0)

@@ -8,6 +8,7 @@ import torch
 from loom.nodes.runtime import checkpoint, text_encoding
 from loom.nodes.runtime.text_encoding import encode_text, parse_prompt_weights, run_clip
 from loom.nodes.runtime.tokenizer import BOS_TOKEN, EOS_TOKEN, tokenize_words
+from tests.fixtures_sockets import run_node
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +148,9 @@ def test_textual_inversion_embedding(clips, base_dir):
 
 
 def test_clip_text_encode_node_errors_name_the_input(registry):
-    node = registry.get("CLIPTextEncode")
-    with pytest.raises(ValueError, match="CLIPTextEncode: input 'clip' is invalid: None"):
-        node.execute(text="x", clip=None)
+    with pytest.raises(ValueError, match="CLIPTextEncode: input 'clip' is None, not a CLIP: if it comes from a "
+                                         "checkpoint loader, the checkpoint has no valid CLIP/text encoder model"):
+        run_node("CLIPTextEncode", text="x", clip=None)
 
 
 def test_conditioning_nodes(registry, clips):

@@ -7,6 +7,7 @@ import torch
 
 from loom.nodes.runtime import checkpoint
 from loom.nodes.runtime import vae as vae_runtime
+from tests.fixtures_sockets import run_node
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +59,12 @@ def test_encode_for_inpaint_greys_the_mask_and_grows_it(registry, vae):
 
 
 def test_vae_nodes_name_bad_inputs(registry, vae):
-    with pytest.raises(ValueError, match="VAEDecode: input 'vae' is invalid: None"):
-        registry.get("VAEDecode").execute(samples={"samples": torch.zeros(1, 4, 8, 8)}, vae=None)
+    with pytest.raises(ValueError, match="VAEDecode: input 'vae' is None, not a VAE: if it comes from a checkpoint "
+                                         "loader, the checkpoint has no valid VAE model"):
+        run_node("VAEDecode", samples={"samples": torch.zeros(1, 4, 8, 8)}, vae=None)
     with pytest.raises(ValueError, match="VAEDecode: input 'samples' is not a LATENT"):
-        registry.get("VAEDecode").execute(samples=torch.zeros(1, 4, 8, 8), vae=vae)
+        run_node("VAEDecode", samples=torch.zeros(1, 4, 8, 8), vae=vae)
     with pytest.raises(ValueError, match="VAEDecode: .*4-channel latents.*16 channels"):
         registry.get("VAEDecode").execute(samples={"samples": torch.zeros(1, 16, 8, 8)}, vae=vae)
-    with pytest.raises(ValueError, match="VAEEncode: input 'pixels' is not an IMAGE"):
-        registry.get("VAEEncode").execute(pixels=torch.zeros(8, 8), vae=vae)
+    with pytest.raises(ValueError, match=r"VAEEncode: input 'pixels' is not an IMAGE .*; got a Tensor of shape \(8, 8\)"):
+        run_node("VAEEncode", pixels=torch.zeros(8, 8), vae=vae)

@@ -9,6 +9,7 @@ from loom.nodes.runtime.denoiser import GuidedDenoiser, calculate_denoised, perc
 from loom.nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
 from loom.nodes.runtime.sampling import sample
 from tests.fixtures_sampling import tiny_unet
+from tests.fixtures_sockets import run_node
 
 SD = ModelSampling.scaled_linear()
 
@@ -205,7 +206,8 @@ def test_ksampler_nodes_keep_the_latent_dict(tiny_model, tiny_conds):
         KSampler.execute(tiny_model, 9, 2, 4.0, "dpmpp_2s_ancestral_cfg_pp", "karras", positive, negative,
                          latent, 1.0)
     with pytest.raises(ValueError, match="KSampler: input 'latent_image' is not a LATENT"):
-        KSampler.execute(tiny_model, 9, 2, 4.0, "euler", "karras", positive, negative, "nope", 1.0)
+        run_node("KSampler", model=tiny_model, seed=9, steps=2, cfg=4.0, sampler_name="euler", scheduler="karras",
+                 positive=positive, negative=negative, latent_image="nope", denoise=1.0)
 
 
 class _RecordingControl:

@@ -329,16 +329,18 @@ class Socket(InputSpec):
     (:meth:`check_linked`) before the node runs."""
 
     type: str | SocketType = "*"
+    takes_none: bool = False
+    """A required input that also takes ``None`` (LoraLoader's ``clip``: a checkpoint without a text encoder
+    gives one); an optional input always does."""
 
     def __post_init__(self) -> None:
         if isinstance(self.type, SocketType):
             self.type = self.type.name
 
     def check_linked(self, value: Any) -> str | None:
-        """What is wrong with a value this input received (``None``: nothing); an optional input also
-        takes ``None``."""
+        """What is wrong with a value this input received (``None``: nothing)."""
         kind = socket_type(str(self.type))
-        if kind is None or (value is None and self.optional):
+        if kind is None or (value is None and (self.optional or self.takes_none)):
             return None
         return kind.check(value)
 
