@@ -17,6 +17,7 @@ from PIL import Image
 from loom.nodes.runtime import families
 from loom.nodes.runtime.model_sampling import FlowSampling, FluxSampling, ModelSampling, flux_mu
 from tests.fixtures_checkpoints import checkpoint_path
+from tests.fixtures_sockets import run_node
 
 WORKFLOW = Path(__file__).parent / "workflows" / "sd3.5-simple.json"
 
@@ -279,8 +280,8 @@ def test_model_sampling_nodes_replace_the_sampling(sd3):
     assert flux.sampling.shift == pytest.approx(flux_mu(64, 64))
     (v,) = ModelSamplingDiscrete.execute(model, "v_prediction", True)
     assert v.sampling.prediction == "v" and float(v.sampling.sigma_max) > 4000
-    with pytest.raises(ValueError, match="ModelSamplingDiscrete: input 'model'"):
-        ModelSamplingDiscrete.execute(None, "eps", False)
+    with pytest.raises(ValueError, match="ModelSamplingDiscrete: input 'model' is None, not a MODEL"):
+        run_node("ModelSamplingDiscrete", model=None, sampling="eps", zsnr=False)
 
 
 def test_sixteen_channel_latents_have_a_preview():
