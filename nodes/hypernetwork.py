@@ -15,7 +15,6 @@ from typing import Any
 
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 from loom.nodes.loader_inputs import model_fingerprint, resolve_model
-from loom.nodes.lora import _check_handle
 
 NODE = "HypernetworkLoader"
 FOLDER = "hypernetworks"
@@ -40,7 +39,6 @@ class HypernetworkLoader(Node):
         from loom.nodes.runtime.hypernetwork import HypernetworkError, load_hypernetwork
         from loom.nodes.runtime.unet_patches import ATTN1_KV_PATCH, ATTN2_KV_PATCH
 
-        model = _check_handle(NODE, "model", model, "MODEL")
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength != strength:
             raise ValueError(f"{NODE}: input 'strength' must be a number, got {strength!r}")
         if not -10.0 <= float(strength) <= 10.0:

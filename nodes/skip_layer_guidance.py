@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, String, register
-from loom.nodes.model_patches import _check_model, with_post_cfg_function
+from loom.nodes.model_patches import with_post_cfg_function
 from loom.nodes.runtime.dit_patches import with_skipped_blocks
 
 CATEGORY = "advanced/guidance"
@@ -133,7 +133,6 @@ class SkipLayerGuidanceDiT(Node):
     def execute(cls, model: Any, scale: float, start_percent: float, end_percent: float,
                 double_layers: str = "", single_layers: str = "", rescaling_scale: float = 0.0) -> tuple:
         node = "SkipLayerGuidanceDiT"
-        model = _check_model(node, model)
         scale = _number(node, "scale", scale, 0.0, 10.0)
         rescaling_scale = _number(node, "rescaling_scale", rescaling_scale, 0.0, 10.0)
         sigma_start, sigma_end = _window(node, model, start_percent, end_percent)
@@ -160,7 +159,6 @@ class SkipLayerGuidanceDiTSimple(Node):
     def execute(cls, model: Any, start_percent: float, end_percent: float, double_layers: str = "",
                 single_layers: str = "") -> tuple:
         node = "SkipLayerGuidanceDiTSimple"
-        model = _check_model(node, model)
         sigma_start, sigma_end = _window(node, model, start_percent, end_percent)
         double, single = parse_layers(double_layers), parse_layers(single_layers)
         if not double and not single:

@@ -16,6 +16,7 @@ from loom.nodes.kernel import config
 from loom.nodes.runtime.denoiser import GuidedDenoiser
 from loom.nodes.runtime.model_types import DiffusionModel, LatentFormat, ModelSampling
 from tests.fixtures_sampling import tiny_unet
+from tests.fixtures_sockets import run_node
 
 CONTEXT = 24
 WIDTHS = (32, 64, CONTEXT)  # down/up self-attention, middle self-attention, cross-attention context
@@ -242,5 +243,6 @@ def test_bad_inputs_name_node_and_input(hypernetworks, unet_model):
         HypernetworkLoader.execute(unet_model, "missing.pt", 1.0)
     with pytest.raises(ValueError, match="HypernetworkLoader: input 'strength'"):
         HypernetworkLoader.execute(unet_model, "missing.pt", 11.0)
-    with pytest.raises(ValueError, match="HypernetworkLoader: input 'model'"):
-        HypernetworkLoader.execute(None, "missing.pt", 1.0)
+    write_safetensors(hypernetworks / "tiny.safetensors", hypernetwork_state(1))
+    with pytest.raises(ValueError, match="HypernetworkLoader: input 'model' is None, not a MODEL"):
+        run_node("HypernetworkLoader", model=None, hypernetwork_name="tiny.safetensors", strength=1.0)

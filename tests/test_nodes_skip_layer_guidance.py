@@ -19,6 +19,7 @@ from loom.nodes.skip_layer_guidance import SkipLayerGuidanceDiT, SkipLayerGuidan
 from tests.fixtures_checkpoints import CLIP_WIDTH
 from tests.fixtures_controlnet_dit import write_flux_base, write_sd3_base
 from tests.fixtures_flux import FLUX_CONTEXT, FLUX_POOLED
+from tests.fixtures_sockets import run_node
 
 MODEL = ["MODEL", {}]
 LAYERS = ["STRING", {"default": "7, 8, 9", "advanced": True}]
@@ -329,8 +330,9 @@ def test_bad_inputs_name_node_and_input(dits):
         SkipLayerGuidanceDiT.execute(model, 3.0, 1.5, 0.15, "7", "", 0.0)
     with pytest.raises(ValueError, match="SkipLayerGuidanceDiT: input 'scale'"):
         SkipLayerGuidanceDiT.execute(model, 11.0, 0.01, 0.15, "7", "", 0.0)
-    with pytest.raises(ValueError, match="SkipLayerGuidanceDiTSimple: input 'model'"):
-        SkipLayerGuidanceDiTSimple.execute("model", 0.0, 1.0, "7", "")
+    with pytest.raises(ValueError, match="SkipLayerGuidanceDiTSimple: input 'model' is not a MODEL .*; got str"):
+        run_node("SkipLayerGuidanceDiTSimple", model="model", double_layers="7", single_layers="",
+                 start_percent=0.0, end_percent=1.0)
 
 
 def test_sampling_flux_with_both_nodes(dits):
