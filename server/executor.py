@@ -9,10 +9,10 @@ checked against the socket's type (:mod:`loom.nodes.kernel.sockets`): a wrong on
 ``exception_type`` ``invalid_input_type`` and a message naming the node, the input and the problem,
 and the node does not run. Interruption is checked before every node and on every progress tick.
 
-Two kinds of failure are named in ``exception_type`` instead of the exception's class (which then goes
-in ``exception_class``): ``oom`` (an out-of-memory error, also one wrapped by the node: every model is
-unloaded and the output cache emptied before the next prompt) and ``storage_error`` (the disk is full,
-read-only or over quota).
+Three kinds of failure are named in ``exception_type`` instead of the exception's class (which then goes
+in ``exception_class``): ``invalid_input_type`` (the socket check above), ``oom`` (an out-of-memory error,
+also one wrapped by the node: every model is unloaded and the output cache emptied before the next
+prompt) and ``storage_error`` (the disk is full, read-only or over quota).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from typing import Any, Callable, Protocol
 
 from loom.nodes.kernel import services
 from loom.nodes.kernel.progress import ExecutionContext, Interrupted, running_node
-from loom.nodes.kernel.schema import InputValueError, Node, NodeOutput, NodeRegistry, Socket, literal_kwargs
+from loom.nodes.kernel.schema import (InputSpec, InputValueError, Node, NodeOutput, NodeRegistry, Socket,
+                                     literal_kwargs)
 
 from loom.server import events
 from loom.server.cache import ALWAYS_RERUN, OutputCache, cache_key
@@ -242,7 +243,7 @@ class _Run:
         schema = node_class.schema()
         self.emit(*events.executing(node_id, self.prompt_id))
         inputs = self.gather_inputs(node_id, node, node_class, validation)
-        _check_sockets(node_id, class_type, node, schema.inputs, inputs)
+        self.check_sockets(node_id, class_type, schema.inputs, inputs)
 
         def on_progress(value: int, total: int, preview: Any) -> None:
             self.emit(*events.progress(value, total, self.prompt_id, node_id))
@@ -287,6 +288,26 @@ class _Run:
             elif hidden.type == "UNIQUE_ID":
                 inputs[hidden.name] = [node_id]
         return inputs
+
+    def check_sockets(self, node_id: str, class_type: str, specs: list[InputSpec],
+                      inputs: dict[str, list[Any]]) -> None:
+        """Refuse a value linked into a socket that is not of the socket's type (validation checked the
+        literals), naming the node, the input, the problem and where the value came from."""
+        raw = self.prompt[node_id].get("inputs") or {}
+        for spec in specs:
+            link = raw.get(spec.name)
+            if not isinstance(spec, Socket) or not is_link(link):
+                continue
+            values = inputs.get(spec.name, [])
+            for index, value in enumerate(values):
+                problem = spec.check_linked(value)
+                if problem is None:
+                    continue
+                item = f" (item {index} of the {len(values)} it received)" if len(values) > 1 else ""
+                source = self.prompt[str(link[0])]["class_type"]
+                message = (f"{class_type}: input '{spec.name}'{item} {problem} (it came from output {link[1]} of "
+                           f"node {link[0]}, {source})")
+                raise NodeExecutionError(node_id, class_type, InputValueError("invalid_input_type", message))
 
     def interrupted(self, node_id: str) -> None:
         self.result.status = PromptState.INTERRUPTED
@@ -387,25 +408,6 @@ class _Interrupt(Exception):
     def __init__(self, node_id: str) -> None:
         super().__init__(node_id)
         self.node_id = node_id
-
-
-def _check_sockets(node_id: str, class_type: str, node: dict, specs: list, inputs: dict[str, list[Any]]) -> None:
-    """Refuse a value linked into a socket that is not of the socket's type (literals were checked by
-    validation), naming the node, the input and the problem."""
-    raw = node.get("inputs") or {}
-    for spec in specs:
-        if not isinstance(spec, Socket) or not is_link(raw.get(spec.name)):
-            continue
-        values = inputs.get(spec.name, [])
-        for index, value in enumerate(values):
-            problem = spec.check_linked(value)
-            if problem is None:
-                continue
-            item = f" (item {index} of the {len(values)} it received)" if len(values) > 1 else ""
-            source = raw[spec.name]
-            message = f"{class_type}: input '{spec.name}'{item} {problem}"
-            raise NodeExecutionError(node_id, class_type, InputValueError(
-                "invalid_input_type", message, f"{spec.name}: linked from output {source[1]} of node {source[0]}"))
 
 
 def _fingerprint(node_class: type[Node], literals: dict[str, Any]) -> Any:

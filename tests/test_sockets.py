@@ -232,3 +232,9 @@ def test_the_server_reports_a_wrong_value_and_runs_the_next_prompt(tmp_path, reg
         live.close()
         folders.configure(previous.base_dir, previous.models_dir, previous.extra_paths)
 
+
+
+def test_the_message_says_where_the_value_came_from():
+    with pytest.raises(ExecutionFailed) as failed:
+        run_node("VAEDecode", samples=LATENT, vae=3)
+    assert failed.value.error["exception_message"].endswith("(it came from output 0 of node emit_vae, EmitValue)")
