@@ -39,7 +39,6 @@ Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
