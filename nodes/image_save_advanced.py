@@ -230,8 +230,8 @@ class SaveImageAdvanced(Node):
         if format == "avif":
             raise ValueError(f"{NODE}: input 'format': Loom cannot write AVIF (ComfyUI encodes it with PyAV's SVT-AV1 "
                              "encoder, which Loom does not have); choose png or exr")
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"{NODE}: input 'images': expected an IMAGE batch [B, H, W, C] with 1, 3 or 4 channels")
+        if images.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"{NODE}: input 'images' has {images.shape[-1]} channels; it saves 1, 3 or 4")
         target = save_target(filename_prefix, "output", width=images.shape[2], height=images.shape[1])
         texts = metadata_texts(prompt, extra_pnginfo)
         results = []

@@ -9,8 +9,6 @@ other families leave the references out, as ComfyUI's do.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from loom.nodes.kernel.schema import Combo, Node, Output, Schema, Socket, register
@@ -23,12 +21,6 @@ PREFERRED_KONTEXT_RESOLUTIONS = (
 """(width, height) pairs FLUX.1 Kontext was trained on (ComfyUI's ``PREFERED_KONTEXT_RESOLUTIONS``)."""
 
 REFERENCE_METHODS = ("offset", "index", "uxo/uno")
-
-
-def _conditioning(node: str, value: Any) -> list:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in value):
-        raise ValueError(f"{node}: input 'conditioning' is not a CONDITIONING (a list of [tensor, options] pairs)")
-    return list(value)
 
 
 @register
@@ -44,13 +36,12 @@ class ReferenceLatent(Node):
 
     @classmethod
     def execute(cls, conditioning: list, latent: dict | None = None) -> tuple:
-        conditioning = _conditioning("ReferenceLatent", conditioning)
         if latent is None:
             return (conditioning,)
-        samples = latent.get("samples") if isinstance(latent, dict) else None
-        if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
-            raise ValueError("ReferenceLatent: input 'latent' is not an image LATENT ([batch, channels, height, "
-                             "width] samples)")
+        samples = latent["samples"]
+        if samples.ndim != 4:
+            raise ValueError(f"ReferenceLatent: input 'latent' has {samples.ndim}-dimensional samples; it takes an "
+                             "image LATENT ([batch, channels, height, width] samples)")
         return ([[cond, {**options, "reference_latents": [*options.get("reference_latents", ()), samples]}]
                  for cond, options in conditioning],)
 
@@ -68,8 +59,6 @@ class FluxKontextImageScale(Node):
     def execute(cls, image: torch.Tensor) -> tuple:
         from loom.nodes.runtime.resample import common_upscale
 
-        if not isinstance(image, torch.Tensor) or image.ndim != 4:
-            raise ValueError("FluxKontextImageScale: input 'image' is not an IMAGE batch [B, H, W, C]")
         width, height = kontext_size(image.shape[2], image.shape[1])
         scaled = common_upscale(image.movedim(-1, 1), width, height, "lanczos", "center").movedim(1, -1)
         return (scaled,)
@@ -94,7 +83,6 @@ class FluxKontextMultiReferenceLatentMethod(Node):
 
     @classmethod
     def execute(cls, conditioning: list, reference_latents_method: str) -> tuple:
-        conditioning = _conditioning("FluxKontextMultiReferenceLatentMethod", conditioning)
         method = "uxo" if "uxo" in reference_latents_method or "uso" in reference_latents_method \
             else reference_latents_method
         return ([[cond, {**options, "reference_latents_method": method}] for cond, options in conditioning],)
