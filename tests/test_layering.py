@@ -19,20 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 ROOTS = {"server": "loom.server", "nodes": "loom.nodes"}
 """The package folders of the checkout and the ``loom`` package each installs as (pyproject.toml)."""
 
-PRIVATE_IMPORTS_ALLOWED = {
-    # h2 removes these: the per-module input guards give way to the executor's typed socket checks
-    ("loom.nodes.hypernetwork", "loom.nodes.lora", "_check_handle"),
-    ("loom.nodes.image_conditioning", "loom.nodes.conditioning", "_check_conditioning"),
-    ("loom.nodes.image_conditioning", "loom.nodes.vae", "_check_image"),
-    ("loom.nodes.image_conditioning", "loom.nodes.vae", "_check_vae"),
-    ("loom.nodes.loaders_split", "loom.nodes.conditioning", "_check_clip"),
-    ("loom.nodes.model_patches_guidance", "loom.nodes.model_patches", "_check_model"),
-    ("loom.nodes.sd3", "loom.nodes.conditioning", "_check_clip"),
-    ("loom.nodes.skip_layer_guidance", "loom.nodes.model_patches", "_check_model"),
-}
-"""``(importer, module, name)``: the only private helpers one library module may still take from another."""
-
-
 @dataclass(frozen=True)
 class Import:
     """An import in ``module`` at ``path:line`` (or, ``by_string``, a string constant naming a module):
@@ -138,8 +124,7 @@ def broken_rule(found: Import) -> str | None:
         if target == "server":
             return "the node library never imports loom.server"
         if target == "library" and _library_module(found.target) != _library_module(found.module):
-            private = [name for name in found.names if name.startswith("_")
-                       and (found.module, found.target, name) not in PRIVATE_IMPORTS_ALLOWED]
+            private = [name for name in found.names if name.startswith("_")]
             if private:
                 return (f"a node module takes no private helper ({', '.join(private)}) of another; "
                         "make what is shared public where it belongs")
@@ -168,14 +153,6 @@ def test_the_checkout_keeps_the_layering_rule() -> None:
     found = violations({REPO / folder: package for folder, package in ROOTS.items()})
     assert not found, "imports across the layering rule (docs/layout.md):\n" + "\n".join(found)
 
-
-def test_every_allowed_private_import_still_exists() -> None:
-    """The exceptions list shrinks as h2's typed socket checks land: an entry nothing uses is removed."""
-    modules = module_names({REPO / folder: package for folder, package in ROOTS.items()})
-    known = set(modules.values())
-    used = {(each.module, each.target, name) for path, module in modules.items()
-            for each in imports(path, module, known) for name in each.names}
-    assert not sorted(PRIVATE_IMPORTS_ALLOWED - used), "no module imports these any more: drop them from the list"
 
 
 def _write(root: Path, files: dict[str, str]) -> dict[Path, str]:
