@@ -1,17 +1,23 @@
 """The runtime configuration: one frozen record, set once at start-up, read through :func:`current`.
 
 The CLI builds it from its flags (``--device``, ``--cpu``, ``--force-fp32``, ``--model-cache-bytes``,
-``--allow-pickle``), with the environment variables in :data:`ENVIRONMENT` as documented fallbacks that only
+``--allow-pickle``, ``--fast``), with the environment variables in :data:`ENVIRONMENT` as documented fallbacks that only
 :func:`from_environment` reads (so importing a module never depends on the environment). A worker process
 receives the same record in its spec. Tests and embedders call :func:`configure`. docs/configuration.md
 lists every setting.
+
+One setting may also be chosen per prompt: ``fast`` (a workflow's ``extra.loom.fast``, see
+``server.executor.fast_setting``). The executor sets it for the prompt's run with :func:`prompt_settings`;
+the runtime reads :func:`fast_enabled`, which falls back to the record.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,9 @@ class RuntimeConfig:
     """How many bytes of models the cache keeps before it unloads the oldest; None: what memory allows."""
     allow_pickle: bool = False
     """Whether pickled model files (.ckpt, .pt, .bin, ...) may be read at all (they can run code)."""
+    fast: bool = False
+    """The measured fast path (:mod:`loom.nodes.runtime.fast`): faster, visually identical, not bit-identical
+    to ComfyUI. Off: every result is ComfyUI's, bit for bit."""
 
     def __post_init__(self) -> None:
         if self.device is not None:
@@ -46,6 +55,7 @@ ENVIRONMENT: dict[str, str] = {
     "force_fp32": "LOOM_FORCE_FP32",
     "model_cache_bytes": "LOOM_MODEL_CACHE_BYTES",
     "allow_pickle": "LOOM_ALLOW_PICKLE",
+    "fast": "LOOM_FAST",
 }
 """The environment variable each setting falls back to when its flag is not given."""
 
@@ -61,6 +71,25 @@ def configure(config: RuntimeConfig) -> RuntimeConfig:
     global _current
     previous, _current = _current, config
     return previous
+
+
+_prompt_fast: contextvars.ContextVar[bool | None] = contextvars.ContextVar("loom_prompt_fast", default=None)
+
+
+@contextlib.contextmanager
+def prompt_settings(*, fast: bool | None = None) -> Iterator[None]:
+    """Within the block, ``fast`` (None: the record's) is the setting of the prompt being run."""
+    token = _prompt_fast.set(fast)
+    try:
+        yield
+    finally:
+        _prompt_fast.reset(token)
+
+
+def fast_enabled() -> bool:
+    """Whether the fast path is on: the running prompt's own setting, else the runtime configuration's."""
+    chosen = _prompt_fast.get()
+    return _current.fast if chosen is None else chosen
 
 
 def from_environment(environ: Mapping[str, str] | None = None, **given: Any) -> RuntimeConfig:
@@ -80,7 +109,7 @@ def from_environment(environ: Mapping[str, str] | None = None, **given: Any) -> 
 
 
 def _parse(name: str, variable: str, text: str) -> Any:
-    if name in ("force_fp32", "allow_pickle"):
+    if name in ("force_fp32", "allow_pickle", "fast"):
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
             return True

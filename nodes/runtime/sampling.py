@@ -22,12 +22,14 @@ with a CFG guider, so both paths compute the same latents for the same settings.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Any, Sequence
 
 import torch
 
 from loom.nodes.kernel import progress
+from loom.nodes.runtime import fast
 from loom.nodes.runtime.custom_sampling import CFGGuider, SamplerChoice
 from loom.nodes.runtime.denoiser import MaskedDenoiser, prepare_noise_mask
 from loom.nodes.runtime.model_types import DiffusionModel
@@ -95,10 +97,14 @@ def sample_guided(guider: CFGGuider, sampler: SamplerChoice, noise: torch.Tensor
     channel count); ``noise`` is unscaled standard noise (or zeros). An empty ``sigmas`` returns
     ``latent_image`` as it is. ``x0_output``, when given, receives the last step's denoised estimate
     (model space) under ``"x0"``, as ComfyUI's preview callback records it for ``denoised_output``.
+    With the fast path on (:mod:`nodes.runtime.fast`) the guider samples with the MODEL's fast network.
     """
-    model = guider.model
     if sigmas.shape[-1] == 0:
         return latent_image
+    model = fast.sampling_model(guider.model)  # the guider's own MODEL unless the fast path is on
+    if model is not guider.model:
+        guider = copy.copy(guider)
+        guider.model = model
     sample_function = sampler.function()
     device = _model_device(model)
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not shifted into the model's space

@@ -177,9 +177,9 @@ class UNetFamily(Family):
         if control is not None:
             residuals = control.residuals(xc, sigma, timestep, context, added, model=model)
             if residuals is not None:
-                down, mid = residuals
-                kwargs["down_block_additional_residuals"] = down
-                kwargs["mid_block_additional_residual"] = mid
+                down, mid = residuals  # in the ControlNet's dtype, which the fast path's UNet may not share
+                kwargs["down_block_additional_residuals"] = [r.to(dtype) for r in down]
+                kwargs["mid_block_additional_residual"] = mid.to(dtype)
         if concat is not None:
             xc = torch.cat([xc, concat.to(xc)], dim=1)
         from loom.nodes.runtime import unet_patches
