@@ -147,10 +147,13 @@ def estimate_bytes(value: Any, _seen: set[int] | None = None) -> int:
 
 
 def cache_key(class_type: str, literals: dict[str, Any], links: dict[str, tuple[str, int]],
-              fingerprint: Any = None, node_id: str | None = None) -> str:
-    """The key of a node: type, literal inputs, ``(upstream key, slot)`` per linked input, fingerprint."""
+              fingerprint: Any = None, node_id: str | None = None, variant: str | None = None) -> str:
+    """The key of a node: type, literal inputs, ``(upstream key, slot)`` per linked input, fingerprint, and
+    the variant of the runtime that computes it (``"fast"``; None: the exact one)."""
     material = [class_type, sorted((k, _canonical(v)) for k, v in literals.items()),
                 sorted((k, list(v)) for k, v in links.items()), _canonical(fingerprint), node_id]
+    if variant is not None:
+        material.append(variant)
     blob = json.dumps(material, separators=(",", ":"), default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compute on the CPU (ComfyUI's flag; the same as --device cpu)")
     common.add_argument("--force-fp32", action="store_true", default=None,
                         help="compute every model in float32; env LOOM_FORCE_FP32=1")
+    common.add_argument("--fast", action="store_true", default=None,
+                        help="the measured fast path: bfloat16 diffusion on CPUs that have it, ~2.5x faster "
+                        "steps, visually identical but not bit-identical to ComfyUI (a workflow's "
+                        "extra.loom.fast overrides it); env LOOM_FAST=1")
     common.add_argument("--model-cache-bytes", default=None, metavar="SIZE",
                         help="keep at most this many bytes of models loaded, e.g. 12G (default: as memory "
                         "allows); env LOOM_MODEL_CACHE_BYTES")
@@ -190,7 +194,8 @@ def configure(args: argparse.Namespace, output_dir: Path | None = None):
     try:
         cache_bytes = None if args.model_cache_bytes is None else config.parse_bytes(args.model_cache_bytes)
         config.configure(config.from_environment(device=args.device, force_fp32=args.force_fp32,
-                                                 model_cache_bytes=cache_bytes, allow_pickle=args.allow_pickle))
+                                                 model_cache_bytes=cache_bytes, allow_pickle=args.allow_pickle,
+                                                 fast=args.fast))
     except ValueError as problem:
         raise UsageError(str(problem)) from None
 

@@ -13,6 +13,9 @@ Three kinds of failure are named in ``exception_type`` instead of the exception'
 in ``exception_class``): ``invalid_input_type`` (the socket check above), ``oom`` (an out-of-memory error,
 also one wrapped by the node: every model is unloaded and the output cache emptied before the next
 prompt) and ``storage_error`` (the disk is full, read-only or over quota).
+
+The fast path (``loom.nodes.runtime.fast``) is chosen per prompt by :func:`fast_setting`; a prompt run with it
+on gets cache keys of its own, so its outputs never answer a prompt run without it (and the reverse).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from loom.nodes.kernel import services
+from loom.nodes.kernel import config, services
 from loom.nodes.kernel.progress import ExecutionContext, Interrupted, running_node
 from loom.nodes.kernel.schema import (InputSpec, InputValueError, Node, NodeOutput, NodeRegistry, Socket,
                                      literal_kwargs)
@@ -42,6 +45,33 @@ log = logging.getLogger(__name__)
 # events recorded in ExecutionResult.messages (and so in history), as ComfyUI records them
 RECORDED_EVENTS = ("execution_start", "execution_cached", "execution_success", "execution_error",
                    "execution_interrupted")
+
+
+FAST_KEY = "fast"
+"""Under ``extra_data["loom"]`` (an API client's choice) or a UI workflow's ``extra["loom"]`` (saved with the
+workflow, sent by the editor in ``extra_data.extra_pnginfo.workflow``): ``true``/``false`` turns the fast path
+on/off for that prompt, whatever the server's ``--fast``. ComfyUI ignores both keys."""
+
+
+def fast_setting(extra_data: dict[str, Any]) -> bool | None:
+    """A prompt's own fast-path setting: ``extra_data.loom.fast``, else its workflow's ``extra.loom.fast``,
+    else None (the server's). Raises ValueError naming the key when the value is not a boolean."""
+    places = [("extra_data.loom.fast", extra_data.get("loom"))]
+    workflow = (extra_data.get("extra_pnginfo") or {}).get("workflow") \
+        if isinstance(extra_data.get("extra_pnginfo"), dict) else None
+    if isinstance(workflow, dict) and isinstance(workflow.get("extra"), dict):
+        places.append(("the workflow's extra.loom.fast", workflow["extra"].get("loom")))
+    for where, settings in places:
+        if settings is None:
+            continue
+        if not isinstance(settings, dict):
+            raise ValueError(f"{where.rsplit('.', 1)[0]} must be an object, e.g. {{\"fast\": true}}")
+        value = settings.get(FAST_KEY)
+        if value is not None:
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be true or false, not {value!r}")
+            return value
+    return None
 
 
 class CancelToken(Protocol):
@@ -167,6 +197,17 @@ class _Run:
             return self.result
         outputs = [o for o in validation.outputs if self.requested_outputs is None
                    or o in set(map(str, self.requested_outputs))]
+        try:
+            fast = fast_setting(self.extra_data)
+        except ValueError as problem:
+            self.result.status = PromptState.ERROR
+            self.result.error = {"type": "invalid_prompt", "message": "Invalid extra_data", "details": str(problem),
+                                 "extra_info": {}}
+            return self.result
+        with config.prompt_settings(fast=fast):
+            return self._run_nodes(validation, outputs, started)
+
+    def _run_nodes(self, validation: ValidationResult, outputs: list[str], started: float) -> ExecutionResult:
         self.emit(*events.execution_start(self.prompt_id))
         try:
             keys = self.compute_keys(validation)
@@ -201,6 +242,7 @@ class _Run:
         return self.result
 
     def compute_keys(self, validation: ValidationResult) -> dict[str, str]:
+        fast = config.fast_enabled()
         keys: dict[str, str] = {}
         for node_id in validation.order:
             node = self.prompt[node_id]
@@ -214,7 +256,7 @@ class _Run:
                 fingerprint = _fingerprint(node_class, literals)
             unique = schema.not_idempotent or any(h.type == "UNIQUE_ID" for h in schema.hidden)
             keys[node_id] = cache_key(node["class_type"], literals, links, fingerprint,
-                                      node_id if unique else None)
+                                      node_id if unique else None, variant="fast" if fast else None)
         return keys
 
     def plan(self, validation: ValidationResult, outputs: list[str], keys: dict[str, str]) -> set[str]:

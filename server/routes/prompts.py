@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from loom.server.executor import fast_setting
 from loom.server.queue import PromptState, QueueStoreError
 from loom.server.routes.common import json_object
 from loom.server.security import ClientError, json_error, non_finite_error, non_finite_path, read_json, scrub_paths
@@ -43,6 +44,10 @@ async def post_prompt(request: web.Request) -> web.Response:
     extra_data = {} if extra_data is None else extra_data
     if not isinstance(extra_data, dict):
         raise ClientError(400, "invalid_prompt", "Invalid extra_data", "extra_data must be a JSON object")
+    try:
+        fast_setting(extra_data)
+    except ValueError as problem:
+        raise ClientError(400, "invalid_prompt", "Invalid extra_data", str(problem)) from None
     client_id = body.get("client_id")
     if client_id is not None:
         if not isinstance(client_id, str) or len(client_id) > 128:
