@@ -209,7 +209,7 @@ class SD3(Family):
             x_in = F.pad(x_in, (0, pad_w, 0, pad_h), mode="circular")
         context_in = context.to(device=device, dtype=dtype)
         pooled = extra["pooled_projections"].to(device=device, dtype=dtype)
-        time_in = timestep.to(device=device, dtype=dtype)
+        time_in = timestep.to(device=device)  # float32: the MMDiT's sinusoidal embedding reads it unrounded
         from loom.nodes.runtime.dit_patches import sd3_skip_layers
 
         skip_layers = sd3_skip_layers(network, model.options)  # SkipLayerGuidance's pass
