@@ -1,6 +1,7 @@
 """Generation overhead: Loom's txt2img run against a bare diffusers loop on the same modules.
 
     python bench/generation.py [--checkpoint PATH] [--steps 20] [--size 64] [--repeats 3] [--threads N]
+                               [--fast] [--sizes 64,128,256,512] [--unet-repeats 3]
 
 Both sides use the conformance checkpoint's UNet and VAE as Loom loads them, the same text encodings,
 the same noise and the same Euler/normal sigmas with CFG 8:
@@ -10,8 +11,19 @@ the same noise and the same Euler/normal sigmas with CFG 8:
 * **bare** — a plain loop: ``unet(cat([x, x]) / sqrt(sigma^2 + 1), t, context)``, CFG, Euler step, then
   ``vae.decode``.
 
-Runs alternate (loom, bare, loom, ...) so machine noise hits both; the medians and their ratio
-(target <= 1.03) are printed, with the process's peak RSS.
+* **loom --fast** (with ``--fast``) — the same prompt with ``extra_data.loom.fast`` on
+  (:mod:`nodes.runtime.fast`: the UNet in bfloat16).
+
+Runs alternate (loom, bare, loom, ...; with ``--fast`` the three in turn) so machine noise hits each; the
+medians and their ratio (target <= 1.03) are printed, with the process's peak RSS. Then:
+
+* the time per step outside the network (sampler, CFG, callbacks) with a no-op UNet, and what previews add
+  per step (a progress listener installed, each step's latent preview made and JPEG-encoded as the server
+  does, against no listener);
+* per resolution in ``--sizes``: the UNet's FLOPs per CFG call (batch 2, counted by
+  ``torch.utils.flop_counter``, attention through its math form), the time of one call exact and fast
+  (alternating, medians) and the FLOP/s they achieve, next to the measured 2048² matmul peak of this machine
+  in float32 and bfloat16 (the physical limit each path can reach).
 """
 from __future__ import annotations
 
@@ -22,6 +34,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -52,7 +66,6 @@ def txt2img_prompt(ckpt_name: str, seed: int, steps: int, size: int) -> dict:
 
 def bare_loop(model, vae, positive, negative, seed: int, steps: int, size: int):
     """The same generation written directly against the diffusers modules."""
-    import torch
 
     from loom.nodes.runtime.schedules import calculate_sigmas
 
@@ -76,22 +89,24 @@ def bare_loop(model, vae, positive, negative, seed: int, steps: int, size: int):
     return ((image + 1) / 2).clamp(0, 1)
 
 
+class NoOpUNet(torch.nn.Module):
+    """A UNet that returns zeros at once: what is left of a step is Loom's own bookkeeping."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=True, **_):
+        out = torch.zeros_like(sample)
+        return (out,) if not return_dict else type("Out", (), {"sample": out})()
+
+
 def loop_overhead_per_step(model, positive, negative, steps: int, size: int, repeats: int = 5) -> float:
     """Milliseconds per step that Loom's loop adds around the network: both loops run with a UNet that
     returns zeros at once, so only the bookkeeping (guidance, batching, timesteps, progress) is timed."""
-    import torch
 
     from loom.nodes.runtime.sampling import sample
-
-    class NoOpUNet(torch.nn.Module):
-        def __init__(self, config) -> None:
-            super().__init__()
-            self.config = config
-            self.anchor = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=True, **_):
-            out = torch.zeros_like(sample)
-            return (out,) if not return_dict else type("Out", (), {"sample": out})()
 
     stub = model.replace(unet=NoOpUNet(model.unet.config))
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
@@ -118,6 +133,99 @@ def loop_overhead_per_step(model, positive, negative, steps: int, size: int, rep
     return max(0.0, loom - bare) * 1000 / steps
 
 
+def preview_cost_per_step(model, positive, negative, steps: int, size: int, repeats: int = 5) -> float:
+    """Milliseconds per step that previews add: the no-op-UNet loop with a progress listener that encodes
+    each step's latent preview as the server does (JPEG), against the same loop with no listener."""
+
+    from loom.nodes.kernel import progress
+    from loom.nodes.runtime.sampling import sample
+    from loom.server.worker import encode_preview
+
+    stub = model.replace(unet=NoOpUNet(model.unet.config))
+    latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
+    conds = ([[positive, {}]], [[negative, {}]])
+
+    def run() -> None:
+        sample(stub, *conds, latent, seed=1, steps=steps, cfg=8.0, sampler_name="euler", scheduler="normal")
+
+    def with_previews() -> None:
+        def on_progress(_value: int, _total: int, preview) -> None:
+            if preview is not None:
+                encode_preview(preview)
+
+        context = progress.ExecutionContext("bench", "5", "KSampler", on_progress, lambda: False)
+        with progress.running_node(context):
+            run()
+
+    off, on = [], []
+    for i in range(repeats):
+        for name, fn in ((("off", run), ("on", with_previews)) if i % 2 == 0 else (("on", with_previews), ("off", run))):
+            started = time.perf_counter()
+            fn()
+            (off if name == "off" else on).append(time.perf_counter() - started)
+    return max(0.0, statistics.median(on) - statistics.median(off)) * 1000 / steps
+
+
+def matmul_peak(dtype, n: int = 2048, repeats: int = 7) -> float:
+    """FLOP/s of an ``n x n`` matmul in ``dtype`` on this machine (the best of ``repeats``)."""
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n ** 3 / best
+
+
+def unet_flops(unet, x, t, context) -> int:
+    """FLOPs of one UNet call, attention counted through its math form (the fused CPU kernel has no count)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        unet(x, t, encoder_hidden_states=context, return_dict=False)
+    return counter.get_total_flops()
+
+
+def unet_throughput(model, positive, negative, sizes: list[int], repeats: int) -> list[dict]:
+    """Per size: the UNet's FLOPs per CFG call and the median seconds of one call, exact and fast."""
+
+    from loom.nodes.runtime import fast
+
+    exact_unet = model.unet
+    fast_unet = fast.fast_network(exact_unet)
+    context = torch.cat([negative, positive])
+    rows = []
+    for size in sizes:
+        generator = torch.Generator().manual_seed(size)
+        x = torch.randn((2, 4, size // 8, size // 8), generator=generator)
+        t = torch.tensor([500.0, 500.0])
+        flops = unet_flops(exact_unet, x, t, context)
+        calls = {"exact": lambda: exact_unet(x, t, encoder_hidden_states=context, return_dict=False)}
+        if fast_unet is not exact_unet:
+            dtype = next(fast_unet.parameters()).dtype
+            xf, cf = x.to(dtype), context.to(dtype)
+            calls["fast"] = lambda: fast_unet(xf, t, encoder_hidden_states=cf, return_dict=False)
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        with torch.no_grad():
+            for fn in calls.values():  # warm-up: oneDNN builds its kernels on the first call of a shape
+                fn()
+            for i in range(repeats):
+                order = list(calls.items()) if i % 2 == 0 else list(calls.items())[::-1]
+                for name, fn in order:
+                    started = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - started)
+        row = {"size": size, "flops": flops}
+        row.update({name: statistics.median(values) for name, values in times.items()})
+        rows.append(row)
+        print(f"  {size}x{size}: {flops / 1e9:.1f} GFLOP per call, exact {row['exact'] * 1000:.0f} ms"
+              + (f", fast {row['fast'] * 1000:.0f} ms" if "fast" in row else ""), flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None)
@@ -125,6 +233,10 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fast", action="store_true", help="also time Loom with the fast path on")
+    parser.add_argument("--sizes", default="64,128,256,512",
+                        help="resolutions of the UNet FLOP/s table (comma-separated; empty: none)")
+    parser.add_argument("--unet-repeats", type=int, default=3, help="calls per path and size in that table")
     args = parser.parse_args()
     checkpoint = (args.checkpoint or default_checkpoint()).resolve()
     if not checkpoint.is_file():
@@ -134,7 +246,6 @@ def main() -> int:
 
     import tempfile
 
-    import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,11 +279,12 @@ def main() -> int:
     positive = encode_text(clip, "a house with a red roof")[0][0]
     negative = encode_text(clip, "blurry")[0][0]
 
-    def run_loom(seed: int) -> float:
+    def run_loom(seed: int, fast: bool = False) -> float:
         started = time.perf_counter()
-        result = executor.execute(txt2img_prompt(checkpoint.name, seed, args.steps, args.size), f"run-{seed}")
+        result = executor.execute(txt2img_prompt(checkpoint.name, seed, args.steps, args.size), f"run-{seed}-{fast}",
+                                  extra_data={"loom": {"fast": fast}})
         elapsed = time.perf_counter() - started
-        assert result.ok and set(result.executed) == {"5", "6", "7"}, (result.error, result.executed)
+        assert result.ok and {"5", "6", "7"} <= set(result.executed), (result.error, result.executed)
         return elapsed
 
     def run_bare(seed: int) -> float:
@@ -180,18 +292,22 @@ def main() -> int:
         bare_loop(model, vae, positive, negative, seed, args.steps, args.size)
         return time.perf_counter() - started
 
-    loom_times, bare_times = [], []
+    sides = {"loom": run_loom, "bare": run_bare}
+    if args.fast:
+        sides["loom --fast"] = lambda seed: run_loom(seed, fast=True)
+        run_loom(0, fast=True)  # the first fast run makes the network's bfloat16 copy (once per model)
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for repeat in range(args.repeats):
         seed = repeat + 1
-        if repeat % 2 == 0:  # alternate which side goes first, so order effects cancel
-            loom_times.append(run_loom(seed))
-            bare_times.append(run_bare(seed))
-        else:
-            bare_times.append(run_bare(seed))
-            loom_times.append(run_loom(seed))
-        print(f"run {repeat + 1}: loom {loom_times[-1]:.2f} s (KSampler, VAEDecode, PreviewImage), "
-              f"bare {bare_times[-1]:.2f} s", flush=True)
+        names = list(sides)
+        names = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate who goes first
+        for name in names:
+            times[name].append(sides[name](seed))
+        print(f"run {repeat + 1}: " + ", ".join(f"{name} {times[name][-1]:.2f} s" for name in sides)
+              + " (loom: KSampler, VAEDecode, PreviewImage)", flush=True)
+    loom_times, bare_times = times["loom"], times["bare"]
     step_overhead_ms = loop_overhead_per_step(model, positive, negative, args.steps, args.size)
+    preview_ms = preview_cost_per_step(model, positive, negative, args.steps, args.size)
 
     loom, bare = statistics.median(loom_times), statistics.median(bare_times)
     pair_ratios = [a / b for a, b in zip(loom_times, bare_times)]  # each pair ran back to back
@@ -201,8 +317,33 @@ def main() -> int:
           f"(min {min(bare_times):.2f})")
     print(f"ratio loom/bare: median of pairs {statistics.median(pair_ratios):.3f} "
           f"(pairs {', '.join(f'{r:.3f}' for r in pair_ratios)}), of medians {loom / bare:.3f}; target <= 1.03")
+    if args.fast:
+        fast_times = times["loom --fast"]
+        fast_ratios = [f / e for f, e in zip(fast_times, loom_times)]
+        print(f"loom --fast median {statistics.median(fast_times):.2f} s (min {min(fast_times):.2f}); "
+              f"fast/exact: median of pairs {statistics.median(fast_ratios):.3f} "
+              f"(pairs {', '.join(f'{r:.3f}' for r in fast_ratios)})")
     print(f"Loom's sampling-loop overhead with a no-op UNet: {step_overhead_ms:.2f} ms per step "
           f"({step_overhead_ms * args.steps / 1000 / bare * 100:.2f} % of the bare run's median)")
+    print(f"previews (latent2rgb + JPEG, as the server sends them) add {preview_ms:.2f} ms per step "
+          f"({preview_ms * args.steps / 1000 / loom * 100:.2f} % of the loom run's median)")
+
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    if sizes:
+        print("UNet calls (CFG batch 2), alternating exact/fast:", flush=True)
+        rows = unet_throughput(model, positive, negative, sizes, args.unet_repeats)
+        peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+        print(f"measured 2048² matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s, bfloat16 {peak16 / 1e9:.0f} GFLOP/s")
+        print("| size | GFLOP per call | exact: ms, GFLOP/s, % of fp32 peak | fast: ms, GFLOP/s, % of bf16 peak "
+              "| fast/exact |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            flops = row["flops"]
+            exact = f"{row['exact'] * 1000:.0f}, {flops / row['exact'] / 1e9:.0f}, {flops / row['exact'] / peak32:.0%}"
+            fast = "-" if "fast" not in row else \
+                f"{row['fast'] * 1000:.0f}, {flops / row['fast'] / 1e9:.0f}, {flops / row['fast'] / peak16:.0%}"
+            ratio = "-" if "fast" not in row else f"{row['fast'] / row['exact']:.2f}"
+            print(f"| {row['size']}² | {flops / 1e9:.1f} | {exact} | {fast} | {ratio} |")
     print(f"peak RSS: {peak_rss_mib:.0f} MiB")
     return 0
 
