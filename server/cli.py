@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--force-fp32", action="store_true", default=None,
                         help="compute every model in float32; env LOOM_FORCE_FP32=1")
     common.add_argument("--fast", action="store_true", default=None,
-                        help="the measured fast path: bfloat16 diffusion on CPUs that have it, ~2.5x faster "
+                        help="the measured fast path: bfloat16 diffusion on CPUs that have it, 1.7-2.9x faster "
                         "steps, visually identical but not bit-identical to ComfyUI (a workflow's "
                         "extra.loom.fast overrides it); env LOOM_FAST=1")
     common.add_argument("--model-cache-bytes", default=None, metavar="SIZE",

@@ -2,10 +2,10 @@
 
 Off (the default) every result is ComfyUI's, bit for bit. On, the diffusion network samples with a
 bfloat16 copy of its weights where the CPU computes bfloat16 natively (avx512_bf16 or AMX, oneDNN's
-kernels): on the 2-core development machine a 2048² matmul runs ~4x faster in bfloat16 than in float32 and a
-UNet call 2.5-3x faster, at about 1.7 % relative error per call (42-51 dB PSNR against the exact images of
-the SD1.5 conformance cases; docs/performance.md "The fast path" has the measurements). FLUX stays exact
-(:data:`EXACT_FAMILIES`). Everything else stays as it is:
+kernels): on the 2-core development machine a 2048² matmul runs ~4x faster in bfloat16 than in float32
+and a UNet call 1.7-2.9x faster (0.34x of the time at 128², 0.60x at 512²), at about 1.7 % relative error
+per call (42-51 dB PSNR against the exact images of the SD1.5 and SD3 conformance cases; docs/performance.md
+"The fast path" has the measurements). FLUX stays exact (:data:`EXACT_FAMILIES`). Everything else stays as it is:
 
 * the candidates that measured slower are not used: ``torch.compile`` (slower than eager on this CPU,
   and 70-80 s to compile), channels_last, and running the CFG halves as two batches of one;
