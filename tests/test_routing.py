@@ -316,7 +316,8 @@ def test_two_process_lanes_route_each_checkpoint_to_the_lane_that_holds_it(tmp_p
     by_checkpoint: dict[str, set[str]] = {"a": set(), "b": set()}
     for which, entry in zip(order, entries):
         by_checkpoint[which].add(entry["status"]["worker"])
-    assert len(by_checkpoint["a"]) == len(by_checkpoint["b"]) == 1, by_checkpoint
+    # with the lanes' models in the message: a lane that reported no models would be routed by idleness alone
+    assert len(by_checkpoint["a"]) == len(by_checkpoint["b"]) == 1, (by_checkpoint, held, loaded)
     assert by_checkpoint["a"] != by_checkpoint["b"]
     assert {w for ws in by_checkpoint.values() for w in ws} == labels
     # each lane loaded its checkpoint once: after the first prompt the loader came from the cache
