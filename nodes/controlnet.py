@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loom.nodes.loader_inputs import model_fingerprint, resolve_model
+from loom.nodes.loader_inputs import load_error, model_fingerprint, resolve_model
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 
 
@@ -69,8 +69,7 @@ class ControlNetLoader(Node):
         try:
             return (load_controlnet(path),)
         except ControlNetError as exc:
-            raise ValueError(f"ControlNetLoader: input 'control_net_name': could not load "
-                             f"'{control_net_name}': {exc}") from None
+            raise load_error("ControlNetLoader", "control_net_name", control_net_name, exc) from None
 
 
 @register

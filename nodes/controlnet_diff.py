@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from loom.nodes.kernel.schema import Combo, Node, Output, Schema, Socket, register
-from loom.nodes.loader_inputs import model_fingerprint, resolve_model
+from loom.nodes.loader_inputs import load_error, model_fingerprint, resolve_model
 
 
 @register
@@ -32,5 +32,4 @@ class DiffControlNetLoader(Node):
         try:
             return (load_controlnet(path, model=model),)
         except ControlNetError as exc:
-            raise ValueError(f"DiffControlNetLoader: input 'control_net_name': could not load "
-                             f"'{control_net_name}': {exc}") from None
+            raise load_error("DiffControlNetLoader", "control_net_name", control_net_name, exc) from None
