@@ -52,11 +52,36 @@ def scaled_linear_sigmas(beta_start: float = 0.00085, beta_end: float = 0.012, t
     return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
 
 
+class _SigmaTable:
+    """What every sampling object shares: ``sigmas``, ascending, whose ends are the noise range, and
+    ComfyUI's default (EPS-style) noise scaling, noise times sigma added to the latent and nothing to undo at
+    the end (rectified flow overrides both)."""
+
+    sigmas: torch.Tensor
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor,
+                      max_denoise: bool = False) -> torch.Tensor:
+        s = _view(sigma, noise)
+        scale = torch.sqrt(1.0 + s ** 2.0) if max_denoise else s
+        return noise * scale + latent_image
+
+    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        return latent
+
+
 PREDICTIONS = ("eps", "v", "x0", "img_to_img", "lcm")
 
 
 @dataclass
-class ModelSampling:
+class ModelSampling(_SigmaTable):
     """Discrete-time sampling (1000 training timesteps) as a sigma table, with its prediction type."""
 
     sigmas: torch.Tensor  # ascending, float32, one per training timestep
@@ -68,14 +93,6 @@ class ModelSampling:
                       timesteps: int = 1000, zero_terminal_snr: bool = False) -> "ModelSampling":
         return cls(sigmas=scaled_linear_sigmas(beta_start, beta_end, timesteps, zero_terminal_snr),
                    prediction=prediction)
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The (nearest) training timestep of a sigma, as ComfyUI's ``ModelSamplingDiscrete.timestep``."""
@@ -123,15 +140,6 @@ class ModelSampling:
             return c_out * x0 + c_skip * x
         raise ValueError(f"unsupported prediction type {self.prediction!r}")
 
-    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor,
-                      max_denoise: bool = False) -> torch.Tensor:
-        s = _view(sigma, noise)
-        scale = torch.sqrt(1.0 + s ** 2.0) if max_denoise else s
-        return noise * scale + latent_image
-
-    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        return latent
-
 
 @dataclass
 class DistilledSampling(ModelSampling):
@@ -164,7 +172,7 @@ class DistilledSampling(ModelSampling):
 EDM_PREDICTIONS = ("eps", "v", "edm")
 
 
-class ContinuousEDMSampling:
+class ContinuousEDMSampling(_SigmaTable):
     """ComfyUI's ``ModelSamplingContinuousEDM`` with ``EPS``, ``V_PREDICTION`` or ``EDM``: a continuous noise
     level, 1000 table entries evenly spaced in ``log(sigma)`` (for the schedules that read the table), the
     network's time input ``0.25 * log(sigma)``, inputs and outputs scaled with ``sigma_data``."""
@@ -184,14 +192,6 @@ class ContinuousEDMSampling:
     def __repr__(self) -> str:
         return (f"ContinuousEDMSampling({self.prediction}, sigma {float(self.sigma_min):g}..{float(self.sigma_max):g}, "
                 f"sigma_data {self.sigma_data:g})")
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return 0.25 * sigma.log()
@@ -219,15 +219,6 @@ class ContinuousEDMSampling:
         scaled = model_output * s * data / (s ** 2 + data ** 2) ** 0.5
         return skip - scaled if self.prediction == "v" else skip + scaled
 
-    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor,
-                      max_denoise: bool = False) -> torch.Tensor:
-        s = _view(sigma, noise)
-        scale = torch.sqrt(1.0 + s ** 2.0) if max_denoise else s
-        return noise * scale + latent_image
-
-    def inverse_noise_scaling(self, sigma: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        return latent
-
 
 def time_snr_shift(alpha: float, t: torch.Tensor | float) -> torch.Tensor | float:
     """``alpha * t / (1 + (alpha - 1) * t)``: the flow models' shifted time."""
@@ -236,21 +227,11 @@ def time_snr_shift(alpha: float, t: torch.Tensor | float) -> torch.Tensor | floa
     return alpha * t / (1 + (alpha - 1) * t)
 
 
-class _Const:
+class _Const(_SigmaTable):
     """Rectified flow (ComfyUI's ``CONST``): x_sigma = sigma*noise + (1-sigma)*x0, output is a velocity."""
 
     is_flow = True
     prediction = "flow"
-
-    sigmas: torch.Tensor
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
 
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x
