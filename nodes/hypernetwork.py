@@ -15,6 +15,7 @@ from typing import Any
 
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 from loom.nodes.loader_inputs import model_fingerprint, resolve_model
+from loom.nodes.model_patches_guidance import checked_number
 
 NODE = "HypernetworkLoader"
 FOLDER = "hypernetworks"
@@ -39,10 +40,7 @@ class HypernetworkLoader(Node):
         from loom.nodes.runtime.hypernetwork import HypernetworkError, load_hypernetwork
         from loom.nodes.runtime.unet_patches import ATTN1_KV_PATCH, ATTN2_KV_PATCH
 
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength != strength:
-            raise ValueError(f"{NODE}: input 'strength' must be a number, got {strength!r}")
-        if not -10.0 <= float(strength) <= 10.0:
-            raise ValueError(f"{NODE}: input 'strength' must be between -10.0 and 10.0, got {strength}")
+        strength = checked_number(NODE, "strength", strength, -10.0, 10.0)
         path = resolve_model(NODE, "hypernetwork_name", FOLDER, hypernetwork_name)
         try:
             patch = load_hypernetwork(path, float(strength))

@@ -77,17 +77,19 @@ class FreeUPatch:
         return h, fourier_filter(hsp, threshold=1, scale=s)
 
 
-def _check_factor(node: str, name: str, value: Any) -> float:
+def checked_number(node: str, name: str, value: Any, low: float, high: float) -> float:
+    """``value`` as a float, or an error naming the node and input when it is not a number in
+    ``[low, high]`` (a linked value reaches a node without the widget's range check)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise ValueError(f"{node}: input '{name}' must be a number, got {value!r}")
-    if not 0.0 <= float(value) <= 10.0:
-        raise ValueError(f"{node}: input '{name}' must be between 0.0 and 10.0, got {value}")
+    if not low <= float(value) <= high:
+        raise ValueError(f"{node}: input '{name}' must be between {low} and {high}, got {value}")
     return float(value)
 
 
 def _freeu(node: str, model: Any, b1: Any, b2: Any, s1: Any, s2: Any, v2: bool) -> Any:
     channels = _model_channels(node, model)
-    b1, b2, s1, s2 = (_check_factor(node, n, v) for n, v in (("b1", b1), ("b2", b2), ("s1", s1), ("s2", s2)))
+    b1, b2, s1, s2 = (checked_number(node, n, v, 0.0, 10.0) for n, v in (("b1", b1), ("b2", b2), ("s1", s1), ("s2", s2)))
     patch = FreeUPatch(((channels * 4, b1, s1), (channels * 2, b2, s2)), v2=v2)
     patches = tuple(model.options.get(OUTPUT_BLOCK_PATCH, ())) + (patch,)
     return model.replace(options={**model.options, OUTPUT_BLOCK_PATCH: patches})
@@ -161,11 +163,8 @@ class PerturbedAttentionGuidance(Node):
     def execute(cls, model: Any, scale: float) -> tuple:
         node = "PerturbedAttentionGuidance"
         _model_channels(node, model)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale:
-            raise ValueError(f"{node}: input 'scale' must be a number, got {scale!r}")
-        if not 0.0 <= float(scale) <= 100.0:
-            raise ValueError(f"{node}: input 'scale' must be between 0.0 and 100.0, got {scale}")
-        return (with_post_cfg_function(model, PAGFunction(float(scale))),)
+        scale = checked_number(node, "scale", scale, 0.0, 100.0)
+        return (with_post_cfg_function(model, PAGFunction(scale)),)
 
 
 
@@ -290,13 +289,6 @@ class SAGFunction:
         return cfg_result + (degraded - sag) * self.scale
 
 
-def _check_range(node: str, name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{node}: input '{name}' must be a number, got {value!r}")
-    if not low <= float(value) <= high:
-        raise ValueError(f"{node}: input '{name}' must be between {low} and {high}, got {value}")
-    return float(value)
-
 
 @register
 class SelfAttentionGuidance(Node):
@@ -313,8 +305,8 @@ class SelfAttentionGuidance(Node):
     def execute(cls, model: Any, scale: float, blur_sigma: float) -> tuple:
         node = "SelfAttentionGuidance"
         _model_channels(node, model)
-        scale = _check_range(node, "scale", scale, -2.0, 5.0)
-        blur_sigma = _check_range(node, "blur_sigma", blur_sigma, 0.0, 10.0)
+        scale = checked_number(node, "scale", scale, -2.0, 5.0)
+        blur_sigma = checked_number(node, "blur_sigma", blur_sigma, 0.0, 10.0)
         recorder = AttentionRecorder()
         replace = dict(model.options.get(ATTN1_REPLACE, {}) or {})
         replace[MIDDLE + (0,)] = RecordingAttentionProcessor(recorder)

@@ -29,6 +29,7 @@ import torch
 
 from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, String, register
 from loom.nodes.model_patches import with_post_cfg_function
+from loom.nodes.model_patches_guidance import checked_number
 from loom.nodes.runtime.dit_patches import with_skipped_blocks
 
 CATEGORY = "advanced/guidance"
@@ -39,17 +40,9 @@ def parse_layers(text: Any) -> tuple[int, ...]:
     return tuple(int(digits) for digits in re.findall(r"\d+", str(text)))
 
 
-def _number(node: str, name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{node}: input '{name}' must be a number, got {value!r}")
-    if not low <= float(value) <= high:
-        raise ValueError(f"{node}: input '{name}' must be between {low} and {high}, got {value}")
-    return float(value)
-
-
 def _window(node: str, model: Any, start_percent: Any, end_percent: Any) -> tuple[float, float]:
-    start = _number(node, "start_percent", start_percent, 0.0, 1.0)
-    end = _number(node, "end_percent", end_percent, 0.0, 1.0)
+    start = checked_number(node, "start_percent", start_percent, 0.0, 1.0)
+    end = checked_number(node, "end_percent", end_percent, 0.0, 1.0)
     return float(model.sampling.percent_to_sigma(start)), float(model.sampling.percent_to_sigma(end))
 
 
@@ -133,8 +126,8 @@ class SkipLayerGuidanceDiT(Node):
     def execute(cls, model: Any, scale: float, start_percent: float, end_percent: float,
                 double_layers: str = "", single_layers: str = "", rescaling_scale: float = 0.0) -> tuple:
         node = "SkipLayerGuidanceDiT"
-        scale = _number(node, "scale", scale, 0.0, 10.0)
-        rescaling_scale = _number(node, "rescaling_scale", rescaling_scale, 0.0, 10.0)
+        scale = checked_number(node, "scale", scale, 0.0, 10.0)
+        rescaling_scale = checked_number(node, "rescaling_scale", rescaling_scale, 0.0, 10.0)
         sigma_start, sigma_end = _window(node, model, start_percent, end_percent)
         double, single = parse_layers(double_layers), parse_layers(single_layers)
         if not double and not single:
