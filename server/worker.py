@@ -225,7 +225,7 @@ class Worker:
                 self._execute(item)
             finally:
                 if self.router is not None:
-                    self.router.finished(self.lane)
+                    self.router.finished(self.lane)  # again, for a prompt _execute gave up on half-way
             self.heartbeat = time.monotonic()
             self._apply_free()
 
@@ -305,6 +305,10 @@ class Worker:
             outcome = Outcome(state=PromptState.ERROR, messages=[["execution_error", payload]], error=payload,
                               worker=self._worker_label())
         self._update_models(item, result)
+        if self.router is not None:
+            # idle before anyone hears the prompt is done: a prompt queued on that news must see this lane
+            # free, or another idle lane takes it (with this lane's models still counted busy)
+            self.router.finished(self.lane)
         if self.hub.loop is not None:
             self.hub.hold_status()  # the status this finish causes goes out after the terminal event
         try:

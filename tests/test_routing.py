@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import aiohttp
 import pytest
@@ -137,6 +138,47 @@ def test_the_router_marks_a_lane_busy_when_it_takes_a_prompt():
     assert router.snapshot()[0] == Lane("x", frozenset({A, C}), True)
     router.remove(y)  # a stopped lane is no longer left work
     assert router.selector(x)([p("1", B)]) == 0
+
+
+def test_a_lane_is_idle_in_the_router_before_its_prompt_is_recorded_done(tmp_path):
+    """Clients learn a prompt is done from its history and events; a prompt they queue on that news must
+    find the lane that finished idle, or another idle lane takes it although that lane holds its models."""
+    from loom.server.clients import ClientHub
+    from loom.server.executor import ExecutionResult
+    from loom.server.queue import PromptQueue
+    from loom.server.worker import Worker
+
+    class Executor:
+        def execute(self, prompt, prompt_id, **_):
+            return ExecutionResult(prompt_id=prompt_id, status="success", loaded_models=[])
+
+        def loaded_models(self):
+            return []
+
+    queue = PromptQueue(tmp_path / "q.sqlite3")
+    router = Router(k=8)
+    lanes_when_recorded = []
+    record = queue.finish
+
+    def finish(prompt_id, outcome):
+        lanes_when_recorded.append([lane.idle for lane in router.snapshot()])
+        record(prompt_id, outcome)
+
+    queue.finish = finish
+    worker = Worker(queue, Executor(), ClientHub(), router=router, name="x")
+    Worker(queue, Executor(), ClientHub(), router=router, name="y")  # a second lane that never starts
+    queue.put("1", {}, {}, [], required_models=[A])
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while queue.history_item("1") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        recorded = queue.history_item("1")
+    finally:
+        worker.stop()
+        queue.close()
+    assert recorded is not None and recorded["status"]["status_str"] == "success", recorded
+    assert lanes_when_recorded == [[True, True]]
 
 
 # -- the queue and validation ------------------------------------------------------------------------------
