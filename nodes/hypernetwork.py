@@ -15,7 +15,6 @@ from typing import Any
 
 from loom.nodes.kernel.schema import Combo, Float, Node, Output, Schema, Socket, register
 from loom.nodes.loader_inputs import model_fingerprint, resolve_model
-from loom.nodes.model_patches_guidance import checked_number
 
 NODE = "HypernetworkLoader"
 FOLDER = "hypernetworks"
@@ -40,7 +39,7 @@ class HypernetworkLoader(Node):
         from loom.nodes.runtime.hypernetwork import HypernetworkError, load_hypernetwork
         from loom.nodes.runtime.unet_patches import ATTN1_KV_PATCH, ATTN2_KV_PATCH
 
-        strength = checked_number(NODE, "strength", strength, -10.0, 10.0)
+        strength = cls.linked_float("strength", strength)
         path = resolve_model(NODE, "hypernetwork_name", FOLDER, hypernetwork_name)
         try:
             patch = load_hypernetwork(path, float(strength))

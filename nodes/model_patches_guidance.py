@@ -77,19 +77,9 @@ class FreeUPatch:
         return h, fourier_filter(hsp, threshold=1, scale=s)
 
 
-def checked_number(node: str, name: str, value: Any, low: float, high: float) -> float:
-    """``value`` as a float, or an error naming the node and input when it is not a number in
-    ``[low, high]`` (a linked value reaches a node without the widget's range check)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{node}: input '{name}' must be a number, got {value!r}")
-    if not low <= float(value) <= high:
-        raise ValueError(f"{node}: input '{name}' must be between {low} and {high}, got {value}")
-    return float(value)
-
-
-def _freeu(node: str, model: Any, b1: Any, b2: Any, s1: Any, s2: Any, v2: bool) -> Any:
-    channels = _model_channels(node, model)
-    b1, b2, s1, s2 = (checked_number(node, n, v, 0.0, 10.0) for n, v in (("b1", b1), ("b2", b2), ("s1", s1), ("s2", s2)))
+def _freeu(node: type[Node], model: Any, b1: Any, b2: Any, s1: Any, s2: Any, v2: bool) -> Any:
+    channels = _model_channels(node.schema().name, model)
+    b1, b2, s1, s2 = (node.linked_float(n, v) for n, v in (("b1", b1), ("b2", b2), ("s1", s1), ("s2", s2)))
     patch = FreeUPatch(((channels * 4, b1, s1), (channels * 2, b2, s2)), v2=v2)
     patches = tuple(model.options.get(OUTPUT_BLOCK_PATCH, ())) + (patch,)
     return model.replace(options={**model.options, OUTPUT_BLOCK_PATCH: patches})
@@ -112,7 +102,7 @@ class FreeU(Node):
 
     @classmethod
     def execute(cls, model: Any, b1: float, b2: float, s1: float, s2: float) -> tuple:
-        return (_freeu("FreeU", model, b1, b2, s1, s2, v2=False),)
+        return (_freeu(cls, model, b1, b2, s1, s2, v2=False),)
 
 
 @register
@@ -124,7 +114,7 @@ class FreeU_V2(Node):
 
     @classmethod
     def execute(cls, model: Any, b1: float, b2: float, s1: float, s2: float) -> tuple:
-        return (_freeu("FreeU_V2", model, b1, b2, s1, s2, v2=True),)
+        return (_freeu(cls, model, b1, b2, s1, s2, v2=True),)
 
 
 @dataclass(frozen=True)
@@ -163,7 +153,7 @@ class PerturbedAttentionGuidance(Node):
     def execute(cls, model: Any, scale: float) -> tuple:
         node = "PerturbedAttentionGuidance"
         _model_channels(node, model)
-        scale = checked_number(node, "scale", scale, 0.0, 100.0)
+        scale = cls.linked_float("scale", scale)
         return (with_post_cfg_function(model, PAGFunction(scale)),)
 
 
@@ -305,8 +295,8 @@ class SelfAttentionGuidance(Node):
     def execute(cls, model: Any, scale: float, blur_sigma: float) -> tuple:
         node = "SelfAttentionGuidance"
         _model_channels(node, model)
-        scale = checked_number(node, "scale", scale, -2.0, 5.0)
-        blur_sigma = checked_number(node, "blur_sigma", blur_sigma, 0.0, 10.0)
+        scale = cls.linked_float("scale", scale)
+        blur_sigma = cls.linked_float("blur_sigma", blur_sigma)
         recorder = AttentionRecorder()
         replace = dict(model.options.get(ATTN1_REPLACE, {}) or {})
         replace[MIDDLE + (0,)] = RecordingAttentionProcessor(recorder)

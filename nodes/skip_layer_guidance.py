@@ -29,7 +29,6 @@ import torch
 
 from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, String, register
 from loom.nodes.model_patches import with_post_cfg_function
-from loom.nodes.model_patches_guidance import checked_number
 from loom.nodes.runtime.dit_patches import with_skipped_blocks
 
 CATEGORY = "advanced/guidance"
@@ -40,9 +39,9 @@ def parse_layers(text: Any) -> tuple[int, ...]:
     return tuple(int(digits) for digits in re.findall(r"\d+", str(text)))
 
 
-def _window(node: str, model: Any, start_percent: Any, end_percent: Any) -> tuple[float, float]:
-    start = checked_number(node, "start_percent", start_percent, 0.0, 1.0)
-    end = checked_number(node, "end_percent", end_percent, 0.0, 1.0)
+def _window(node: type[Node], model: Any, start_percent: Any, end_percent: Any) -> tuple[float, float]:
+    start = node.linked_float("start_percent", start_percent)
+    end = node.linked_float("end_percent", end_percent)
     return float(model.sampling.percent_to_sigma(start)), float(model.sampling.percent_to_sigma(end))
 
 
@@ -125,10 +124,9 @@ class SkipLayerGuidanceDiT(Node):
     @classmethod
     def execute(cls, model: Any, scale: float, start_percent: float, end_percent: float,
                 double_layers: str = "", single_layers: str = "", rescaling_scale: float = 0.0) -> tuple:
-        node = "SkipLayerGuidanceDiT"
-        scale = checked_number(node, "scale", scale, 0.0, 10.0)
-        rescaling_scale = checked_number(node, "rescaling_scale", rescaling_scale, 0.0, 10.0)
-        sigma_start, sigma_end = _window(node, model, start_percent, end_percent)
+        scale = cls.linked_float("scale", scale)
+        rescaling_scale = cls.linked_float("rescaling_scale", rescaling_scale)
+        sigma_start, sigma_end = _window(cls, model, start_percent, end_percent)
         double, single = parse_layers(double_layers), parse_layers(single_layers)
         if not double and not single:
             return (model,)
@@ -151,8 +149,7 @@ class SkipLayerGuidanceDiTSimple(Node):
     @classmethod
     def execute(cls, model: Any, start_percent: float, end_percent: float, double_layers: str = "",
                 single_layers: str = "") -> tuple:
-        node = "SkipLayerGuidanceDiTSimple"
-        sigma_start, sigma_end = _window(node, model, start_percent, end_percent)
+        sigma_start, sigma_end = _window(cls, model, start_percent, end_percent)
         double, single = parse_layers(double_layers), parse_layers(single_layers)
         if not double and not single:
             return (model,)

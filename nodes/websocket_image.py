@@ -15,7 +15,7 @@ import torch
 
 from loom.nodes.image_ops import tensor_to_pil
 from loom.nodes.kernel.progress import report_progress
-from loom.nodes.kernel.schema import Node, NodeOutput, Schema, Socket, register
+from loom.nodes.kernel.schema import ALWAYS_RERUN, Node, NodeOutput, Schema, Socket, register
 
 PYTHON_MODULE = "custom_nodes.websocket_image_save"  # where ComfyUI's /object_info says it comes from
 
@@ -31,8 +31,8 @@ class SaveImageWebsocket(Node):
             output_node=True, inputs=[Socket("images", "IMAGE")], outputs=[])
 
     @classmethod
-    def fingerprint(cls, **inputs) -> float:
-        return float("nan")  # runs on every prompt: the client wants its images each time
+    def fingerprint(cls, **inputs: object) -> object:
+        return ALWAYS_RERUN  # runs on every prompt: the client wants its images each time
 
     @classmethod
     def execute(cls, images: torch.Tensor) -> NodeOutput:

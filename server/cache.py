@@ -4,9 +4,9 @@ A cache key is a hash of the node's type, its literal inputs, the keys of its up
 slot used) and its fingerprint, so the same sub-chain anywhere hits the same entry and a changed widget
 invalidates exactly its downstream closure. Entries a running prompt uses are protected from eviction.
 
-A fingerprint of :data:`ALWAYS_RERUN` (or a NaN anywhere in the key material: ComfyUI's ``IS_CHANGED``
-convention, ``float("nan")``, which a node's ``fingerprint`` may return) gives a key never seen before, so
-the node runs on every prompt.
+A fingerprint of :data:`~loom.nodes.kernel.schema.ALWAYS_RERUN` (or a NaN anywhere in the key material:
+ComfyUI's ``IS_CHANGED`` convention, ``float("nan")``, which a custom node's ``fingerprint`` may return) gives
+a key never seen before, so the node runs on every prompt.
 """
 from __future__ import annotations
 
@@ -16,28 +16,9 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-
-class _AlwaysRerun:
-    """The type of :data:`ALWAYS_RERUN` (one instance; it pickles to itself)."""
-
-    _instance: "_AlwaysRerun | None" = None
-
-    def __new__(cls) -> "_AlwaysRerun":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __reduce__(self) -> str:
-        return "ALWAYS_RERUN"
-
-    def __repr__(self) -> str:
-        return "ALWAYS_RERUN"
-
-
-ALWAYS_RERUN = _AlwaysRerun()
-"""A fingerprint that matches nothing, not even itself: the node is never served from the cache."""
+from loom.nodes.kernel.schema import ALWAYS_RERUN
 
 
 @dataclass

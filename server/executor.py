@@ -30,11 +30,11 @@ from typing import Any, Callable, Protocol
 
 from loom.nodes.kernel import config, services
 from loom.nodes.kernel.progress import ExecutionContext, Interrupted, running_node
-from loom.nodes.kernel.schema import (InputSpec, InputValueError, Node, NodeOutput, NodeRegistry, Socket,
-                                     literal_kwargs)
+from loom.nodes.kernel.schema import (ALWAYS_RERUN, InputSpec, InputValueError, Node, NodeOutput, NodeRegistry,
+                                     Socket, literal_kwargs)
 
 from loom.server import events
-from loom.server.cache import ALWAYS_RERUN, OutputCache, cache_key
+from loom.server.cache import OutputCache, cache_key
 from loom.server.queue import PromptState
 from loom.server.validation import ValidationResult, is_link, validate_prompt
 

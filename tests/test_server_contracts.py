@@ -8,7 +8,8 @@ import pickle
 import sqlite3
 
 from loom.server import events
-from loom.server.cache import ALWAYS_RERUN, cache_key
+from loom.nodes.kernel.schema import ALWAYS_RERUN
+from loom.server.cache import cache_key
 from loom.server.queue import TERMINAL_STATES, PromptState
 
 

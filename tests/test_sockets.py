@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from loom.nodes.kernel import sockets
-from loom.nodes.kernel.schema import Node, Output, Schema, Socket, String
+from loom.nodes.kernel.schema import Float, Node, Output, Schema, Socket, String
 from loom.nodes.runtime.clip_vision import ClipVisionModel, ClipVisionOutput
 from loom.nodes.runtime.controlnet import ControlNet
 from loom.nodes.runtime.custom_sampling import CFGGuider, EmptyNoise, RandomNoise, SamplerChoice
@@ -238,3 +238,29 @@ def test_the_message_says_where_the_value_came_from():
     with pytest.raises(ExecutionFailed) as failed:
         run_node("VAEDecode", samples=LATENT, vae=3)
     assert failed.value.error["exception_message"].endswith("(it came from output 0 of node emit_vae, EmitValue)")
+
+
+class _Ranged(Node):
+    @classmethod
+    def define_schema(cls) -> Schema:
+        return Schema("Ranged", inputs=[Float("scale", min=-2.0, max=5.0), Float("free"), String("text")])
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("scale", 5.5, r"Ranged: input 'scale' must be between -2.0 and 5.0, got 5.5"),
+    ("scale", -3, r"Ranged: input 'scale' must be between -2.0 and 5.0, got -3"),
+    ("scale", float("nan"), r"Ranged: input 'scale' must be a number, got nan"),
+    ("scale", True, r"Ranged: input 'scale' must be a number, got True"),
+    ("free", "1.0", r"Ranged: input 'free' must be a number, got '1.0'"),
+    ("free", float("inf"), r"Ranged: input 'free' must be a finite number, got inf"),
+])
+def test_a_linked_float_is_held_to_the_range_its_schema_declares(name, value, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        _Ranged.linked_float(name, value)
+
+
+def test_a_linked_float_in_range_comes_back_as_a_float():
+    assert _Ranged.linked_float("scale", 5) == 5.0 and isinstance(_Ranged.linked_float("scale", 5), float)
+    assert _Ranged.linked_float("free", -1e300) == -1e300  # no declared range: any finite number
+    with pytest.raises(TypeError, match="Ranged has no FLOAT input 'text'"):
+        _Ranged.linked_float("text", 1.0)

@@ -498,6 +498,27 @@ class NodeOutput:
         self.ui = ui
 
 
+class _AlwaysRerun:
+    """The type of :data:`ALWAYS_RERUN` (one instance; it pickles to itself)."""
+
+    _instance: "_AlwaysRerun | None" = None
+
+    def __new__(cls) -> "_AlwaysRerun":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __reduce__(self) -> str:
+        return "ALWAYS_RERUN"
+
+    def __repr__(self) -> str:
+        return "ALWAYS_RERUN"
+
+
+ALWAYS_RERUN = _AlwaysRerun()
+"""A fingerprint that matches nothing, not even itself: the node is never served from the cache."""
+
+
 class Node:
     """Base class of every node. Nodes hold no instance state: everything is a classmethod."""
 
@@ -520,11 +541,31 @@ class Node:
         raise NotImplementedError
 
     @classmethod
+    def linked_float(cls, name: str, value: Any) -> float:
+        """The value of the FLOAT input ``name`` held to the range its schema declares, or a ValueError
+        naming the node and the input. Validation checks a widget's value only; a value that comes over a
+        link reaches ``execute`` unchecked (as in ComfyUI), so a node whose maths needs the range calls this."""
+        schema = cls.schema()
+        spec = schema.input(name)
+        if not isinstance(spec, Float):
+            raise TypeError(f"{schema.name} has no FLOAT input {name!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"{schema.name}: input '{name}' must be a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{schema.name}: input '{name}' must be a finite number, got {value!r}")
+        low = -math.inf if spec.min is None else spec.min
+        high = math.inf if spec.max is None else spec.max
+        if not low <= value <= high:
+            raise ValueError(f"{schema.name}: input '{name}' must be between {low} and {high}, got {value}")
+        return float(value)
+
+    @classmethod
     def fingerprint(cls, **inputs: Any) -> Any:
         """Extra cache-key material computed before the run from the node's literal inputs.
 
         Nodes that read files return e.g. the file's content hash, so a changed file re-runs them.
-        Return ``float('nan')`` to always re-run. ``None`` (the default) adds nothing.
+        Return :data:`ALWAYS_RERUN` to run on every prompt (``float("nan")``, ComfyUI's ``IS_CHANGED``
+        convention, does the same). ``None`` (the default) adds nothing.
         """
         return None
 
