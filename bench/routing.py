@@ -127,7 +127,7 @@ def simulate(world: World, policy: str, k: int, seed: int) -> dict[str, float]:
         heapq.heappush(events, (now + load + world.run_s[prompt], 0, prompt, g))
 
     def dispatch() -> None:
-        nonlocal worst_waited, central
+        nonlocal worst_waited
         if policy in ("round-robin", "random"):
             for g, gpu in enumerate(gpus):
                 if not gpu.busy and gpu.queue:

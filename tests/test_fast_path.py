@@ -12,7 +12,7 @@ import torch
 from loom.nodes.kernel import config
 from loom.nodes.kernel.schema import Node, NodeRegistry, Output, Schema
 from loom.server.executor import Executor, fast_setting
-from tests.fixtures_sampling import tiny_conds, tiny_unet  # noqa: F401 - a fixture
+from tests.fixtures_sampling import tiny_unet
 from tests.fixtures_server import LiveServer, run_async
 
 
@@ -192,7 +192,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(span ** 2 / mse)
 
 
-def test_the_fast_sampler_gives_a_finite_latent_close_to_the_exact_one(native_bfloat16, tiny_conds):  # noqa: F811
+def test_the_fast_sampler_gives_a_finite_latent_close_to_the_exact_one(native_bfloat16, tiny_conds):
     from loom.nodes.runtime.sampling import sample
 
     model = _model()

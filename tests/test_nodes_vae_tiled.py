@@ -3,7 +3,6 @@ comfy/sd.py (decode_tiled_, encode_tiled_) and comfy/utils.py (tiled_scale_multi
 from __future__ import annotations
 
 import itertools
-import types
 
 import pytest
 import torch

@@ -12,7 +12,7 @@ import pytest
 
 from loom.server.routing import Lane, Pending, Router, choose
 from tests.fixtures_server import (LiveServer, add_prompt, new_client_id, queue_prompt, run_async, wait_all_done,
-                                  wait_done, wait_history)
+                                  wait_history)
 
 A, B, C = "checkpoints/a.safetensors", "checkpoints/b.safetensors", "checkpoints/c.safetensors"
 

@@ -5,7 +5,6 @@ and must leave the queue untouched and the server responsive.
 """
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os

@@ -76,7 +76,7 @@ def test_copy_paste_keeps_internal_links_and_shift_keeps_inputs(editor):
     nodes = editor.js("loom.nodes()")
     assert len(nodes) == 3 and nodes[2]["type"] == "SaveImage" and nodes[2]["selected"]
     assert nodes[2]["inputs"][0]["link"] is None  # plain paste: the link from outside is dropped
-    assert editor.js(f"loom.toGraph(300, 600)")[0] == pytest.approx(nodes[2]["pos"][0], abs=1)
+    assert editor.js("loom.toGraph(300, 600)")[0] == pytest.approx(nodes[2]["pos"][0], abs=1)
 
     editor.keyboard.press("Control+Shift+v")
     editor.frame()

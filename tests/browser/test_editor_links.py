@@ -36,7 +36,7 @@ def test_reroute_and_node_dropped_on_a_link(editor):
     # a new ImageInvert dragged onto the link's centre is spliced in
     invert = editor.js("loom.editor.addNode('ImageInvert', [350, 500]).id")
     editor.frame()
-    center = editor.js(f"() => loom.toClient(...loom.canvas.linkCenter([...loom.graph.links.values()][0]))")
+    center = editor.js("() => loom.toClient(...loom.canvas.linkCenter([...loom.graph.links.values()][0]))")
     title = editor.point("titlePoint", invert)
     node = editor.js(f"loom.node({invert})")
     grab = editor.js(f"loom.toClient({node['pos'][0]}, {node['pos'][1]})")  # body's top-left, to offset the drop
