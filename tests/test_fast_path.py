@@ -185,6 +185,26 @@ def test_off_the_model_is_untouched_and_on_the_network_is_a_cached_bfloat16_copy
     assert fast.fast_network(float16_model.unet) is float16_model.unet
 
 
+def test_the_bfloat16_copy_counts_against_the_model_cache_budget(native_bfloat16, restore_config, monkeypatch):
+    from loom.nodes.runtime import fast, model_cache
+
+    model = _model()
+    exact = model_cache.tensor_bytes(model)
+    other = torch.nn.Linear(64, 64)  # an older entry, small enough to fit beside the model but not its copy
+    cache = model_cache.ModelCache(budget_bytes=exact + exact // 4)
+    monkeypatch.setattr(model_cache, "models", cache)
+    cache.put("older", (other,))
+    cache.put("checkpoint", (model, None, None))
+    assert cache.total_bytes == exact + model_cache.tensor_bytes(other)
+    with config.prompt_settings(fast=True):
+        fast_model = fast.sampling_model(model)
+    assert cache.keys() == ["checkpoint"]  # the copy pushed the older entry out
+    assert cache.total_bytes == exact + model_cache.tensor_bytes(fast_model.unet) == exact + exact // 2
+    with config.prompt_settings(fast=True):
+        fast.sampling_model(model)  # the same copy again: counted once
+    assert cache.total_bytes == exact + exact // 2
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR of ``a`` against ``b`` over ``b``'s value range."""
     mse = float(((a - b) ** 2).mean())

@@ -13,7 +13,7 @@ per call (42-51 dB PSNR against the exact images of the SD1.5 and SD3 conformanc
 * on CUDA the diffusion model already computes in float16, so the fast path changes nothing there.
 
 The copy is made once per network and kept while the network lives (it holds half the float32 network's
-bytes); weight patches (LoRA, merges) are applied to it for each run as they are to the original. A network
+bytes, counted against the model cache's budget with the entry that holds the network); weight patches (LoRA, merges) are applied to it for each run as they are to the original. A network
 whose weights are stored in another dtype than they compute in (:mod:`manual_cast`, e.g. fp8 FLUX files) is
 left as it is.
 """
@@ -26,7 +26,7 @@ import weakref
 import torch
 
 from loom.nodes.kernel import config
-from loom.nodes.runtime import manual_cast
+from loom.nodes.runtime import manual_cast, model_cache
 from loom.nodes.runtime.model_types import DiffusionModel
 
 FAST_DTYPE = torch.bfloat16
@@ -66,6 +66,7 @@ def fast_network(network: torch.nn.Module) -> torch.nn.Module:
         fast = _copies.get(network)
         if fast is None:
             fast = _copies[network] = bfloat16_copy(network)
+            model_cache.models.add_companion_bytes(network, model_cache.tensor_bytes(fast))
     return fast
 
 

@@ -41,15 +41,22 @@ def tensor_bytes(value: Any) -> int:
     """Bytes held by the parameters and buffers of the modules reachable from ``value`` (deduplicated)."""
     seen: set[int] = set()
     total = 0
+    for module in reachable_modules(value):
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            ptr = tensor.data_ptr()
+            if ptr and ptr not in seen:
+                seen.add(ptr)
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def reachable_modules(value: Any) -> list[torch.nn.Module]:
+    """The outermost modules reachable from ``value`` through lists, tuples, dicts and dataclasses."""
+    found: list[torch.nn.Module] = []
 
     def visit(obj: Any) -> None:
-        nonlocal total
         if isinstance(obj, torch.nn.Module):
-            for tensor in list(obj.parameters()) + list(obj.buffers()):
-                ptr = tensor.data_ptr()
-                if ptr and ptr not in seen:
-                    seen.add(ptr)
-                    total += tensor.numel() * tensor.element_size()
+            found.append(obj)
         elif isinstance(obj, (list, tuple)):
             for item in obj:
                 visit(item)
@@ -61,13 +68,15 @@ def tensor_bytes(value: Any) -> int:
                 visit(getattr(obj, name))
 
     visit(value)
-    return total
+    return found
 
 
 @dataclass
 class _Entry:
     value: Any
     nbytes: int
+    modules: frozenset[int]
+    """``id`` of each module reachable from ``value`` (alive as long as the entry holds it)."""
 
 
 class ModelCache:
@@ -124,9 +133,20 @@ class ModelCache:
     def put(self, key: Hashable, value: Any, nbytes: int | None = None) -> None:
         nbytes = tensor_bytes(value) if nbytes is None else nbytes
         with self._lock:
-            self._entries[key] = _Entry(value, nbytes)
+            self._entries[key] = _Entry(value, nbytes, frozenset(map(id, reachable_modules(value))))
             self._entries.move_to_end(key)
             self._evict_over_budget(keep=key)
+
+    def add_companion_bytes(self, module: torch.nn.Module, nbytes: int) -> None:
+        """Count ``nbytes`` more against the entries that hold ``module``, for memory that lives as long as
+        the module (the fast path's bfloat16 copy of a network), and evict others if that passes the budget."""
+        with self._lock:
+            holders = [key for key, entry in self._entries.items() if id(module) in entry.modules]
+            for key in holders:
+                self._entries[key].nbytes += nbytes
+                self._entries.move_to_end(key)
+            if holders:
+                self._evict_over_budget(keep=holders[-1])
 
     def get_or_load(self, key: Hashable, load: Callable[[], Any], *, expected_bytes: int = 0,
                     device: torch.device | None = None) -> Any:
