@@ -13,6 +13,7 @@ import { WorkflowsPanel } from "./ui/workflows-panel.js";
 import { isFirstRun, showTemplates } from "./ui/templates.js";
 import { openMaskEditor } from "./ui/mask-editor.js";
 import { QueueControls } from "./ui/queue-controls.js";
+import { FastPathControl } from "./ui/fast-path-control.js";
 import { QueueProgress } from "./ui/queue-progress.js";
 import { showFailedNode } from "./ui/run-failure.js";
 import { ModelLibrary } from "./ui/model-library.js";
@@ -81,6 +82,7 @@ async function start() {
   editor.showTemplates = () => showTemplates(editor);
   editor.openMaskEditor = (node) => openMaskEditor(editor, node);
   editor.queueControls = new QueueControls(editor);
+  editor.fastPathControl = new FastPathControl(editor);
   editor.queueProgress = new QueueProgress(editor);
   editor.sidebar.onFailureClick = (entry) => showFailedNode(editor, entry);
   editor.modelLibrary = new ModelLibrary(editor, editor.sidebar);

@@ -154,3 +154,32 @@ def test_failed_history_entry_shows_and_highlights_the_node(editor):
     failure.click()
     assert editor.js(f"loom.node({const})")["title"] == "kept"
     assert editor.js(f"loom.node({boom})")["selected"] and editor.js(f"loom.nodeState({boom})")["error"]
+
+
+def test_the_precision_choice_is_saved_with_the_workflow_and_sent_with_its_prompts(editor):
+    seeded, out = build(editor, """const a = add('TestSeeded', 50, 100); const c = add('TestOutput', 500, 100);
+        link(a, 0, c, 0);""")
+    choice = editor.page.locator("#run-precision")
+    assert choice.is_visible() and choice.input_value() == "default"
+    assert "loom" not in editor.workflow()["extra"]  # the server's default: the key is left out
+
+    choice.select_option("fast")
+    assert editor.workflow()["extra"]["loom"] == {"fast": True}
+    result = editor.js("loom.queue()")
+    entry = wait_history(editor, [result["prompt_id"]])[result["prompt_id"]]
+    assert entry["prompt"][3]["extra_pnginfo"]["workflow"]["extra"]["loom"] == {"fast": True}
+
+    choice.select_option("exact")
+    assert editor.workflow()["extra"]["loom"] == {"fast": False}
+    editor.click(editor.js("loom.emptyPoint()"))
+    editor.keyboard.press("Control+z")  # the choice is an edit like any other
+    editor.page.wait_for_function("document.getElementById('run-precision').value === 'fast'")
+    assert editor.workflow()["extra"]["loom"] == {"fast": True}
+
+    # other keys under extra.loom are kept; a loaded workflow shows its own setting
+    workflow = editor.workflow()
+    workflow["extra"]["loom"] = {"fast": False, "note": "kept"}
+    editor.js("(w) => loom.load(w)", workflow)
+    assert choice.input_value() == "exact"
+    choice.select_option("default")
+    assert editor.workflow()["extra"]["loom"] == {"note": "kept"}

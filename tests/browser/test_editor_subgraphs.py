@@ -22,6 +22,7 @@ def test_open_edit_leave_and_run_a_subgraph(editor):
     editor.mouse.dblclick(*editor.point("bodyPoint", 10))
     editor.frame()
     assert editor.js("loom.subgraphPath()") == [original["definitions"]["subgraphs"][0]["name"]]
+    assert editor.page.locator("#run-precision").is_disabled()  # a setting of the whole workflow, not of the inside
     inner = {n["id"]: n for n in editor.js("loom.nodes()")}
     assert inner[1]["type"] == "TestAdd" and inner[4]["type"].endswith("00000000000b")
 
@@ -38,6 +39,7 @@ def test_open_edit_leave_and_run_a_subgraph(editor):
     editor.keyboard.press("Escape")
     editor.frame()
     assert editor.js("loom.subgraphPath()") == []
+    assert editor.page.locator("#run-precision").is_enabled()
     saved = editor.workflow()
     assert saved["definitions"] == saved_inside["definitions"]
 

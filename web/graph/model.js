@@ -249,7 +249,8 @@ export class GraphNode {
  * - `widget` `{ node, name, value }`, `widgets` `{ ids }` (values stepped after a queue);
  * - `node` `{ ids, field }`: title, mode, color, pinned or collapsed changed;
  * - `convert` `{ node, name, toInput }`: a widget given a socket, or back;
- * - `add-group` / `remove-group` `{ group }`, `group` `{ group, field }`.
+ * - `add-group` / `remove-group` `{ group }`, `group` `{ group, field }`;
+ * - `workflow` `{ field, value }`: a workflow-level setting in `extra` (`loom.fast`).
  *
  * @typedef {{ type: string, [detail: string]: any }} GraphChange
  */
@@ -356,6 +357,22 @@ export class Graph {
   updateGroup(group, field, apply) {
     apply(group);
     this.emit({ type: "group", group, field });
+  }
+
+  /** The workflow's own fast-path setting, `extra.loom.fast`: true, false, or null (the server's). */
+  get fastPath() {
+    const value = this.extra.loom?.fast;
+    return typeof value === "boolean" ? value : null;
+  }
+
+  /** Save `value` (true, false; null removes it) as the workflow's `extra.loom.fast`, as the server reads it. */
+  setFastPath(value) {
+    const loom = { ...(this.extra.loom && typeof this.extra.loom === "object" ? this.extra.loom : {}) };
+    if (value === null) delete loom.fast;
+    else loom.fast = Boolean(value);
+    if (Object.keys(loom).length) this.extra.loom = loom;
+    else delete this.extra.loom;
+    this.emit({ type: "workflow", field: "loom.fast", value: this.fastPath });
   }
 
   getNode(id) {
