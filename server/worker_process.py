@@ -488,8 +488,9 @@ class ProcessExecutor:
                  info.get("startup_s", 0.0))
         return _Child(process, parent_conn, interrupt, pid, spawn_s, nodes)
 
-    def _take_child(self) -> _Child | None:
-        """The ready child, marked busy; waits while one is starting. None when none can start."""
+    def _take_child(self, cancel: CancelToken | None = None) -> _Child | None:
+        """The ready child, marked busy; waits while one is starting. None when none can start, or when the
+        server closes or ``cancel`` is set before one is ready."""
         self.start()
         deadline = time.monotonic() + self.start_timeout_s + 5.0
         with self._cond:
@@ -499,7 +500,8 @@ class ProcessExecutor:
                 if child is not None and child.alive():
                     self._busy = True
                     return child
-                if self._closing or time.monotonic() > deadline or self._spawn_failures > failures:
+                if self._closing or (cancel is not None and cancel.is_set()) or time.monotonic() > deadline \
+                        or self._spawn_failures > failures:
                     return None
                 self._cond.notify_all()  # wake the supervisor: it replaces a dead child
                 self._cond.wait(0.1)
@@ -541,9 +543,15 @@ class ProcessExecutor:
                 outputs: list[str] | None = None, on_event: EventSink | None = None,
                 cancel: CancelToken | None = None, validation: Any = None) -> ExecutionResult:
         with self._run_lock:
-            child = self._take_child()
+            child = self._take_child(cancel)
             if child is None:
-                reason = self.last_start_error or "the server is stopping"
+                if self._closing or (cancel is not None and cancel.is_set()):
+                    # a slow start-up (a loaded machine) is no fault of the prompt's: it ends as a prompt
+                    # interrupted before its first node, which the user can queue again
+                    why = "the server stopped" if self._closing else "it was interrupted"
+                    return self._fault(prompt, prompt_id, None, on_event, [], None, "interrupted",
+                                       f"{why} before a worker process was ready for it; it was not run", [])
+                reason = self.last_start_error or "it did not start in time"
                 return self._fault(prompt, prompt_id, None, on_event, [], None, "worker_died",
                                    f"the worker process cannot start: {reason}; the prompt was not run", [])
             self.running_prompt_id = prompt_id
