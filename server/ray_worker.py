@@ -42,7 +42,8 @@ has accepted the prompt (killed while idle, between its last ping and the hand-o
 asynchronous) has run nothing of it, so the prompt goes to the next actor instead. A prompt past
 ``prompt_timeout_s`` kills its actor and fails with ``timeout``. Either way a supervisor thread creates a new
 actor; an actor found dead while idle (a ``ping`` before each prompt, and every few seconds) is replaced
-before any prompt is handed to it.
+before any prompt is handed to it. A prompt still waiting for an actor when it is interrupted or the server
+stops ends at once as interrupted (not run), as with worker processes.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ from typing import Any, Iterator
 from loom.nodes.kernel import services
 from loom.server.executor import RECORDED_EVENTS, CancelToken, EventSink, ExecutionResult
 from loom.server.queue import PromptState
-from loom.server.worker_process import WorkerSpec, _build_executor, fault_result
+from loom.server.worker_process import WorkerSpec, _build_executor, fault_result, unstarted_result
 
 log = logging.getLogger("loom.server.ray_worker")
 
@@ -564,8 +565,9 @@ class RayExecutor:
         except Exception:
             pass
 
-    def _take_actor(self) -> _Actor | None:
-        """The ready actor (checked alive), marked busy; waits while one is starting. None if none can."""
+    def _take_actor(self, cancel: CancelToken | None = None) -> _Actor | None:
+        """The ready actor (checked alive), marked busy; waits while one is starting. None if none can, or
+        when the server closes or ``cancel`` is set before one is ready."""
         self.start()
         deadline = time.monotonic() + self.start_timeout_s + 5.0
         while True:
@@ -576,7 +578,8 @@ class RayExecutor:
                     if actor is not None and not actor.dead:
                         self._busy = True
                         break
-                    if self._closing or time.monotonic() > deadline or self._spawn_failures > failures:
+                    if self._closing or (cancel is not None and cancel.is_set()) \
+                            or time.monotonic() > deadline or self._spawn_failures > failures:
                         return None
                     self._cond.notify_all()
                     self._cond.wait(0.1)
@@ -629,12 +632,11 @@ class RayExecutor:
             self.running_prompt_id = prompt_id
             try:
                 for attempt in range(HANDOVER_ATTEMPTS):
-                    actor = self._take_actor()
+                    actor = self._take_actor(cancel)
                     if actor is None:
-                        reason = self.last_start_error or "the server is stopping"
-                        return fault_result(prompt, prompt_id, f"ray:{self.index}", on_event, [], None,
-                                            "worker_died", f"the Ray worker cannot start: {reason}; the prompt "
-                                            "was not run", [])
+                        return unstarted_result(prompt, prompt_id, f"ray:{self.index}", on_event, "Ray worker",
+                                                closing=self._closing, cancel=cancel,
+                                                start_error=self.last_start_error)
                     try:
                         return self._run(actor, prompt, prompt_id, extra_data or {}, outputs, on_event, cancel)
                     except _NotAccepted as error:

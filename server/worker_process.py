@@ -34,7 +34,8 @@ Faults. A prompt running longer than ``prompt_timeout_s`` gets the child killed 
 ``exception_type`` ``timeout``; a child that exits or is killed while running a prompt (``os._exit``, a
 signal, the kernel's OOM killer) fails that prompt with ``worker_died``: it is never re-run. Either way a
 supervisor thread starts a new child and the queue goes on; a child that dies while idle is replaced too.
-While no child is ready :attr:`ProcessExecutor.ready` is false, which ``/api/ready`` reports.
+A prompt still waiting for a child to start when it is interrupted or the server stops ends at once as
+interrupted (not run); one whose child cannot start fails with ``worker_died``. While no child is ready :attr:`ProcessExecutor.ready` is false, which ``/api/ready`` reports.
 """
 from __future__ import annotations
 
@@ -545,15 +546,8 @@ class ProcessExecutor:
         with self._run_lock:
             child = self._take_child(cancel)
             if child is None:
-                if self._closing or (cancel is not None and cancel.is_set()):
-                    # a slow start-up (a loaded machine) is no fault of the prompt's: it ends as a prompt
-                    # interrupted before its first node, which the user can queue again
-                    why = "the server stopped" if self._closing else "it was interrupted"
-                    return self._fault(prompt, prompt_id, None, on_event, [], None, "interrupted",
-                                       f"{why} before a worker process was ready for it; it was not run", [])
-                reason = self.last_start_error or "it did not start in time"
-                return self._fault(prompt, prompt_id, None, on_event, [], None, "worker_died",
-                                   f"the worker process cannot start: {reason}; the prompt was not run", [])
+                return unstarted_result(prompt, prompt_id, "process", on_event, "worker process",
+                                        closing=self._closing, cancel=cancel, start_error=self.last_start_error)
             self.running_prompt_id = prompt_id
             try:
                 return self._run(child, prompt, prompt_id, extra_data or {}, outputs, on_event, cancel)
@@ -658,6 +652,21 @@ class ProcessExecutor:
                executed: list[str]) -> ExecutionResult:
         return fault_result(prompt, prompt_id, child.label if child is not None else "process", on_event,
                             recorded, node_id, kind, message, executed)
+
+
+def unstarted_result(prompt: dict[str, Any], prompt_id: str, label: str, on_event: EventSink | None, worker: str, *,
+                     closing: bool, cancel: CancelToken | None, start_error: str | None) -> ExecutionResult:
+    """The end of a prompt that never reached its ``worker`` ("worker process", "Ray worker"). Interrupted when
+    the server stopped or the prompt was interrupted while the worker started: a slow start-up (a loaded
+    machine) is no fault of the prompt's, and the user may queue it again. Otherwise ``worker_died``, saying
+    why the worker cannot start."""
+    if closing or (cancel is not None and cancel.is_set()):
+        why = "the server stopped" if closing else "it was interrupted"
+        return fault_result(prompt, prompt_id, label, on_event, [], None, "interrupted",
+                            f"{why} before a {worker} was ready for it; it was not run", [])
+    return fault_result(prompt, prompt_id, label, on_event, [], None, "worker_died",
+                        f"the {worker} cannot start: {start_error or 'it did not start in time'}; the prompt was "
+                        "not run", [])
 
 
 def fault_result(prompt: dict[str, Any], prompt_id: str, label: str, on_event: EventSink | None, recorded: list,

@@ -160,22 +160,25 @@ def test_a_worker_killed_by_a_signal_mid_prompt_fails_as_worker_died(live):
     run(main())
 
 
-def test_a_prompt_stopped_while_its_worker_process_starts_is_interrupted_not_failed(registry, monkeypatch):
+def _process_executor(registry):
+    from loom.server.worker_process import ProcessExecutor, WorkerSpec
+    return ProcessExecutor(WorkerSpec.current(registry), start_timeout_s=600), "worker process"
+
+
+def _ray_executor(registry):
+    from loom.server.ray_worker import RayExecutor
+    from loom.server.worker_process import WorkerSpec
+    return RayExecutor(WorkerSpec.current(registry), start_timeout_s=600), "Ray worker"
+
+
+@pytest.mark.parametrize("make", [_process_executor, _ray_executor], ids=["process", "ray"])
+def test_a_prompt_stopped_while_its_worker_starts_is_interrupted_not_failed(registry, monkeypatch, make):
     """A loaded machine can take longer to start the worker than a shutdown waits: the prompt waiting for it
     ends as interrupted (not run; the user may queue it again), at once, not as a worker fault."""
     from loom.server.queue import PromptState
-    from loom.server.worker_process import ProcessExecutor, WorkerSpec
 
-    spawning = threading.Event()
-
-    def slow_start_up(executor: ProcessExecutor):
-        spawning.set()
-        while not executor._closing:
-            time.sleep(0.02)
-        return None
-
-    monkeypatch.setattr(ProcessExecutor, "_spawn", slow_start_up)
-    executor = ProcessExecutor(WorkerSpec.current(registry), start_timeout_s=600)
+    executor, worker = make(registry)
+    monkeypatch.setattr(type(executor), "start", lambda self: None)  # a start-up that never ends
 
     def execute(prompt_id: str, cancel: threading.Event) -> tuple[threading.Thread, list]:
         ended: list = []
@@ -188,21 +191,21 @@ def test_a_prompt_stopped_while_its_worker_process_starts_is_interrupted_not_fai
     try:
         interrupted = threading.Event()
         thread, ended = execute("p1", interrupted)
-        assert spawning.wait(10)
-        interrupted.set()  # the user's interrupt (or the worker's stop) before a child is ready
+        time.sleep(0.2)
+        interrupted.set()  # the user's interrupt (or the worker's stop) before a worker is ready
         thread.join(5)
         assert not thread.is_alive()
         (event, data), executing, result = ended
         assert result.status == PromptState.INTERRUPTED and result.error is None
         assert event == "execution_interrupted" and executing[0] == "executing" and executing[1]["node"] is None
-        assert data["reason"] == "it was interrupted before a worker process was ready for it; it was not run"
+        assert data["reason"] == f"it was interrupted before a {worker} was ready for it; it was not run"
 
         thread, ended = execute("p2", threading.Event())
         time.sleep(0.2)
         executor.close(timeout=5)  # the server stops while the prompt waits
         thread.join(5)
         assert not thread.is_alive() and ended[-1].status == PromptState.INTERRUPTED
-        assert ended[0][1]["reason"] == "the server stopped before a worker process was ready for it; it was not run"
+        assert ended[0][1]["reason"] == f"the server stopped before a {worker} was ready for it; it was not run"
     finally:
         executor.close(timeout=5)
 
