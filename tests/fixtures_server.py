@@ -170,6 +170,17 @@ async def queue_prompt(session: aiohttp.ClientSession, base: str, prompt: dict, 
         return data
 
 
+async def send_feature_flags(ws: aiohttp.ClientWebSocketResponse, flags: dict, timeout: float = 10.0) -> dict:
+    """Send ComfyUI's ``feature_flags`` message and return the server's reply, passing over the ``status``
+    broadcasts every client may receive at any moment (a queue change of another prompt's)."""
+    await ws.send_json({"type": "feature_flags", "data": flags})
+    while True:
+        message = await ws.receive_json(timeout=timeout)
+        if message["type"] == "feature_flags":
+            return message
+        assert message["type"] == "status", message
+
+
 async def wait_done(ws: aiohttp.ClientWebSocketResponse, prompt_id: str, timeout: float = 30.0) -> list[dict]:
     """JSON messages of ``prompt_id`` until ``executing`` with ``node: null``; binary frames as bytes."""
     return (await wait_all_done(ws, [prompt_id], timeout))[prompt_id]

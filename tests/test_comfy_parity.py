@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 
 from tests.fixtures_checkpoints import FILE_NAMES, write_checkpoint
-from tests.fixtures_server import LiveServer, add_prompt, new_client_id, run_async, wait_done, wait_history
+from tests.fixtures_server import (LiveServer, add_prompt, new_client_id, run_async, send_feature_flags, wait_done,
+                                   wait_history)
 
 CHECKPOINT = FILE_NAMES["sd1"]
 
@@ -194,8 +195,7 @@ def test_save_image_websocket_frames_are_comfyuis_and_only_for_the_prompts_clien
                 runs = []
                 for flags in (None, {"supports_preview_metadata": True}):
                     if flags is not None:
-                        await ws.send_json({"type": "feature_flags", "data": flags})
-                        assert (await ws.receive_json())["type"] == "feature_flags"
+                        await send_feature_flags(ws, flags)
                     # the same prompt twice: everything upstream is cached the second time, the node still runs
                     body = {"prompt": txt2img(seed=9, websocket=True, save=False), "client_id": mine}
                     async with session.post(f"{live.url}/prompt", json=body) as response:
@@ -257,8 +257,7 @@ def test_latent_previews_only_to_clients_that_opt_in(live):
             async with session.ws_connect(f"{live.ws_url}?clientId={client_id}") as ws:
                 await ws.receive_json()
                 if flags is not None:
-                    await ws.send_json({"type": "feature_flags", "data": flags})
-                    assert (await ws.receive_json())["type"] == "feature_flags"
+                    await send_feature_flags(ws, flags)
                 body = {"prompt": txt2img(seed=seed, batch_size=1, steps=4, save=False), "client_id": client_id}
                 if extra:
                     body["extra_data"] = extra

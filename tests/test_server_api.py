@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tests.fixtures_server import (LiveServer, add_prompt, new_client_id, queue_prompt, run_async, wait_done,
-                                   wait_history)
+from tests.fixtures_server import (LiveServer, add_prompt, new_client_id, queue_prompt, run_async,
+                                   send_feature_flags, wait_done, wait_history)
 
 
 @pytest.fixture(scope="module")
@@ -351,9 +351,8 @@ def test_preview_frames_legacy_and_with_metadata(live):
                     session.ws_connect(f"{live.ws_url}?clientId=viewer-old") as old:
                 await modern.receive_json()
                 await old.receive_json()
-                await modern.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
-                reply = await modern.receive_json()
-                assert reply["type"] == "feature_flags" and reply["data"]["supports_preview_metadata"]
+                reply = await send_feature_flags(modern, {"supports_preview_metadata": True})
+                assert reply["data"]["supports_preview_metadata"]
                 await asyncio.sleep(0.05)
                 image = Image.new("RGB", (64, 64), (10, 20, 30))
                 server = live.server
