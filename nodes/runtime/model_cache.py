@@ -39,9 +39,13 @@ def file_key(path: str | Path) -> tuple[str, int, int]:
 
 def tensor_bytes(value: Any) -> int:
     """Bytes held by the parameters and buffers of the modules reachable from ``value`` (deduplicated)."""
+    return _module_bytes(_reachable_modules(value))
+
+
+def _module_bytes(modules: list[torch.nn.Module]) -> int:
     seen: set[int] = set()
     total = 0
-    for module in reachable_modules(value):
+    for module in modules:
         for tensor in list(module.parameters()) + list(module.buffers()):
             ptr = tensor.data_ptr()
             if ptr and ptr not in seen:
@@ -50,7 +54,7 @@ def tensor_bytes(value: Any) -> int:
     return total
 
 
-def reachable_modules(value: Any) -> list[torch.nn.Module]:
+def _reachable_modules(value: Any) -> list[torch.nn.Module]:
     """The outermost modules reachable from ``value`` through lists, tuples, dicts and dataclasses."""
     found: list[torch.nn.Module] = []
 
@@ -131,9 +135,10 @@ class ModelCache:
             return entry.value
 
     def put(self, key: Hashable, value: Any, nbytes: int | None = None) -> None:
-        nbytes = tensor_bytes(value) if nbytes is None else nbytes
+        modules = _reachable_modules(value)
+        nbytes = _module_bytes(modules) if nbytes is None else nbytes
         with self._lock:
-            self._entries[key] = _Entry(value, nbytes, frozenset(map(id, reachable_modules(value))))
+            self._entries[key] = _Entry(value, nbytes, frozenset(map(id, modules)))
             self._entries.move_to_end(key)
             self._evict_over_budget(keep=key)
 
