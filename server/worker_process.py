@@ -35,7 +35,8 @@ Faults. A prompt running longer than ``prompt_timeout_s`` gets the child killed 
 signal, the kernel's OOM killer) fails that prompt with ``worker_died``: it is never re-run. Either way a
 supervisor thread starts a new child and the queue goes on; a child that dies while idle is replaced too.
 A prompt still waiting for a child to start when it is interrupted or the server stops ends at once as
-interrupted (not run); one whose child cannot start fails with ``worker_died``. While no child is ready :attr:`ProcessExecutor.ready` is false, which ``/api/ready`` reports.
+interrupted (not run); one whose child cannot start fails with ``worker_died``. While no child is ready
+:attr:`ProcessExecutor.ready` is false, which ``/api/ready`` reports.
 """
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ per call (42-51 dB PSNR against the exact images of the SD1.5 and SD3 conformanc
 * on CUDA the diffusion model already computes in float16, so the fast path changes nothing there.
 
 The copy is made once per network and kept while the network lives (it holds half the float32 network's
-bytes, counted against the model cache's budget with the entry that holds the network); weight patches (LoRA, merges) are applied to it for each run as they are to the original. A network
-whose weights are stored in another dtype than they compute in (:mod:`manual_cast`, e.g. fp8 FLUX files) is
-left as it is.
+bytes, counted against the model cache's budget with the entry that holds the network); weight patches
+(LoRA, merges) are applied to it for each run as they are to the original. A network whose weights are
+stored in another dtype than they compute in (:mod:`manual_cast`, e.g. fp8 FLUX files) is left as it is.
 """
 from __future__ import annotations
 
