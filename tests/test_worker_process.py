@@ -210,6 +210,29 @@ def test_a_prompt_stopped_while_its_worker_starts_is_interrupted_not_failed(regi
         executor.close(timeout=5)
 
 
+@pytest.mark.parametrize("make", [_process_executor, _ray_executor], ids=["process", "ray"])
+def test_a_prompt_whose_worker_cannot_start_fails_as_worker_died_naming_why(registry, monkeypatch, make):
+    from loom.server.queue import PromptState
+
+    executor, worker = make(registry)
+
+    def failed_start_up(self, *ray):
+        self.last_start_error = "ImportError: no module named 'broken_pack'"
+        return None
+
+    monkeypatch.setattr(type(executor), "_spawn", failed_start_up)
+    events: list = []
+    try:
+        result = executor.execute(add_prompt(1), "p1", cancel=threading.Event(),
+                                  on_event=lambda event, data: events.append((event, data)))
+    finally:
+        executor.close(timeout=5)
+    assert result.status == PromptState.ERROR and result.error["exception_type"] == "worker_died"
+    assert result.error["exception_message"] == (f"the {worker} cannot start: ImportError: no module named "
+                                                 "'broken_pack'; the prompt was not run")
+    assert [event for event, _ in events] == ["execution_error", "executing"]
+
+
 def test_a_worker_that_dies_while_idle_is_replaced(live):
     """Nothing was running: no prompt fails; /api/ready says so until a new worker is up."""
     async def main():
